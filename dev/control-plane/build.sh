@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kwok) from upstream Go modules at pinned versions,
+# and extracts the pinned third-party CRDs from their projects' own modules.
+#
+# Nothing can be downloaded from release pages on our machines, so every
+# binary is compiled through the Go module proxy. Outputs go to a cache
+# outside the repository; a component is rebuilt only when its pin changes.
+#
+# Usage: dev/control-plane/build.sh            # build what is missing
+#        AIM_CACHE_DIR=/some/dir dev/control-plane/build.sh
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache="${AIM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aim}"
+bin="$cache/bin"
+crds="$cache/crds"
+work="$cache/build"
+mkdir -p "$bin" "$crds" "$work"
+
+log() { printf '[aim build] %s\n' "$*" >&2; }
+die() { printf '[aim build] error: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 ||
+    die "no Go toolchain on PATH. Install Go >= 1.24 (e.g. apt-get install golang-go, or put /usr/local/go/bin on PATH) and run again."
+go version >/dev/null 2>&1 || die "'go version' fails: the Go toolchain is broken. Reinstall Go and run again."
+
+# Fail fast rather than fetching a toolchain through the proxy.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+# A stamp file per component records the pin it was built from.
+stamp_ok() { [[ -f "$cache/stamps/$1" && "$(cat "$cache/stamps/$1")" == "$2" ]]; }
+stamp_set() { mkdir -p "$cache/stamps"; printf '%s' "$2" >"$cache/stamps/$1"; }
+
+build_kubernetes() {
+    local v="$KUBE_VERSION" minor staging_v dir modfile
+    if stamp_ok kubernetes "$v" && [[ -x "$bin/kube-apiserver" && -x "$bin/kubectl" ]]; then
+        log "kubernetes $v: cached"; return
+    fi
+    log "kubernetes $v: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (tens of minutes cold)"
+    staging_v="v0.${v#v1.}"
+    dir="$work/kubernetes-$v"
+    rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    modfile="$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    [[ -f "$modfile" ]] || die "could not fetch k8s.io/kubernetes@$v through the Go module proxy (check GOPROXY)"
+    go mod init aim.local/kubernetes-build >/dev/null 2>&1
+    # GODEBUG defaults follow the main module's go line: copy upstream's so the
+    # binaries behave like release builds.
+    local goline godebug
+    goline="$(sed -n 's/^go \(.*\)$/\1/p' "$modfile" | head -1)"
+    godebug="$(sed -n 's/^godebug \(.*\)$/\1/p' "$modfile" | head -1)"
+    go mod edit -go="$goline"
+    [[ -n "$godebug" ]] && go mod edit -godebug="$godebug"
+    # Upstream points its staging modules at ./staging; as a dependency they
+    # must resolve to their published v0.Y.Z tags instead. Take the list from
+    # upstream's go.mod so new staging modules are never missed.
+    local m
+    for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$modfile"); do
+        go mod edit -replace="$m=$m@$staging_v"
+    done
+    go mod edit -require="k8s.io/kubernetes@$v"
+    local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+    for c in "${cmds[@]}"; do go mod edit -tool="k8s.io/kubernetes/cmd/$c"; done
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    local minor_num="${v#v1.}"; minor_num="${minor_num%%.*}"
+    local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    local ld="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor_num"
+        ld+=" -X $pkg.gitCommit=0000000000000000000000000000000000000000 -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+    done
+    for c in "${cmds[@]}"; do
+        log "  go build $c"
+        go build -trimpath -tags=selinux,notest -ldflags="$ld" -o "$bin/$c.new" "k8s.io/kubernetes/cmd/$c"
+        mv "$bin/$c.new" "$bin/$c"
+    done
+    "$bin/kube-apiserver" --version | grep -q "$v" || die "kube-apiserver does not report $v"
+    stamp_set kubernetes "$v"
+}
+
+build_etcd() {
+    local v="$ETCD_VERSION" dir
+    if stamp_ok etcd "$v" && [[ -x "$bin/etcd" ]]; then log "etcd $v: cached"; return; fi
+    log "etcd $v: building"
+    dir="$work/etcd-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    # A separate wrapper module keeps etcd's dependency graph from changing
+    # what kube-apiserver is built with.
+    go mod init aim.local/etcd-build >/dev/null 2>&1
+    go mod edit -require="go.etcd.io/etcd/server/v3@$v" -tool=go.etcd.io/etcd/server/v3
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    go build -trimpath -ldflags="-s -w" -o "$bin/etcd.new" go.etcd.io/etcd/server/v3
+    mv "$bin/etcd.new" "$bin/etcd"
+    stamp_set etcd "$v"
+}
+
+build_kwok() {
+    local v="$KWOK_VERSION"
+    if stamp_ok kwok "$v" && [[ -x "$bin/kwok" ]]; then log "kwok $v: cached"; return; fi
+    log "kwok $v: building"
+    cd "$work"
+    GOBIN="$bin" go install -trimpath -ldflags="-s -w" "sigs.k8s.io/kwok/cmd/kwok@$v"
+    stamp_set kwok "$v"
+}
+
+# Copies the CRD files shipped inside a module's source to $crds/<name>/.
+# Arguments: name module version then paths (files or dirs) inside the module.
+extract_crds() {
+    local name="$1" mod="$2" v="$3"; shift 3
+    local key="$mod@$v $*"
+    if stamp_ok "crds-$name" "$key" && [[ -d "$crds/$name" ]]; then log "crds $name: cached"; return; fi
+    log "crds $name: from $mod@$v"
+    local dir
+    dir="$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "$mod@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    [[ -d "$dir" ]] || die "could not fetch $mod@$v through the Go module proxy"
+    rm -rf "$crds/$name.new"; mkdir -p "$crds/$name.new"
+    local p
+    for p in "$@"; do
+        [[ -e "$dir/$p" ]] || die "$mod@$v has no $p; the pin or the path in versions.env is wrong"
+        if [[ -d "$dir/$p" ]]; then cp "$dir/$p"/*.yaml "$crds/$name.new/"; else cp "$dir/$p" "$crds/$name.new/"; fi
+    done
+    chmod -R u+w "$crds/$name.new"
+    rm -rf "$crds/$name"; mv "$crds/$name.new" "$crds/$name"
+    stamp_set "crds-$name" "$key"
+}
+
+what="${1:-all}"
+case "$what" in
+    all)
+        build_etcd
+        build_kwok
+        build_kubernetes
+        extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
+        extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
+        extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
+        extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
+        ;;
+    crds)
+        extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
+        extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
+        extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
+        extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
+        ;;
+    etcd) build_etcd ;;
+    kwok) build_kwok ;;
+    kubernetes) build_kubernetes ;;
+    *) die "unknown target '$what' (use all, crds, etcd, kwok or kubernetes)" ;;
+esac
+log "done: binaries in $bin, CRDs in $crds"
