@@ -1,0 +1,823 @@
+//! Bringing a cluster up, reporting on it, and taking it down.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde::{Deserialize, Serialize};
+
+use crate::nodes::NodeSpec;
+use crate::{CacheDirs, Error, build, kubeconfig, pki, process};
+
+const FIELD_MANAGER: &str = "aim-devcluster";
+/// The pod CIDR lies in loopback so a local process can answer at a pod's IP.
+pub const POD_CIDR: &str = "127.1.0.0/16";
+/// Service IPs are only ever objects here; nothing routes to them.
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Upstream's own integration framework needed up to 35 s on busy CI
+/// runners; two shared cores are slower still.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How to bring a cluster up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub name: String,
+    pub cache: CacheDirs,
+    /// Components listen on `port_base .. port_base + PORT_COUNT`.
+    pub port_base: u16,
+    /// Extra CRD manifests (multi-document YAML) to install after the
+    /// third-party ones, e.g. aim's own.
+    pub extra_manifests: Vec<(String, String)>,
+    pub nodes: Vec<NodeSpec>,
+    /// Skip the (cheap when cached) build step; used when the caller already
+    /// knows the binaries are current.
+    pub skip_build: bool,
+}
+
+impl ClusterOptions {
+    pub fn new(name: &str, cache: CacheDirs) -> Self {
+        Self {
+            name: name.to_string(),
+            cache,
+            port_base: default_port_base(name),
+            extra_manifests: Vec::new(),
+            nodes: crate::default_fleet(),
+            skip_build: false,
+        }
+    }
+}
+
+/// Separate default ports per cluster name let the dev cluster and the test
+/// cluster run side by side.
+pub fn default_port_base(name: &str) -> u16 {
+    match name {
+        "dev" => 16440,
+        "test" => 26440,
+        other => {
+            let h = other
+                .bytes()
+                .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+            30000 + (h % 2000) as u16 * 10
+        }
+    }
+}
+
+const PORT_COUNT: u16 = 6;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Ports {
+    apiserver: u16,
+    etcd_client: u16,
+    etcd_peer: u16,
+    controller_manager: u16,
+    scheduler: u16,
+    kwok: u16,
+}
+
+impl Ports {
+    fn from_base(base: u16) -> Self {
+        Self {
+            apiserver: base,
+            etcd_client: base + 1,
+            etcd_peer: base + 2,
+            controller_manager: base + 3,
+            scheduler: base + 4,
+            kwok: base + 5,
+        }
+    }
+
+    fn all(&self) -> [(&'static str, u16); PORT_COUNT as usize] {
+        [
+            ("kube-apiserver", self.apiserver),
+            ("etcd (client)", self.etcd_client),
+            ("etcd (peer)", self.etcd_peer),
+            ("kube-controller-manager", self.controller_manager),
+            ("kube-scheduler", self.scheduler),
+            ("kwok", self.kwok),
+        ]
+    }
+}
+
+/// What a running cluster recorded about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    name: String,
+    group: u32,
+    ports: Ports,
+    components: Vec<RecordedComponent>,
+    kubeconfig: PathBuf,
+    server: String,
+    ready: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RecordedComponent {
+    name: String,
+    pid: u32,
+    port: u16,
+    log: PathBuf,
+}
+
+/// What callers need to use a running cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    /// Whether this call started it (false: it was already running).
+    pub started: bool,
+}
+
+impl ClusterInfo {
+    /// A fresh client for the cluster's admin. Create one per async runtime:
+    /// a client's connections belong to the runtime that made them.
+    pub async fn client(&self) -> Result<Client, Error> {
+        client_for(&self.kubeconfig).await
+    }
+}
+
+pub async fn client_for(kubeconfig_path: &Path) -> Result<Client, Error> {
+    let kc = Kubeconfig::read_from(kubeconfig_path).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    config.read_timeout = Some(Duration::from_secs(60));
+    Ok(Client::try_from(config)?)
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn read_state(dir: &Path) -> Option<State> {
+    let text = std::fs::read_to_string(state_path(dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(dir: &Path, state: &State) -> Result<(), Error> {
+    let path = state_path(dir);
+    let tmp = dir.join("state.json.tmp");
+    let text = serde_json::to_string_pretty(state).expect("state serialises");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Holds the cluster's lock file for as long as it lives. Several test
+/// binaries may ask for the same cluster at once; exactly one starts it.
+struct Lock(#[allow(dead_code)] File);
+
+fn lock(dir: &Path) -> Result<Lock, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    f.lock().map_err(|e| Error::io(&path, e))?;
+    Ok(Lock(f))
+}
+
+/// Starts the cluster unless it already runs; idempotent. Blocks while
+/// another process is starting the same cluster, then reuses it.
+pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
+    let dir = opts.cache.cluster(&opts.name);
+    let _lock = lock(&dir)?;
+
+    if let Some(state) = read_state(&dir) {
+        if state.ready && healthy(&state).await {
+            // The manifests may have changed since it started (a developer
+            // edited a CRD); re-applying is cheap and idempotent.
+            let client = client_for(&state.kubeconfig).await?;
+            install_manifests(&client, opts).await?;
+            return Ok(ClusterInfo {
+                name: state.name,
+                kubeconfig: state.kubeconfig,
+                server: state.server,
+                started: false,
+            });
+        }
+        // A crashed or half-started cluster: clear it away and start over.
+        stop_recorded(&state);
+    }
+    clean_runtime_files(&dir)?;
+
+    let ports = Ports::from_base(opts.port_base);
+    for (component, port) in ports.all() {
+        if process::port_in_use(port) {
+            return Err(Error::PortInUse {
+                port,
+                component,
+                cluster: opts.name.clone(),
+                port_base: opts.port_base,
+                last: opts.port_base + PORT_COUNT - 1,
+            });
+        }
+    }
+
+    if !opts.skip_build {
+        let cache = opts.cache.clone();
+        tokio::task::spawn_blocking(move || build::build_control_plane(&cache))
+            .await
+            .expect("build task")?;
+    }
+
+    let mut started = Started::new(&opts.name, ports, &dir);
+    match start(opts, &dir, ports, &mut started).await {
+        Ok(info) => Ok(info),
+        Err(e) => {
+            // Leave nothing running behind a failed start; keep the logs.
+            started.stop();
+            let _ = std::fs::remove_file(state_path(&dir));
+            Err(e)
+        }
+    }
+}
+
+/// Components started so far, so a failure can stop exactly them.
+struct Started {
+    state: State,
+}
+
+impl Started {
+    fn new(name: &str, ports: Ports, dir: &Path) -> Self {
+        Self {
+            state: State {
+                name: name.to_string(),
+                group: 0,
+                ports,
+                components: Vec::new(),
+                kubeconfig: dir.join("kubeconfig"),
+                server: format!("https://127.0.0.1:{}", ports.apiserver),
+                ready: false,
+            },
+        }
+    }
+
+    fn stop(&self) {
+        stop_recorded(&self.state);
+    }
+}
+
+fn stop_recorded(state: &State) {
+    let pids: Vec<u32> = state.components.iter().map(|c| c.pid).collect();
+    if state.group != 0 || !pids.is_empty() {
+        process::stop_group(state.group, &pids, Duration::from_secs(20));
+    }
+}
+
+fn clean_runtime_files(dir: &Path) -> Result<(), Error> {
+    for sub in ["etcd", "pki"] {
+        let p = dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
+    // Fresh logs per start: a stale error from a previous run would mislead.
+    if let Ok(entries) = std::fs::read_dir(&logs) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+async fn start(
+    opts: &ClusterOptions,
+    dir: &Path,
+    ports: Ports,
+    started: &mut Started,
+) -> Result<ClusterInfo, Error> {
+    let bin = |name: &str| opts.cache.binary(name);
+    let logs = dir.join("logs");
+    let pki = pki::generate(&dir.join("pki"))?;
+    let files = &pki.files;
+    let server = started.state.server.clone();
+    let kubeconfig_path = dir.join("kubeconfig");
+    let kubeconfig_text = kubeconfig::render(
+        &opts.name,
+        &server,
+        &pki.ca_pem,
+        &pki.admin_cert_pem,
+        &pki.admin_key_pem,
+    );
+    std::fs::write(&kubeconfig_path, kubeconfig_text).map_err(|e| Error::io(&kubeconfig_path, e))?;
+    let kc = kubeconfig_path.display().to_string();
+    let p = |path: &Path| path.display().to_string();
+
+    // etcd
+    let etcd_client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let etcd_peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    let etcd_args = vec![
+        "--name=aim".to_string(),
+        format!("--data-dir={}", p(&dir.join("etcd"))),
+        format!("--listen-client-urls={etcd_client}"),
+        format!("--advertise-client-urls={etcd_client}"),
+        format!("--listen-peer-urls={etcd_peer}"),
+        format!("--initial-advertise-peer-urls={etcd_peer}"),
+        format!("--initial-cluster=aim={etcd_peer}"),
+        // Durability is pointless for a throwaway cluster and fsync is the
+        // slowest thing etcd does on a shared disk.
+        "--unsafe-no-fsync=true".to_string(),
+        "--log-level=warn".to_string(),
+        "--quota-backend-bytes=4294967296".to_string(),
+    ];
+    launch(started, "etcd", &bin("etcd"), &etcd_args, ports.etcd_client, &logs)?;
+    wait_for(started, "etcd", || async {
+        http_get_ok(ports.etcd_client, "/health").await
+    })
+    .await?;
+
+    // kube-apiserver
+    let apiserver_args = vec![
+        format!("--etcd-servers={etcd_client}"),
+        "--bind-address=127.0.0.1".to_string(),
+        "--advertise-address=127.0.0.1".to_string(),
+        format!("--secure-port={}", ports.apiserver),
+        format!("--tls-cert-file={}", p(&files.apiserver_cert)),
+        format!("--tls-private-key-file={}", p(&files.apiserver_key)),
+        format!("--client-ca-file={}", p(&files.ca_cert)),
+        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
+        format!("--service-account-key-file={}", p(&files.service_account_pub)),
+        format!(
+            "--service-account-signing-key-file={}",
+            p(&files.service_account_key)
+        ),
+        "--authorization-mode=RBAC".to_string(),
+        "--allow-privileged=true".to_string(),
+        // API aggregation, so an extension apiserver (KEDA's metrics
+        // server) can serve external metrics to the HPA controller.
+        format!("--requestheader-client-ca-file={}", p(&files.front_proxy_ca_cert)),
+        format!("--proxy-client-cert-file={}", p(&files.front_proxy_client_cert)),
+        format!("--proxy-client-key-file={}", p(&files.front_proxy_client_key)),
+        "--requestheader-allowed-names=front-proxy-client".to_string(),
+        "--requestheader-username-headers=X-Remote-User".to_string(),
+        "--requestheader-group-headers=X-Remote-Group".to_string(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_string(),
+        "--enable-aggregator-routing=true".to_string(),
+        // Tests create many objects quickly; fairness queuing only slows
+        // them down on a single-tenant cluster.
+        "--enable-priority-and-fairness=false".to_string(),
+        "--max-requests-inflight=1000".to_string(),
+        "--max-mutating-requests-inflight=500".to_string(),
+        "--event-ttl=1h".to_string(),
+        "--v=1".to_string(),
+    ];
+    launch(
+        started,
+        "kube-apiserver",
+        &bin("kube-apiserver"),
+        &apiserver_args,
+        ports.apiserver,
+        &logs,
+    )?;
+    let client = client_for(&kubeconfig_path).await?;
+    wait_for(started, "kube-apiserver", || {
+        let client = client.clone();
+        async move { apiserver_ready(&client).await }
+    })
+    .await?;
+
+    // Controller manager and scheduler talk to the apiserver as admin; their
+    // own serving ports stay on loopback.
+    let kcm_args = vec![
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--leader-elect=false".to_string(),
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={}", ports.controller_manager),
+        format!("--service-account-private-key-file={}", p(&files.service_account_key)),
+        format!("--root-ca-file={}", p(&files.ca_cert)),
+        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        "--controllers=*".to_string(),
+        "--use-service-account-credentials=false".to_string(),
+        "--kube-api-qps=500".to_string(),
+        "--kube-api-burst=1000".to_string(),
+        // Faster than the defaults so garbage collection and namespace
+        // deletion show up in tests within seconds.
+        "--concurrent-gc-syncs=10".to_string(),
+        "--v=1".to_string(),
+    ];
+    launch(
+        started,
+        "kube-controller-manager",
+        &bin("kube-controller-manager"),
+        &kcm_args,
+        ports.controller_manager,
+        &logs,
+    )?;
+    let scheduler_args = vec![
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--leader-elect=false".to_string(),
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={}", ports.scheduler),
+        "--v=1".to_string(),
+    ];
+    launch(
+        started,
+        "kube-scheduler",
+        &bin("kube-scheduler"),
+        &scheduler_args,
+        ports.scheduler,
+        &logs,
+    )?;
+
+    let stages = dir.join("kwok-stages.yaml");
+    std::fs::write(&stages, include_str!("kwok-stages.yaml")).map_err(|e| Error::io(&stages, e))?;
+    let kwok_args = vec![
+        format!("--kubeconfig={kc}"),
+        format!("--config={}", p(&stages)),
+        "--manage-all-nodes=true".to_string(),
+        format!("--cidr={POD_CIDR}"),
+        "--node-ip=127.0.10.254".to_string(),
+        "--node-lease-duration-seconds=40".to_string(),
+        format!("--server-address=127.0.0.1:{}", ports.kwok),
+    ];
+    launch(started, "kwok", &bin("kwok"), &kwok_args, ports.kwok, &logs)?;
+    for (name, port) in [
+        ("kube-controller-manager", ports.controller_manager),
+        ("kube-scheduler", ports.scheduler),
+        ("kwok", ports.kwok),
+    ] {
+        wait_for(started, name, move || async move { process::port_open(port) }).await?;
+    }
+
+    // Record the processes before the slower object setup, so `down` can
+    // always clean up, even after a failure below.
+    write_state(dir, &started.state)?;
+
+    install_manifests(&client, opts).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "aim-system"}
+    }))
+    .expect("static namespace");
+    namespaces
+        .patch("aim-system", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&ns))
+        .await?;
+    create_nodes(&client, &opts.nodes).await?;
+
+    started.state.ready = true;
+    write_state(dir, &started.state)?;
+    Ok(ClusterInfo {
+        name: opts.name.clone(),
+        kubeconfig: kubeconfig_path,
+        server,
+        started: true,
+    })
+}
+
+fn launch(
+    started: &mut Started,
+    name: &'static str,
+    binary: &Path,
+    args: &[String],
+    port: u16,
+    logs: &Path,
+) -> Result<(), Error> {
+    if !binary.exists() {
+        return Err(Error::io(
+            binary,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "binary missing from the cache; run `aim dev cluster build`",
+            ),
+        ));
+    }
+    let spawned = process::spawn(binary, args, &logs.join(format!("{name}.log")), started.state.group)?;
+    if started.state.group == 0 {
+        started.state.group = spawned.pid;
+    }
+    started.state.components.push(RecordedComponent {
+        name: name.to_string(),
+        pid: spawned.pid,
+        port,
+        log: spawned.log,
+    });
+    Ok(())
+}
+
+/// Polls `check` until it passes, failing early if the component died.
+async fn wait_for<F, Fut>(started: &Started, name: &'static str, check: F) -> Result<(), Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let comp = started
+        .state
+        .components
+        .iter()
+        .find(|c| c.name == name)
+        .expect("component was launched")
+        .clone();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        process::reap(comp.pid);
+        if !process::alive(comp.pid) {
+            return Err(Error::ComponentDied {
+                component: name,
+                status: process::exit_status(comp.pid),
+                tail: process::tail(&comp.log, 20),
+                log: comp.log,
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(Error::ComponentTimeout {
+                component: name,
+                secs: START_TIMEOUT.as_secs(),
+                tail: process::tail(&comp.log, 20),
+                log: comp.log,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn http_get_ok(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf)).await;
+    matches!(read, Ok(Ok(_))) && buf.starts_with(b"HTTP/1.") && buf.get(9..12) == Some(b"200")
+}
+
+async fn apiserver_ready(client: &Client) -> bool {
+    let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await,
+        Ok(Ok(body)) if body.trim() == "ok"
+    )
+}
+
+async fn healthy(state: &State) -> bool {
+    if !state.components.iter().all(|c| process::alive(c.pid)) {
+        return false;
+    }
+    match client_for(&state.kubeconfig).await {
+        Ok(client) => apiserver_ready(&client).await,
+        Err(_) => false,
+    }
+}
+
+/// Applies the third-party CRDs from the cache and the caller's manifests,
+/// then waits until every CRD is Established so callers can use them at once.
+async fn install_manifests(client: &Client, opts: &ClusterOptions) -> Result<(), Error> {
+    let mut docs: Vec<(String, serde_yaml::Value)> = Vec::new();
+    let crd_root = opts.cache.third_party_crds();
+    let mut files = Vec::new();
+    if let Ok(projects) = std::fs::read_dir(&crd_root) {
+        for project in projects.flatten() {
+            if let Ok(entries) = std::fs::read_dir(project.path()) {
+                files.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    files.sort();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        docs.extend(parse_docs(&file.display().to_string(), &text)?);
+    }
+    for (origin, text) in &opts.extra_manifests {
+        docs.extend(parse_docs(origin, text)?);
+    }
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut names = Vec::new();
+    for (origin, doc) in docs {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_value(doc).map_err(|e| Error::Manifest {
+                origin: origin.clone(),
+                detail: e.to_string(),
+            })?;
+        let name = crd.metadata.name.clone().ok_or_else(|| Error::Manifest {
+            origin: origin.clone(),
+            detail: "CRD without metadata.name".into(),
+        })?;
+        crds.patch(&name, &params, &Patch::Apply(&crd)).await?;
+        names.push(name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for name in names {
+        loop {
+            let crd = crds.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("CRD {name} becoming Established"),
+                    secs: 60,
+                    detail: "check the kube-apiserver log".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+fn parse_docs(origin: &str, text: &str) -> Result<Vec<(String, serde_yaml::Value)>, Error> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| Error::Manifest {
+            origin: origin.to_string(),
+            detail: e.to_string(),
+        })?;
+        if !value.is_null() {
+            out.push((origin.to_string(), value));
+        }
+    }
+    Ok(out)
+}
+
+async fn create_nodes(client: &Client, nodes: &[NodeSpec]) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    for spec in nodes {
+        let node = spec.to_node();
+        let name = spec.name.clone();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
+            .await?;
+        // A Node's status is a subresource: capacity written on create is
+        // kept, but an apply to an existing node needs the status endpoint.
+        let status = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {
+                "capacity": node.status.as_ref().and_then(|s| s.capacity.clone()),
+                "allocatable": node.status.as_ref().and_then(|s| s.allocatable.clone()),
+                "addresses": node.status.as_ref().and_then(|s| s.addresses.clone()),
+            }
+        });
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut not_ready = Vec::new();
+        for spec in nodes {
+            let node = api.get(&spec.name).await?;
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if !ready {
+                not_ready.push(spec.name.clone());
+            }
+        }
+        if not_ready.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: "KWOK marking the fake nodes Ready".into(),
+                secs: 60,
+                detail: format!("still not Ready: {}; see the kwok log", not_ready.join(", ")),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Stops every process of the cluster and removes its runtime data, leaving
+/// nothing listening. Returns false when nothing was running.
+pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
+    let dir = cache.cluster(name);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let _lock = lock(&dir)?;
+    let Some(state) = read_state(&dir) else {
+        return Ok(false);
+    };
+    stop_recorded(&state);
+    let leftovers: Vec<u16> = state
+        .ports
+        .all()
+        .iter()
+        .map(|(_, p)| *p)
+        .filter(|p| process::port_open(*p))
+        .collect();
+    let _ = std::fs::remove_file(state_path(&dir));
+    let etcd = dir.join("etcd");
+    if etcd.exists() {
+        std::fs::remove_dir_all(&etcd).map_err(|e| Error::io(&etcd, e))?;
+    }
+    if !leftovers.is_empty() {
+        return Err(Error::Timeout {
+            what: "releasing the cluster's ports".into(),
+            secs: 25,
+            detail: format!("ports still open: {leftovers:?}; another process may own them"),
+        });
+    }
+    Ok(true)
+}
+
+/// One component's line in `aim dev cluster status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub pid: u32,
+    pub port: u16,
+    pub running: bool,
+    pub listening: bool,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub running: bool,
+    pub apiserver_ready: bool,
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    pub components: Vec<ComponentStatus>,
+}
+
+/// Reports on a cluster without changing it. `None` when it was never
+/// started (or has been taken down).
+pub async fn status(cache: &CacheDirs, name: &str) -> Result<Option<ClusterStatus>, Error> {
+    let dir = cache.cluster(name);
+    let Some(state) = read_state(&dir) else {
+        return Ok(None);
+    };
+    let components: Vec<ComponentStatus> = state
+        .components
+        .iter()
+        .map(|c| ComponentStatus {
+            name: c.name.clone(),
+            pid: c.pid,
+            port: c.port,
+            running: process::alive(c.pid),
+            listening: process::port_open(c.port),
+            log: c.log.clone(),
+        })
+        .collect();
+    let apiserver_ready = match client_for(&state.kubeconfig).await {
+        Ok(client) => apiserver_ready(&client).await,
+        Err(_) => false,
+    };
+    Ok(Some(ClusterStatus {
+        name: state.name,
+        running: components.iter().all(|c| c.running),
+        apiserver_ready,
+        server: state.server,
+        kubeconfig: state.kubeconfig,
+        components,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_of_named_clusters_do_not_overlap() {
+        let dev = default_port_base("dev");
+        let test = default_port_base("test");
+        assert!(dev + PORT_COUNT <= test || test + PORT_COUNT <= dev);
+        let other = default_port_base("someone-else");
+        assert!(other >= 30000 && other + PORT_COUNT < 50000);
+    }
+
+    #[test]
+    fn parse_docs_skips_empty_documents_and_names_bad_ones() {
+        let docs = parse_docs("x.yaml", "---\na: 1\n---\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        let err = parse_docs("bad.yaml", "a: [1,\n").unwrap_err();
+        assert!(err.to_string().contains("bad.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Starting and stopping the component processes.
+//!
+//! All components of a cluster share one process group, led by the first one
+//! started. That lets `down` stop every one of them with a single signal even
+//! when it runs in another process, long after `up` has exited, and keeps the
+//! cluster alive when a test run is interrupted with Ctrl-C (the terminal
+//! signals only its own foreground group).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::Error;
+
+pub struct Spawned {
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// Starts `binary args…` with output appended to `log`, in process group
+/// `group` (0 = lead a new group).
+pub fn spawn(binary: &Path, args: &[String], log: &Path, group: u32) -> Result<Spawned, Error> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(log, e))?;
+    let err = out.try_clone().map_err(|e| Error::io(log, e))?;
+    let child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(group as i32)
+        .spawn()
+        .map_err(|e| Error::io(binary, e))?;
+    let pid = child.id();
+    // The child is reaped by whoever stops the cluster (or by init once we
+    // exit); holding the handle would only leave a zombie behind in tests.
+    std::mem::forget(child);
+    Ok(Spawned {
+        pid,
+        log: log.to_path_buf(),
+    })
+}
+
+/// Whether `pid` still runs (and is not a zombie we failed to reap).
+pub fn alive(pid: u32) -> bool {
+    if kill(Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    // A zombie answers signal 0 but is gone for every practical purpose.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Reaps `pid` if it is our own exited child, so `alive` sees it gone.
+pub fn reap(pid: u32) {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+}
+
+/// Exit description of a child that died, for error messages.
+pub fn exit_status(pid: u32) -> String {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+        _ => "exited".into(),
+    }
+}
+
+/// Sends SIGTERM to the group, waits up to `grace` for `pids` to go, then
+/// SIGKILLs whatever is left.
+pub fn stop_group(group: u32, pids: &[u32], grace: Duration) {
+    let pg = Pid::from_raw(group as i32);
+    let _ = killpg(pg, Signal::SIGTERM);
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        pids.iter().for_each(|&p| reap(p));
+        if pids.iter().all(|&p| !alive(p)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = killpg(pg, Signal::SIGKILL);
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && pids.iter().any(|&p| alive(p)) {
+        pids.iter().for_each(|&p| reap(p));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return "(no log)".into();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(16 * 1024);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = String::new();
+    let _ = f.read_to_string(&mut buf);
+    let all: Vec<&str> = buf.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether something already listens on 127.0.0.1:`port`.
+pub fn port_in_use(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` succeeds.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
