@@ -1,0 +1,397 @@
+//! Turns an OTLP `ExportMetricsServiceRequest` into store points. Pure:
+//! the transports decode, this converts, the store keeps.
+
+use crate::labels::{LabelSet, normalize_metric_name};
+use crate::store::{
+    AppendOutcome, DistributionPoint, Nanos, PointData, ScalarPoint, SeriesKind, Store, Temporality,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, metric::Data, number_data_point,
+};
+use std::sync::Arc;
+
+/// OTLP data point flag bit: the point carries no value (how a Prometheus
+/// staleness marker arrives).
+const FLAG_NO_RECORDED_VALUE: u32 = 1;
+
+/// Resource attributes copied onto every point by default. otel-add-on keeps
+/// only `host.name`; the pod identity is added so that two pods whose point
+/// attributes happen to be equal never collapse into one series.
+pub const DEFAULT_RESOURCE_ATTRIBUTES: &[&str] = &[
+    "host.name",
+    "k8s.namespace.name",
+    "k8s.deployment.name",
+    "k8s.pod.name",
+    "service.instance.id",
+];
+
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Resource attribute keys copied into each point's labels; a point
+    /// attribute of the same key wins.
+    pub resource_attributes: Vec<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            resource_attributes: DEFAULT_RESOURCE_ATTRIBUTES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    pub stored: u64,
+    pub rejected_series_cap: u64,
+    pub rejected_too_old: u64,
+    pub rejected_invalid: u64,
+    pub ignored_no_recorded_value: u64,
+    /// The first problem seen, for the partial-success message.
+    pub first_problem: Option<String>,
+}
+
+impl IngestReport {
+    pub fn rejected(&self) -> u64 {
+        self.rejected_series_cap + self.rejected_too_old + self.rejected_invalid
+    }
+
+    /// OTLP says: leave partial_success unset on full success.
+    pub fn partial_success(&self) -> Option<ExportMetricsPartialSuccess> {
+        let rejected = self.rejected();
+        (rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected as i64,
+            error_message: format!(
+                "{rejected} data points rejected (series cap: {}, older than retention: {}, invalid: {}); first: {}",
+                self.rejected_series_cap,
+                self.rejected_too_old,
+                self.rejected_invalid,
+                self.first_problem.as_deref().unwrap_or("-")
+            ),
+        })
+    }
+
+    fn problem(&mut self, text: impl FnOnce() -> String) {
+        if self.first_problem.is_none() {
+            self.first_problem = Some(text());
+        }
+    }
+
+    fn count(&mut self, outcome: AppendOutcome, metric: &str) {
+        match outcome {
+            AppendOutcome::Stored => self.stored += 1,
+            AppendOutcome::RejectedSeriesCap => {
+                self.rejected_series_cap += 1;
+                self.problem(|| format!("metric '{metric}': series cap reached; raise --max-series or filter metrics in the collector"));
+            }
+            AppendOutcome::RejectedTooOld => {
+                self.rejected_too_old += 1;
+                self.problem(|| {
+                    format!("metric '{metric}': point older than the retention window")
+                });
+            }
+        }
+    }
+}
+
+/// Renders a typed attribute value so that an int 5 matches the query
+/// string "5".
+pub fn render_any_value(value: &AnyValue) -> String {
+    match &value.value {
+        None => String::new(),
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BytesValue(bytes)) => {
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        Some(any_value::Value::ArrayValue(array)) => {
+            let items: Vec<String> = array.values.iter().map(render_any_value).collect();
+            format!("[{}]", items.join(","))
+        }
+        Some(any_value::Value::KvlistValue(list)) => {
+            let items: Vec<String> = list
+                .values
+                .iter()
+                .map(|kv| {
+                    format!(
+                        "{}={}",
+                        kv.key,
+                        kv.value.as_ref().map(render_any_value).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        // Only profiles use string tables; metrics never should.
+        Some(any_value::Value::StringValueStrindex(index)) => format!("strindex:{index}"),
+    }
+}
+
+fn labels(resource: &[(String, String)], attributes: &[KeyValue]) -> LabelSet {
+    let point = attributes.iter().map(|kv| {
+        (
+            kv.key.clone(),
+            kv.value.as_ref().map(render_any_value).unwrap_or_default(),
+        )
+    });
+    LabelSet::from_pairs(resource.iter().cloned().chain(point))
+}
+
+fn temporality(value: i32) -> Temporality {
+    // UNSPECIFIED is treated as cumulative: it is what a Prometheus-fed
+    // pipeline means, and cumulative handling of a delta stream degrades
+    // gracefully (drops look like resets).
+    if value == AggregationTemporality::Delta as i32 {
+        Temporality::Delta
+    } else {
+        Temporality::Cumulative
+    }
+}
+
+pub fn ingest(
+    store: &Store,
+    request: &ExportMetricsServiceRequest,
+    config: &IngestConfig,
+    received: Nanos,
+) -> IngestReport {
+    let mut report = IngestReport::default();
+    for resource_metrics in &request.resource_metrics {
+        let resource: Vec<(String, String)> = resource_metrics
+            .resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .filter(|kv| config.resource_attributes.iter().any(|k| *k == kv.key))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.as_ref().map(render_any_value).unwrap_or_default(),
+                )
+            })
+            .collect();
+        for scope in &resource_metrics.scope_metrics {
+            for metric in &scope.metrics {
+                ingest_metric(store, metric, &resource, received, &mut report);
+            }
+        }
+    }
+    report
+}
+
+fn ingest_metric(
+    store: &Store,
+    metric: &Metric,
+    resource: &[(String, String)],
+    received: Nanos,
+    report: &mut IngestReport,
+) {
+    let name = normalize_metric_name(&metric.name);
+    // A metric with no data is skipped on its own; otel-add-on aborted the
+    // rest of the request instead.
+    let Some(data) = &metric.data else { return };
+    if name.is_empty() {
+        let points = count_points(data);
+        report.rejected_invalid += points;
+        report.problem(|| "a metric has an empty name".to_owned());
+        return;
+    }
+    let time_or_now = |t: u64| if t == 0 { received } else { t };
+    match data {
+        Data::Gauge(gauge) => {
+            for p in &gauge.data_points {
+                scalar(
+                    store,
+                    &name,
+                    &SeriesKind::Gauge,
+                    resource,
+                    p,
+                    time_or_now(p.time_unix_nano),
+                    received,
+                    report,
+                );
+            }
+        }
+        Data::Sum(sum) => {
+            let kind = SeriesKind::Sum {
+                temporality: temporality(sum.aggregation_temporality),
+                monotonic: sum.is_monotonic,
+            };
+            for p in &sum.data_points {
+                scalar(
+                    store,
+                    &name,
+                    &kind,
+                    resource,
+                    p,
+                    time_or_now(p.time_unix_nano),
+                    received,
+                    report,
+                );
+            }
+        }
+        Data::Histogram(histogram) => {
+            for p in &histogram.data_points {
+                if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+                    report.ignored_no_recorded_value += 1;
+                    continue;
+                }
+                if !p.bucket_counts.is_empty()
+                    && p.bucket_counts.len() != p.explicit_bounds.len() + 1
+                {
+                    report.rejected_invalid += 1;
+                    report.problem(|| {
+                        format!(
+                            "histogram '{name}': {} bucket counts for {} bounds (must be one more)",
+                            p.bucket_counts.len(),
+                            p.explicit_bounds.len()
+                        )
+                    });
+                    continue;
+                }
+                let kind = SeriesKind::Histogram {
+                    temporality: temporality(histogram.aggregation_temporality),
+                    bounds: Arc::from(if p.bucket_counts.is_empty() {
+                        &[][..]
+                    } else {
+                        &p.explicit_bounds[..]
+                    }),
+                };
+                let point = DistributionPoint {
+                    time: time_or_now(p.time_unix_nano),
+                    start: p.start_time_unix_nano,
+                    count: p.count as f64,
+                    sum: p.sum.unwrap_or(0.0),
+                    buckets: p.bucket_counts.clone().into_boxed_slice(),
+                    quantiles: Box::new([]),
+                };
+                let outcome = store.append(
+                    &name,
+                    labels(resource, &p.attributes),
+                    &kind,
+                    PointData::Distribution(point),
+                    received,
+                );
+                report.count(outcome, &name);
+            }
+        }
+        Data::ExponentialHistogram(histogram) => {
+            // Kept as count and sum only (like otel-add-on); quantiles need
+            // explicit buckets.
+            for p in &histogram.data_points {
+                if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+                    report.ignored_no_recorded_value += 1;
+                    continue;
+                }
+                let point = DistributionPoint {
+                    time: time_or_now(p.time_unix_nano),
+                    start: p.start_time_unix_nano,
+                    count: p.count as f64,
+                    sum: p.sum.unwrap_or(0.0),
+                    buckets: Box::new([]),
+                    quantiles: Box::new([]),
+                };
+                let outcome = store.append(
+                    &name,
+                    labels(resource, &p.attributes),
+                    &SeriesKind::Summary,
+                    PointData::Distribution(point),
+                    received,
+                );
+                report.count(outcome, &name);
+            }
+        }
+        Data::Summary(summary) => {
+            for p in &summary.data_points {
+                if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+                    report.ignored_no_recorded_value += 1;
+                    continue;
+                }
+                let point = DistributionPoint {
+                    time: time_or_now(p.time_unix_nano),
+                    start: p.start_time_unix_nano,
+                    count: p.count as f64,
+                    sum: p.sum,
+                    buckets: Box::new([]),
+                    quantiles: p
+                        .quantile_values
+                        .iter()
+                        .map(|q| (q.quantile, q.value))
+                        .collect(),
+                };
+                let outcome = store.append(
+                    &name,
+                    labels(resource, &p.attributes),
+                    &SeriesKind::Summary,
+                    PointData::Distribution(point),
+                    received,
+                );
+                report.count(outcome, &name);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scalar(
+    store: &Store,
+    name: &str,
+    kind: &SeriesKind,
+    resource: &[(String, String)],
+    p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint,
+    time: Nanos,
+    received: Nanos,
+    report: &mut IngestReport,
+) {
+    if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+        report.ignored_no_recorded_value += 1;
+        return;
+    }
+    // Negative values are kept (otel-add-on clamped them to 0 via max()).
+    let value = match p.value {
+        Some(number_data_point::Value::AsDouble(v)) => v,
+        Some(number_data_point::Value::AsInt(v)) => v as f64,
+        None => {
+            report.rejected_invalid += 1;
+            report.problem(|| {
+                format!("metric '{name}': data point has neither as_double nor as_int")
+            });
+            return;
+        }
+    };
+    if !value.is_finite() {
+        report.rejected_invalid += 1;
+        report.problem(|| format!("metric '{name}': value {value} is not finite"));
+        return;
+    }
+    let point = ScalarPoint {
+        time,
+        start: p.start_time_unix_nano,
+        value,
+    };
+    let outcome = store.append(
+        name,
+        labels(resource, &p.attributes),
+        kind,
+        PointData::Scalar(point),
+        received,
+    );
+    report.count(outcome, name);
+}
+
+fn count_points(data: &Data) -> u64 {
+    (match data {
+        Data::Gauge(g) => g.data_points.len(),
+        Data::Sum(s) => s.data_points.len(),
+        Data::Histogram(h) => h.data_points.len(),
+        Data::ExponentialHistogram(h) => h.data_points.len(),
+        Data::Summary(s) => s.data_points.len(),
+    }) as u64
+}

@@ -1,0 +1,121 @@
+//! Series identity: metric names and label sets.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Normalises a metric name the way otel-add-on does on write and on query,
+/// so `http.server.duration` and `http_server_duration` name one metric.
+/// `:` is kept because vLLM's names (`vllm:num_requests_running`) use it.
+pub fn normalize_metric_name(name: &str) -> String {
+    name.replace(['.', '/'], "_")
+}
+
+/// A label set sorted by key. Sorting makes two sets with the same pairs
+/// equal and hash the same whatever order the exporter sent them in.
+#[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct LabelSet(Box<[(Arc<str>, Arc<str>)]>);
+
+impl LabelSet {
+    /// Builds a set; on duplicate keys the last pair wins, matching how an
+    /// OTLP point attribute overrides a copied resource attribute.
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
+            .collect();
+        // Stable sort keeps insertion order among equal keys, so dedup can
+        // keep the last occurrence.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut deduped: Vec<(Arc<str>, Arc<str>)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match deduped.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => deduped.push(pair),
+            }
+        }
+        LabelSet(deduped.into_boxed_slice())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Heap bytes held by this set, for memory accounting in benchmarks.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len() * std::mem::size_of::<(Arc<str>, Arc<str>)>()
+            + self.0.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}
+
+impl fmt::Debug for LabelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for LabelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (k, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{k}={v:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_of_pairs_does_not_matter() {
+        let a = LabelSet::from_pairs([("pod", "p1"), ("namespace", "ns")]);
+        let b = LabelSet::from_pairs([("namespace", "ns"), ("pod", "p1")]);
+        assert_eq!(a, b);
+        assert_eq!(a.get("pod"), Some("p1"));
+        assert_eq!(a.get("deployment"), None);
+    }
+
+    #[test]
+    fn later_duplicate_key_wins() {
+        let set = LabelSet::from_pairs([
+            ("host.name", "resource"),
+            ("a", "1"),
+            ("host.name", "point"),
+        ]);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.get("host.name"), Some("point"));
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        assert_eq!(
+            normalize_metric_name("http.server/duration"),
+            "http_server_duration"
+        );
+        assert_eq!(
+            normalize_metric_name("vllm:num_requests_running"),
+            "vllm:num_requests_running"
+        );
+    }
+}
