@@ -142,7 +142,8 @@ impl ClusterInfo {
 }
 
 pub async fn client_for(kubeconfig_path: &Path) -> Result<Client, Error> {
-    let kc = Kubeconfig::read_from(kubeconfig_path).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let kc =
+        Kubeconfig::read_from(kubeconfig_path).map_err(|e| Error::Kubeconfig(e.to_string()))?;
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;
@@ -309,7 +310,8 @@ async fn start(
         &pki.admin_cert_pem,
         &pki.admin_key_pem,
     );
-    std::fs::write(&kubeconfig_path, kubeconfig_text).map_err(|e| Error::io(&kubeconfig_path, e))?;
+    std::fs::write(&kubeconfig_path, kubeconfig_text)
+        .map_err(|e| Error::io(&kubeconfig_path, e))?;
     let kc = kubeconfig_path.display().to_string();
     let p = |path: &Path| path.display().to_string();
 
@@ -330,7 +332,14 @@ async fn start(
         "--log-level=warn".to_string(),
         "--quota-backend-bytes=4294967296".to_string(),
     ];
-    launch(started, "etcd", &bin("etcd"), &etcd_args, ports.etcd_client, &logs)?;
+    launch(
+        started,
+        "etcd",
+        &bin("etcd"),
+        &etcd_args,
+        ports.etcd_client,
+        &logs,
+    )?;
     wait_for(started, "etcd", || async {
         http_get_ok(ports.etcd_client, "/health").await
     })
@@ -347,7 +356,10 @@ async fn start(
         format!("--client-ca-file={}", p(&files.ca_cert)),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
-        format!("--service-account-key-file={}", p(&files.service_account_pub)),
+        format!(
+            "--service-account-key-file={}",
+            p(&files.service_account_pub)
+        ),
         format!(
             "--service-account-signing-key-file={}",
             p(&files.service_account_key)
@@ -356,9 +368,18 @@ async fn start(
         "--allow-privileged=true".to_string(),
         // API aggregation, so an extension apiserver (KEDA's metrics
         // server) can serve external metrics to the HPA controller.
-        format!("--requestheader-client-ca-file={}", p(&files.front_proxy_ca_cert)),
-        format!("--proxy-client-cert-file={}", p(&files.front_proxy_client_cert)),
-        format!("--proxy-client-key-file={}", p(&files.front_proxy_client_key)),
+        format!(
+            "--requestheader-client-ca-file={}",
+            p(&files.front_proxy_ca_cert)
+        ),
+        format!(
+            "--proxy-client-cert-file={}",
+            p(&files.front_proxy_client_cert)
+        ),
+        format!(
+            "--proxy-client-key-file={}",
+            p(&files.front_proxy_client_key)
+        ),
         "--requestheader-allowed-names=front-proxy-client".to_string(),
         "--requestheader-username-headers=X-Remote-User".to_string(),
         "--requestheader-group-headers=X-Remote-Group".to_string(),
@@ -396,7 +417,10 @@ async fn start(
         "--leader-elect=false".to_string(),
         "--bind-address=127.0.0.1".to_string(),
         format!("--secure-port={}", ports.controller_manager),
-        format!("--service-account-private-key-file={}", p(&files.service_account_key)),
+        format!(
+            "--service-account-private-key-file={}",
+            p(&files.service_account_key)
+        ),
         format!("--root-ca-file={}", p(&files.ca_cert)),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--controllers=*".to_string(),
@@ -451,7 +475,12 @@ async fn start(
         ("kube-scheduler", ports.scheduler),
         ("kwok", ports.kwok),
     ] {
-        wait_for(started, name, move || async move { process::port_open(port) }).await?;
+        wait_for(
+            started,
+            name,
+            move || async move { process::port_open(port) },
+        )
+        .await?;
     }
 
     // Record the processes before the slower object setup, so `down` can
@@ -465,7 +494,11 @@ async fn start(
     }))
     .expect("static namespace");
     namespaces
-        .patch("aim-system", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&ns))
+        .patch(
+            "aim-system",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
         .await?;
     create_nodes(&client, &opts.nodes).await?;
 
@@ -496,7 +529,12 @@ fn launch(
             ),
         ));
     }
-    let spawned = process::spawn(binary, args, &logs.join(format!("{name}.log")), started.state.group)?;
+    let spawned = process::spawn(
+        binary,
+        args,
+        &logs.join(format!("{name}.log")),
+        started.state.group,
+    )?;
     if started.state.group == 0 {
         started.state.group = spawned.pid;
     }
@@ -568,7 +606,9 @@ async fn http_get_ok(port: u16, path: &str) -> bool {
 }
 
 async fn apiserver_ready(client: &Client) -> bool {
-    let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("static request");
     matches!(
         tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await,
         Ok(Ok(body)) if body.trim() == "ok"
@@ -599,7 +639,10 @@ async fn install_manifests(client: &Client, opts: &ClusterOptions) -> Result<(),
         }
     }
     files.sort();
-    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
+    {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
         docs.extend(parse_docs(&file.display().to_string(), &text)?);
     }
@@ -668,8 +711,12 @@ async fn create_nodes(client: &Client, nodes: &[NodeSpec]) -> Result<(), Error> 
     for spec in nodes {
         let node = spec.to_node();
         let name = spec.name.clone();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
-            .await?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&node),
+        )
+        .await?;
         // A Node's status is a subresource: capacity written on create is
         // kept, but an apply to an existing node needs the status endpoint.
         let status = serde_json::json!({
@@ -680,8 +727,12 @@ async fn create_nodes(client: &Client, nodes: &[NodeSpec]) -> Result<(), Error> 
                 "addresses": node.status.as_ref().and_then(|s| s.addresses.clone()),
             }
         });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
-            .await?;
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -705,7 +756,10 @@ async fn create_nodes(client: &Client, nodes: &[NodeSpec]) -> Result<(), Error> 
             return Err(Error::Timeout {
                 what: "KWOK marking the fake nodes Ready".into(),
                 secs: 60,
-                detail: format!("still not Ready: {}; see the kwok log", not_ready.join(", ")),
+                detail: format!(
+                    "still not Ready: {}; see the kwok log",
+                    not_ready.join(", ")
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

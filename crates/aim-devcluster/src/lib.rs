@@ -13,6 +13,7 @@
 //! can find and stop exactly them.
 
 mod build;
+pub use build::pins;
 mod cluster;
 mod kubeconfig;
 mod nodes;
@@ -21,7 +22,7 @@ mod pki;
 mod process;
 
 pub use build::{BuildOutput, build_control_plane};
-pub use cluster::{ClusterInfo, ClusterOptions, ComponentStatus, ClusterStatus, down, status, up};
+pub use cluster::{ClusterInfo, ClusterOptions, ClusterStatus, ComponentStatus, down, status, up};
 pub use nodes::{NodeSpec, default_fleet};
 pub use paths::CacheDirs;
 
@@ -53,9 +54,7 @@ pub enum Error {
         port_base: u16,
         last: u16,
     },
-    #[error(
-        "{component} exited during start-up ({status}). Last lines of its log {log}:\n{tail}"
-    )]
+    #[error("{component} exited during start-up ({status}). Last lines of its log {log}:\n{tail}")]
     ComponentDied {
         component: &'static str,
         status: String,

@@ -48,7 +48,10 @@ impl NodeSpec {
             ("kubernetes.io/os".to_string(), "linux".to_string()),
             ("kubernetes.io/arch".to_string(), "amd64".to_string()),
             ("type".to_string(), "kwok".to_string()),
-            ("aim.eai.amd.com/dev-cluster".to_string(), "true".to_string()),
+            (
+                "aim.eai.amd.com/dev-cluster".to_string(),
+                "true".to_string(),
+            ),
         ]);
         let mut resources = BTreeMap::from([
             ("cpu".to_string(), Quantity(self.cpu.to_string())),
@@ -101,8 +104,19 @@ mod tests {
             Quantity("8".into())
         );
         let cpu = fleet.iter().find(|n| n.gpu.is_none()).unwrap().to_node();
-        assert!(!cpu.metadata.labels.unwrap().contains_key("amd.com/gpu.device-id"));
-        assert!(!cpu.status.unwrap().allocatable.unwrap().contains_key("amd.com/gpu"));
+        assert!(
+            !cpu.metadata
+                .labels
+                .unwrap()
+                .contains_key("amd.com/gpu.device-id")
+        );
+        assert!(
+            !cpu.status
+                .unwrap()
+                .allocatable
+                .unwrap()
+                .contains_key("amd.com/gpu")
+        );
         // Node addresses stay on loopback: nothing may ever be sent elsewhere.
         assert!(fleet.iter().all(|n| n.address.starts_with("127.")));
     }

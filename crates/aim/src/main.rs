@@ -1,11 +1,45 @@
-use clap::Parser;
+//! The `aim` command: operator, scaler, simulator, lab and developer tools
+//! behind one binary.
+
+mod crds;
+mod dev;
+
+use clap::{Parser, Subcommand};
 
 /// aim: serve LLMs on Kubernetes with demand-based autoscaling.
 #[derive(Parser)]
 #[command(name = "aim", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Subcommand)]
+enum Command {
+    /// Print the aim.eai.amd.com CRDs as YAML, or write one file per CRD.
+    Crds(crds::CrdsArgs),
+    /// Developer tools: the local Kubernetes control plane.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crds(args) => crds::run(args),
+        Command::Dev(args) => dev::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,324 @@
+//! AIMService: one inference endpoint for one model.
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
+
+use crate::common::{HardwareRequirements, ModelSource, ResolvedReference, RuntimeParameters};
+use crate::runtime_config::{RoutingConfig, StorageConfig};
+
+#[skip_serializing_none]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "aim.eai.amd.com",
+    version = "v1alpha1",
+    kind = "AIMService",
+    plural = "aimservices",
+    singular = "aimservice",
+    namespaced,
+    status = "AIMServiceStatus",
+    shortname = "aimsvc",
+    category = "aim",
+    category = "all",
+    doc = "AIMService deploys one model as an inference endpoint: a KServe InferenceService with fixed replicas or KEDA autoscaling, optional Gateway API routing and a model cache.",
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".status.resolvedModel.name"
+    ),
+    printcolumn(
+        name = "Template",
+        type_ = "string",
+        json_path = ".status.resolvedTemplate.name"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "string",
+        json_path = ".status.runtime.replicas"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AIMServiceSpec {
+    /// Which model to serve: exactly one of `name`, `image` or `custom`.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("model selection is immutable after creation"))]
+    pub model: ServiceModel,
+    /// Which template to use; auto-selected when omitted.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("template selection is immutable after creation"))]
+    pub template: Option<ServiceTemplateSelector>,
+    /// How model weights are cached. Shared when omitted.
+    pub caching: Option<ServiceCaching>,
+    /// Deprecated and ignored; caching is always on.
+    pub cache_model: Option<bool>,
+    /// A fixed replica count, used when `minReplicas`/`maxReplicas` are not set.
+    #[serde(default = "default_replicas")]
+    pub replicas: Option<i32>,
+    /// Lower bound for autoscaling. Setting it (or `maxReplicas`) turns KEDA on.
+    #[schemars(range(min = 1))]
+    pub min_replicas: Option<i32>,
+    /// Upper bound for autoscaling.
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<i32>,
+    /// Metrics KEDA scales on; a default vLLM metric when omitted.
+    pub auto_scaling: Option<AutoScaling>,
+    /// Name of the AIMRuntimeConfig / AIMClusterRuntimeConfig; `default` when empty.
+    pub runtime_config_name: Option<String>,
+    pub storage: Option<StorageConfig>,
+    pub routing: Option<RoutingConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub env: Vec<EnvVar>,
+    /// Container resources; defaults follow from the template's GPU count.
+    pub resources: Option<ResourceRequirements>,
+    /// Changes to the template's runtime parameters; they select or derive a template.
+    pub overrides: Option<RuntimeParameters>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    pub service_account_name: Option<String>,
+}
+
+fn default_replicas() -> Option<i32> {
+    Some(1)
+}
+
+/// The model a service serves.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("(has(self.name) ? 1 : 0) + (has(self.image) ? 1 : 0) + (has(self.custom) ? 1 : 0) == 1").message("exactly one of name, image, or custom must be specified"))]
+pub struct ServiceModel {
+    /// An AIMModel in the namespace, else an AIMClusterModel.
+    pub name: Option<String>,
+    /// A model image; a matching model is found or created.
+    pub image: Option<String>,
+    /// A model from explicit weights on a base image.
+    pub custom: Option<CustomModel>,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomModel {
+    /// The serving image (an AIM base image).
+    pub base_image: String,
+    /// The weights to serve. Exactly one source.
+    #[schemars(length(min = 1, max = 1))]
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one model source must be specified"))]
+    pub model_sources: Vec<ModelSource>,
+    pub hardware: HardwareRequirements,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceTemplateSelector {
+    /// An AIMServiceTemplate in the namespace, else an AIMClusterServiceTemplate.
+    pub name: Option<String>,
+    /// Let auto-selection consider templates not optimised for the hardware.
+    pub allow_unoptimized: Option<bool>,
+}
+
+/// The cache modes a manifest may name. `Always` and `Auto` are legacy
+/// spellings of `Shared`; `Never` of `Dedicated`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum CachingModeSpec {
+    Dedicated,
+    #[default]
+    Shared,
+    Auto,
+    Always,
+    Never,
+}
+
+/// The two cache behaviours there really are.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum CacheMode {
+    Dedicated,
+    #[default]
+    Shared,
+}
+
+impl CachingModeSpec {
+    pub fn effective(self) -> CacheMode {
+        match self {
+            CachingModeSpec::Dedicated | CachingModeSpec::Never => CacheMode::Dedicated,
+            CachingModeSpec::Shared | CachingModeSpec::Auto | CachingModeSpec::Always => {
+                CacheMode::Shared
+            }
+        }
+    }
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+pub struct ServiceCaching {
+    #[serde(default = "default_caching_mode")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("caching mode is immutable after creation"))]
+    pub mode: Option<CachingModeSpec>,
+}
+
+fn default_caching_mode() -> Option<CachingModeSpec> {
+    Some(CachingModeSpec::Shared)
+}
+
+impl AIMServiceSpec {
+    /// The cache mode in force, with legacy values mapped.
+    pub fn cache_mode(&self) -> CacheMode {
+        self.caching
+            .as_ref()
+            .and_then(|c| c.mode)
+            .unwrap_or_default()
+            .effective()
+    }
+
+    /// Autoscaling is on when either bound is given.
+    pub fn autoscaling_enabled(&self) -> bool {
+        self.min_replicas.is_some() || self.max_replicas.is_some()
+    }
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct AutoScaling {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<ScalingMetric>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ScalingMetricType {
+    #[default]
+    PodMetric,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ScalingMetric {
+    #[serde(rename = "type")]
+    pub type_: ScalingMetricType,
+    pub podmetric: Option<PodMetric>,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct PodMetric {
+    pub metric: Option<PodMetricSource>,
+    pub target: Option<MetricTarget>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsBackend {
+    #[default]
+    Opentelemetry,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetricSource {
+    #[serde(default = "default_backend")]
+    pub backend: Option<MetricsBackend>,
+    /// The KEDA external scaler's address, `host:port`.
+    pub server_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_names: Vec<String>,
+    /// e.g. `sum(vllm:num_requests_running{namespace="ml-team"})`.
+    pub query: Option<String>,
+    /// One of last_one, avg, max, min, rate, count.
+    pub operation_over_time: Option<String>,
+}
+
+fn default_backend() -> Option<MetricsBackend> {
+    Some(MetricsBackend::Opentelemetry)
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum MetricTargetType {
+    #[default]
+    Value,
+    AverageValue,
+    Utilization,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTarget {
+    #[serde(rename = "type")]
+    pub type_: MetricTargetType,
+    pub value: Option<String>,
+    pub average_value: Option<String>,
+    pub average_utilization: Option<i32>,
+}
+
+/// The states an AIMService reports. AIM Engine's enum has no
+/// `NotAvailable`, yet its controller can compute it (a template whose GPUs
+/// are absent) and then fails to write status. Our controller reports that
+/// case as `Pending` with a `TemplateReady` reason that says which hardware
+/// is missing, which keeps the documented five values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ServicePhase {
+    #[default]
+    Pending,
+    Starting,
+    Running,
+    Degraded,
+    Failed,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AIMServiceStatus {
+    #[serde(default = "default_service_phase")]
+    pub status: Option<ServicePhase>,
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    pub resolved_model: Option<ResolvedReference>,
+    pub resolved_template: Option<ResolvedReference>,
+    pub resolved_runtime_config: Option<ResolvedReference>,
+    pub routing: Option<ServiceRoutingStatus>,
+    pub cache: Option<ServiceCacheStatus>,
+    pub runtime: Option<ServiceRuntimeStatus>,
+}
+
+fn default_service_phase() -> Option<ServicePhase> {
+    Some(ServicePhase::Pending)
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ServiceRoutingStatus {
+    /// The rendered HTTP path prefix of the service's route.
+    pub path: Option<String>,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCacheStatus {
+    pub template_cache_ref: Option<ResolvedReference>,
+    /// How many times a failed cache was recreated for this service.
+    pub retry_attempts: Option<i32>,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRuntimeStatus {
+    pub current_replicas: Option<i32>,
+    pub desired_replicas: Option<i32>,
+    pub min_replicas: Option<i32>,
+    pub max_replicas: Option<i32>,
+    /// Human-readable summary, e.g. `2/4 (1-4)`.
+    pub replicas: Option<String>,
+}

@@ -1,0 +1,182 @@
+//! `aim dev …`: the local Kubernetes control plane for tests and the demo.
+
+use std::time::Instant;
+
+use aim_devcluster::{CacheDirs, ClusterOptions};
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Args)]
+pub struct DevArgs {
+    #[command(subcommand)]
+    command: DevCommand,
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// A real control plane (etcd, kube-apiserver, controller-manager,
+    /// scheduler, KWOK) on loopback, built from upstream Go modules.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Args, Clone)]
+struct ClusterName {
+    /// Which local cluster; several can run side by side.
+    #[arg(long, default_value = "dev", global = true)]
+    name: String,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Build (if needed) and start the cluster with every CRD installed.
+    /// Does nothing when it already runs.
+    Up {
+        #[command(flatten)]
+        name: ClusterName,
+        /// First of the six loopback ports the components listen on.
+        #[arg(long)]
+        port_base: Option<u16>,
+    },
+    /// Stop every process of the cluster and delete its data.
+    Down {
+        #[command(flatten)]
+        name: ClusterName,
+    },
+    /// Show the cluster's processes, ports and health.
+    Status {
+        #[command(flatten)]
+        name: ClusterName,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print the shell variables that point kubectl and aim at the cluster.
+    Env {
+        #[command(flatten)]
+        name: ClusterName,
+    },
+    /// Build the pinned control-plane binaries and fetch the third-party CRDs.
+    Build,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let DevCommand::Cluster(cluster) = args.command;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let cache = CacheDirs::discover()?;
+    match cluster.command {
+        ClusterCommand::Up { name, port_base } => {
+            runtime.block_on(up(cache, &name.name, port_base))
+        }
+        ClusterCommand::Down { name } => {
+            if aim_devcluster::down(&cache, &name.name)? {
+                println!("cluster '{}' stopped", name.name);
+            } else {
+                println!("cluster '{}' was not running", name.name);
+            }
+            Ok(())
+        }
+        ClusterCommand::Status { name, output } => {
+            runtime.block_on(status(cache, &name.name, output))
+        }
+        ClusterCommand::Env { name } => {
+            let kubeconfig = cache.cluster(&name.name).join("kubeconfig");
+            if !kubeconfig.exists() {
+                anyhow::bail!(
+                    "cluster '{}' has no kubeconfig yet: run `aim dev cluster up --name {}` first",
+                    name.name,
+                    name.name
+                );
+            }
+            println!("export KUBECONFIG={}", kubeconfig.display());
+            println!("export PATH={}:$PATH", cache.bin().display());
+            Ok(())
+        }
+        ClusterCommand::Build => {
+            aim_devcluster::build_control_plane(&cache)?;
+            println!("control plane binaries in {}", cache.bin().display());
+            Ok(())
+        }
+    }
+}
+
+async fn up(cache: CacheDirs, name: &str, port_base: Option<u16>) -> anyhow::Result<()> {
+    let started_at = Instant::now();
+    let mut opts = ClusterOptions::new(name, cache.clone());
+    if let Some(base) = port_base {
+        opts.port_base = base;
+    }
+    opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
+    let info = aim_devcluster::up(&opts)
+        .await
+        .context("bringing the cluster up")?;
+    let verb = if info.started {
+        "started"
+    } else {
+        "already running"
+    };
+    println!(
+        "cluster '{}' {verb} in {:.1} s: {}",
+        info.name,
+        started_at.elapsed().as_secs_f64(),
+        info.server
+    );
+    println!();
+    println!("Use it from a shell:");
+    println!("  export KUBECONFIG={}", info.kubeconfig.display());
+    println!("  export PATH={}:$PATH", cache.bin().display());
+    println!("  kubectl get nodes -L amd.com/gpu.device-id");
+    println!("  kubectl get crds | grep -e aim -e kserve -e keda -e gateway");
+    println!();
+    println!("Stop it with: aim dev cluster down --name {}", info.name);
+    Ok(())
+}
+
+async fn status(cache: CacheDirs, name: &str, output: Output) -> anyhow::Result<()> {
+    let Some(status) = aim_devcluster::status(&cache, name).await? else {
+        println!("cluster '{name}' is not running");
+        return Ok(());
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&status)?),
+        Output::Table => {
+            println!(
+                "cluster '{}' at {}: apiserver {}",
+                status.name,
+                status.server,
+                if status.apiserver_ready {
+                    "ready"
+                } else {
+                    "NOT ready"
+                }
+            );
+            println!(
+                "{:<26} {:>8} {:>6} {:<8} {:<9}",
+                "COMPONENT", "PID", "PORT", "RUNNING", "LISTENING"
+            );
+            for c in &status.components {
+                println!(
+                    "{:<26} {:>8} {:>6} {:<8} {:<9}",
+                    c.name,
+                    c.pid,
+                    c.port,
+                    if c.running { "yes" } else { "no" },
+                    if c.listening { "yes" } else { "no" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
