@@ -220,12 +220,13 @@ pub struct ResolvedReference {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
-    #[serde(rename = "engine_args")]
+    #[serde(rename = "engine_args", default)]
     #[schemars(schema_with = "crate::schema::preserve_unknown")]
     pub engine_args: Option<serde_json::Value>,
     #[serde(rename = "env_vars")]
     pub env_vars: Option<BTreeMap<String, String>>,
     pub metadata: Option<ProfileMetadata>,
+    #[serde(default)]
     #[schemars(schema_with = "crate::schema::preserve_unknown")]
     pub original_discovery_output: Option<serde_json::Value>,
 }

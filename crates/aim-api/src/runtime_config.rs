@@ -67,6 +67,8 @@ pub struct RoutingConfig {
     /// Path prefix with `{jsonpath}` placeholders, e.g. `/{.metadata.namespace}/{.metadata.name}`.
     pub path_template: Option<String>,
     /// Route request timeout as a Go duration, e.g. `120s`.
+    // `default` keeps the field optional: a custom schema hides the Option.
+    #[serde(default)]
     #[schemars(schema_with = "crate::schema::duration")]
     pub request_timeout: Option<String>,
     pub annotations: Option<BTreeMap<String, String>>,

@@ -1,0 +1,224 @@
+//! Harness for tests that need a real Kubernetes control plane.
+//!
+//! One cluster, named `test`, serves every test binary of a run: the first
+//! caller starts it (building the control plane if the cache is cold), and
+//! later callers, in this process or another, reuse it. Each test works in
+//! a fresh namespace so tests never see each other's objects. Awaits fail
+//! with the object and the namespace's events, because "timed out" alone
+//! explains nothing.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aim_devcluster::{CacheDirs, ClusterInfo, ClusterOptions};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+/// The field manager tests apply with.
+pub const TEST_MANAGER: &str = "aim-test";
+
+static CLUSTER: OnceCell<ClusterInfo> = OnceCell::const_new();
+
+/// The shared test cluster, started on first use.
+pub async fn cluster() -> &'static ClusterInfo {
+    CLUSTER
+        .get_or_init(|| async {
+            let cache = CacheDirs::discover().expect("a cache directory");
+            let mut opts = ClusterOptions::new("test", cache);
+            opts.extra_manifests = vec![("aim CRDs".into(), aim_api::all_crds_yaml())];
+            aim_devcluster::up(&opts)
+                .await
+                .unwrap_or_else(|e| panic!("starting the test cluster failed: {e}"))
+        })
+        .await
+}
+
+/// A client for the test cluster. Make one per test: a client belongs to
+/// the async runtime that created it, and every `#[tokio::test]` has its own.
+pub async fn client() -> Client {
+    cluster()
+        .await
+        .client()
+        .await
+        .expect("a client for the test cluster")
+}
+
+static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a namespace unique to this test, labelled so leftovers are easy
+/// to find: `<prefix>-<pid>-<n>`.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let n = NAMESPACE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 10_000)
+        .unwrap_or(0);
+    let name = format!("{prefix}-{}-{n}-{nanos}", std::process::id());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"aim.eai.amd.com/test": "true"}}
+    }))
+    .expect("static namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    name
+}
+
+/// Server-side applies every document of a YAML stream, in order. Namespaced
+/// objects land in `namespace` whatever their manifest says. Returns the
+/// first error with the document it came from.
+pub async fn apply_yaml(
+    client: &Client,
+    namespace: &str,
+    yaml: &str,
+) -> Result<Vec<DynamicObject>, ApplyError> {
+    let mut applied = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let mut obj: DynamicObject = serde_yaml::from_value(value)?;
+        let types = obj.types.clone().ok_or(ApplyError::NoType)?;
+        let gvk =
+            GroupVersionKind::try_from(&types).map_err(|e| ApplyError::Other(e.to_string()))?;
+        let (resource, caps) = pinned_kind(client, &gvk).await.map_err(ApplyError::Kube)?;
+        let name = obj.name_any();
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            obj.metadata.namespace = Some(namespace.to_string());
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let out = api
+            .patch(
+                &name,
+                &PatchParams::apply(TEST_MANAGER),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(ApplyError::Kube)?;
+        applied.push(out);
+    }
+    Ok(applied)
+}
+
+#[derive(Debug)]
+pub enum ApplyError {
+    Yaml(serde_yaml::Error),
+    NoType,
+    Kube(kube::Error),
+    Other(String),
+}
+
+impl From<serde_yaml::Error> for ApplyError {
+    fn from(e: serde_yaml::Error) -> Self {
+        ApplyError::Yaml(e)
+    }
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Yaml(e) => write!(f, "YAML: {e}"),
+            ApplyError::NoType => f.write_str("a document without apiVersion/kind"),
+            ApplyError::Kube(e) => write!(f, "{e}"),
+            ApplyError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl ApplyError {
+    /// The apiserver's message, for asserting on validation errors.
+    pub fn api_message(&self) -> Option<&str> {
+        match self {
+            ApplyError::Kube(kube::Error::Api(status)) => Some(status.message.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// Polls `get` until `done` holds or `timeout` passes. On timeout it panics
+/// with `what`, the last object seen (as YAML) and the events of `namespace`.
+pub async fn await_object<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&K) -> bool,
+) -> K
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last: Option<K> = None;
+    let mut last_error = String::new();
+    loop {
+        match api.get_opt(name).await {
+            Ok(Some(obj)) => {
+                if done(&obj) {
+                    return obj;
+                }
+                last = Some(obj);
+            }
+            Ok(None) => last_error = format!("{name} does not exist"),
+            Err(e) => last_error = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            let namespace = last.as_ref().and_then(|o| o.meta().namespace.clone());
+            let dump = last
+                .as_ref()
+                .map(|o| serde_yaml::to_string(o).unwrap_or_default())
+                .unwrap_or_else(|| "(never seen)".into());
+            let events = match &namespace {
+                Some(ns) => events_of(&api.clone().into_client(), ns).await,
+                None => String::new(),
+            };
+            panic!(
+                "timed out after {:?} waiting for {what} ({name}). Last error: {last_error}\nLast object:\n{dump}\nEvents:\n{events}",
+                timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The events of a namespace, one line each, for failure reports.
+pub async fn events_of(client: &Client, namespace: &str) -> String {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {} {}/{} {}: {}",
+                    e.type_.clone().unwrap_or_default(),
+                    e.involved_object.kind.clone().unwrap_or_default(),
+                    e.involved_object.name.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("  (listing events failed: {e})"),
+    }
+}
+
+/// A path inside the repository, from a crate's manifest dir.
+pub fn repo_path(relative: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
