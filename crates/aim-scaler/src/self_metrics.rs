@@ -1,0 +1,245 @@
+//! The scaler's own Prometheus metrics. Every label set is fixed in code,
+//! so cardinality cannot grow with what users query (otel-add-on's per-query
+//! gauges never expired).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    IsActive,
+    StreamIsActive,
+    GetMetricSpec,
+    GetMetrics,
+}
+
+impl Rpc {
+    const ALL: [Rpc; 4] = [
+        Rpc::IsActive,
+        Rpc::StreamIsActive,
+        Rpc::GetMetricSpec,
+        Rpc::GetMetrics,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::IsActive => "IsActive",
+            Rpc::StreamIsActive => "StreamIsActive",
+            Rpc::GetMetricSpec => "GetMetricSpec",
+            Rpc::GetMetrics => "GetMetrics",
+        }
+    }
+}
+
+/// Upper bounds in seconds; KEDA calls are expected well under a millisecond.
+const LATENCY_BOUNDS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|&b| seconds <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            elapsed.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+#[derive(Default)]
+pub struct SelfMetrics {
+    points_grpc: AtomicU64,
+    points_http: AtomicU64,
+    requests_grpc_ok: AtomicU64,
+    requests_grpc_failed: AtomicU64,
+    requests_http_ok: AtomicU64,
+    requests_http_failed: AtomicU64,
+    rejected_series_cap: AtomicU64,
+    rejected_too_old: AtomicU64,
+    rejected_invalid: AtomicU64,
+    ignored_no_recorded_value: AtomicU64,
+    series_dropped_stale: AtomicU64,
+    query_latency: [Histogram; 4],
+    query_errors: [AtomicU64; 4],
+}
+
+impl SelfMetrics {
+    pub fn record_ingest(&self, transport: Transport, report: &crate::ingest::IngestReport) {
+        let points = match transport {
+            Transport::Grpc => &self.points_grpc,
+            Transport::Http => &self.points_http,
+        };
+        points.fetch_add(report.stored, Ordering::Relaxed);
+        self.rejected_series_cap
+            .fetch_add(report.rejected_series_cap, Ordering::Relaxed);
+        self.rejected_too_old
+            .fetch_add(report.rejected_too_old, Ordering::Relaxed);
+        self.rejected_invalid
+            .fetch_add(report.rejected_invalid, Ordering::Relaxed);
+        self.ignored_no_recorded_value
+            .fetch_add(report.ignored_no_recorded_value, Ordering::Relaxed);
+    }
+
+    pub fn record_request(&self, transport: Transport, ok: bool) {
+        let counter = match (transport, ok) {
+            (Transport::Grpc, true) => &self.requests_grpc_ok,
+            (Transport::Grpc, false) => &self.requests_grpc_failed,
+            (Transport::Http, true) => &self.requests_http_ok,
+            (Transport::Http, false) => &self.requests_http_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_swept(&self, series: usize) {
+        self.series_dropped_stale
+            .fetch_add(series as u64, Ordering::Relaxed);
+    }
+
+    pub fn record_query(&self, rpc: Rpc, elapsed: Duration, ok: bool) {
+        let i = Rpc::ALL.iter().position(|r| *r == rpc).unwrap_or(0);
+        self.query_latency[i].observe(elapsed);
+        if !ok {
+            self.query_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn rejected_series_cap(&self) -> u64 {
+        self.rejected_series_cap.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, series: usize, metric_names: usize) -> String {
+        let mut out = String::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_points_ingested_total OTLP data points stored."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_points_ingested_total counter");
+        let _ = writeln!(
+            out,
+            "aim_scaler_points_ingested_total{{transport=\"grpc\"}} {}",
+            load(&self.points_grpc)
+        );
+        let _ = writeln!(
+            out,
+            "aim_scaler_points_ingested_total{{transport=\"http\"}} {}",
+            load(&self.points_http)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_export_requests_total OTLP export requests by outcome."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_export_requests_total counter");
+        for (transport, ok, counter) in [
+            ("grpc", "ok", &self.requests_grpc_ok),
+            ("grpc", "failed", &self.requests_grpc_failed),
+            ("http", "ok", &self.requests_http_ok),
+            ("http", "failed", &self.requests_http_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "aim_scaler_export_requests_total{{transport=\"{transport}\",outcome=\"{ok}\"}} {}",
+                load(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_points_rejected_total Data points not stored, by reason."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_points_rejected_total counter");
+        for (reason, counter) in [
+            ("series_cap", &self.rejected_series_cap),
+            ("older_than_retention", &self.rejected_too_old),
+            ("invalid", &self.rejected_invalid),
+            ("no_recorded_value", &self.ignored_no_recorded_value),
+        ] {
+            let _ = writeln!(
+                out,
+                "aim_scaler_points_rejected_total{{reason=\"{reason}\"}} {}",
+                load(counter)
+            );
+        }
+        let _ = writeln!(out, "# HELP aim_scaler_series Live series in the store.");
+        let _ = writeln!(out, "# TYPE aim_scaler_series gauge");
+        let _ = writeln!(out, "aim_scaler_series {series}");
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_metric_names Distinct metric names in the store."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_metric_names gauge");
+        let _ = writeln!(out, "aim_scaler_metric_names {metric_names}");
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_series_dropped_total Series removed because they went stale."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_series_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "aim_scaler_series_dropped_total {}",
+            load(&self.series_dropped_stale)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_query_duration_seconds Time to answer a KEDA call."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_query_duration_seconds histogram");
+        for (rpc, histogram) in Rpc::ALL.iter().zip(&self.query_latency) {
+            let rpc = rpc.name();
+            let mut cumulative = 0;
+            for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&histogram.buckets) {
+                cumulative += load(bucket);
+                let _ = writeln!(
+                    out,
+                    "aim_scaler_query_duration_seconds_bucket{{rpc=\"{rpc}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = load(&histogram.count);
+            let _ = writeln!(
+                out,
+                "aim_scaler_query_duration_seconds_bucket{{rpc=\"{rpc}\",le=\"+Inf\"}} {count}"
+            );
+            let sum = load(&histogram.sum_nanos) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "aim_scaler_query_duration_seconds_sum{{rpc=\"{rpc}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "aim_scaler_query_duration_seconds_count{{rpc=\"{rpc}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_query_errors_total KEDA calls answered with an error."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_query_errors_total counter");
+        for (rpc, counter) in Rpc::ALL.iter().zip(&self.query_errors) {
+            let _ = writeln!(
+                out,
+                "aim_scaler_query_errors_total{{rpc=\"{}\"}} {}",
+                rpc.name(),
+                load(counter)
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,89 @@
+//! What the servers share: the store, configuration, metrics and the
+//! signal that new data arrived.
+
+use crate::ingest::{IngestConfig, IngestReport, ingest};
+use crate::self_metrics::{SelfMetrics, Transport};
+use crate::store::{Nanos, Store};
+use crate::trigger::{Trigger, TriggerError};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+pub fn now_nanos() -> Nanos {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+/// Parsed triggers kept by their metadata; KEDA sends the same map on
+/// every call, and regexes are worth compiling once.
+const TRIGGER_CACHE_ENTRIES: usize = 4096;
+
+pub struct ScalerState {
+    pub store: Store,
+    pub ingest_config: IngestConfig,
+    pub metrics: SelfMetrics,
+    pub default_window: Duration,
+    /// How often an open StreamIsActive re-evaluates without new data (the
+    /// window slides and pods go stale even when nothing arrives).
+    pub stream_interval: Duration,
+    /// Bumped after every export, waking StreamIsActive streams.
+    ingested: watch::Sender<u64>,
+    triggers: Mutex<HashMap<BTreeMap<String, String>, Arc<Trigger>>>,
+}
+
+impl ScalerState {
+    pub fn new(
+        store: Store,
+        ingest_config: IngestConfig,
+        default_window: Duration,
+        stream_interval: Duration,
+    ) -> Self {
+        ScalerState {
+            store,
+            ingest_config,
+            metrics: SelfMetrics::default(),
+            default_window,
+            stream_interval,
+            ingested: watch::Sender::new(0),
+            triggers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn ingest(
+        &self,
+        request: &ExportMetricsServiceRequest,
+        transport: Transport,
+    ) -> IngestReport {
+        let report = ingest(&self.store, request, &self.ingest_config, now_nanos());
+        self.metrics.record_ingest(transport, &report);
+        if report.stored > 0 {
+            self.ingested
+                .send_modify(|generation| *generation = generation.wrapping_add(1));
+        }
+        report
+    }
+
+    pub fn subscribe_ingest(&self) -> watch::Receiver<u64> {
+        self.ingested.subscribe()
+    }
+
+    pub fn trigger(
+        &self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Arc<Trigger>, TriggerError> {
+        let mut cache = self.triggers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(trigger) = cache.get(metadata) {
+            return Ok(trigger.clone());
+        }
+        let trigger = Arc::new(Trigger::parse(metadata.clone(), self.default_window)?);
+        if cache.len() >= TRIGGER_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(metadata.clone(), trigger.clone());
+        Ok(trigger)
+    }
+}
