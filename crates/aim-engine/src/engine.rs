@@ -467,10 +467,15 @@ impl Engine {
             }
             seq.last_token = Some(at);
             out.generation_tokens += 1;
+            let since_arrival = at.saturating_sub(seq.arrival);
             out.events.push(Event {
                 at,
                 request: id,
-                kind: EventKind::Token { index, gap },
+                kind: EventKind::Token {
+                    index,
+                    gap,
+                    since_arrival,
+                },
             });
             if seq.generated >= seq.planned_output {
                 finished.push(id);

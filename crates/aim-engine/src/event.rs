@@ -27,8 +27,13 @@ pub enum EventKind {
     /// Evicted from the running batch to free KV blocks; its KV will be recomputed.
     Preempted,
     /// One output token. `index` 0 is the first token; `gap` is the time since the previous
-    /// token of this request (vLLM's inter-token latency sample), `None` for the first.
-    Token { index: u32, gap: Option<Duration> },
+    /// token of this request (vLLM's inter-token latency sample), `None` for the first;
+    /// `since_arrival` is the time since the request arrived (for the first token, its TTFT).
+    Token {
+        index: u32,
+        gap: Option<Duration>,
+        since_arrival: Duration,
+    },
     /// The request left the engine, for good.
     Finished(Box<FinishedRequest>),
 }

@@ -1,0 +1,1 @@
+//! `aim sim bench` (filled in below).

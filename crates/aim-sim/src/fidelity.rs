@@ -1,0 +1,1 @@
+//! `aim sim fidelity` (filled in below).

@@ -1,0 +1,139 @@
+//! Response bodies in vLLM's shapes (reference §2.7): whole responses and stream chunks.
+
+use aim_engine::FinishReason;
+use serde_json::{Value, json};
+
+use crate::driver::Completion;
+use crate::protocol::Endpoint;
+use crate::text::OutputPlan;
+
+/// Fields every response and chunk of one request repeats.
+pub struct ResponseMeta {
+    pub endpoint: Endpoint,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ResponseMeta {
+    pub fn new(endpoint: Endpoint, request: u64, created: u64, model: &str) -> Self {
+        let prefix = match endpoint {
+            Endpoint::Completions => "cmpl",
+            Endpoint::Chat => "chatcmpl",
+        };
+        ResponseMeta {
+            endpoint,
+            id: format!("{prefix}-{request:032x}"),
+            created,
+            model: model.to_string(),
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Completions, _) => "text_completion",
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
+/// `stop_reason` as vLLM reports it: the matched stop string, else null.
+fn stop_reason(plan: &OutputPlan, reason: FinishReason) -> Value {
+    match (reason, &plan.stop_string) {
+        (FinishReason::Stop, Some(s)) => json!(s),
+        _ => Value::Null,
+    }
+}
+
+pub fn usage(done: Completion) -> Value {
+    json!({
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.output_tokens,
+        "total_tokens": done.prompt_tokens + done.output_tokens,
+        "prompt_tokens_details": { "cached_tokens": done.cached_tokens },
+    })
+}
+
+/// A non-streamed response.
+pub fn full(meta: &ResponseMeta, plan: &OutputPlan, done: Completion) -> Value {
+    let text = plan.text_of(done.output_tokens);
+    let finish = done.reason.as_str();
+    let choice = match meta.endpoint {
+        Endpoint::Completions => json!({
+            "index": 0,
+            "text": text,
+            "logprobs": null,
+            "finish_reason": finish,
+            "stop_reason": stop_reason(plan, done.reason),
+        }),
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": text, "tool_calls": [] },
+            "logprobs": null,
+            "finish_reason": finish,
+            "stop_reason": stop_reason(plan, done.reason),
+        }),
+    };
+    let mut body = meta.envelope(false, json!([choice]));
+    body["usage"] = usage(done);
+    body
+}
+
+/// The first chat chunk, carrying only the assistant role.
+pub fn role_chunk(meta: &ResponseMeta) -> Value {
+    meta.envelope(
+        true,
+        json!([{
+            "index": 0,
+            "delta": { "role": "assistant", "content": "" },
+            "logprobs": null,
+            "finish_reason": null,
+        }]),
+    )
+}
+
+/// One token's chunk; the last one carries the finish reason.
+pub fn token_chunk(
+    meta: &ResponseMeta,
+    plan: &OutputPlan,
+    piece: &str,
+    done: Option<Completion>,
+) -> Value {
+    let finish = done.map(|d| d.reason.as_str());
+    let stop = done.map_or(Value::Null, |d| stop_reason(plan, d.reason));
+    let choice = match meta.endpoint {
+        Endpoint::Completions => json!({
+            "index": 0,
+            "text": piece,
+            "logprobs": null,
+            "finish_reason": finish,
+            "stop_reason": stop,
+        }),
+        Endpoint::Chat => json!({
+            "index": 0,
+            "delta": { "content": piece },
+            "logprobs": null,
+            "finish_reason": finish,
+            "stop_reason": stop,
+        }),
+    };
+    meta.envelope(true, json!([choice]))
+}
+
+/// The chunk sent after the last token when `stream_options.include_usage` is set.
+pub fn usage_chunk(meta: &ResponseMeta, done: Completion) -> Value {
+    let mut body = meta.envelope(true, json!([]));
+    body["usage"] = usage(done);
+    body
+}
