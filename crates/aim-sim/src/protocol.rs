@@ -99,15 +99,20 @@ pub fn parse(
     body: &[u8],
     limits: &ModelLimits,
 ) -> Result<Generation, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Malformed JSON body: {e}"), None))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    }
+    let body: Body = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
-            ApiError::bad_request(format!("Malformed JSON body: {inner}"), None)
-        } else {
-            ApiError::bad_request(format!("Invalid value for `{path}`: {inner}"), Some(&path))
-        }
+        ApiError::bad_request(
+            format!("Invalid value for `{path}`: {}", e.into_inner()),
+            Some(&path),
+        )
     })?;
 
     let model = body

@@ -13,8 +13,6 @@ use common::start_sim;
 use futures::StreamExt;
 
 fn client(sim: &aim_sim::RunningSim) -> Client<OpenAIConfig> {
-    // The client insists on a TLS backend even for plain HTTP; ring is the one already built.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::with_config(
         OpenAIConfig::new()
             .with_api_base(common::url(sim, "/v1"))

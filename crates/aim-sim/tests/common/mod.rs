@@ -8,6 +8,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub async fn start_sim(edit: impl FnOnce(&mut SimArgs)) -> RunningSim {
+    // reqwest insists on a TLS provider even for plain HTTP; ring is the one already built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut args = SimArgs::for_tests();
     args.mode = TextMode::Fixed;
     args.fixed_text = "one two three four five".into();
