@@ -29,7 +29,7 @@ pub struct BuildOutput {
 /// version check each. Build output is echoed to stderr as it arrives,
 /// because a cold build takes tens of minutes and silence looks like a hang.
 pub fn build_control_plane(cache: &CacheDirs) -> Result<BuildOutput, Error> {
-    check_go()?;
+    check_go_at("go")?;
     let scripts = cache.scripts();
     std::fs::create_dir_all(&scripts).map_err(|e| Error::io(&scripts, e))?;
     let script = scripts.join("build.sh");
@@ -76,8 +76,10 @@ fn relay(reader: impl BufRead) -> Vec<String> {
     lines
 }
 
-fn check_go() -> Result<(), Error> {
-    match Command::new("go").arg("version").output() {
+/// Checks that `go` (a command name or path) runs, so a missing or broken
+/// toolchain is reported as such and not as a mysterious build failure.
+pub fn check_go_at(go: &str) -> Result<(), Error> {
+    match Command::new(go).arg("version").output() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::GoMissing),
         Err(e) => Err(Error::GoBroken(e.to_string())),
         Ok(out) if !out.status.success() => Err(Error::GoBroken(format!(

@@ -1,0 +1,103 @@
+//! The cluster's own lifecycle: idempotent `up`, a `down` that leaves no
+//! process or port behind, and clear errors for a busy port or a missing Go
+//! toolchain. Uses clusters of its own so the shared test cluster is never
+//! taken down under other tests.
+
+use std::net::TcpListener;
+
+use aim_devcluster::{CacheDirs, ClusterOptions, Error};
+
+fn options(name: &str, port_base: u16) -> ClusterOptions {
+    let mut opts = ClusterOptions::new(name, CacheDirs::discover().unwrap());
+    opts.port_base = port_base;
+    opts
+}
+
+#[tokio::test]
+async fn up_is_idempotent_and_down_frees_every_port() {
+    let opts = options("lifecycle", 36440);
+    // A run interrupted earlier may have left this cluster behind.
+    aim_devcluster::down(&opts.cache, "lifecycle").unwrap();
+    let first = aim_devcluster::up(&opts).await.unwrap();
+    assert!(first.started);
+    let again = aim_devcluster::up(&opts).await.unwrap();
+    assert!(!again.started, "a second up must reuse the running cluster");
+    assert_eq!(first.kubeconfig, again.kubeconfig);
+
+    let status = aim_devcluster::status(&opts.cache, "lifecycle")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.apiserver_ready && status.running);
+    let pids: Vec<u32> = status.components.iter().map(|c| c.pid).collect();
+    assert_eq!(
+        pids.len(),
+        5,
+        "etcd, apiserver, controller-manager, scheduler, kwok: {status:?}"
+    );
+
+    assert!(aim_devcluster::down(&opts.cache, "lifecycle").unwrap());
+    for port in opts.port_base..opts.port_base + 6 {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still taken after down"
+        );
+    }
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || zombie(pid),
+            "process {pid} survived down"
+        );
+    }
+    assert!(
+        !aim_devcluster::down(&opts.cache, "lifecycle").unwrap(),
+        "a second down has nothing to stop"
+    );
+    assert!(
+        aim_devcluster::status(&opts.cache, "lifecycle")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn a_busy_port_is_named_in_the_error() {
+    let opts = options("busyport", 37440);
+    let _squatter = TcpListener::bind(("127.0.0.1", 37441)).unwrap();
+    let err = aim_devcluster::up(&opts).await.unwrap_err();
+    match &err {
+        Error::PortInUse {
+            port, component, ..
+        } => {
+            assert_eq!(*port, 37441);
+            assert_eq!(*component, "etcd (client)");
+        }
+        other => panic!("expected PortInUse, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("37441") && text.contains("--port-base"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_or_broken_go_toolchain_is_explained() {
+    let missing = aim_devcluster::check_go_at("/nonexistent/bin/go").unwrap_err();
+    assert!(matches!(missing, Error::GoMissing), "{missing}");
+    assert!(missing.to_string().contains("install Go"), "{missing}");
+
+    let broken = aim_devcluster::check_go_at("false").unwrap_err();
+    assert!(matches!(broken, Error::GoBroken(_)), "{broken}");
+    assert!(broken.to_string().contains("Reinstall Go"), "{broken}");
+}
