@@ -68,6 +68,7 @@ pub fn usage(done: Completion) -> Value {
 /// A non-streamed response.
 pub fn full(meta: &ResponseMeta, plan: &OutputPlan, done: Completion) -> Value {
     let text = plan.text_of(done.output_tokens);
+    let text = text.as_str();
     let finish = done.reason.as_str();
     let choice = match meta.endpoint {
         Endpoint::Completions => json!({
@@ -136,4 +137,77 @@ pub fn usage_chunk(meta: &ResponseMeta, done: Completion) -> Value {
     let mut body = meta.envelope(true, json!([]));
     body["usage"] = usage(done);
     body
+}
+
+/// Pre-rendered framing of the per-token chunks that do not finish the request: the hot path
+/// of streaming, written without building a JSON tree per token.
+pub struct TokenFrame {
+    prefix: String,
+    suffix: &'static str,
+}
+
+impl TokenFrame {
+    pub fn new(meta: &ResponseMeta) -> Self {
+        let head = format!(
+            "data: {{\"id\":{},\"object\":\"{}\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,",
+            json!(meta.id),
+            meta.object(true),
+            meta.created,
+            json!(meta.model)
+        );
+        let (field, suffix) = match meta.endpoint {
+            Endpoint::Completions => (
+                "\"text\":",
+                ",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}]}\n\n",
+            ),
+            Endpoint::Chat => (
+                "\"delta\":{\"content\":",
+                "},\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}]}\n\n",
+            ),
+        };
+        TokenFrame {
+            prefix: head + field,
+            suffix,
+        }
+    }
+
+    /// One complete SSE event carrying `piece`.
+    pub fn render(&self, piece: &str) -> String {
+        let escaped = Value::String(piece.to_string()).to_string();
+        let mut out = String::with_capacity(self.prefix.len() + escaped.len() + self.suffix.len());
+        out.push_str(&self.prefix);
+        out.push_str(&escaped);
+        out.push_str(self.suffix);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_token_frames_equal_the_json_chunks() {
+        let plan = crate::text::OutputPlan::new(crate::text::OutputSpec {
+            mode: crate::args::TextMode::Fixed,
+            source: "say \"hi\"\n",
+            max_tokens: 2,
+            ignore_eos: true,
+            stop: &[],
+            seed: 0,
+        });
+        for endpoint in [Endpoint::Completions, Endpoint::Chat] {
+            let meta = ResponseMeta::new(endpoint, 7, 123, "m\"x");
+            let piece = plan.piece(1);
+            let fast = TokenFrame::new(&meta).render(&piece);
+            let json: Value = serde_json::from_str(
+                fast.strip_prefix("data: ")
+                    .unwrap()
+                    .strip_suffix("\n\n")
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(json, token_chunk(&meta, &plan, &piece, None));
+        }
+    }
 }

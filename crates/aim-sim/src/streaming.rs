@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::driver::{Completion, Update};
 use crate::protocol::Endpoint;
-use crate::response::{self, ResponseMeta};
+use crate::response::{self, ResponseMeta, TokenFrame};
 use crate::server::Ticket;
 use crate::text::OutputPlan;
 
@@ -28,6 +28,7 @@ enum Phase {
 
 struct SseStream {
     meta: ResponseMeta,
+    token_frame: TokenFrame,
     plan: OutputPlan,
     include_usage: bool,
     updates: mpsc::UnboundedReceiver<Update>,
@@ -57,8 +58,11 @@ impl SseStream {
                         };
                     }
                     let piece = self.plan.piece(index);
+                    if done.is_none() {
+                        return Some(Bytes::from(self.token_frame.render(&piece)));
+                    }
                     Some(frame(&response::token_chunk(
-                        &self.meta, &self.plan, piece, done,
+                        &self.meta, &self.plan, &piece, done,
                     )))
                 }
                 Some(Update::Rejected) | None => {
@@ -97,8 +101,10 @@ pub(crate) fn response(
         Endpoint::Chat => Phase::Role,
         Endpoint::Completions => Phase::Tokens,
     };
+    let token_frame = TokenFrame::new(&meta);
     let state = SseStream {
         meta,
+        token_frame,
         plan,
         include_usage,
         updates,

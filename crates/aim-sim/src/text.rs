@@ -96,13 +96,25 @@ const RANDOM_WORDS: &[&str] = &[
     "keda",
 ];
 
-/// What one request will output: its text cut into per-token pieces, and whether (and where)
-/// it stops before `max_tokens`.
+/// Where the text of a request is cut by a stop string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    /// Token whose piece holds the first byte of the stop string.
+    token: u32,
+    /// Bytes of that piece kept.
+    keep: usize,
+}
+
+/// What one request will output, computed lazily: the word of token *i* is a pure function
+/// of the mode, the source and the seed, so nothing proportional to `max_tokens` is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputPlan {
-    text: String,
-    /// End offset in `text` of each token's piece.
-    ends: Vec<u32>,
+    mode: TextMode,
+    source: Vec<String>,
+    seed: u64,
+    /// Tokens the request will generate unless aborted.
+    planned: u32,
+    cut: Option<Cut>,
     /// Token count at which generation stops on its own (EOS or a stop string).
     pub stop_after: Option<u32>,
     /// The stop string that ended generation, reported as `stop_reason`.
@@ -126,78 +138,136 @@ const RANDOM_DEFAULT_LIMIT: u32 = 128;
 
 impl OutputPlan {
     pub fn new(spec: OutputSpec<'_>) -> Self {
-        let mut rng = Rng::new(mix64(spec.seed));
-        let source: Vec<&str> = words(spec.source).collect();
+        let source: Vec<String> = match spec.mode {
+            TextMode::Random => Vec::new(),
+            _ => words(spec.source).map(str::to_string).collect(),
+        };
+        let seed = mix64(spec.seed);
         // Where the model would emit end-of-sequence, if not told to ignore it.
         let natural = match spec.mode {
             TextMode::Echo | TextMode::Fixed => source.len().max(1) as u32,
-            TextMode::Random => rng.range_u32(1, spec.max_tokens.min(RANDOM_DEFAULT_LIMIT.max(1))),
+            TextMode::Random => {
+                Rng::new(seed).range_u32(1, spec.max_tokens.min(RANDOM_DEFAULT_LIMIT))
+            }
         };
         let planned = if spec.ignore_eos {
             spec.max_tokens
         } else {
             natural.min(spec.max_tokens)
         };
+        let mut plan = OutputPlan {
+            mode: spec.mode,
+            source,
+            seed,
+            planned,
+            cut: None,
+            stop_after: (!spec.ignore_eos && natural < spec.max_tokens).then_some(natural),
+            stop_string: None,
+        };
+        plan.apply_stop_strings(spec.stop);
+        plan
+    }
 
-        let mut text = String::new();
-        let mut ends = Vec::with_capacity(planned as usize);
-        let mut stop_after = (!spec.ignore_eos && natural < spec.max_tokens).then_some(natural);
-        let mut stop_string = None;
-        for i in 0..planned as usize {
-            let word = match spec.mode {
-                TextMode::Random => RANDOM_WORDS[rng.next_u64() as usize % RANDOM_WORDS.len()],
-                _ if source.is_empty() => ".",
-                _ => source[i % source.len()],
-            };
-            if i > 0 {
-                text.push(' ');
+    fn word(&self, index: u32) -> &str {
+        match self.mode {
+            TextMode::Random => {
+                let pick = mix64(self.seed ^ u64::from(index).wrapping_mul(0x9e37_79b9));
+                RANDOM_WORDS[pick as usize % RANDOM_WORDS.len()]
             }
-            text.push_str(word);
-            ends.push(text.len() as u32);
-            if let Some((at, s)) = find_stop(&text, spec.stop) {
-                // vLLM drops the stop string from the output; the token that completed it
-                // still counts as generated.
-                text.truncate(at);
-                for end in &mut ends {
-                    *end = (*end).min(at as u32);
-                }
-                stop_after = Some(i as u32 + 1);
-                stop_string = Some(s.to_string());
-                break;
-            }
-        }
-        OutputPlan {
-            text,
-            ends,
-            stop_after,
-            stop_string,
+            _ if self.source.is_empty() => ".",
+            _ => &self.source[index as usize % self.source.len()],
         }
     }
 
-    /// The text of token `index` (empty past the end of the planned text).
-    pub fn piece(&self, index: u32) -> &str {
-        let i = index as usize;
-        let Some(&end) = self.ends.get(i) else {
-            return "";
+    /// Scans the planned text for the earliest stop string, keeping only a window as long
+    /// as the longest stop string, so a long output costs time but no memory.
+    fn apply_stop_strings(&mut self, stops: &[String]) {
+        let stops: Vec<&str> = stops
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let Some(longest) = stops.iter().map(|s| s.len()).max() else {
+            return;
         };
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start as usize..end as usize]
+        let mut window = String::new();
+        let mut window_start = 0usize; // absolute offset of window[0]
+        let mut starts: std::collections::VecDeque<(usize, u32)> = Default::default();
+        for i in 0..self.planned {
+            let abs = window_start + window.len();
+            starts.push_back((abs, i));
+            if i > 0 {
+                window.push(' ');
+            }
+            window.push_str(self.word(i));
+            if let Some((at, stop)) = find_stop(&window, &stops) {
+                let cut_abs = window_start + at;
+                let &(piece_start, token) = starts
+                    .iter()
+                    .rev()
+                    .find(|(start, _)| *start <= cut_abs)
+                    .expect("in window");
+                self.cut = Some(Cut {
+                    token,
+                    keep: cut_abs - piece_start,
+                });
+                self.stop_after = Some(i + 1);
+                self.stop_string = Some(stop.to_string());
+                return;
+            }
+            // Keep just enough text for a stop string to straddle the next piece.
+            if window.len() > longest {
+                let mut drop = window.len() - longest;
+                while !window.is_char_boundary(drop) {
+                    drop -= 1;
+                }
+                window.drain(..drop);
+                window_start += drop;
+                while starts.len() > 1 && starts[1].0 <= window_start {
+                    starts.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Writes the text of token `index` (empty past the end of the planned text).
+    pub fn push_piece(&self, index: u32, out: &mut String) {
+        if index >= self.planned {
+            return;
+        }
+        let mut piece = String::new();
+        if index > 0 {
+            piece.push(' ');
+        }
+        piece.push_str(self.word(index));
+        match self.cut {
+            Some(cut) if index > cut.token => {}
+            Some(cut) if index == cut.token => out.push_str(&piece[..cut.keep]),
+            _ => out.push_str(&piece),
+        }
+    }
+
+    /// The text of token `index`.
+    pub fn piece(&self, index: u32) -> String {
+        let mut out = String::new();
+        self.push_piece(index, &mut out);
+        out
     }
 
     /// The text of the first `tokens` tokens.
-    pub fn text_of(&self, tokens: u32) -> &str {
-        match tokens as usize {
-            0 => "",
-            n => &self.text[..self.ends[(n - 1).min(self.ends.len() - 1)] as usize],
+    pub fn text_of(&self, tokens: u32) -> String {
+        let mut out = String::new();
+        for i in 0..tokens {
+            self.push_piece(i, &mut out);
         }
+        out
     }
 }
 
-fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
+fn find_stop<'s>(text: &str, stops: &[&'s str]) -> Option<(usize, &'s str)> {
     stops
         .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str())))
+        .filter_map(|s| text.find(s).map(|at| (at, *s)))
         .min_by_key(|&(at, _)| at)
 }
 
@@ -255,13 +325,35 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_string_straddling_pieces_cuts_in_the_earlier_piece() {
+        let p = plan(TextMode::Fixed, "ab cd ef gh", 10, true, &["b cd e"]);
+        assert_eq!(
+            p.stop_after,
+            Some(3),
+            "the stop string completes in the third token"
+        );
+        assert_eq!(p.text_of(3), "a");
+        let pieces: Vec<String> = (0..3).map(|i| p.piece(i)).collect();
+        assert_eq!(pieces, vec!["a", "", ""]);
+    }
+
+    #[test]
+    fn stop_strings_are_found_far_into_a_long_output() {
+        let p = plan(TextMode::Fixed, "a b c", 100_000, true, &["c a b c a"]);
+        assert_eq!(p.stop_after, Some(7));
+        let far = plan(TextMode::Random, "", 50_000, true, &["never-a-word"]);
+        assert_eq!(far.stop_after, None);
+        assert_eq!(far.piece(49_999).trim().is_empty(), false);
+    }
+
+    #[test]
     fn random_text_is_seeded_and_bounded() {
         let a = plan(TextMode::Random, "", 20, false, &[]);
         let b = plan(TextMode::Random, "", 20, false, &[]);
-        assert_eq!(a, b);
+        assert_eq!(a.text_of(20), b.text_of(20));
         let n = a.stop_after.unwrap_or(20);
         assert!((1..=20).contains(&n));
-        assert_eq!(words(a.text_of(n)).count() as u32, n);
+        assert_eq!(words(&a.text_of(n)).count() as u32, n);
     }
 
     #[test]
