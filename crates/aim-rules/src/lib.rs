@@ -1,0 +1,20 @@
+//! The pure rules of the AIM operator.
+//!
+//! Everything here is a function of its arguments: no I/O, no clock, no
+//! Kubernetes client. The controllers in `aim-operator` observe the cluster,
+//! hand what they saw to these functions and apply what comes back. Keeping
+//! the rules apart means each one is tested on its own (tier 0) and the
+//! controllers stay thin.
+//!
+//! Behaviour follows the AIM Engine v0.2.1 specification
+//! (`reference/aim-engine.md`), except where AIM Engine's code disagrees with
+//! its documentation: there the documentation wins and the defect is fixed.
+//! Each such fix is marked `FIX #n` with the defect's number from §7.
+
+pub mod env;
+pub mod gpu;
+pub mod labels;
+pub mod naming;
+pub mod path_template;
+pub mod runtime_config;
+pub mod selection;
