@@ -257,11 +257,20 @@ async fn http_bench(args: BenchArgs, profile: Profile) -> anyhow::Result<()> {
         wall,
         args.streams as f64 / cores.max(1e-9)
     );
+    let delivered = frames_in_window as f64 / wall;
     println!(
         "  tokens delivered {:.0}/s (engine pace for this batch: {:.0}/s, {:.0}% of it)",
-        frames_in_window as f64 / wall,
+        delivered,
         expected_rate,
-        100.0 * frames_in_window as f64 / wall / expected_rate
+        100.0 * delivered / expected_rate
+    );
+    // When the host is oversubscribed the server falls behind the engine's pace; the CPU cost
+    // per delivered token then gives the streams one core could carry at full pace.
+    let cpu_per_token = cpu / (frames_in_window.max(1) as f64);
+    println!(
+        "  server CPU {:.2} us per streamed token -> {:.0} streams per core at full engine pace",
+        cpu_per_token * 1e6,
+        args.streams as f64 / (cpu_per_token * expected_rate)
     );
     println!(
         "  resident memory +{:.1} MiB with {} streams open = {:.1} KiB per in-flight request (bench clients included)",

@@ -38,7 +38,7 @@ impl SimClock {
         self.origin + simulated.div_f64(self.scale)
     }
 
-    pub fn to_wall(&self, simulated: Duration) -> Duration {
+    pub fn to_wall(self, simulated: Duration) -> Duration {
         simulated.div_f64(self.scale)
     }
 }
@@ -215,28 +215,23 @@ fn dispatch(
             continue; // the client left while this step ran
         }
         metrics.observe_event(event);
-        match &event.kind {
-            EventKind::Token { index, .. } => {
-                let done = finished
-                    .get(&event.request)
-                    .filter(|f| f.output_tokens == index + 1)
-                    .map(|f| Completion {
-                        reason: f.reason,
-                        prompt_tokens: f.prompt_tokens,
-                        output_tokens: f.output_tokens,
-                        cached_tokens: f.cached_tokens,
-                    });
-                if let Some(sink) = sinks.get(&event.request) {
-                    let _ = sink.send(Update::Token {
-                        index: *index,
-                        done,
-                    });
-                }
-                if done.is_some() {
-                    sinks.remove(&event.request);
-                }
-            }
-            _ => {}
+        let EventKind::Token { index, .. } = event.kind else {
+            continue;
+        };
+        let done = finished
+            .get(&event.request)
+            .filter(|f| f.output_tokens == index + 1)
+            .map(|f| Completion {
+                reason: f.reason,
+                prompt_tokens: f.prompt_tokens,
+                output_tokens: f.output_tokens,
+                cached_tokens: f.cached_tokens,
+            });
+        if let Some(sink) = sinks.get(&event.request) {
+            let _ = sink.send(Update::Token { index, done });
+        }
+        if done.is_some() {
+            sinks.remove(&event.request);
         }
     }
     metrics.observe_engine(engine);

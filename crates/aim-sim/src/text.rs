@@ -343,7 +343,7 @@ mod tests {
         assert_eq!(p.stop_after, Some(7));
         let far = plan(TextMode::Random, "", 50_000, true, &["never-a-word"]);
         assert_eq!(far.stop_after, None);
-        assert_eq!(far.piece(49_999).trim().is_empty(), false);
+        assert!(!far.piece(49_999).trim().is_empty());
     }
 
     #[test]
