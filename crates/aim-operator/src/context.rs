@@ -1,0 +1,49 @@
+//! What every reconcile gets: the client, the event recorder, metrics and
+//! the operator's settings.
+
+use std::sync::Arc;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::metrics::Metrics;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where operator-owned objects live (discovery jobs, cluster secrets).
+    pub operator_namespace: String,
+    /// The KEDA scaler address written into metrics that name none.
+    pub default_scaler_address: String,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: "aim-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+        }
+    }
+}
+
+/// The annotation that freezes an object: no status write, no children.
+pub const PAUSED_ANNOTATION: &str = "aim.eai.amd.com/reconciliation-paused";
+
+pub fn is_paused(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSED_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}

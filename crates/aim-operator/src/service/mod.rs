@@ -1,0 +1,10 @@
+//! The AIMService controller and its pure planning.
+
+pub mod controller;
+pub mod health;
+pub mod plan;
+pub mod render;
+pub mod view;
+
+#[cfg(test)]
+mod tests;

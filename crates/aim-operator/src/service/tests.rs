@@ -1,0 +1,132 @@
+//! Tier 0: the planner and the renderers on plain data.
+
+use aim_api::AIMService;
+use aim_api::common::Scope;
+use aim_api::status::ResourcePhase;
+use aim_api::template::{AIMServiceTemplateSpec, AIMServiceTemplateStatus};
+
+use super::plan::{ConfigLookup, ModelLookup, Observed, TemplateLookup, plan};
+use super::render;
+use super::view::{ModelView, TemplateView};
+use crate::state::ComponentState;
+
+fn service(yaml: &str) -> AIMService {
+    let mut svc: AIMService = serde_yaml::from_str(yaml).unwrap();
+    svc.metadata.namespace = Some("ml-team".into());
+    svc.metadata.uid = Some("uid-1".into());
+    svc.metadata.generation = Some(1);
+    svc
+}
+
+fn ready_model() -> ModelView {
+    ModelView {
+        scope: Scope::Namespace,
+        name: "m".into(),
+        namespace: Some("ml-team".into()),
+        uid: Some("m-uid".into()),
+        spec: aim_api::model::AIMModelSpec { image: "repo/img:1".into(), ..Default::default() },
+        phase: Some(ResourcePhase::Ready),
+    }
+}
+
+fn ready_template(name: &str, gpus: i32) -> TemplateView {
+    let spec: AIMServiceTemplateSpec = serde_json::from_value(serde_json::json!({
+        "modelName": "m", "metric": "latency", "precision": "fp8",
+        "hardware": {"gpu": {"requests": gpus, "model": "MI300X"}}
+    }))
+    .unwrap();
+    let status: AIMServiceTemplateStatus = serde_json::from_value(serde_json::json!({
+        "status": "Ready",
+        "profile": {"metadata": {"gpu": "MI300X", "gpuCount": gpus, "metric": "latency", "precision": "fp8", "type": "optimized"}},
+        "resolvedHardware": {"gpu": {"requests": gpus, "model": "MI300X"}}
+    }))
+    .unwrap();
+    TemplateView {
+        scope: Scope::Namespace,
+        name: name.into(),
+        namespace: Some("ml-team".into()),
+        uid: Some("t-uid".into()),
+        labels: Default::default(),
+        spec,
+        status: Some(status),
+    }
+}
+
+fn observed<'a>(svc: &'a AIMService, template: Option<TemplateView>) -> Observed<'a> {
+    Observed {
+        service: svc,
+        config: ConfigLookup::NoDefault,
+        model: ModelLookup::ByName { name: "m".into(), found: Some(ready_model()) },
+        templates: TemplateLookup { explicit_base: template, ..Default::default() },
+        cluster_gpu_models: ["MI300X".to_string()].into(),
+        isvc: None,
+        isvc_events: vec![],
+        pods: vec![],
+        pod_events: vec![],
+        hpa: None,
+        route: None,
+        cache: None,
+        default_scaler_address: "scaler:4318",
+    }
+}
+
+const BASE: &str = "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: qwen-chat}\nspec:\n  model: {name: m}\n  template: {name: t}\n";
+
+#[test]
+fn a_ready_model_and_template_render_the_inference_service() {
+    let svc = service(&format!("{BASE}  replicas: 2\n"));
+    let p = plan(&observed(&svc, Some(ready_template("t", 2))));
+    let isvc = p.owned.iter().find(|o| o["kind"] == "InferenceService").expect("an InferenceService");
+    assert_eq!(isvc["metadata"]["name"], "qwen-chat-a04542d9", "AIM Engine's derived name");
+    let c = &isvc["spec"]["predictor"]["containers"][0];
+    assert_eq!(c["resources"]["requests"]["cpu"], "8");
+    assert_eq!(c["resources"]["requests"]["memory"], "64Gi");
+    assert_eq!(c["resources"]["limits"]["memory"], "96Gi");
+    assert_eq!(isvc["spec"]["predictor"]["minReplicas"], 2);
+    let cache = p.healths.iter().find(|h| h.component == "Cache").unwrap();
+    assert_eq!(cache.reason, "NoCacheRequired");
+}
+
+#[test]
+fn service_resources_override_the_per_gpu_defaults_per_key() {
+    let svc = service(&format!("{BASE}  resources:\n    limits: {{cpu: \"6\", memory: 48Gi}}\n"));
+    let p = plan(&observed(&svc, Some(ready_template("t", 1))));
+    let isvc = p.owned.iter().find(|o| o["kind"] == "InferenceService").unwrap();
+    let r = &isvc["spec"]["predictor"]["containers"][0]["resources"];
+    assert_eq!(r["limits"]["cpu"], "6");
+    assert_eq!(r["limits"]["memory"], "48Gi");
+    assert_eq!(r["limits"]["amd.com/gpu"], "1", "keys the service does not name keep their defaults");
+}
+
+#[test]
+fn nothing_renders_while_the_template_is_not_ready() {
+    let svc = service(BASE);
+    let mut t = ready_template("t", 1);
+    t.status.as_mut().unwrap().status = Some(ResourcePhase::Progressing);
+    let p = plan(&observed(&svc, Some(t)));
+    assert!(p.owned.iter().all(|o| o["kind"] != "InferenceService"));
+    let h = p.healths.iter().find(|h| h.component == "Template").unwrap();
+    assert_eq!((h.state, h.reason.as_str()), (ComponentState::Progressing, "TemplateNotReady"));
+}
+
+#[test]
+fn explicit_template_with_overrides_derives_one_from_the_base() {
+    let svc = service(&format!("{BASE}  overrides: {{precision: fp16}}\n"));
+    let p = plan(&observed(&svc, Some(ready_template("t", 1))));
+    let derived = p.owned.iter().find(|o| o["kind"] == "AIMServiceTemplate").expect("a derived template (defect #13)");
+    assert_eq!(derived["spec"]["precision"], "fp16");
+    assert_eq!(derived["metadata"]["labels"]["aim.eai.amd.com/origin"], "derived");
+    assert!(p.owned.iter().all(|o| o["kind"] != "InferenceService"));
+}
+
+#[test]
+fn replicas_follow_the_documented_table() {
+    let fixed = service(&format!("{BASE}  replicas: 3\n"));
+    assert_eq!(render::replicas(&fixed), render::Replicas { min: 3, max: 3, autoscaling: false });
+    let min_only = service(&format!("{BASE}  minReplicas: 2\n"));
+    assert_eq!(render::replicas(&min_only), render::Replicas { min: 2, max: 2, autoscaling: true });
+    let both = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 5\n"));
+    assert_eq!(render::replicas(&both), render::Replicas { min: 1, max: 5, autoscaling: true });
+    let metrics_only = service(&format!("{BASE}  autoScaling: {{metrics: []}}\n"));
+    assert_eq!(render::replicas(&metrics_only), render::Replicas { min: 1, max: 1, autoscaling: true });
+}
