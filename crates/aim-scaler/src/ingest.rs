@@ -169,7 +169,7 @@ pub fn ingest(
             .resource
             .iter()
             .flat_map(|r| r.attributes.iter())
-            .filter(|kv| config.resource_attributes.iter().any(|k| *k == kv.key))
+            .filter(|kv| config.resource_attributes.contains(&kv.key))
             .map(|kv| {
                 (
                     kv.key.clone(),

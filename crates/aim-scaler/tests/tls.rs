@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -20,7 +20,7 @@ fn self_signed() -> Pair {
     }
 }
 
-fn write(dir: &PathBuf, pair: &Pair) {
+fn write(dir: &Path, pair: &Pair) {
     // Key first, then certificate: a reload between the two writes would
     // fail to load and keep the old pair, as designed.
     std::fs::write(dir.join("tls.key"), &pair.key_pem).unwrap();

@@ -131,13 +131,34 @@ impl fmt::Display for Query {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{}{}{:?}", m.label, m.op.symbol(), m.value)?;
+            write!(f, "{}{}{}", m.label, m.op.symbol(), Quoted(&m.value))?;
         }
         f.write_str("})")?;
         if self.quantile.is_some() {
             f.write_str(")")?;
         }
         Ok(())
+    }
+}
+
+/// A label value quoted with exactly the escapes `value()` reads back.
+/// Rust's `{:?}` would not do: it writes `\r`, `\0` and `\u{..}`, which the
+/// parser keeps verbatim so regexes like `\d` survive (found by fuzzing).
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")
     }
 }
 
@@ -564,6 +585,8 @@ mod tests {
             r#"sum(m{a="x", b!="y\"q", c=~"a|b"})"#,
             "count(vllm:x)",
             "histogram_quantile(0.9, max(h{d!~\"z\"}))",
+            // Found by fuzzing: control characters and backslashes in values.
+            "m{a=~\"x|`\r\0y\\\\d\", b=\"tab\tnl\nq'\"}",
         ] {
             let q = parse_query(text).unwrap();
             assert_eq!(parse_query(&q.to_string()).unwrap(), q, "{text} -> {q}");
