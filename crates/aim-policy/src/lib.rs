@@ -1,16 +1,38 @@
-//! Scaling policies: pure functions that turn the metric value(s) a scaler
-//! observed into the single value reported to the autoscaler (KEDA/HPA).
+//! Scaling arithmetic and policies: pure functions of what was observed, so
+//! the same code runs in the live scaler (wall clock) and in the lab
+//! (virtual clock) — "one model, two clocks".
 //!
-//! Policies take no clock and do no I/O, so the same code runs in the live
-//! scaler (wall clock) and in the lab's simulation (virtual clock). A trigger
-//! picks a policy by name through its `policy` metadata key; [`lookup`] maps
-//! that name to an implementation.
+//! * [`hpa`]: the Kubernetes HPA v2 controller's arithmetic and memory.
+//! * [`keda`]: KEDA's activation, 0↔1, cooldown, fallback and pauses.
+//! * [`Policy`] and the registry: what a scaler trigger names in its
+//!   `policy` metadata key. Every policy other than `passthrough` decides a
+//!   replica count `D` and reports `D × targetValue`, which a plain KEDA
+//!   trigger of `metricType: AverageValue` (KEDA's default) turns into
+//!   exactly `D` replicas in the HPA (`ceil(value / target)`), outside the
+//!   HPA's tolerance band. See [`policies`] for each policy's knobs.
+//!
+//! Nothing here reads a clock or does I/O: the caller passes `now` and the
+//! history it kept.
 
 use std::collections::BTreeMap;
 
-mod passthrough;
+pub mod hpa;
+pub mod keda;
+mod params;
+pub mod policies;
 
-pub use passthrough::Passthrough;
+pub use params::Params;
+pub use policies::{
+    CostAware, Passthrough, Predictive, QueueBased, SloAware, StablePanic, replica_value,
+};
+
+/// An earlier observation of the trigger's value(s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The caller's clock, in seconds.
+    pub at: f64,
+    pub values: Vec<f64>,
+}
 
 /// What a policy sees for one evaluation of one trigger.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +42,38 @@ pub struct PolicyInput<'a> {
     pub values: &'a [f64],
     /// The trigger's metadata, so a policy can read its own keys.
     pub metadata: &'a BTreeMap<String, String>,
+    /// The caller's clock in seconds: Unix time in the scaler, virtual time
+    /// in the lab. Only differences matter, except for scheduled scaling,
+    /// which reads the time of day from it (UTC).
+    pub now: f64,
+    /// Earlier observations, oldest first, none later than `now`. May be
+    /// empty; policies then act on the current value alone.
+    pub history: &'a [Sample],
+    /// The trigger's target value: the HPA divides the reported value by it.
+    pub target: f64,
+    /// Pods currently reporting the metric, when known.
+    pub ready_replicas: Option<u32>,
+}
+
+static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
+
+impl<'a> PolicyInput<'a> {
+    /// Values and metadata only: no history, target 1, replicas unknown.
+    pub fn new(values: &'a [f64], metadata: &'a BTreeMap<String, String>) -> Self {
+        PolicyInput {
+            values,
+            metadata,
+            now: 0.0,
+            history: &[],
+            target: 1.0,
+            ready_replicas: None,
+        }
+    }
+
+    /// A value-only input without metadata (tests, the lab's defaults).
+    pub fn bare(values: &'a [f64]) -> Self {
+        Self::new(values, &NO_METADATA)
+    }
 }
 
 /// Why a policy could not produce a value.
@@ -50,12 +104,26 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
     /// The value to report to the autoscaler.
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError>;
+    /// How much history (seconds before `now`) the policy reads with these
+    /// metadata, so callers keep no more than needed. Also validates the
+    /// metadata, so a bad key is reported when the trigger is parsed.
+    fn history_seconds(&self, metadata: &BTreeMap<String, String>) -> Result<f64, PolicyError> {
+        let _ = metadata;
+        Ok(0.0)
+    }
 }
 
 /// The policy used when a trigger names none.
 pub const DEFAULT_POLICY: &str = "passthrough";
 
-static REGISTRY: &[&dyn Policy] = &[&Passthrough];
+static REGISTRY: &[&dyn Policy] = &[
+    &Passthrough,
+    &StablePanic,
+    &QueueBased,
+    &SloAware,
+    &Predictive,
+    &CostAware,
+];
 
 /// Every registered policy, for help texts and error messages.
 pub fn registered() -> impl Iterator<Item = &'static dyn Policy> {
@@ -86,10 +154,25 @@ mod tests {
     }
 
     #[test]
+    fn every_policy_is_found_by_its_name() {
+        for name in [
+            "passthrough",
+            "stable-panic",
+            "queue",
+            "slo",
+            "predictive",
+            "cost",
+        ] {
+            assert_eq!(lookup(name).unwrap().name(), name);
+        }
+    }
+
+    #[test]
     fn unknown_policy_lists_known_names() {
         let err = lookup("predictive-typo").err().unwrap();
         let text = err.to_string();
         assert!(text.contains("predictive-typo"), "{text}");
         assert!(text.contains("passthrough"), "{text}");
+        assert!(text.contains("stable-panic"), "{text}");
     }
 }

@@ -32,10 +32,8 @@ mod tests {
     fn returns_first_value_unchanged() {
         let metadata = BTreeMap::new();
         for value in [0.0, 0.25, 7.5, -3.0] {
-            let input = PolicyInput {
-                values: &[value, 100.0],
-                metadata: &metadata,
-            };
+            let values = [value, 100.0];
+            let input = PolicyInput::new(&values, &metadata);
             assert_eq!(Passthrough.evaluate(&input).unwrap(), value);
         }
     }
@@ -43,10 +41,7 @@ mod tests {
     #[test]
     fn no_value_is_an_error() {
         let metadata = BTreeMap::new();
-        let input = PolicyInput {
-            values: &[],
-            metadata: &metadata,
-        };
+        let input = PolicyInput::new(&[], &metadata);
         assert!(matches!(
             Passthrough.evaluate(&input),
             Err(PolicyError::NotEnoughValues { got: 0, .. })

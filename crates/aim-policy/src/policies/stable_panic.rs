@@ -1,0 +1,190 @@
+//! Knative/AIBrix KPA: a stable window for the steady state and a short
+//! panic window for bursts.
+//!
+//! Knobs (trigger metadata) and defaults, AIBrix's where they differ from
+//! Knative's:
+//! * `perReplica` — in-flight requests one replica should carry (default:
+//!   the trigger's `targetValue`);
+//! * `stableWindow` — 180s; `panicWindow` — 60s;
+//! * `panicThreshold` — 2.0: panic when the panic-window demand reaches this
+//!   multiple of the current replicas;
+//! * `maxScaleUpRate` — 2.0, `maxScaleDownRate` — 2.0 (per decision).
+//!
+//! In panic the count never drops and holds the highest panic proposal seen
+//! during the last stable window. Panic state is re-derived from history,
+//! not remembered, so the policy stays a pure function.
+
+use std::collections::BTreeMap;
+
+use super::{mean, per_replica, recent, replica_value, replicas_for, value};
+use crate::{Params, Policy, PolicyError, PolicyInput};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StablePanic;
+
+const NAME: &str = "stable-panic";
+
+struct Knobs {
+    per_replica: f64,
+    stable: f64,
+    panic: f64,
+    threshold: f64,
+    up_rate: f64,
+    down_rate: f64,
+}
+
+fn knobs(input: &PolicyInput<'_>) -> Result<Knobs, PolicyError> {
+    let p = Params::new(NAME, input.metadata);
+    let k = Knobs {
+        per_replica: per_replica(&p, input, "perReplica")?,
+        stable: p.seconds("stableWindow", 180.0)?,
+        panic: p.seconds("panicWindow", 60.0)?,
+        threshold: p.number("panicThreshold", 2.0, 1.0, 1000.0)?,
+        up_rate: p.number("maxScaleUpRate", 2.0, 1.0, 1000.0)?,
+        down_rate: p.number("maxScaleDownRate", 2.0, 1.0, 1000.0)?,
+    };
+    if k.panic > k.stable || k.panic <= 0.0 {
+        return Err(PolicyError::InvalidParameter {
+            policy: NAME,
+            key: "panicWindow".into(),
+            value: k.panic.to_string(),
+            reason: format!("must be above 0 and at most stableWindow ({}s)", k.stable),
+        });
+    }
+    Ok(k)
+}
+
+impl StablePanic {
+    pub fn desired(&self, input: &PolicyInput<'_>) -> Result<u32, PolicyError> {
+        let k = knobs(input)?;
+        value(input, NAME, 0)?;
+        let stable = replicas_for(mean(&recent(input, 0, k.stable)), k.per_replica);
+        let current = input.ready_replicas.unwrap_or(stable);
+        let bounded = |d: u32| -> u32 {
+            let ceiling = ((f64::from(current) * k.up_rate).ceil() as u32).max(1);
+            let floor = (f64::from(current) / k.down_rate).floor() as u32;
+            d.clamp(floor, ceiling.max(floor))
+        };
+        // Re-derive panic: any evaluation point in the last stable window
+        // whose panic-window demand reached the threshold.
+        let mut highest_panic: Option<u32> = None;
+        let points = recent(input, 0, k.stable);
+        for &(at, _) in &points {
+            let window: Vec<(f64, f64)> = points
+                .iter()
+                .copied()
+                .filter(|p| p.0 > at - k.panic && p.0 <= at)
+                .collect();
+            let proposal = replicas_for(mean(&window), k.per_replica);
+            if f64::from(proposal) >= k.threshold * f64::from(current.max(1)) {
+                highest_panic = Some(highest_panic.map_or(proposal, |h| h.max(proposal)));
+            }
+        }
+        Ok(match highest_panic {
+            Some(p) => bounded(p).max(current),
+            None => bounded(stable),
+        })
+    }
+}
+
+impl Policy for StablePanic {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
+        Ok(replica_value(self.desired(input)?, input.target))
+    }
+
+    fn history_seconds(&self, metadata: &BTreeMap<String, String>) -> Result<f64, PolicyError> {
+        let input = PolicyInput::new(&[], metadata);
+        Ok(knobs(&input)?.stable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Sample;
+    use crate::policies::testing::{hpa_replicas, meta};
+
+    fn history(points: &[(f64, f64)]) -> Vec<Sample> {
+        points
+            .iter()
+            .map(|&(at, v)| Sample {
+                at,
+                values: vec![v],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steady_load_follows_the_stable_window_through_the_hpa() {
+        let m = meta(&[]);
+        let h = history(&[(0.0, 20.0), (60.0, 20.0), (120.0, 20.0)]);
+        let input = PolicyInput {
+            now: 150.0,
+            history: &h,
+            target: 4.0,
+            ready_replicas: Some(4),
+            ..PolicyInput::new(&[20.0], &m)
+        };
+        assert_eq!(StablePanic.desired(&input).unwrap(), 5);
+        let v = StablePanic.evaluate(&input).unwrap();
+        assert_eq!(hpa_replicas(v, 4.0, 4), 5); // ratio 1.25: outside the band
+    }
+
+    #[test]
+    fn burst_panics_and_never_scales_down_in_panic() {
+        let m = meta(&[("perReplica", "2")]);
+        let h = history(&[(0.0, 2.0), (100.0, 2.0), (140.0, 40.0)]);
+        // Panic window (60 s) at 150 s: mean(40, 40) = 40 → 20 ≥ 2 × 2 → panic.
+        let input = PolicyInput {
+            now: 150.0,
+            history: &h,
+            target: 1.0,
+            ready_replicas: Some(2),
+            ..PolicyInput::new(&[40.0], &m)
+        };
+        assert_eq!(StablePanic.desired(&input).unwrap(), 4); // capped at 2× per step
+    }
+
+    #[test]
+    fn panic_holds_the_highest_proposal_for_a_stable_window() {
+        let m = meta(&[]);
+        let mut points: Vec<(f64, f64)> = (1..=19).map(|k| (f64::from(k) * 10.0, 0.0)).collect();
+        points[12].1 = 120.0; // one burst sample at 130 s
+        let h = history(&points);
+        // At 200 s the stable mean is 120/18 → 7, but the panic windows ending
+        // at 130–180 s asked for 20 ≥ 2 × 10: panic holds the 20.
+        let input = PolicyInput {
+            now: 200.0,
+            history: &h,
+            target: 1.0,
+            ready_replicas: Some(10),
+            ..PolicyInput::new(&[0.0], &m)
+        };
+        assert_eq!(StablePanic.desired(&input).unwrap(), 20);
+        let v = StablePanic.evaluate(&input).unwrap();
+        assert_eq!(hpa_replicas(v, 1.0, 10), 20);
+        // Once 130 s leaves the 180 s stable window, it scales down (÷2 at most).
+        let late = PolicyInput {
+            now: 320.0,
+            ..input
+        };
+        assert_eq!(StablePanic.desired(&late).unwrap(), 5);
+    }
+
+    #[test]
+    fn panic_window_longer_than_stable_is_refused() {
+        let m = meta(&[("panicWindow", "5m"), ("stableWindow", "1m")]);
+        let e = StablePanic
+            .evaluate(&PolicyInput::new(&[1.0], &m))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("panicWindow") && e.contains("stableWindow"),
+            "{e}"
+        );
+    }
+}
