@@ -11,7 +11,7 @@ use crate::query::{
     EvalError, EvalRequest, Evaluation, Operation, ParseError, Query, evaluate, parse_query,
 };
 use crate::store::{NANOS_PER_SECOND, Nanos, Store};
-use aim_policy::{Policy, PolicyError, PolicyInput};
+use aim_policy::{Policy, PolicyError, PolicyInput, Sample};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -27,6 +27,11 @@ pub mod keys {
     pub const QUANTILE: &str = "quantile";
     pub const VALUE_IF_MISSING: &str = "valueIfMissing";
 }
+
+/// Spacing of the history a policy gets: the HPA's sync period.
+const HISTORY_STEP: Nanos = 15 * NANOS_PER_SECOND;
+/// A day at [`HISTORY_STEP`]; the store rarely holds that much anyway.
+const MAX_HISTORY_POINTS: Nanos = 5_760;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TriggerError {
@@ -64,6 +69,8 @@ pub struct Trigger {
     pub clamp_max: Option<f64>,
     pub activation_threshold: f64,
     pub policy: &'static dyn Policy,
+    /// How far back the policy reads; 0 for stateless policies.
+    pub policy_history: Nanos,
     pub window: Nanos,
     pub quantile: Option<f64>,
     pub value_if_missing: Option<f64>,
@@ -186,6 +193,9 @@ impl Trigger {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(aim_policy::DEFAULT_POLICY),
         )?;
+        // Also validates the policy's own metadata keys, so a typo fails
+        // when KEDA first asks rather than at every evaluation.
+        let policy_history = policy.history_seconds(&metadata)?;
 
         let window = match metadata.get(keys::WINDOW) {
             None => default_window,
@@ -221,6 +231,7 @@ impl Trigger {
             clamp_max,
             activation_threshold,
             policy,
+            policy_history: (policy_history.clamp(0.0, 1e9) * NANOS_PER_SECOND as f64) as Nanos,
             window: window.as_nanos().min(u64::MAX as u128) as u64,
             quantile,
             value_if_missing,
@@ -245,9 +256,14 @@ impl Trigger {
             }
             Err(e) => return Err(e.into()),
         };
+        let history = self.policy_history_samples(store, now);
         let from_policy = self.policy.evaluate(&PolicyInput {
             values: &[raw],
             metadata: &self.metadata,
+            now: now as f64 / NANOS_PER_SECOND as f64,
+            history: &history,
+            target: self.target,
+            ready_replicas: u32::try_from(series).ok().filter(|&n| n > 0),
         })?;
         let mut value = from_policy;
         if let Some(min) = self.clamp_min {
@@ -267,6 +283,33 @@ impl Trigger {
             active: value > self.activation_threshold,
             series,
         })
+    }
+
+    /// The query re-evaluated every [`HISTORY_STEP`] back over the policy's
+    /// history, oldest first; points the store no longer holds are skipped.
+    fn policy_history_samples(&self, store: &Store, now: Nanos) -> Vec<Sample> {
+        if self.policy_history == 0 {
+            return Vec::new();
+        }
+        let steps = (self.policy_history / HISTORY_STEP).min(MAX_HISTORY_POINTS);
+        (1..=steps)
+            .rev()
+            .filter_map(|k| {
+                let at = now.checked_sub(k * HISTORY_STEP)?;
+                let request = EvalRequest {
+                    query: &self.query,
+                    operation: self.operation,
+                    window: self.window,
+                    now: at,
+                    quantile: self.quantile,
+                };
+                let value = evaluate(store, &request).ok()?.value;
+                Some(Sample {
+                    at: at as f64 / NANOS_PER_SECOND as f64,
+                    values: vec![value],
+                })
+            })
+            .collect()
     }
 
     pub fn window_seconds(&self) -> f64 {
@@ -352,6 +395,15 @@ mod tests {
             (
                 vec![query, ("targetValue", "1"), ("policy", "nope")],
                 "unknown policy 'nope'",
+            ),
+            (
+                vec![
+                    query,
+                    ("targetValue", "1"),
+                    ("policy", "queue"),
+                    ("headroom", "lots"),
+                ],
+                "'headroom' = 'lots'",
             ),
             (
                 vec![query, ("targetValue", "1"), ("window", "soon")],
