@@ -26,9 +26,14 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(s): State<AdminState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(
+    State(s): State<AdminState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         s.metrics.render(),
     )
 }
@@ -42,7 +47,10 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 /// Binds the admin port; returns the bound address (port 0 picks one).
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: AdminState,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let handle = tokio::spawn(async move {

@@ -5,7 +5,9 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
@@ -58,7 +60,12 @@ pub enum IoError {
     },
 }
 
-fn dynamic_api(client: &Client, ar: &ApiResource, namespaced: bool, namespace: Option<&str>) -> Api<DynamicObject> {
+fn dynamic_api(
+    client: &Client,
+    ar: &ApiResource,
+    namespaced: bool,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
     match (namespaced, namespace) {
         (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
         _ => Api::all_with(client.clone(), ar),
@@ -74,21 +81,36 @@ pub async fn apply(
     mut object: Value,
     owner: Option<&OwnerReference>,
 ) -> Result<DynamicObject, IoError> {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();
+    let api_version = object["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let kind = object["kind"].as_str().unwrap_or_default().to_string();
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if api_version.is_empty() || kind.is_empty() || name.is_empty() {
         return Err(IoError::Malformed(object.to_string()));
     }
-    let (ar, namespaced) = resource_of(&api_version, &kind).ok_or_else(|| IoError::UnknownKind(kind.clone()))?;
+    let (ar, namespaced) =
+        resource_of(&api_version, &kind).ok_or_else(|| IoError::UnknownKind(kind.clone()))?;
     if let Some(owner) = owner {
         object["metadata"]["ownerReferences"] = serde_json::json!([owner]);
     }
-    let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let api = dynamic_api(client, &ar, namespaced, namespace.as_deref());
-    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&object))
-        .await
-        .map_err(|source| IoError::Apply { kind, name, source })
+    api.patch(
+        &name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(|source| IoError::Apply { kind, name, source })
 }
 
 /// Deletes an object if it exists.
@@ -99,12 +121,17 @@ pub async fn delete(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<(), IoError> {
-    let (ar, namespaced) = resource_of(api_version, kind).ok_or_else(|| IoError::UnknownKind(kind.to_string()))?;
+    let (ar, namespaced) =
+        resource_of(api_version, kind).ok_or_else(|| IoError::UnknownKind(kind.to_string()))?;
     let api = dynamic_api(client, &ar, namespaced, namespace);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(IoError::Delete { kind: kind.to_string(), name: name.to_string(), source }),
+        Err(source) => Err(IoError::Delete {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            source,
+        }),
     }
 }
 
@@ -120,7 +147,11 @@ pub fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> Option<OwnerReference
 pub async fn publish(recorder: &Recorder, reference: &ObjectReference, transitions: &[Transition]) {
     for t in transitions {
         let event = KubeEvent {
-            type_: if t.warning { EventType::Warning } else { EventType::Normal },
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: t.reason.clone(),
             note: Some(t.message.chars().take(1024).collect()),
             action: "Reconcile".into(),
@@ -134,7 +165,12 @@ pub async fn publish(recorder: &Recorder, reference: &ObjectReference, transitio
 
 /// Writes `status` (a JSON object) through the status subresource with
 /// server-side apply, forcing ownership of the fields it sets.
-pub async fn write_status<K>(api: &Api<K>, obj: &K, manager: &str, status: Value) -> Result<(), kube::Error>
+pub async fn write_status<K>(
+    api: &Api<K>,
+    obj: &K,
+    manager: &str,
+    status: Value,
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -144,7 +180,11 @@ where
         "metadata": {"name": obj.name_any()},
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body))
-        .await
-        .map(|_| ())
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
 }

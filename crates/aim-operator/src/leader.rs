@@ -8,8 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// AIM Engine's election ID, so the two operators never lead at once.
 pub const LEASE_NAME: &str = "3be10d2f.eai.amd.com";
@@ -99,7 +99,10 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, kube:
     }
     // The resourceVersion makes this a compare-and-swap: two standbys racing
     // for an expired lease cannot both win.
-    match api.patch(LEASE_NAME, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(LEASE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),

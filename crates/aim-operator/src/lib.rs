@@ -29,7 +29,11 @@ use crate::context::{Context, Settings};
 #[derive(clap::Args, Clone, Debug)]
 pub struct OperatorArgs {
     /// Admin address: /metrics, /healthz, /readyz.
-    #[arg(long, default_value = "127.0.0.1:8081", env = "AIM_OPERATOR_ADMIN_ADDRESS")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8081",
+        env = "AIM_OPERATOR_ADMIN_ADDRESS"
+    )]
     pub admin_address: SocketAddr,
     /// Namespace for the leader lease and operator-owned objects.
     #[arg(long, env = "AIM_SYSTEM_NAMESPACE", default_value = "aim-system")]
@@ -41,7 +45,11 @@ pub struct OperatorArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// The KEDA external scaler that metrics without a serverAddress use.
-    #[arg(long, env = "AIM_SCALER_ADDRESS", default_value = "aim-scaler.aim-system.svc:4318")]
+    #[arg(
+        long,
+        env = "AIM_SCALER_ADDRESS",
+        default_value = "aim-scaler.aim-system.svc:4318"
+    )]
     pub scaler_address: String,
 }
 
@@ -64,7 +72,10 @@ pub async fn run_with(
     let ready = Arc::new(AtomicBool::new(false));
     let (bound, _admin) = admin::serve(
         args.admin_address,
-        admin::AdminState { metrics: metrics.clone(), ready: ready.clone() },
+        admin::AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
     )
     .await
     .with_context(|| format!("binding the admin address {}", args.admin_address))?;
@@ -82,7 +93,9 @@ pub async fn run_with(
     };
     if !args.no_leader_election {
         tracing::info!(namespace = %lease.namespace, "waiting for the leader lease");
-        leader::acquire(&client, &lease).await.context("acquiring the leader lease")?;
+        leader::acquire(&client, &lease)
+            .await
+            .context("acquiring the leader lease")?;
         tracing::info!("leading");
     }
     ready.store(true, Ordering::Relaxed);

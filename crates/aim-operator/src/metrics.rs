@@ -39,7 +39,11 @@ impl Metrics {
 
     pub fn failed(&self, controller: &'static str, kind: &str) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(controller).or_default().errors.entry(kind.to_string()).or_default() += 1;
+        *map.entry(controller)
+            .or_default()
+            .errors
+            .entry(kind.to_string())
+            .or_default() += 1;
     }
 
     /// Prometheus text exposition format.
@@ -48,12 +52,19 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP aim_operator_reconciles_total Reconciles run, per controller.\n# TYPE aim_operator_reconciles_total counter\n");
         for (name, c) in map.iter() {
-            let _ = writeln!(out, "aim_operator_reconciles_total{{controller=\"{name}\"}} {}", c.reconciles);
+            let _ = writeln!(
+                out,
+                "aim_operator_reconciles_total{{controller=\"{name}\"}} {}",
+                c.reconciles
+            );
         }
         out.push_str("# HELP aim_operator_reconcile_errors_total Reconciles that failed, per controller and error kind.\n# TYPE aim_operator_reconcile_errors_total counter\n");
         for (name, c) in map.iter() {
             for (kind, n) in &c.errors {
-                let _ = writeln!(out, "aim_operator_reconcile_errors_total{{controller=\"{name}\",error=\"{kind}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "aim_operator_reconcile_errors_total{{controller=\"{name}\",error=\"{kind}\"}} {n}"
+                );
             }
         }
         out.push_str("# HELP aim_operator_reconcile_duration_seconds Time per reconcile.\n# TYPE aim_operator_reconcile_duration_seconds histogram\n");
@@ -65,9 +76,21 @@ impl Metrics {
                     c.bucket_counts[i]
                 );
             }
-            let _ = writeln!(out, "aim_operator_reconcile_duration_seconds_bucket{{controller=\"{name}\",le=\"+Inf\"}} {}", c.reconciles);
-            let _ = writeln!(out, "aim_operator_reconcile_duration_seconds_sum{{controller=\"{name}\"}} {}", c.sum_seconds);
-            let _ = writeln!(out, "aim_operator_reconcile_duration_seconds_count{{controller=\"{name}\"}} {}", c.reconciles);
+            let _ = writeln!(
+                out,
+                "aim_operator_reconcile_duration_seconds_bucket{{controller=\"{name}\",le=\"+Inf\"}} {}",
+                c.reconciles
+            );
+            let _ = writeln!(
+                out,
+                "aim_operator_reconcile_duration_seconds_sum{{controller=\"{name}\"}} {}",
+                c.sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "aim_operator_reconcile_duration_seconds_count{{controller=\"{name}\"}} {}",
+                c.reconciles
+            );
         }
         out
     }
@@ -88,6 +111,8 @@ mod tests {
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.5\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
-        assert!(text.contains("aim_operator_reconcile_errors_total{controller=\"service\",error=\"apply\"} 1"));
+        assert!(text.contains(
+            "aim_operator_reconcile_errors_total{controller=\"service\",error=\"apply\"} 1"
+        ));
     }
 }

@@ -14,11 +14,11 @@ use aim_api::{AIMClusterServiceTemplate, AIMServiceTemplate};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::context::{Context, is_paused};
@@ -36,14 +36,22 @@ pub struct ModelPlan {
 /// Whether templates should exist: `None` while that depends on metadata
 /// not known yet.
 fn expects_templates(spec: &AIMModelSpec, metadata: Option<&ImageMetadata>) -> Option<bool> {
-    if spec.discovery.as_ref().and_then(|d| d.create_service_templates) == Some(false) {
+    if spec
+        .discovery
+        .as_ref()
+        .and_then(|d| d.create_service_templates)
+        == Some(false)
+    {
         return Some(false);
     }
     if !spec.model_sources.is_empty() {
         return Some(true);
     }
     let metadata = metadata?;
-    let recommended = metadata.model.as_ref().is_some_and(|m| !m.recommended_deployments.is_empty());
+    let recommended = metadata
+        .model
+        .as_ref()
+        .is_some_and(|m| !m.recommended_deployments.is_empty());
     Some(recommended || !spec.custom_templates.is_empty())
 }
 
@@ -60,17 +68,34 @@ pub fn plan(
 ) -> ModelPlan {
     let mut healths = Vec::new();
     match config {
-        ConfigLookup::Found(..) => healths.push(Health::ready("RuntimeConfig", "ConfigFound", "Runtime config found").upstream()),
-        ConfigLookup::NoDefault => healths.push(Health::ready("RuntimeConfig", "DefaultConfigNotFound", "No default runtime config; using built-in defaults")),
+        ConfigLookup::Found(..) => healths
+            .push(Health::ready("RuntimeConfig", "ConfigFound", "Runtime config found").upstream()),
+        ConfigLookup::NoDefault => healths.push(Health::ready(
+            "RuntimeConfig",
+            "DefaultConfigNotFound",
+            "No default runtime config; using built-in defaults",
+        )),
         ConfigLookup::Missing(n) => healths.push(
-            Health::new("RuntimeConfig", ComponentState::Failed, "ConfigNotFound", format!("RuntimeConfig {n} not found: create it or fix spec.runtimeConfigName"))
-                .upstream()
-                .because(ErrorCategory::MissingUpstream),
+            Health::new(
+                "RuntimeConfig",
+                ComponentState::Failed,
+                "ConfigNotFound",
+                format!("RuntimeConfig {n} not found: create it or fix spec.runtimeConfigName"),
+            )
+            .upstream()
+            .because(ErrorCategory::MissingUpstream),
         ),
     }
 
-    let extract = spec.discovery.as_ref().and_then(|d| d.extract_metadata).unwrap_or(true);
-    let metadata = spec.image_metadata.clone().or_else(|| previous.and_then(|p| p.image_metadata.clone()));
+    let extract = spec
+        .discovery
+        .as_ref()
+        .and_then(|d| d.extract_metadata)
+        .unwrap_or(true);
+    let metadata = spec
+        .image_metadata
+        .clone()
+        .or_else(|| previous.and_then(|p| p.image_metadata.clone()));
     match (&metadata, extract) {
         (Some(m), _) => healths.push(Health::ready(
             "ImageMetadata",
@@ -86,7 +111,11 @@ pub fn plan(
         )),
     }
 
-    let component = if cluster { "ClusterServiceTemplates" } else { "ServiceTemplates" };
+    let component = if cluster {
+        "ClusterServiceTemplates"
+    } else {
+        "ServiceTemplates"
+    };
     let expected = expects_templates(spec, metadata.as_ref());
     let mut planned = Vec::new();
     if expected == Some(true) {
@@ -94,36 +123,86 @@ pub fn plan(
     }
     let health = if templates.is_empty() {
         match expected {
-            None => Health::new(component, ComponentState::Progressing, "AwaitingMetadata", "Waiting for image metadata"),
-            Some(true) => Health::new(component, ComponentState::Progressing, "CreatingTemplates", "Creating templates"),
+            None => Health::new(
+                component,
+                ComponentState::Progressing,
+                "AwaitingMetadata",
+                "Waiting for image metadata",
+            ),
+            Some(true) => Health::new(
+                component,
+                ComponentState::Progressing,
+                "CreatingTemplates",
+                "Creating templates",
+            ),
             Some(false) => Health::ready(component, "NoTemplatesExpected", "No templates expected"),
         }
     } else {
-        let count = |f: &dyn Fn(Option<ResourcePhase>) -> bool| templates.iter().filter(|p| f(**p)).count();
+        let count =
+            |f: &dyn Fn(Option<ResourcePhase>) -> bool| templates.iter().filter(|p| f(**p)).count();
         let ready = count(&|p| p == Some(ResourcePhase::Ready));
         let failed = count(&|p| matches!(p, Some(ResourcePhase::Failed | ResourcePhase::Degraded)));
         let na = count(&|p| p == Some(ResourcePhase::NotAvailable));
-        let waiting = count(&|p| matches!(p, None | Some(ResourcePhase::Pending | ResourcePhase::Progressing)));
+        let waiting = count(&|p| {
+            matches!(
+                p,
+                None | Some(ResourcePhase::Pending | ResourcePhase::Progressing)
+            )
+        });
         let n = templates.len();
         if ready == n {
             Health::ready(component, "AllTemplatesReady", "All templates are ready")
         } else if failed == n {
-            Health::new(component, ComponentState::Failed, "AllTemplatesFailed", "All templates failed")
+            Health::new(
+                component,
+                ComponentState::Failed,
+                "AllTemplatesFailed",
+                "All templates failed",
+            )
         } else if na == n {
-            Health::new(component, ComponentState::NotAvailable, "NoTemplatesAvailable", "No template's hardware is available in the cluster")
+            Health::new(
+                component,
+                ComponentState::NotAvailable,
+                "NoTemplatesAvailable",
+                "No template's hardware is available in the cluster",
+            )
         } else if failed > 0 {
-            Health::new(component, ComponentState::Degraded, "SomeTemplatesDegraded", format!("{failed} of {n} templates failed"))
+            Health::new(
+                component,
+                ComponentState::Degraded,
+                "SomeTemplatesDegraded",
+                format!("{failed} of {n} templates failed"),
+            )
         } else if waiting > 0 {
-            Health::new(component, ComponentState::Progressing, "TemplatesProgressing", format!("{waiting} of {n} templates are not ready yet"))
+            Health::new(
+                component,
+                ComponentState::Progressing,
+                "TemplatesProgressing",
+                format!("{waiting} of {n} templates are not ready yet"),
+            )
         } else {
-            Health::ready(component, "SomeTemplatesReady", format!("{ready} of {n} templates are ready; the others lack hardware"))
+            Health::ready(
+                component,
+                "SomeTemplatesReady",
+                format!("{ready} of {n} templates are ready; the others lack hardware"),
+            )
         }
     };
     healths.push(health);
-    ModelPlan { healths, templates: planned, metadata }
+    ModelPlan {
+        healths,
+        templates: planned,
+        metadata,
+    }
 }
 
-fn template_object(cluster: bool, name: &str, namespace: Option<&str>, labels: Value, spec: &AIMServiceTemplateSpec) -> Value {
+fn template_object(
+    cluster: bool,
+    name: &str,
+    namespace: Option<&str>,
+    labels: Value,
+    spec: &AIMServiceTemplateSpec,
+) -> Value {
     let mut spec = serde_json::to_value(spec).expect("serialises");
     if cluster {
         // Cluster templates have no caching block.
@@ -149,18 +228,30 @@ fn plan_templates(
     metadata: Option<&ImageMetadata>,
 ) -> Vec<Value> {
     let mut out = Vec::new();
-    let base_labels = json!({"aim.eai.amd.com/model": model, "aim.eai.amd.com/origin": "auto-generated"});
+    let base_labels =
+        json!({"aim.eai.amd.com/model": model, "aim.eai.amd.com/origin": "auto-generated"});
     let custom_hw = spec.custom.as_ref().and_then(|c| c.hardware.clone());
     let custom_type = spec.custom.as_ref().and_then(|c| c.type_);
     let custom_template = |index: usize, t: Option<&aim_api::model::CustomTemplate>| {
         let hardware = t.and_then(|t| t.hardware.clone()).or(custom_hw.clone());
         let metric = t.and_then(|t| t.profile.as_ref()).and_then(|p| p.metric);
         let precision = t.and_then(|t| t.profile.as_ref()).and_then(|p| p.precision);
-        let mut env = if cluster { Vec::new() } else { spec.env.clone() };
+        let mut env = if cluster {
+            Vec::new()
+        } else {
+            spec.env.clone()
+        };
         if let Some(t) = t {
             aim_rules::env::merge_env(&mut env, &t.env);
         }
-        let hash = json!([model, index, t.and_then(|t| t.name.clone()), metric, precision, hardware]);
+        let hash = json!([
+            model,
+            index,
+            t.and_then(|t| t.name.clone()),
+            metric,
+            precision,
+            hardware
+        ]);
         let mut parts = vec![model, "custom"];
         let alias = t.and_then(|t| t.name.clone());
         if let Some(a) = &alias {
@@ -175,7 +266,10 @@ fn plan_templates(
             model_sources: spec.model_sources.clone(),
             image_pull_secrets: spec.image_pull_secrets.clone(),
             service_account_name: spec.service_account_name.clone(),
-            type_: t.and_then(|t| t.type_).or(custom_type).or(Some(ProfileType::Unoptimized)),
+            type_: t
+                .and_then(|t| t.type_)
+                .or(custom_type)
+                .or(Some(ProfileType::Unoptimized)),
             env,
             ..Default::default()
         };
@@ -193,15 +287,20 @@ fn plan_templates(
         out.push(custom_template(i, Some(t)));
     }
     if spec.model_sources.is_empty() {
-        let deployments = metadata.and_then(|m| m.model.as_ref()).map(|m| m.recommended_deployments.clone()).unwrap_or_default();
+        let deployments = metadata
+            .and_then(|m| m.model.as_ref())
+            .map(|m| m.recommended_deployments.clone())
+            .unwrap_or_default();
         for d in deployments {
             let gpu = d.gpu_model.clone().unwrap_or_default();
             let count = d.gpu_count.unwrap_or(0);
-            let metric = d.metric.as_deref().and_then(|m| serde_json::from_value::<Metric>(json!(m.to_lowercase())).ok());
-            let precision = d
-                .precision
+            let metric = d
+                .metric
                 .as_deref()
-                .and_then(|p| serde_json::from_value::<aim_api::common::Precision>(json!(p.to_lowercase())).ok());
+                .and_then(|m| serde_json::from_value::<Metric>(json!(m.to_lowercase())).ok());
+            let precision = d.precision.as_deref().and_then(|p| {
+                serde_json::from_value::<aim_api::common::Precision>(json!(p.to_lowercase())).ok()
+            });
             let mut suffix = format!("{count}x-{}", gpu.to_lowercase());
             match metric {
                 Some(Metric::Latency) => suffix.push_str("-lat"),
@@ -215,13 +314,31 @@ fn plan_templates(
             let hash_input = format!(
                 "{model}-{}{}{}{}{}",
                 spec.image,
-                if gpu.is_empty() { String::new() } else { format!("-{gpu}") },
-                if count > 0 { format!("-x{count}") } else { String::new() },
-                metric.map(|m| format!("-{}", m.as_str())).unwrap_or_default(),
-                precision.map(|p| format!("-{}", p.as_str())).unwrap_or_default(),
+                if gpu.is_empty() {
+                    String::new()
+                } else {
+                    format!("-{gpu}")
+                },
+                if count > 0 {
+                    format!("-x{count}")
+                } else {
+                    String::new()
+                },
+                metric
+                    .map(|m| format!("-{}", m.as_str()))
+                    .unwrap_or_default(),
+                precision
+                    .map(|p| format!("-{}", p.as_str()))
+                    .unwrap_or_default(),
             );
-            let name = aim_rules::naming::derived_name(&[&spec.image, &suffix], &[json!(hash_input)], 4, 63);
-            let hardware = (!gpu.is_empty() && count > 0).then(|| HardwareFromDeployment::gpu(&gpu, count));
+            let name = aim_rules::naming::derived_name(
+                &[&spec.image, &suffix],
+                &[json!(hash_input)],
+                4,
+                63,
+            );
+            let hardware =
+                (!gpu.is_empty() && count > 0).then(|| HardwareFromDeployment::gpu(&gpu, count));
             let tspec = AIMServiceTemplateSpec {
                 model_name: model.to_string(),
                 metric,
@@ -232,7 +349,13 @@ fn plan_templates(
                 service_account_name: spec.service_account_name.clone(),
                 ..Default::default()
             };
-            out.push(template_object(cluster, &name, namespace, base_labels.clone(), &tspec));
+            out.push(template_object(
+                cluster,
+                &name,
+                namespace,
+                base_labels.clone(),
+                &tspec,
+            ));
         }
     }
     out
@@ -253,7 +376,10 @@ impl HardwareFromDeployment {
     }
 }
 
-async fn reconcile<M: ModelObject>(model: Arc<M>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+async fn reconcile<M: ModelObject>(
+    model: Arc<M>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::Error> {
     let started = Instant::now();
     let result = reconcile_inner(&*model, &ctx).await;
     ctx.metrics.reconciled(M::CONTROLLER, started.elapsed());
@@ -271,7 +397,9 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
     let ns = model.namespace();
     let name = model.name_any();
     let spec = model.spec();
-    let config = crate::runtime_config::lookup(client, ns.as_deref(), spec.runtime_config_name.as_deref()).await?;
+    let config =
+        crate::runtime_config::lookup(client, ns.as_deref(), spec.runtime_config_name.as_deref())
+            .await?;
     let templates: Vec<Option<ResourcePhase>> = if M::CLUSTER {
         Api::<AIMClusterServiceTemplate>::all(client.clone())
             .list(&ListParams::default())
@@ -292,10 +420,26 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
             .collect()
     };
     let old = model.status().cloned();
-    let plan = plan(&name, ns.as_deref(), M::CLUSTER, spec, old.as_ref(), &config, &templates);
+    let plan = plan(
+        &name,
+        ns.as_deref(),
+        M::CLUSTER,
+        spec,
+        old.as_ref(),
+        &config,
+        &templates,
+    );
     let now = Time(Timestamp::now());
-    let previous_conditions = old.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let assessment = state::assess(&previous_conditions, &plan.healths, model.meta().generation, &now);
+    let previous_conditions = old
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let assessment = state::assess(
+        &previous_conditions,
+        &plan.healths,
+        model.meta().generation,
+        &now,
+    );
     let manager = format!("aim-{}-controller", M::CONTROLLER);
     if assessment.apply_allowed {
         let owner = kube_io::owner_of(model);
@@ -308,7 +452,9 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
     let status = AIMModelStatus {
         status: Some(match assessment.phase {
             aim_api::common::Phase::Ready | aim_api::common::Phase::Running => ResourcePhase::Ready,
-            aim_api::common::Phase::Progressing | aim_api::common::Phase::Starting => ResourcePhase::Progressing,
+            aim_api::common::Phase::Progressing | aim_api::common::Phase::Starting => {
+                ResourcePhase::Progressing
+            }
             aim_api::common::Phase::Pending => ResourcePhase::Pending,
             aim_api::common::Phase::Degraded => ResourcePhase::Degraded,
             aim_api::common::Phase::NotAvailable => ResourcePhase::NotAvailable,
@@ -321,13 +467,28 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
             _ => None,
         },
         image_metadata: plan.metadata,
-        source_type: Some(if spec.model_sources.is_empty() { ModelSourceType::Image } else { ModelSourceType::Custom }),
+        source_type: Some(if spec.model_sources.is_empty() {
+            ModelSourceType::Image
+        } else {
+            ModelSourceType::Custom
+        }),
     };
     if Some(&status) != old.as_ref() {
         let api = M::api(client, ns.as_deref());
-        kube_io::write_status(&api, model, &manager, serde_json::to_value(&status).expect("serialises")).await?;
+        kube_io::write_status(
+            &api,
+            model,
+            &manager,
+            serde_json::to_value(&status).expect("serialises"),
+        )
+        .await?;
     }
-    kube_io::publish(&ctx.recorder, &model.object_ref(&()), &assessment.transitions).await;
+    kube_io::publish(
+        &ctx.recorder,
+        &model.object_ref(&()),
+        &assessment.transitions,
+    )
+    .await;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -337,7 +498,10 @@ fn error_policy<M: ModelObject>(_m: Arc<M>, error: &kube::Error, _ctx: Arc<Conte
 }
 
 /// Runs a model controller (either scope) until `shutdown` resolves.
-pub async fn run<M: ModelObject>(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run<M: ModelObject>(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<M>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
@@ -346,36 +510,56 @@ pub async fn run<M: ModelObject>(ctx: Arc<Context>, shutdown: impl std::future::
     let by_config = store.clone();
     let by_cluster_config = store.clone();
     controller
-        .watches(Api::<AIMServiceTemplate>::all(client.clone()), watcher::Config::default(), move |t| {
-            let (model, ns) = (t.spec.model_name.clone(), t.namespace());
-            by_template
-                .state()
-                .iter()
-                .filter(|m| !M::CLUSTER && m.namespace() == ns && m.name_any() == model)
-                .map(|m| ObjectRef::from_obj(m.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<AIMClusterServiceTemplate>::all(client.clone()), watcher::Config::default(), move |t| {
-            let model = t.spec.model_name.clone();
-            by_cluster_template
-                .state()
-                .iter()
-                .filter(|m| M::CLUSTER && m.name_any() == model)
-                .map(|m| ObjectRef::from_obj(m.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<aim_api::AIMRuntimeConfig>::all(client.clone()), watcher::Config::default(), move |c| {
-            let ns = c.namespace();
-            by_config
-                .state()
-                .iter()
-                .filter(|m| m.namespace() == ns)
-                .map(|m| ObjectRef::from_obj(m.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<aim_api::AIMClusterRuntimeConfig>::all(client.clone()), watcher::Config::default(), move |_| {
-            by_cluster_config.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<AIMServiceTemplate>::all(client.clone()),
+            watcher::Config::default(),
+            move |t| {
+                let (model, ns) = (t.spec.model_name.clone(), t.namespace());
+                by_template
+                    .state()
+                    .iter()
+                    .filter(|m| !M::CLUSTER && m.namespace() == ns && m.name_any() == model)
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<AIMClusterServiceTemplate>::all(client.clone()),
+            watcher::Config::default(),
+            move |t| {
+                let model = t.spec.model_name.clone();
+                by_cluster_template
+                    .state()
+                    .iter()
+                    .filter(|m| M::CLUSTER && m.name_any() == model)
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<aim_api::AIMRuntimeConfig>::all(client.clone()),
+            watcher::Config::default(),
+            move |c| {
+                let ns = c.namespace();
+                by_config
+                    .state()
+                    .iter()
+                    .filter(|m| m.namespace() == ns)
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<aim_api::AIMClusterRuntimeConfig>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| {
+                by_cluster_config
+                    .state()
+                    .iter()
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<M>, error_policy::<M>, ctx)
         .for_each(|_| async {})

@@ -9,11 +9,21 @@ use crate::service::plan::ConfigLookup;
 
 /// Looks up `name` (empty: `default`) in the namespace and cluster scopes
 /// and merges what exists, namespace over cluster.
-pub async fn lookup(client: &Client, namespace: Option<&str>, name: Option<&str>) -> Result<ConfigLookup, kube::Error> {
+pub async fn lookup(
+    client: &Client,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<ConfigLookup, kube::Error> {
     let name = name.filter(|n| !n.is_empty()).unwrap_or("default");
-    let cluster = Api::<AIMClusterRuntimeConfig>::all(client.clone()).get_opt(name).await?;
+    let cluster = Api::<AIMClusterRuntimeConfig>::all(client.clone())
+        .get_opt(name)
+        .await?;
     let namespaced = match namespace {
-        Some(ns) => Api::<AIMRuntimeConfig>::namespaced(client.clone(), ns).get_opt(name).await?,
+        Some(ns) => {
+            Api::<AIMRuntimeConfig>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await?
+        }
         None => None,
     };
     let reference = match (&cluster, &namespaced) {

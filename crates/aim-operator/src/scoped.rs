@@ -11,16 +11,14 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub trait Scoped: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static {
+pub trait Scoped:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+{
     const CLUSTER: bool;
     /// The controller's short name: its metrics label and field manager.
     const CONTROLLER: &'static str;
-    fn api(client: &Client, namespace: Option<&str>) -> Api<Self> {
-        match (Self::CLUSTER, namespace) {
-            (false, Some(ns)) => Api::namespaced(client.clone(), ns),
-            _ => Api::all(client.clone()),
-        }
-    }
+    /// The API for objects of this kind in `namespace` (ignored when cluster-scoped).
+    fn api(client: &Client, namespace: Option<&str>) -> Api<Self>;
 }
 
 pub trait ModelObject: Scoped {
@@ -34,10 +32,13 @@ pub trait TemplateObject: Scoped {
 }
 
 macro_rules! scoped {
-    ($ty:ty, $cluster:expr, $name:literal, $trait:ident, $spec:ty, $status:ty) => {
+    ($ty:ty, $cluster:tt, $name:literal, $trait:ident, $spec:ty, $status:ty) => {
         impl Scoped for $ty {
             const CLUSTER: bool = $cluster;
             const CONTROLLER: &'static str = $name;
+            fn api(client: &Client, namespace: Option<&str>) -> Api<Self> {
+                scoped!(@api $cluster, client, namespace)
+            }
         }
         impl $trait for $ty {
             fn spec(&self) -> &$spec {
@@ -48,9 +49,44 @@ macro_rules! scoped {
             }
         }
     };
+    (@api false, $client:ident, $ns:ident) => {
+        Api::namespaced($client.clone(), $ns.unwrap_or_default())
+    };
+    (@api true, $client:ident, $ns:ident) => {{
+        let _ = $ns;
+        Api::all($client.clone())
+    }};
 }
 
-scoped!(AIMModel, false, "model", ModelObject, AIMModelSpec, AIMModelStatus);
-scoped!(AIMClusterModel, true, "cluster-model", ModelObject, AIMModelSpec, AIMModelStatus);
-scoped!(AIMServiceTemplate, false, "service-template", TemplateObject, AIMServiceTemplateSpec, AIMServiceTemplateStatus);
-scoped!(AIMClusterServiceTemplate, true, "cluster-service-template", TemplateObject, AIMServiceTemplateSpec, AIMServiceTemplateStatus);
+scoped!(
+    AIMModel,
+    false,
+    "model",
+    ModelObject,
+    AIMModelSpec,
+    AIMModelStatus
+);
+scoped!(
+    AIMClusterModel,
+    true,
+    "cluster-model",
+    ModelObject,
+    AIMModelSpec,
+    AIMModelStatus
+);
+scoped!(
+    AIMServiceTemplate,
+    false,
+    "service-template",
+    TemplateObject,
+    AIMServiceTemplateSpec,
+    AIMServiceTemplateStatus
+);
+scoped!(
+    AIMClusterServiceTemplate,
+    true,
+    "cluster-service-template",
+    TemplateObject,
+    AIMServiceTemplateSpec,
+    AIMServiceTemplateStatus
+);

@@ -206,7 +206,9 @@ pub fn assess(
                      bad: Option<(&str, &str)>,
                      good: (&str, &str)| {
         match bad {
-            Some((reason, message)) => record(conds, NewCondition::new(ty, false, reason, message), true),
+            Some((reason, message)) => {
+                record(conds, NewCondition::new(ty, false, reason, message), true)
+            }
             None => {
                 if conditions::find(conds, ty).is_some_and(|c| c.status != conditions::TRUE) {
                     record(conds, NewCondition::new(ty, true, good.0, good.1), false);
@@ -257,12 +259,20 @@ pub fn assess(
             .find(|h| {
                 matches!(
                     h.error,
-                    Some(ErrorCategory::Auth | ErrorCategory::InvalidSpec | ErrorCategory::MissingUpstream)
+                    Some(
+                        ErrorCategory::Auth
+                            | ErrorCategory::InvalidSpec
+                            | ErrorCategory::MissingUpstream
+                    )
                 )
             })
             .map(|h| h.message.clone())
             .unwrap_or_default();
-        record(&mut conds, NewCondition::new(READY, false, reason, culprit), true);
+        record(
+            &mut conds,
+            NewCondition::new(READY, false, reason, culprit),
+            true,
+        );
         return Assessment {
             conditions: conds,
             phase: Phase::Failed,
@@ -293,7 +303,12 @@ pub fn assess(
     }
     let all_ready = healths.iter().all(|h| h.state == ComponentState::Ready);
     let ready = if all_ready {
-        NewCondition::new(READY, true, "AllComponentsReady", "All components are ready")
+        NewCondition::new(
+            READY,
+            true,
+            "AllComponentsReady",
+            "All components are ready",
+        )
     } else if let Some(h) = first_error {
         NewCondition::new(
             READY,
@@ -302,9 +317,19 @@ pub fn assess(
             format!("Component {} is not ready: {}", h.component, h.message),
         )
     } else if infra {
-        NewCondition::new(READY, false, "InfrastructureError", "Infrastructure error - waiting for retry")
+        NewCondition::new(
+            READY,
+            false,
+            "InfrastructureError",
+            "Infrastructure error - waiting for retry",
+        )
     } else {
-        NewCondition::new(READY, false, "Progressing", "Waiting for components to become ready")
+        NewCondition::new(
+            READY,
+            false,
+            "Progressing",
+            "Waiting for components to become ready",
+        )
     };
     record(&mut conds, ready, first_error.is_some());
 
@@ -341,15 +366,25 @@ mod tests {
     fn all_ready_is_ready_with_all_components_ready() {
         let a = assess(
             &[],
-            &[Health::ready("Model", "ModelResolved", "ok"), Health::ready("Template", "Resolved", "ok")],
+            &[
+                Health::ready("Model", "ModelResolved", "ok"),
+                Health::ready("Template", "Resolved", "ok"),
+            ],
             Some(3),
             &now(),
         );
         assert_eq!(a.phase, Phase::Ready);
         assert!(a.apply_allowed);
         let ready = conditions::find(&a.conditions, READY).unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "AllComponentsReady"));
-        assert!(a.conditions.iter().all(|c| c.observed_generation == Some(3)));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "AllComponentsReady")
+        );
+        assert!(
+            a.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
         assert_eq!(types(&a), vec!["ModelReady", "TemplateReady", "Ready"]);
     }
 
@@ -358,9 +393,14 @@ mod tests {
         let a = assess(
             &[],
             &[
-                Health::new("Model", ComponentState::Failed, "ModelNotFound", "model \"m\" not found")
-                    .upstream()
-                    .because(ErrorCategory::MissingUpstream),
+                Health::new(
+                    "Model",
+                    ComponentState::Failed,
+                    "ModelNotFound",
+                    "model \"m\" not found",
+                )
+                .upstream()
+                .because(ErrorCategory::MissingUpstream),
                 Health::ready("Template", "Resolved", ""),
             ],
             Some(1),
@@ -369,7 +409,10 @@ mod tests {
         assert_eq!(a.phase, Phase::Failed);
         assert!(!a.apply_allowed);
         let cv = conditions::find(&a.conditions, CONFIG_VALID).unwrap();
-        assert_eq!((cv.status.as_str(), cv.reason.as_str()), ("False", "ReferenceNotFound"));
+        assert_eq!(
+            (cv.status.as_str(), cv.reason.as_str()),
+            ("False", "ReferenceNotFound")
+        );
         let ready = conditions::find(&a.conditions, READY).unwrap();
         assert_eq!(ready.reason, "ReferenceNotFound");
         assert!(ready.message.contains("not found"));
@@ -379,14 +422,25 @@ mod tests {
     fn upstream_waiting_is_pending_and_downstream_work_is_progressing() {
         let waiting = assess(
             &[],
-            &[Health::new("Template", ComponentState::Progressing, "TemplateNotReady", "").upstream()],
+            &[Health::new(
+                "Template",
+                ComponentState::Progressing,
+                "TemplateNotReady",
+                "",
+            )
+            .upstream()],
             None,
             &now(),
         );
         assert_eq!(waiting.phase, Phase::Pending);
         let working = assess(
             &[],
-            &[Health::new("InferenceService", ComponentState::Progressing, "CreatingRuntime", "")],
+            &[Health::new(
+                "InferenceService",
+                ComponentState::Progressing,
+                "CreatingRuntime",
+                "",
+            )],
             None,
             &now(),
         );
@@ -399,8 +453,10 @@ mod tests {
     fn infrastructure_errors_degrade_and_retry_then_recover() {
         let broken = assess(
             &[],
-            &[Health::new("HPA", ComponentState::Failed, "HPAFetchError", "boom")
-                .because(ErrorCategory::Infrastructure)],
+            &[
+                Health::new("HPA", ComponentState::Failed, "HPAFetchError", "boom")
+                    .because(ErrorCategory::Infrastructure),
+            ],
             Some(1),
             &now(),
         );
@@ -409,10 +465,18 @@ mod tests {
         let dr = conditions::find(&broken.conditions, DEPENDENCIES_REACHABLE).unwrap();
         assert_eq!(dr.status, "False");
 
-        let healed = assess(&broken.conditions, &[Health::ready("HPA", "HPAOperational", "")], Some(1), &now());
+        let healed = assess(
+            &broken.conditions,
+            &[Health::ready("HPA", "HPAOperational", "")],
+            Some(1),
+            &now(),
+        );
         assert_eq!(healed.phase, Phase::Ready);
         let dr = conditions::find(&healed.conditions, DEPENDENCIES_REACHABLE).unwrap();
-        assert_eq!((dr.status.as_str(), dr.reason.as_str()), ("True", "Reachable"));
+        assert_eq!(
+            (dr.status.as_str(), dr.reason.as_str()),
+            ("True", "Reachable")
+        );
     }
 
     #[test]
@@ -421,24 +485,48 @@ mod tests {
             &[],
             &[
                 Health::ready("Model", "ModelResolved", ""),
-                Health::new("HTTPRoute", ComponentState::Failed, "HTTPRouteRejected", "nope"),
+                Health::new(
+                    "HTTPRoute",
+                    ComponentState::Failed,
+                    "HTTPRouteRejected",
+                    "nope",
+                ),
             ],
             None,
             &now(),
         );
         assert_eq!(with_route.phase, Phase::Failed);
-        let without = assess(&with_route.conditions, &[Health::ready("Model", "ModelResolved", "")], None, &now());
+        let without = assess(
+            &with_route.conditions,
+            &[Health::ready("Model", "ModelResolved", "")],
+            None,
+            &now(),
+        );
         assert!(conditions::find(&without.conditions, "HTTPRouteReady").is_none());
         assert_eq!(without.phase, Phase::Ready);
     }
 
     #[test]
     fn warnings_are_raised_once_per_transition() {
-        let failing = [Health::new("Template", ComponentState::NotAvailable, "TemplateNotReady", "no GPUs")];
+        let failing = [Health::new(
+            "Template",
+            ComponentState::NotAvailable,
+            "TemplateNotReady",
+            "no GPUs",
+        )];
         let first = assess(&[], &failing, None, &now());
-        assert!(first.transitions.iter().any(|t| t.warning && t.reason == "TemplateNotReady"));
+        assert!(
+            first
+                .transitions
+                .iter()
+                .any(|t| t.warning && t.reason == "TemplateNotReady")
+        );
         let second = assess(&first.conditions, &failing, None, &now());
-        assert!(second.transitions.is_empty(), "no new events without a change: {:?}", second.transitions);
+        assert!(
+            second.transitions.is_empty(),
+            "no new events without a change: {:?}",
+            second.transitions
+        );
     }
 
     #[test]
@@ -448,7 +536,12 @@ mod tests {
             &[
                 Health::ready("Model", "ModelResolved", ""),
                 Health::new("Cache", ComponentState::Degraded, "CacheLost", "cache gone"),
-                Health::new("InferenceService", ComponentState::Progressing, "CreatingRuntime", ""),
+                Health::new(
+                    "InferenceService",
+                    ComponentState::Progressing,
+                    "CreatingRuntime",
+                    "",
+                ),
             ],
             None,
             &now(),

@@ -40,7 +40,16 @@ fn model_yaml(name: &str, image: &str) -> String {
 }
 
 /// A template frozen in Ready with a discovered profile.
-async fn ready_template(client: &kube::Client, ns: &str, name: &str, model: &str, gpus: i32, metric: &str, precision: &str, kind: &str) {
+/// One MI300X, optimized.
+async fn ready_template(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    model: &str,
+    metric: &str,
+    precision: &str,
+) {
+    let (gpus, kind) = (1, "optimized");
     let yaml = format!(
         "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMServiceTemplate\nmetadata:\n  name: {name}\n  annotations: {{aim.eai.amd.com/reconciliation-paused: \"true\"}}\nspec:\n  modelName: {model}\n  metric: {metric}\n  precision: {precision}\n  hardware: {{gpu: {{requests: {gpus}, model: MI300X}}}}\n"
     );
@@ -55,9 +64,13 @@ async fn ready_template(client: &kube::Client, ns: &str, name: &str, model: &str
             "hardwareSummary": format!("{gpus} x MI300X"),
         }
     });
-    api.patch_status(name, &PatchParams::apply("aim-test-discovery").force(), &Patch::Apply(&status))
-        .await
-        .unwrap();
+    api.patch_status(
+        name,
+        &PatchParams::apply("aim-test-discovery").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
 }
 
 /// Plays KServe: marks the InferenceService Ready.
@@ -67,14 +80,25 @@ async fn mark_isvc_ready(client: &kube::Client, ns: &str, name: &str) {
         "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
     });
     isvc_api(client, ns)
-        .patch_status(name, &PatchParams::apply("aim-test-kserve").force(), &Patch::Apply(&status))
+        .patch_status(
+            name,
+            &PatchParams::apply("aim-test-kserve").force(),
+            &Patch::Apply(&status),
+        )
         .await
         .unwrap();
 }
 
 async fn the_isvc(client: &kube::Client, ns: &str, svc: &str) -> Value {
     let name = aim_rules::naming::isvc_name(svc, ns).unwrap();
-    let obj = await_object(&isvc_api(client, ns), &name, "the InferenceService", WAIT, |_| true).await;
+    let obj = await_object(
+        &isvc_api(client, ns),
+        &name,
+        "the InferenceService",
+        WAIT,
+        |_| true,
+    )
+    .await;
     serde_json::to_value(obj).unwrap()
 }
 
@@ -89,8 +113,22 @@ async fn setup(prefix: &str) -> (kube::Client, String, Api<AIMService>) {
 #[tokio::test]
 async fn static_service_renders_the_inference_service_and_runs() {
     let (client, ns, api) = setup("static").await;
-    apply_yaml(&client, &ns, &model_yaml("qwen-qwen3-32b", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "qwen3-32b-latency", "qwen-qwen3-32b", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("qwen-qwen3-32b", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(
+        &client,
+        &ns,
+        "qwen3-32b-latency",
+        "qwen-qwen3-32b",
+        "latency",
+        "fp8",
+    )
+    .await;
     apply_yaml(
         &client,
         &ns,
@@ -101,11 +139,17 @@ async fn static_service_renders_the_inference_service_and_runs() {
     let svc = await_phase(&api, "qwen-chat", ServicePhase::Starting).await;
     let isvc = the_isvc(&client, &ns, "qwen-chat").await;
 
-    assert_eq!(isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"], "none");
+    assert_eq!(
+        isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"],
+        "none"
+    );
     let predictor = &isvc["spec"]["predictor"];
     assert_eq!(predictor["minReplicas"], 3);
     assert_eq!(predictor["maxReplicas"], 3);
-    assert_eq!(predictor["imagePullSecrets"][0]["name"], "registry-credentials");
+    assert_eq!(
+        predictor["imagePullSecrets"][0]["name"],
+        "registry-credentials"
+    );
     let c = &predictor["containers"][0];
     assert_eq!(c["name"], "kserve-container");
     assert_eq!(c["image"], "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5");
@@ -115,36 +159,69 @@ async fn static_service_renders_the_inference_service_and_runs() {
     assert_eq!(c["resources"]["requests"]["amd.com/gpu"], "1");
     assert_eq!(c["resources"]["requests"]["cpu"], "4");
     assert_eq!(c["resources"]["limits"]["memory"], "48Gi");
-    let env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     let mut sorted = env.clone();
     sorted.sort();
     assert_eq!(env, sorted, "env is sorted by name");
-    for name in ["AIM_CACHE_PATH", "VLLM_ENABLE_METRICS", "AIM_METRIC", "AIM_PRECISION", "HF_TOKEN"] {
+    for name in [
+        "AIM_CACHE_PATH",
+        "VLLM_ENABLE_METRICS",
+        "AIM_METRIC",
+        "AIM_PRECISION",
+        "HF_TOKEN",
+    ] {
         assert!(env.contains(&name), "{name} missing from {env:?}");
     }
-    let hf = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "HF_TOKEN").unwrap();
+    let hf = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HF_TOKEN")
+        .unwrap();
     assert_eq!(hf["valueFrom"]["secretKeyRef"]["name"], "huggingface-creds");
     let labels = &isvc["metadata"]["labels"];
     assert_eq!(labels["app.kubernetes.io/component"], "inference");
     assert_eq!(labels["aim.eai.amd.com/service"], "qwen-chat");
     assert_eq!(labels["aim.eai.amd.com/metric"], "latency");
-    assert_eq!(labels["aim.eai.amd.com/team"], "research", "aim.eai.amd.com/* labels propagate");
+    assert_eq!(
+        labels["aim.eai.amd.com/team"], "research",
+        "aim.eai.amd.com/* labels propagate"
+    );
     let owner = &isvc["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "AIMService");
     assert_eq!(owner["controller"], true);
 
     let st = svc.status.unwrap();
-    assert_eq!(st.resolved_model.unwrap().name.as_deref(), Some("qwen-qwen3-32b"));
-    assert_eq!(st.resolved_template.unwrap().name.as_deref(), Some("qwen3-32b-latency"));
+    assert_eq!(
+        st.resolved_model.unwrap().name.as_deref(),
+        Some("qwen-qwen3-32b")
+    );
+    assert_eq!(
+        st.resolved_template.unwrap().name.as_deref(),
+        Some("qwen3-32b-latency")
+    );
     assert_eq!(st.runtime.unwrap().replicas.as_deref(), Some("3"));
     assert_eq!(st.observed_generation, Some(1));
-    assert!(st.conditions.iter().all(|c| c.observed_generation == Some(1)));
+    assert!(
+        st.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1))
+    );
 
     mark_isvc_ready(&client, &ns, isvc["metadata"]["name"].as_str().unwrap()).await;
     // Pods are KServe's too; without them the pods component waits.
-    let svc = await_object(&api, "qwen-chat", "InferenceServiceReady", WAIT, |s: &AIMService| {
-        condition(s, "InferenceServiceReady").is_some_and(|c| c.0 == "True")
-    })
+    let svc = await_object(
+        &api,
+        "qwen-chat",
+        "InferenceServiceReady",
+        WAIT,
+        |s: &AIMService| condition(s, "InferenceServiceReady").is_some_and(|c| c.0 == "True"),
+    )
     .await;
     let pods = condition(&svc, "InferenceServicePodsReady").unwrap();
     assert_eq!((pods.0.as_str(), pods.1.as_str()), ("False", "NoPods"));
@@ -153,8 +230,14 @@ async fn static_service_renders_the_inference_service_and_runs() {
 #[tokio::test]
 async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
     let (client, ns, api) = setup("autoscale").await;
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
     let scaled = "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: qwen-chat}\nspec:\n  model: {name: m}\n  template: {name: t}\n  minReplicas: 1\n  maxReplicas: 8\n  autoScaling:\n    metrics:\n    - type: PodMetric\n      podmetric:\n        metric: {backend: opentelemetry, metricNames: [\"vllm:num_requests_running\"], query: \"vllm:num_requests_running\", operationOverTime: avg}\n        target: {type: Value, value: \"1\"}\n";
     apply_yaml(&client, &ns, scaled).await.unwrap();
     let svc = await_phase(&api, "qwen-chat", ServicePhase::Starting).await;
@@ -162,14 +245,23 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
     let name = isvc["metadata"]["name"].as_str().unwrap().to_string();
     let ann = &isvc["metadata"]["annotations"];
     assert_eq!(ann["serving.kserve.io/autoscalerClass"], "keda");
-    assert_eq!(ann["sidecar.opentelemetry.io/inject"], format!("{name}-predictor"));
+    assert_eq!(
+        ann["sidecar.opentelemetry.io/inject"],
+        format!("{name}-predictor")
+    );
     assert_eq!(ann["prometheus.kserve.io/port"], "8000");
     let p = &isvc["spec"]["predictor"];
-    assert_eq!((p["minReplicas"].clone(), p["maxReplicas"].clone()), (json!(1), json!(8)));
+    assert_eq!(
+        (p["minReplicas"].clone(), p["maxReplicas"].clone()),
+        (json!(1), json!(8))
+    );
     let metric = &p["autoScaling"]["metrics"][0]["podmetric"];
     assert_eq!(metric["metric"]["query"], "vllm:num_requests_running");
     assert_eq!(metric["metric"]["operationOverTime"], "avg");
-    assert_eq!(metric["metric"]["serverAddress"], "aim-scaler.aim-system.svc:4318", "default scaler address filled in");
+    assert_eq!(
+        metric["metric"]["serverAddress"], "aim-scaler.aim-system.svc:4318",
+        "default scaler address filled in"
+    );
     assert_eq!(metric["target"]["value"], "1");
     let hpa = condition(&svc, "HPAReady").unwrap();
     assert_eq!(hpa.1, "HPANotFound");
@@ -179,7 +271,8 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
         "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: keda-hpa-{name}-predictor}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: {name}-predictor}}\n  minReplicas: 1\n  maxReplicas: 8\n  metrics:\n  - type: External\n    external: {{metric: {{name: s0-otel}}, target: {{type: AverageValue, averageValue: '1'}}}}\n"
     );
     apply_yaml(&client, &ns, &hpa_yaml).await.unwrap();
-    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), &ns);
     let hpa_status = json!({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "status": {"currentReplicas": 2, "desiredReplicas": 3, "conditions": [
@@ -190,10 +283,20 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
     // long enough to be observed, so keep writing until the service saw it.
     let svc = loop {
         let _ = hpas
-            .patch_status(&format!("keda-hpa-{name}-predictor"), &PatchParams::apply("aim-test-keda").force(), &Patch::Apply(&hpa_status))
+            .patch_status(
+                &format!("keda-hpa-{name}-predictor"),
+                &PatchParams::apply("aim-test-keda").force(),
+                &Patch::Apply(&hpa_status),
+            )
             .await;
         let s = api.get("qwen-chat").await.unwrap();
-        if s.status.as_ref().and_then(|st| st.runtime.as_ref()).and_then(|r| r.replicas.clone()).as_deref() == Some("2/3 (1-8)") {
+        if s.status
+            .as_ref()
+            .and_then(|st| st.runtime.as_ref())
+            .and_then(|r| r.replicas.clone())
+            .as_deref()
+            == Some("2/3 (1-8)")
+        {
             break s;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -208,15 +311,39 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
     )
     .await
     .unwrap();
-    let isvc = await_object(&isvc_api(&client, &ns), &name, "fixed replicas", WAIT, |o: &DynamicObject| {
-        o.metadata.annotations.as_ref().and_then(|a| a.get("serving.kserve.io/autoscalerClass")).map(String::as_str) == Some("none")
-    })
+    let isvc = await_object(
+        &isvc_api(&client, &ns),
+        &name,
+        "fixed replicas",
+        WAIT,
+        |o: &DynamicObject| {
+            o.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("serving.kserve.io/autoscalerClass"))
+                .map(String::as_str)
+                == Some("none")
+        },
+    )
     .await;
     let ann = isvc.metadata.annotations.unwrap();
-    assert!(!ann.contains_key("sidecar.opentelemetry.io/inject"), "{ann:?}");
+    assert!(
+        !ann.contains_key("sidecar.opentelemetry.io/inject"),
+        "{ann:?}"
+    );
     assert!(isvc.data["spec"]["predictor"].get("autoScaling").is_none());
-    let svc = await_object(&api, "qwen-chat", "HPAReady removed", WAIT, |s: &AIMService| condition(s, "HPAReady").is_none()).await;
-    assert_eq!(svc.status.unwrap().runtime.unwrap().replicas.as_deref(), Some("2"));
+    let svc = await_object(
+        &api,
+        "qwen-chat",
+        "HPAReady removed",
+        WAIT,
+        |s: &AIMService| condition(s, "HPAReady").is_none(),
+    )
+    .await;
+    assert_eq!(
+        svc.status.unwrap().runtime.unwrap().replicas.as_deref(),
+        Some("2")
+    );
 }
 
 #[tokio::test]
@@ -225,13 +352,23 @@ async fn missing_model_fails_with_config_valid_and_creates_nothing() {
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec:\n  model: {name: ghost}\n").await.unwrap();
     let svc = await_phase(&api, "s", ServicePhase::Failed).await;
     let cv = condition(&svc, "ConfigValid").unwrap();
-    assert_eq!((cv.0.as_str(), cv.1.as_str()), ("False", "ReferenceNotFound"));
+    assert_eq!(
+        (cv.0.as_str(), cv.1.as_str()),
+        ("False", "ReferenceNotFound")
+    );
     let model = condition(&svc, "ModelReady").unwrap();
     assert_eq!(model.1, "ModelNotFound");
-    assert!(model.2.contains("ghost") && model.2.contains("spec.model.name"), "{}", model.2);
+    assert!(
+        model.2.contains("ghost") && model.2.contains("spec.model.name"),
+        "{}",
+        model.2
+    );
     let ready = condition(&svc, "Ready").unwrap();
     assert_eq!(ready.1, "ReferenceNotFound");
-    let list = isvc_api(&client, &ns).list(&Default::default()).await.unwrap();
+    let list = isvc_api(&client, &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
     assert!(list.items.is_empty(), "no child may be written");
 }
 
@@ -249,11 +386,27 @@ async fn model_by_image_is_created_once_and_shared() {
             // Give the second service time to (not) create a second one.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let list = models.list(&Default::default()).await.unwrap().items;
-            assert_eq!(list.len(), 1, "one model per image: {:?}", list.iter().map(|m| m.metadata.name.clone()).collect::<Vec<_>>());
+            assert_eq!(
+                list.len(),
+                1,
+                "one model per image: {:?}",
+                list.iter()
+                    .map(|m| m.metadata.name.clone())
+                    .collect::<Vec<_>>()
+            );
             let m = &list[0];
             assert_eq!(m.spec.image, "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5");
-            assert_eq!(m.metadata.labels.as_ref().unwrap()["aim.eai.amd.com/origin"], "auto-generated");
-            assert!(m.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()), "shared: no owner");
+            assert_eq!(
+                m.metadata.labels.as_ref().unwrap()["aim.eai.amd.com/origin"],
+                "auto-generated"
+            );
+            assert!(
+                m.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_none_or(|o| o.is_empty()),
+                "shared: no owner"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no model was created");
@@ -266,28 +419,54 @@ async fn model_by_image_is_created_once_and_shared() {
 #[tokio::test]
 async fn tied_templates_report_selection_ambiguous_with_candidates() {
     let (client, ns, api) = setup("ambiguous").await;
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "twin-a", "m", 1, "latency", "fp8", "optimized").await;
-    ready_template(&client, &ns, "twin-b", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "twin-a", "m", "latency", "fp8").await;
+    ready_template(&client, &ns, "twin-b", "m", "latency", "fp8").await;
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec:\n  model: {name: m}\n").await.unwrap();
-    let svc = await_object(&api, "s", "TemplateSelectionAmbiguous", WAIT, |s: &AIMService| {
-        condition(s, "TemplateReady").is_some_and(|c| c.1 == "TemplateSelectionAmbiguous")
-    })
+    let svc = await_object(
+        &api,
+        "s",
+        "TemplateSelectionAmbiguous",
+        WAIT,
+        |s: &AIMService| {
+            condition(s, "TemplateReady").is_some_and(|c| c.1 == "TemplateSelectionAmbiguous")
+        },
+    )
     .await;
     let msg = condition(&svc, "TemplateReady").unwrap().2;
     assert!(msg.contains("twin-a") && msg.contains("twin-b"), "{msg}");
 
     // A better-ranked template breaks the tie and the service proceeds.
-    ready_template(&client, &ns, "fast", "m", 1, "latency", "fp4", "optimized").await;
+    ready_template(&client, &ns, "fast", "m", "latency", "fp4").await;
     let svc = await_phase(&api, "s", ServicePhase::Starting).await;
-    assert_eq!(svc.status.unwrap().resolved_template.unwrap().name.as_deref(), Some("fast"));
+    assert_eq!(
+        svc.status
+            .unwrap()
+            .resolved_template
+            .unwrap()
+            .name
+            .as_deref(),
+        Some("fast")
+    );
 }
 
 #[tokio::test]
 async fn routing_writes_the_route_and_the_path() {
     let (client, ns, api) = setup("routing").await;
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
     apply_yaml(
         &client,
         &ns,
@@ -295,22 +474,67 @@ async fn routing_writes_the_route_and_the_path() {
     )
     .await
     .unwrap();
-    let svc = await_object(&api, "qwen-chat", "a routing path", WAIT, |s: &AIMService| {
-        s.status.as_ref().and_then(|st| st.routing.as_ref()).is_some()
-    })
+    let svc = await_object(
+        &api,
+        "qwen-chat",
+        "a routing path",
+        WAIT,
+        |s: &AIMService| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.routing.as_ref())
+                .is_some()
+        },
+    )
     .await;
-    assert_eq!(svc.status.as_ref().unwrap().routing.as_ref().unwrap().path.as_deref(), Some("/team/research/qwen-chat"));
+    assert_eq!(
+        svc.status
+            .as_ref()
+            .unwrap()
+            .routing
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/team/research/qwen-chat")
+    );
     let route_name = aim_rules::naming::httproute_name("qwen-chat", &ns);
-    let route = await_object(&route_api(&client, &ns), &route_name, "the HTTPRoute", WAIT, |_| true).await;
+    let route = await_object(
+        &route_api(&client, &ns),
+        &route_name,
+        "the HTTPRoute",
+        WAIT,
+        |_| true,
+    )
+    .await;
     let spec = &route.data["spec"];
     assert_eq!(spec["parentRefs"][0]["name"], "inference-gateway");
     let rule = &spec["rules"][0];
-    assert_eq!(rule["matches"][0]["path"]["value"], "/team/research/qwen-chat");
-    assert_eq!(rule["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"], "/");
+    assert_eq!(
+        rule["matches"][0]["path"]["value"],
+        "/team/research/qwen-chat"
+    );
+    assert_eq!(
+        rule["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"],
+        "/"
+    );
     assert_eq!(rule["backendRefs"][0]["port"], 80);
-    assert!(rule["backendRefs"][0]["name"].as_str().unwrap().ends_with("-predictor"));
+    assert!(
+        rule["backendRefs"][0]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-predictor")
+    );
     assert_eq!(rule["timeouts"]["request"], "120s");
-    assert_eq!(condition(&svc, "HTTPRouteReady").unwrap().1, "HTTPRoutePending");
+    // Once the route exists, it waits for a gateway to accept it.
+    await_object(
+        &api,
+        "qwen-chat",
+        "HTTPRoutePending",
+        WAIT,
+        |s: &AIMService| condition(s, "HTTPRouteReady").is_some_and(|c| c.1 == "HTTPRoutePending"),
+    )
+    .await;
 
     // Play the gateway: Accepted makes the route Ready.
     let status = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "status": {"parents": [{
@@ -319,20 +543,43 @@ async fn routing_writes_the_route_and_the_path() {
         "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]
     }]}});
     route_api(&client, &ns)
-        .patch_status(&route_name, &PatchParams::apply("aim-test-gateway").force(), &Patch::Apply(&status))
+        .patch_status(
+            &route_name,
+            &PatchParams::apply("aim-test-gateway").force(),
+            &Patch::Apply(&status),
+        )
         .await
         .unwrap();
-    await_object(&api, "qwen-chat", "HTTPRouteAccepted", WAIT, |s: &AIMService| {
-        condition(s, "HTTPRouteReady").is_some_and(|c| c.1 == "HTTPRouteAccepted")
-    })
+    await_object(
+        &api,
+        "qwen-chat",
+        "HTTPRouteAccepted",
+        WAIT,
+        |s: &AIMService| condition(s, "HTTPRouteReady").is_some_and(|c| c.1 == "HTTPRouteAccepted"),
+    )
     .await;
 
     // Routing off: the route and its stale condition both go (defect #18).
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: qwen-chat, labels: {team: Research}}\nspec:\n  model: {name: m}\n  template: {name: t}\n  routing: {enabled: false}\n").await.unwrap();
-    await_object(&api, "qwen-chat", "HTTPRouteReady removed", WAIT, |s: &AIMService| condition(s, "HTTPRouteReady").is_none()).await;
+    await_object(
+        &api,
+        "qwen-chat",
+        "HTTPRouteReady removed",
+        WAIT,
+        |s: &AIMService| condition(s, "HTTPRouteReady").is_none(),
+    )
+    .await;
     let deadline = std::time::Instant::now() + WAIT;
-    while route_api(&client, &ns).get_opt(&route_name).await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "the route survived routing being turned off");
+    while route_api(&client, &ns)
+        .get_opt(&route_name)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the route survived routing being turned off"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -340,8 +587,14 @@ async fn routing_writes_the_route_and_the_path() {
 #[tokio::test]
 async fn a_bad_path_template_degrades_without_a_route() {
     let (client, ns, api) = setup("badpath").await;
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
     apply_yaml(
         &client,
         &ns,
@@ -352,8 +605,15 @@ async fn a_bad_path_template_degrades_without_a_route() {
     let svc = await_phase(&api, "s", ServicePhase::Degraded).await;
     let c = condition(&svc, "HTTPRouteReady").unwrap();
     assert_eq!(c.1, "PathTemplateInvalid");
-    assert!(c.2.contains("team"), "the message names the missing label: {}", c.2);
-    let routes = route_api(&client, &ns).list(&Default::default()).await.unwrap();
+    assert!(
+        c.2.contains("team"),
+        "the message names the missing label: {}",
+        c.2
+    );
+    let routes = route_api(&client, &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
     assert!(routes.items.is_empty());
     // The inference service itself still deploys.
     the_isvc(&client, &ns, "s").await;
@@ -362,13 +622,29 @@ async fn a_bad_path_template_degrades_without_a_route() {
 #[tokio::test]
 async fn routing_without_a_gateway_fails_and_applies_nothing() {
     let (client, ns, api) = setup("nogw").await;
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec:\n  model: {name: m}\n  template: {name: t}\n  routing: {enabled: true}\n").await.unwrap();
     let svc = await_phase(&api, "s", ServicePhase::Failed).await;
-    assert_eq!(condition(&svc, "HTTPRouteReady").unwrap().1, "GatewayNotConfigured");
+    assert_eq!(
+        condition(&svc, "HTTPRouteReady").unwrap().1,
+        "GatewayNotConfigured"
+    );
     assert_eq!(condition(&svc, "ConfigValid").unwrap().1, "InvalidSpec");
-    assert!(isvc_api(&client, &ns).list(&Default::default()).await.unwrap().items.is_empty());
+    assert!(
+        isvc_api(&client, &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -385,13 +661,26 @@ async fn a_missing_runtime_config_fails_and_a_namespace_false_overrides_the_clus
     let cluster_name = format!("cfg-{ns}");
     apply_yaml(&client, &ns, &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMClusterRuntimeConfig\nmetadata: {{name: {cluster_name}}}\nspec:\n  routing: {{enabled: true, gatewayRef: {{name: gw}}}}\n")).await.unwrap();
     apply_yaml(&client, &ns, &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMRuntimeConfig\nmetadata: {{name: {cluster_name}}}\nspec:\n  routing: {{enabled: false}}\n")).await.unwrap();
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
     apply_yaml(&client, &ns, &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: r}}\nspec:\n  model: {{name: m}}\n  template: {{name: t}}\n  runtimeConfigName: {cluster_name}\n")).await.unwrap();
     let svc = await_phase(&api, "r", ServicePhase::Starting).await;
-    assert!(condition(&svc, "HTTPRouteReady").is_none(), "routing must be off");
+    assert!(
+        condition(&svc, "HTTPRouteReady").is_none(),
+        "routing must be off"
+    );
     let resolved = svc.status.unwrap().resolved_runtime_config.unwrap();
-    assert_eq!(resolved.scope, Some(aim_api::common::Scope::Merged), "status.resolvedRuntimeConfig is written (defect #5)");
+    assert_eq!(
+        resolved.scope,
+        Some(aim_api::common::Scope::Merged),
+        "status.resolvedRuntimeConfig is written (defect #5)"
+    );
 }
 
 #[tokio::test]
@@ -399,26 +688,48 @@ async fn a_paused_service_is_left_alone() {
     let (client, ns, api) = setup("paused").await;
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata:\n  name: s\n  annotations: {aim.eai.amd.com/reconciliation-paused: \"true\"}\nspec:\n  model: {name: ghost}\n").await.unwrap();
     // The finalizer still arrives (it is added before the pause check)...
-    let svc = await_object(&api, "s", "the finalizer", WAIT, |s: &AIMService| !s.metadata.finalizers.clone().unwrap_or_default().is_empty()).await;
+    let svc = await_object(&api, "s", "the finalizer", WAIT, |s: &AIMService| {
+        !s.metadata.finalizers.clone().unwrap_or_default().is_empty()
+    })
+    .await;
     // ...but no status is ever written.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let svc2 = api.get("s").await.unwrap();
-    assert!(svc2.status.is_none() || svc2.status == svc.status, "a paused service got a status: {:?}", svc2.status);
+    assert!(
+        svc2.status.is_none() || svc2.status == svc.status,
+        "a paused service got a status: {:?}",
+        svc2.status
+    );
     assert!(svc2.status.is_none());
 }
 
 #[tokio::test]
 async fn deleting_a_service_collects_its_children() {
     let (client, ns, api) = setup("delete").await;
-    apply_yaml(&client, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&client, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec:\n  model: {name: m}\n  template: {name: t}\n").await.unwrap();
     let isvc = the_isvc(&client, &ns, "s").await;
     let name = isvc["metadata"]["name"].as_str().unwrap().to_string();
     api.delete("s", &Default::default()).await.unwrap();
     let deadline = std::time::Instant::now() + WAIT;
-    while api.get_opt("s").await.unwrap().is_some() || isvc_api(&client, &ns).get_opt(&name).await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "service or its InferenceService survived deletion");
+    while api.get_opt("s").await.unwrap().is_some()
+        || isvc_api(&client, &ns)
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service or its InferenceService survived deletion"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -428,18 +739,24 @@ async fn deleting_a_service_collects_its_children() {
 #[tokio::test]
 async fn operator_runs_under_the_shipped_cluster_role() {
     let admin = client().await;
-    let rbac = std::fs::read_to_string(aim_testkit::repo_path("deploy/operator/rbac.yaml")).unwrap();
+    let rbac =
+        std::fs::read_to_string(aim_testkit::repo_path("deploy/operator/rbac.yaml")).unwrap();
     apply_yaml(&admin, "aim-system", &rbac).await.unwrap();
     let info = aim_testkit::cluster().await;
     let kc = kube::config::Kubeconfig::read_from(&info.kubeconfig).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     config.auth_info.impersonate = Some("system:serviceaccount:aim-system:aim-operator".into());
     let sa_client = kube::Client::try_from(config).unwrap();
 
     // The shared in-process operator may reconcile this namespace too; what
     // this test checks is that the impersonated one works without a 403.
     let ns = namespace(&admin, "rbac").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let args = aim_operator::OperatorArgs {
         admin_address: port,
         namespace: "aim-system".into(),
@@ -454,22 +771,49 @@ async fn operator_runs_under_the_shipped_cluster_role() {
     // It must win the lease (create + update on leases) and serve /readyz.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let ok = reqwest::get(format!("http://{port}/readyz")).await.map(|r| r.status().is_success()).unwrap_or(false);
+        let ok = reqwest::get(format!("http://{port}/readyz"))
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
         if ok {
             break;
         }
-        assert!(!operator.is_finished(), "the operator stopped: {:?}", operator.await);
-        assert!(std::time::Instant::now() < deadline, "the impersonated operator never became ready");
+        assert!(
+            !operator.is_finished(),
+            "the operator stopped: {:?}",
+            operator.await
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the impersonated operator never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    apply_yaml(&admin, &ns, &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5")).await.unwrap();
-    ready_template(&admin, &ns, "t", "m", 1, "latency", "fp8", "optimized").await;
+    apply_yaml(
+        &admin,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&admin, &ns, "t", "m", "latency", "fp8").await;
     apply_yaml(&admin, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec:\n  model: {name: m}\n  template: {name: t}\n").await.unwrap();
     let api: Api<AIMService> = Api::namespaced(admin.clone(), &ns);
     await_phase(&api, "s", ServicePhase::Starting).await;
-    let metrics = reqwest::get(format!("http://{port}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("aim_operator_reconciles_total{controller=\"service\"}"), "{metrics}");
-    assert!(!metrics.contains("error=\"api\""), "the impersonated operator hit API errors:\n{metrics}");
+    let metrics = reqwest::get(format!("http://{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aim_operator_reconciles_total{controller=\"service\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("error=\"api\""),
+        "the impersonated operator hit API errors:\n{metrics}"
+    );
     let _ = stop_tx.send(());
     let _ = operator.await;
 }

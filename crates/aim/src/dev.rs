@@ -17,6 +17,9 @@ enum DevCommand {
     /// A real control plane (etcd, kube-apiserver, controller-manager,
     /// scheduler, KWOK) on loopback, built from upstream Go modules.
     Cluster(ClusterArgs),
+    /// The local cluster plus the operator, with the seed's qwen-chat
+    /// service deployed and its status followed as it progresses.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -72,7 +75,10 @@ enum Output {
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
-    let DevCommand::Cluster(cluster) = args.command;
+    let cluster = match args.command {
+        DevCommand::Cluster(cluster) => cluster,
+        DevCommand::Demo(demo) => return crate::demo::run(demo),
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     let cache = CacheDirs::discover()?;
     match cluster.command {

@@ -2,7 +2,9 @@
 //! behind one binary.
 
 mod crds;
+mod demo;
 mod dev;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,10 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// Developer tools: the local Kubernetes control plane.
     Dev(dev::DevArgs),
+    /// Run the operator: controllers for every aim.eai.amd.com kind.
+    Operator(aim_operator::OperatorArgs),
+    /// The CPU-only vLLM simulator (OpenAI API and vLLM metrics), or its bench.
+    Sim(Box<sim::SimCli>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +40,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Crds(args) => crds::run(args),
         Command::Dev(args) => dev::run(args),
+        Command::Operator(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(aim_operator::run(args))),
+        Command::Sim(cli) => sim::run(*cli),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use aim_api::common::Phase;
 use aim_api::service::{AIMServiceStatus, ServicePhase};
 use aim_api::{
-    AIMClusterModel, AIMClusterServiceTemplate, AIMModel, AIMService, AIMServiceTemplate, AIMTemplateCache,
+    AIMClusterModel, AIMClusterServiceTemplate, AIMModel, AIMService, AIMServiceTemplate,
+    AIMTemplateCache,
 };
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -77,9 +78,15 @@ async fn namespace_terminating(ctx: &Context, ns: &str) -> bool {
     }
 }
 
-async fn set_finalizers(api: &Api<AIMService>, name: &str, finalizers: Vec<String>) -> Result<(), kube::Error> {
+async fn set_finalizers(
+    api: &Api<AIMService>,
+    name: &str,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error> {
     let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Error> {
@@ -137,13 +144,19 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
 
     let now = Time(Timestamp::now());
     let old_status = svc.status.clone().unwrap_or_default();
-    let assessment = state::assess(&old_status.conditions, &plan.healths, svc.meta().generation, &now);
+    let assessment = state::assess(
+        &old_status.conditions,
+        &plan.healths,
+        svc.meta().generation,
+        &now,
+    );
 
     let mut apply_error = None;
     if assessment.apply_allowed {
         let owner = kube_io::owner_of(svc);
         for (api_version, kind, child) in &plan.delete {
-            if let Err(e) = kube_io::delete(&ctx.client, api_version, kind, Some(&ns), child).await {
+            if let Err(e) = kube_io::delete(&ctx.client, api_version, kind, Some(&ns), child).await
+            {
                 apply_error = Some(e);
             }
         }
@@ -163,10 +176,20 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         Some(e) => {
             let mut healths = plan.healths.clone();
             healths.push(
-                Health::new("Apply", ComponentState::Degraded, "InfrastructureError", e.to_string())
-                    .because(ErrorCategory::Infrastructure),
+                Health::new(
+                    "Apply",
+                    ComponentState::Degraded,
+                    "InfrastructureError",
+                    e.to_string(),
+                )
+                .because(ErrorCategory::Infrastructure),
             );
-            let mut a = state::assess(&old_status.conditions, &healths, svc.meta().generation, &now);
+            let mut a = state::assess(
+                &old_status.conditions,
+                &healths,
+                svc.meta().generation,
+                &now,
+            );
             // "Apply" is not a component users should see as a condition.
             a.conditions.retain(|c| c.type_ != "ApplyReady");
             a
@@ -187,15 +210,27 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         status: Some(phase),
         observed_generation: svc.meta().generation,
         conditions: assessment.conditions.clone(),
-        resolved_model: plan.resolved_model.clone().or(old_status.resolved_model.clone()),
-        resolved_template: plan.resolved_template.clone().or(old_status.resolved_template.clone()),
+        resolved_model: plan
+            .resolved_model
+            .clone()
+            .or(old_status.resolved_model.clone()),
+        resolved_template: plan
+            .resolved_template
+            .clone()
+            .or(old_status.resolved_template.clone()),
         resolved_runtime_config: plan.resolved_runtime_config.clone(),
         routing: plan.routing.clone(),
         cache: plan.cache.clone().or(old_status.cache.clone()),
         runtime: plan.runtime.clone(),
     };
     if Some(&status) != svc.status.as_ref() {
-        kube_io::write_status(&api, svc, MANAGER, serde_json::to_value(&status).expect("status serialises")).await?;
+        kube_io::write_status(
+            &api,
+            svc,
+            MANAGER,
+            serde_json::to_value(&status).expect("status serialises"),
+        )
+        .await?;
     }
     kube_io::publish(&ctx.recorder, &svc.object_ref(&()), &assessment.transitions).await;
 
@@ -203,7 +238,9 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         return Err(e.into());
     }
     if assessment.retry {
-        return Err(Error::Retry("an infrastructure error blocked this reconcile".into()));
+        return Err(Error::Retry(
+            "an infrastructure error blocked this reconcile".into(),
+        ));
     }
     // Watches cover every input; the periodic requeue only bounds the
     // damage of a missed event.
@@ -214,16 +251,24 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
     }))
 }
 
-async fn cleanup_unready_caches(ctx: &Context, svc: &AIMService, ns: &str) -> Result<(), kube::Error> {
+async fn cleanup_unready_caches(
+    ctx: &Context,
+    svc: &AIMService,
+    ns: &str,
+) -> Result<(), kube::Error> {
     let api: Api<AIMTemplateCache> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("aim.eai.amd.com/service={}", aim_rules::naming::sanitize(&svc.name_any()));
+    let selector = format!(
+        "aim.eai.amd.com/service={}",
+        aim_rules::naming::sanitize(&svc.name_any())
+    );
     let caches = match api.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => list.items,
         Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => return Ok(()),
         Err(e) => return Err(e),
     };
     for cache in caches {
-        let ready = cache.status.as_ref().and_then(|s| s.status) == Some(aim_api::status::ResourcePhase::Ready);
+        let ready = cache.status.as_ref().and_then(|s| s.status)
+            == Some(aim_api::status::ResourcePhase::Ready);
         if !ready {
             match api.delete(&cache.name_any(), &Default::default()).await {
                 Ok(_) => {}
@@ -252,24 +297,43 @@ struct Fetched {
 /// Records a fetch failure as an infrastructure problem of `component`.
 fn note(errors: &mut Vec<Health>, component: &'static str, what: &str, e: kube::Error) {
     errors.push(
-        Health::new(component, ComponentState::Degraded, "FetchError", format!("reading {what} failed: {e}"))
-            .because(ErrorCategory::Infrastructure),
+        Health::new(
+            component,
+            ComponentState::Degraded,
+            "FetchError",
+            format!("reading {what} failed: {e}"),
+        )
+        .because(ErrorCategory::Infrastructure),
     );
 }
 
-async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Health>) -> Result<Fetched, Error> {
+async fn fetch(
+    svc: &AIMService,
+    ctx: &Context,
+    ns: &str,
+    errors: &mut Vec<Health>,
+) -> Result<Fetched, Error> {
     let client = &ctx.client;
     let spec = &svc.spec;
-    let config = crate::runtime_config::lookup(client, Some(ns), spec.runtime_config_name.as_deref()).await?;
+    let config =
+        crate::runtime_config::lookup(client, Some(ns), spec.runtime_config_name.as_deref())
+            .await?;
 
     let models: Api<AIMModel> = Api::namespaced(client.clone(), ns);
     let cluster_models: Api<AIMClusterModel> = Api::all(client.clone());
     let model = if let Some(name) = spec.model.name.as_deref().map(str::trim) {
         let found = match models.get_opt(name).await? {
             Some(m) => Some(ModelView::from(&m)),
-            None => cluster_models.get_opt(name).await?.as_ref().map(ModelView::from),
+            None => cluster_models
+                .get_opt(name)
+                .await?
+                .as_ref()
+                .map(ModelView::from),
         };
-        ModelLookup::ByName { name: name.to_string(), found }
+        ModelLookup::ByName {
+            name: name.to_string(),
+            found: found.map(Box::new),
+        }
     } else if let Some(image) = spec.model.image.as_deref().map(str::trim) {
         let mut matches: Vec<ModelView> = models
             .list(&ListParams::default())
@@ -295,18 +359,26 @@ async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Healt
             .await?
             .items
             .iter()
-            .filter(|m| m.spec.image == custom.base_image && same_sources(&m.spec.model_sources, &custom.model_sources))
+            .filter(|m| {
+                m.spec.image == custom.base_image
+                    && same_sources(&m.spec.model_sources, &custom.model_sources)
+            })
             .map(ModelView::from)
             .collect();
         ModelLookup::ByMatch { matches }
     } else {
-        ModelLookup::ByMatch { matches: Vec::new() }
+        ModelLookup::ByMatch {
+            matches: Vec::new(),
+        }
     };
 
     let model_name = match &model {
         ModelLookup::ByName { found: Some(m), .. } => Some(m.name.clone()),
         ModelLookup::ByMatch { matches } if !matches.is_empty() => {
-            let ns_first = matches.iter().find(|m| m.namespace.is_some()).or(matches.first());
+            let ns_first = matches
+                .iter()
+                .find(|m| m.namespace.is_some())
+                .or(matches.first());
             ns_first.map(|m| m.name.clone())
         }
         _ => None,
@@ -315,13 +387,24 @@ async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Healt
     let cluster_templates: Api<AIMClusterServiceTemplate> = Api::all(client.clone());
     let mut templates = TemplateLookup::default();
     if let Some(base) = spec.template.as_ref().and_then(|t| t.name.as_deref()) {
-        let derived = spec.overrides.as_ref().and_then(|o| aim_rules::naming::derived_template_name(base, o));
+        let derived = spec
+            .overrides
+            .as_ref()
+            .and_then(|o| aim_rules::naming::derived_template_name(base, o));
         if let Some(d) = derived {
-            templates.explicit_derived = templates_api.get_opt(&d).await?.as_ref().map(TemplateView::from);
+            templates.explicit_derived = templates_api
+                .get_opt(&d)
+                .await?
+                .as_ref()
+                .map(TemplateView::from);
         }
         templates.explicit_base = match templates_api.get_opt(base).await? {
             Some(t) => Some(TemplateView::from(&t)),
-            None => cluster_templates.get_opt(base).await?.as_ref().map(TemplateView::from),
+            None => cluster_templates
+                .get_opt(base)
+                .await?
+                .as_ref()
+                .map(TemplateView::from),
         };
     } else if let Some(model_name) = &model_name {
         templates.candidates.extend(
@@ -345,16 +428,30 @@ async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Healt
     }
 
     let mut gpus = BTreeSet::new();
-    if spec.template.as_ref().and_then(|t| t.name.as_ref()).is_none() {
-        match Api::<Node>::all(client.clone()).list(&ListParams::default()).await {
-            Ok(nodes) => gpus = aim_rules::gpu::cluster_gpus(&nodes.items).into_keys().collect(),
+    if spec
+        .template
+        .as_ref()
+        .and_then(|t| t.name.as_ref())
+        .is_none()
+    {
+        match Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(nodes) => {
+                gpus = aim_rules::gpu::cluster_gpus(&nodes.items)
+                    .into_keys()
+                    .collect()
+            }
             Err(e) => note(errors, "Template", "nodes", e),
         }
     }
 
     let isvc_name = aim_rules::naming::isvc_name(&svc.name_any(), ns).unwrap_or_default();
-    let (isvc_ar, _) = kube_io::resource_of(super::render::KSERVE_API_VERSION, "InferenceService").expect("known kind");
-    let isvc_api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &isvc_ar);
+    let (isvc_ar, _) = kube_io::resource_of(super::render::KSERVE_API_VERSION, "InferenceService")
+        .expect("known kind");
+    let isvc_api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &isvc_ar);
     let isvc = match isvc_api.get_opt(&isvc_name).await {
         Ok(o) => o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)),
         Err(e) => {
@@ -368,15 +465,29 @@ async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Healt
     let mut hpa = None;
     if isvc.is_some() {
         let events: Api<Event> = Api::namespaced(client.clone(), ns);
-        let all_events = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-        let uid = isvc.as_ref().and_then(|i| i.pointer("/metadata/uid")).and_then(Value::as_str).map(str::to_string);
+        let all_events = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let uid = isvc
+            .as_ref()
+            .and_then(|i| i.pointer("/metadata/uid"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         isvc_events = all_events
             .iter()
-            .filter(|e| e.involved_object.name.as_deref() == Some(&isvc_name) && e.involved_object.uid == uid)
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(&isvc_name)
+                    && e.involved_object.uid == uid
+            })
             .cloned()
             .collect();
         match Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&ListParams::default().labels(&format!("serving.kserve.io/inferenceservice={isvc_name}")))
+            .list(
+                &ListParams::default()
+                    .labels(&format!("serving.kserve.io/inferenceservice={isvc_name}")),
+            )
             .await
         {
             Ok(list) => pods = list.items,
@@ -385,7 +496,13 @@ async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Healt
         let pod_names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
         pod_events = all_events
             .into_iter()
-            .filter(|e| e.involved_object.kind.as_deref() == Some("Pod") && e.involved_object.name.as_ref().is_some_and(|n| pod_names.contains(n)))
+            .filter(|e| {
+                e.involved_object.kind.as_deref() == Some("Pod")
+                    && e.involved_object
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| pod_names.contains(n))
+            })
             .collect();
         if super::render::replicas(svc).autoscaling {
             match Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
@@ -399,32 +516,63 @@ async fn fetch(svc: &AIMService, ctx: &Context, ns: &str, errors: &mut Vec<Healt
     }
 
     let route_name = aim_rules::naming::httproute_name(&svc.name_any(), ns);
-    let (route_ar, _) = kube_io::resource_of(super::render::GATEWAY_API_VERSION, "HTTPRoute").expect("known kind");
-    let route = match Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &route_ar).get_opt(&route_name).await {
-        Ok(r) => r.map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
-        Err(e) => {
-            note(errors, "HTTPRoute", "the HTTPRoute", e);
-            None
-        }
-    };
+    let (route_ar, _) =
+        kube_io::resource_of(super::render::GATEWAY_API_VERSION, "HTTPRoute").expect("known kind");
+    let route =
+        match Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &route_ar)
+            .get_opt(&route_name)
+            .await
+        {
+            Ok(r) => r.map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
+            Err(e) => {
+                note(errors, "HTTPRoute", "the HTTPRoute", e);
+                None
+            }
+        };
 
     let cache = fetch_cache(svc, ctx, ns).await?;
-    Ok(Fetched { config, model, templates, gpus, isvc, isvc_events, pods, pod_events, hpa, route, cache })
+    Ok(Fetched {
+        config,
+        model,
+        templates,
+        gpus,
+        isvc,
+        isvc_events,
+        pods,
+        pod_events,
+        hpa,
+        route,
+        cache,
+    })
 }
 
 fn same_sources(a: &[aim_api::common::ModelSource], b: &[aim_api::common::ModelSource]) -> bool {
     let endpoint = |s: &aim_api::common::ModelSource| {
-        s.env.iter().find(|e| e.name == "AWS_ENDPOINT_URL").and_then(|e| e.value.clone())
+        s.env
+            .iter()
+            .find(|e| e.name == "AWS_ENDPOINT_URL")
+            .and_then(|e| e.value.clone())
     };
     a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| x.model_id == y.model_id && x.source_uri == y.source_uri && endpoint(x) == endpoint(y))
+        && a.iter().zip(b).all(|(x, y)| {
+            x.model_id == y.model_id && x.source_uri == y.source_uri && endpoint(x) == endpoint(y)
+        })
 }
 
 /// The cache the service uses: the one its status names if still Ready,
 /// else the dedicated one (owned by this service) or the best shared one
 /// for its template.
-async fn fetch_cache(svc: &AIMService, ctx: &Context, ns: &str) -> Result<Option<CacheView>, Error> {
-    let Some(template) = svc.status.as_ref().and_then(|s| s.resolved_template.as_ref()).and_then(|t| t.name.clone()) else {
+async fn fetch_cache(
+    svc: &AIMService,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<CacheView>, Error> {
+    let Some(template) = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.resolved_template.as_ref())
+        .and_then(|t| t.name.clone())
+    else {
         return Ok(None);
     };
     let api: Api<AIMTemplateCache> = Api::namespaced(ctx.client.clone(), ns);
@@ -438,7 +586,9 @@ async fn fetch_cache(svc: &AIMService, ctx: &Context, ns: &str) -> Result<Option
                     c.spec.mode == Some(aim_api::service::CacheMode::Dedicated)
                         && c.owner_references().iter().any(|o| o.uid == uid)
                 }
-                aim_api::service::CacheMode::Shared => c.spec.mode != Some(aim_api::service::CacheMode::Dedicated),
+                aim_api::service::CacheMode::Shared => {
+                    c.spec.mode != Some(aim_api::service::CacheMode::Dedicated)
+                }
             }
     };
     let rank = |c: &AIMTemplateCache| match c.status.as_ref().and_then(|s| s.status) {
@@ -459,9 +609,17 @@ async fn fetch_cache(svc: &AIMService, ctx: &Context, ns: &str) -> Result<Option
             .filter_map(|(name, a)| {
                 let claim = a.persistent_volume_claim.clone()?;
                 let path = a.mount_point.clone().unwrap_or_else(|| {
-                    format!("{}/{}", super::render::CACHE_BASE_PATH, a.model.clone().unwrap_or_default().replace("..", ""))
+                    format!(
+                        "{}/{}",
+                        super::render::CACHE_BASE_PATH,
+                        a.model.clone().unwrap_or_default().replace("..", "")
+                    )
                 });
-                Some((aim_rules::naming::sanitize(&name.replace('.', "-")), claim, path))
+                Some((
+                    aim_rules::naming::sanitize(&name.replace('.', "-")),
+                    claim,
+                    path,
+                ))
             })
             .collect();
         CacheView {
@@ -474,11 +632,16 @@ async fn fetch_cache(svc: &AIMService, ctx: &Context, ns: &str) -> Result<Option
 }
 
 /// Runs the AIMService controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let services: Api<AIMService> = Api::all(client.clone());
-    let (isvc_ar, _) = kube_io::resource_of(super::render::KSERVE_API_VERSION, "InferenceService").expect("known kind");
-    let (route_ar, _) = kube_io::resource_of(super::render::GATEWAY_API_VERSION, "HTTPRoute").expect("known kind");
+    let (isvc_ar, _) = kube_io::resource_of(super::render::KSERVE_API_VERSION, "InferenceService")
+        .expect("known kind");
+    let (route_ar, _) =
+        kube_io::resource_of(super::render::GATEWAY_API_VERSION, "HTTPRoute").expect("known kind");
     let controller = Controller::new(services, watcher::Config::default());
     let store = controller.store();
     let wc = watcher::Config::default;
@@ -507,28 +670,74 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let store_for_hpa = store.clone();
 
     controller
-        .owns_with(Api::<kube::api::DynamicObject>::all_with(client.clone(), &isvc_ar), isvc_ar.clone(), wc())
-        .owns_with(Api::<kube::api::DynamicObject>::all_with(client.clone(), &route_ar), route_ar.clone(), wc())
-        .watches(Api::<AIMModel>::all(client.clone()), wc(), move |m| by_ns(m.namespace()))
-        .watches(Api::<AIMClusterModel>::all(client.clone()), wc(), move |_| all_1(None))
-        .watches(Api::<AIMServiceTemplate>::all(client.clone()), wc(), move |t| by_ns_2(t.namespace()))
-        .watches(Api::<AIMClusterServiceTemplate>::all(client.clone()), wc(), move |_| all_2(None))
-        .watches(Api::<aim_api::AIMRuntimeConfig>::all(client.clone()), wc(), move |c| by_ns_3(c.namespace()))
-        .watches(Api::<aim_api::AIMClusterRuntimeConfig>::all(client.clone()), wc(), move |_| all_3(None))
-        .watches(Api::<AIMTemplateCache>::all(client.clone()), wc(), move |c| by_ns_4(c.namespace()))
+        .owns_with(
+            Api::<kube::api::DynamicObject>::all_with(client.clone(), &isvc_ar),
+            isvc_ar.clone(),
+            wc(),
+        )
+        .owns_with(
+            Api::<kube::api::DynamicObject>::all_with(client.clone(), &route_ar),
+            route_ar.clone(),
+            wc(),
+        )
+        .watches(Api::<AIMModel>::all(client.clone()), wc(), move |m| {
+            by_ns(m.namespace())
+        })
+        .watches(
+            Api::<AIMClusterModel>::all(client.clone()),
+            wc(),
+            move |_| all_1(None),
+        )
+        .watches(
+            Api::<AIMServiceTemplate>::all(client.clone()),
+            wc(),
+            move |t| by_ns_2(t.namespace()),
+        )
+        .watches(
+            Api::<AIMClusterServiceTemplate>::all(client.clone()),
+            wc(),
+            move |_| all_2(None),
+        )
+        .watches(
+            Api::<aim_api::AIMRuntimeConfig>::all(client.clone()),
+            wc(),
+            move |c| by_ns_3(c.namespace()),
+        )
+        .watches(
+            Api::<aim_api::AIMClusterRuntimeConfig>::all(client.clone()),
+            wc(),
+            move |_| all_3(None),
+        )
+        .watches(
+            Api::<AIMTemplateCache>::all(client.clone()),
+            wc(),
+            move |c| by_ns_4(c.namespace()),
+        )
         .watches(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels("serving.kserve.io/inferenceservice"),
             move |pod| {
-                let isvc = pod.labels().get("serving.kserve.io/inferenceservice").cloned().unwrap_or_default();
+                let isvc = pod
+                    .labels()
+                    .get("serving.kserve.io/inferenceservice")
+                    .cloned()
+                    .unwrap_or_default();
                 services_with_isvc(&store_for_pods, pod.namespace(), &isvc)
             },
         )
-        .watches(Api::<HorizontalPodAutoscaler>::all(client.clone()), wc(), move |hpa| {
-            let name = hpa.name_any();
-            let isvc = name.strip_prefix("keda-hpa-").and_then(|n| n.strip_suffix("-predictor")).unwrap_or_default().to_string();
-            services_with_isvc(&store_for_hpa, hpa.namespace(), &isvc)
-        })
+        .watches(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            wc(),
+            move |hpa| {
+                let name = hpa.name_any();
+                let isvc = name
+                    .strip_prefix("keda-hpa-")
+                    .and_then(|n| n.strip_suffix("-predictor"))
+                    .unwrap_or_default()
+                    .to_string();
+                services_with_isvc(&store_for_hpa, hpa.namespace(), &isvc)
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -539,12 +748,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .await;
 }
 
-fn services_with_isvc(store: &Store<AIMService>, ns: Option<String>, isvc: &str) -> Vec<ObjectRef<AIMService>> {
+fn services_with_isvc(
+    store: &Store<AIMService>,
+    ns: Option<String>,
+    isvc: &str,
+) -> Vec<ObjectRef<AIMService>> {
     store
         .state()
         .iter()
         .filter(|s| s.namespace() == ns)
-        .filter(|s| aim_rules::naming::isvc_name(&s.name_any(), &ns.clone().unwrap_or_default()).is_ok_and(|n| n == isvc))
+        .filter(|s| {
+            aim_rules::naming::isvc_name(&s.name_any(), &ns.clone().unwrap_or_default())
+                .is_ok_and(|n| n == isvc)
+        })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }

@@ -9,7 +9,7 @@ use aim_api::model::AIMModelSpec;
 use aim_api::runtime_config::RuntimeConfigSpec;
 use aim_api::service::{CacheMode, ServiceCacheStatus, ServiceRoutingStatus, ServiceRuntimeStatus};
 use aim_api::status::ResourcePhase;
-use aim_rules::selection::{self, Outcome, SelectionRequest};
+use aim_rules::selection::{self, CandidateScope, SelectionOutcome as Outcome, SelectionRequest};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
@@ -35,7 +35,10 @@ pub enum ConfigLookup {
 #[derive(Clone, Debug)]
 pub enum ModelLookup {
     /// `model.name`: what the namespace, then the cluster, had.
-    ByName { name: String, found: Option<ModelView> },
+    ByName {
+        name: String,
+        found: Option<Box<ModelView>>,
+    },
     /// `model.image` or `model.custom`: every matching model.
     ByMatch { matches: Vec<ModelView> },
 }
@@ -108,10 +111,14 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
         ConfigLookup::Found(spec, reference) => {
             plan.resolved_runtime_config = Some(reference.clone());
             plan.healths.push(
-                Health::ready("RuntimeConfig", "RuntimeConfigResolved", format!(
-                    "Runtime config {} resolved",
-                    reference.name.clone().unwrap_or_default()
-                ))
+                Health::ready(
+                    "RuntimeConfig",
+                    "RuntimeConfigResolved",
+                    format!(
+                        "Runtime config {} resolved",
+                        reference.name.clone().unwrap_or_default()
+                    ),
+                )
                 .upstream(),
             );
             (**spec).clone()
@@ -133,18 +140,21 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
             RuntimeConfigSpec::default()
         }
     };
-    let config = aim_rules::runtime_config::apply_service_inline(&merged, &svc.spec);
-    let propagated = aim_rules::labels::propagated_labels(
-        svc.labels(),
-        config.label_propagation.as_ref(),
-    );
+    let config = aim_rules::runtime_config::apply_service_inline(merged, &svc.spec);
+    let propagated =
+        aim_rules::labels::propagated_labels(svc.labels(), config.label_propagation.as_ref());
 
     let isvc_name = match aim_rules::naming::isvc_name(&svc.name_any(), &ns) {
         Ok(n) => n,
         Err(e) => {
             plan.healths.push(
-                Health::new("InferenceService", ComponentState::Failed, "InvalidName", e.to_string())
-                    .because(ErrorCategory::InvalidSpec),
+                Health::new(
+                    "InferenceService",
+                    ComponentState::Failed,
+                    "InvalidName",
+                    e.to_string(),
+                )
+                .because(ErrorCategory::InvalidSpec),
             );
             return plan;
         }
@@ -157,28 +167,53 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
 
     // Cache: only templates with model sources need one.
     let cache_ready = match &template {
-        Some(t) if t.phase() == Some(ResourcePhase::Ready) => cache_health(obs, t, &config, &ns, &mut plan),
+        Some(t) if t.phase() == Some(ResourcePhase::Ready) => {
+            cache_health(obs, t, &config, &ns, &mut plan)
+        }
         Some(_) => {
-            plan.healths.push(Health::new("Cache", ComponentState::Pending, "AwaitingTemplate", "Waiting for the template to become ready").upstream());
+            plan.healths.push(
+                Health::new(
+                    "Cache",
+                    ComponentState::Pending,
+                    "AwaitingTemplate",
+                    "Waiting for the template to become ready",
+                )
+                .upstream(),
+            );
             false
         }
         None => {
-            plan.healths.push(Health::new("Cache", ComponentState::Pending, "AwaitingTemplate", "Waiting for a template").upstream());
+            plan.healths.push(
+                Health::new(
+                    "Cache",
+                    ComponentState::Pending,
+                    "AwaitingTemplate",
+                    "Waiting for a template",
+                )
+                .upstream(),
+            );
             false
         }
     };
 
     // The InferenceService: created once model, template and cache are
     // ready; kept up to date while the template stays ready.
-    let model_ready = model.as_ref().is_some_and(|m| m.phase == Some(ResourcePhase::Ready));
-    let template_ready = template.as_ref().is_some_and(|t| t.phase() == Some(ResourcePhase::Ready));
+    let model_ready = model
+        .as_ref()
+        .is_some_and(|m| m.phase == Some(ResourcePhase::Ready));
+    let template_ready = template
+        .as_ref()
+        .is_some_and(|t| t.phase() == Some(ResourcePhase::Ready));
     let may_render = template_ready && (obs.isvc.is_some() || (model_ready && cache_ready));
     if let (true, Some(model), Some(template)) = (may_render, &model, &template) {
         let env = aim_rules::env::inference_env(&config.env, &template.spec, &svc.spec.env);
         let volumes = if obs.isvc.is_some() && !cache_ready {
             existing_cache_volumes(obs.isvc.as_ref())
         } else {
-            obs.cache.as_ref().map(|c| c.volumes.clone()).unwrap_or_default()
+            obs.cache
+                .as_ref()
+                .map(|c| c.volumes.clone())
+                .unwrap_or_default()
         };
         let isvc = render::inference_service(&IsvcInputs {
             service: svc,
@@ -193,9 +228,11 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
         });
         plan.owned.push(isvc);
     }
-    plan.healths.push(health::isvc_health(obs.isvc.as_ref(), &obs.isvc_events));
+    plan.healths
+        .push(health::isvc_health(obs.isvc.as_ref(), &obs.isvc_events));
     if obs.isvc.is_some() {
-        plan.healths.push(health::pods_health(&obs.pods, &obs.pod_events));
+        plan.healths
+            .push(health::pods_health(&obs.pods, &obs.pod_events));
     }
     let isvc_ready = obs
         .isvc
@@ -205,10 +242,15 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
 
     let replicas = render::replicas(svc);
     if replicas.autoscaling {
-        plan.healths.push(health::hpa_health(obs.hpa.as_ref(), isvc_ready));
+        plan.healths
+            .push(health::hpa_health(obs.hpa.as_ref(), isvc_ready));
     }
     plan.runtime = Some(health::runtime_status(
-        if replicas.autoscaling { obs.hpa.as_ref() } else { None },
+        if replicas.autoscaling {
+            obs.hpa.as_ref()
+        } else {
+            None
+        },
         &replicas,
     ));
 
@@ -225,7 +267,7 @@ fn resolve_model(
     let svc = obs.service;
     let found = match &obs.model {
         ModelLookup::ByName { name, found } => match found {
-            Some(m) => Some(m.clone()),
+            Some(m) => Some((**m).clone()),
             None => {
                 plan.healths.push(
                     Health::new(
@@ -244,13 +286,23 @@ fn resolve_model(
         },
         ModelLookup::ByMatch { matches } => {
             // A namespaced match shadows cluster ones, as for names.
-            let namespaced: Vec<&ModelView> = matches.iter().filter(|m| m.scope == Scope::Namespace).collect();
-            let pool: Vec<&ModelView> = if namespaced.is_empty() { matches.iter().collect() } else { namespaced };
+            let namespaced: Vec<&ModelView> = matches
+                .iter()
+                .filter(|m| m.scope == Scope::Namespace)
+                .collect();
+            let pool: Vec<&ModelView> = if namespaced.is_empty() {
+                matches.iter().collect()
+            } else {
+                namespaced
+            };
             match pool.as_slice() {
                 [] => None,
                 [one] => Some((*one).clone()),
                 many => {
-                    let names: Vec<String> = many.iter().map(|m| format!("{}/{}", m.kind(), m.name)).collect();
+                    let names: Vec<String> = many
+                        .iter()
+                        .map(|m| format!("{}/{}", m.kind(), m.name))
+                        .collect();
                     plan.healths.push(
                         Health::new(
                             "Model",
@@ -274,11 +326,21 @@ fn resolve_model(
         match auto_model(svc, ns, propagated) {
             Ok((object, message)) => {
                 plan.unowned.push(object);
-                plan.healths.push(Health::new("Model", ComponentState::Pending, "CreatingModel", message));
+                plan.healths.push(Health::new(
+                    "Model",
+                    ComponentState::Pending,
+                    "CreatingModel",
+                    message,
+                ));
             }
             Err(message) => plan.healths.push(
-                Health::new("Model", ComponentState::Failed, "InvalidImageReference", message)
-                    .because(ErrorCategory::InvalidSpec),
+                Health::new(
+                    "Model",
+                    ComponentState::Failed,
+                    "InvalidImageReference",
+                    message,
+                )
+                .because(ErrorCategory::InvalidSpec),
             ),
         }
         return None;
@@ -286,7 +348,11 @@ fn resolve_model(
     let health = match model.phase {
         Some(ResourcePhase::Ready) => {
             plan.resolved_model = Some(model.reference());
-            Health::ready("Model", "ModelResolved", format!("{} {} is ready", model.kind(), model.name))
+            Health::ready(
+                "Model",
+                "ModelResolved",
+                format!("{} {} is ready", model.kind(), model.name),
+            )
         }
         Some(ResourcePhase::Failed | ResourcePhase::Degraded) => Health::new(
             "Model",
@@ -318,8 +384,9 @@ fn auto_model(
     labels.insert("aim.eai.amd.com/origin".into(), "auto-generated".into());
     let (name, model_spec, message) = if let Some(image) = &spec.model.image {
         let image = image.trim();
-        let name = aim_rules::naming::image_model_name(image)
-            .map_err(|e| format!("spec.model.image {image:?} is not a valid image reference: {e}"))?;
+        let name = aim_rules::naming::image_model_name(image).map_err(|e| {
+            format!("spec.model.image {image:?} is not a valid image reference: {e}")
+        })?;
         let model_spec = AIMModelSpec {
             image: image.to_string(),
             runtime_config_name: spec.runtime_config_name.clone(),
@@ -327,9 +394,14 @@ fn auto_model(
             service_account_name: spec.service_account_name.clone(),
             ..Default::default()
         };
-        (name, model_spec, format!("Model will be created for image {image}"))
+        (
+            name,
+            model_spec,
+            format!("Model will be created for image {image}"),
+        )
     } else if let Some(custom) = &spec.model.custom {
-        let name = aim_rules::naming::custom_model_name(custom).map_err(|e| format!("spec.model.custom: {e}"))?;
+        let name = aim_rules::naming::custom_model_name(custom)
+            .map_err(|e| format!("spec.model.custom: {e}"))?;
         labels.insert("aim.eai.amd.com/custom-model".into(), "true".into());
         labels.insert("aim.eai.amd.com/service".into(), svc.name_any());
         let model_spec = AIMModelSpec {
@@ -345,8 +417,16 @@ fn auto_model(
             env: spec.env.clone(),
             ..Default::default()
         };
-        let id = custom.model_sources.first().map(|s| s.model_id.clone()).unwrap_or_default();
-        (name, model_spec, format!("Custom model will be created for {id}"))
+        let id = custom
+            .model_sources
+            .first()
+            .map(|s| s.model_id.clone())
+            .unwrap_or_default();
+        (
+            name,
+            model_spec,
+            format!("Custom model will be created for {id}"),
+        )
     } else {
         return Err("spec.model names no model".into());
     };
@@ -368,7 +448,10 @@ fn resolve_template(
 ) -> Option<TemplateView> {
     let svc = obs.service;
     let spec = &svc.spec;
-    let overrides = spec.overrides.as_ref().filter(|o| o.metric.is_some() || o.precision.is_some() || o.hardware.is_some());
+    let overrides = spec
+        .overrides
+        .as_ref()
+        .filter(|o| o.metric.is_some() || o.precision.is_some() || o.hardware.is_some());
     let explicit = spec.template.as_ref().and_then(|t| t.name.clone());
 
     let chosen: TemplateView = if let Some(name) = explicit {
@@ -379,14 +462,20 @@ fn resolve_template(
         } else if let Some(base) = &obs.templates.explicit_base {
             if let Some(o) = overrides {
                 if base.phase() == Some(ResourcePhase::Ready) {
-                    plan.owned.push(derived_template(svc, base, model, o, ns, propagated));
+                    plan.owned
+                        .push(derived_template(svc, base, model, o, ns, propagated));
                 }
                 plan.healths.push(
-                    Health::new("Template", ComponentState::Progressing, "CreatingDerivedTemplate", format!(
-                        "Deriving a template from {} {} with the service's overrides",
-                        base.kind(),
-                        base.name
-                    ))
+                    Health::new(
+                        "Template",
+                        ComponentState::Progressing,
+                        "CreatingDerivedTemplate",
+                        format!(
+                            "Deriving a template from {} {} with the service's overrides",
+                            base.kind(),
+                            base.name
+                        ),
+                    )
                     .upstream(),
                 );
                 return None;
@@ -409,7 +498,11 @@ fn resolve_template(
         }
     } else {
         let request = SelectionRequest {
-            allow_unoptimized: spec.template.as_ref().and_then(|t| t.allow_unoptimized).unwrap_or(false),
+            allow_unoptimized: spec
+                .template
+                .as_ref()
+                .and_then(|t| t.allow_unoptimized)
+                .unwrap_or(false),
             overrides: overrides.cloned(),
             cluster_gpu_models: obs.cluster_gpu_models.clone(),
             default_template: model.spec.default_service_template.clone(),
@@ -418,21 +511,41 @@ fn resolve_template(
             obs.templates.candidates.iter().map(candidate_of).collect();
         match selection::select(&candidates, &request) {
             Outcome::Selected(c) => {
-                let found = obs.templates.candidates.iter().find(|t| t.name == c.name && scope_matches(t, &c));
+                let found = obs
+                    .templates
+                    .candidates
+                    .iter()
+                    .find(|t| t.name == c.name && scope_matches(t, &c));
                 match found {
                     Some(t) => {
                         // Overrides on an auto-selected namespaced template
                         // derive one, like AIM Engine.
                         if let Some(o) = overrides
                             && t.scope == Scope::Namespace
-                            && t.labels.get("aim.eai.amd.com/origin").map(String::as_str) != Some("derived")
-                            && let Some(derived_name) = aim_rules::naming::derived_template_name(&t.name, o)
+                            && t.labels.get("aim.eai.amd.com/origin").map(String::as_str)
+                                != Some("derived")
+                            && let Some(derived_name) =
+                                aim_rules::naming::derived_template_name(&t.name, o)
                         {
-                            if let Some(d) = obs.templates.candidates.iter().find(|d| d.name == derived_name) {
+                            if let Some(d) = obs
+                                .templates
+                                .candidates
+                                .iter()
+                                .find(|d| d.name == derived_name)
+                            {
                                 d.clone()
                             } else {
-                                plan.owned.push(derived_template(svc, t, model, o, ns, propagated));
-                                plan.healths.push(Health::new("Template", ComponentState::Progressing, "CreatingDerivedTemplate", format!("Deriving {derived_name} from {}", t.name)).upstream());
+                                plan.owned
+                                    .push(derived_template(svc, t, model, o, ns, propagated));
+                                plan.healths.push(
+                                    Health::new(
+                                        "Template",
+                                        ComponentState::Progressing,
+                                        "CreatingDerivedTemplate",
+                                        format!("Deriving {derived_name} from {}", t.name),
+                                    )
+                                    .upstream(),
+                                );
                                 return None;
                             }
                         } else {
@@ -443,25 +556,39 @@ fn resolve_template(
                 }
             }
             Outcome::NoCandidates => {
-                plan.healths.push(Health::new(
-                    "Template",
-                    ComponentState::Pending,
-                    "TemplateNotFound",
-                    format!("No template exists for model {} yet", model.name),
-                ).upstream());
+                plan.healths.push(
+                    Health::new(
+                        "Template",
+                        ComponentState::Pending,
+                        "TemplateNotFound",
+                        format!("No template exists for model {} yet", model.name),
+                    )
+                    .upstream(),
+                );
                 return None;
             }
             Outcome::NoneReady => {
-                plan.healths.push(Health::new(
-                    "Template",
-                    ComponentState::Progressing,
-                    "TemplateNotReady",
-                    "Templates exist but are not ready yet",
-                ).upstream());
+                plan.healths.push(
+                    Health::new(
+                        "Template",
+                        ComponentState::Progressing,
+                        "TemplateNotReady",
+                        "Templates exist but are not ready yet",
+                    )
+                    .upstream(),
+                );
                 return None;
             }
             Outcome::AllFilteredOut { reason } => {
-                plan.healths.push(Health::new("Template", ComponentState::Pending, "TemplateNotFound", reason).upstream());
+                plan.healths.push(
+                    Health::new(
+                        "Template",
+                        ComponentState::Pending,
+                        "TemplateNotFound",
+                        reason,
+                    )
+                    .upstream(),
+                );
                 return None;
             }
             Outcome::Ambiguous { candidates } => {
@@ -486,7 +613,11 @@ fn resolve_template(
     let health = match chosen.phase() {
         Some(ResourcePhase::Ready) => {
             plan.resolved_template = Some(chosen.reference());
-            Health::ready("Template", "Resolved", format!("{} {} is ready", chosen.kind(), chosen.name))
+            Health::ready(
+                "Template",
+                "Resolved",
+                format!("{} {} is ready", chosen.kind(), chosen.name),
+            )
         }
         Some(ResourcePhase::NotAvailable) => Health::new(
             "Template",
@@ -496,7 +627,11 @@ fn resolve_template(
                 "{} {} is not available: the cluster has no node with the GPUs it needs ({})",
                 chosen.kind(),
                 chosen.name,
-                chosen.status.as_ref().and_then(|s| s.hardware_summary.clone()).unwrap_or_else(|| "unknown hardware".into())
+                chosen
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.hardware_summary.clone())
+                    .unwrap_or_else(|| "unknown hardware".into())
             ),
         )
         .upstream(),
@@ -520,14 +655,16 @@ fn resolve_template(
 }
 
 fn scope_matches(t: &TemplateView, c: &selection::Candidate) -> bool {
-    (t.scope == Scope::Cluster) == c.cluster_scoped
+    (t.scope == Scope::Cluster) == (c.scope == CandidateScope::Cluster)
 }
 
 fn candidate_of(t: &TemplateView) -> selection::Candidate {
-    match t.scope {
-        Scope::Cluster => selection::Candidate::from_parts(&t.name, true, &t.spec, t.status.as_ref()),
-        _ => selection::Candidate::from_parts(&t.name, false, &t.spec, t.status.as_ref()),
-    }
+    let scope = if t.scope == Scope::Cluster {
+        CandidateScope::Cluster
+    } else {
+        CandidateScope::Namespace
+    };
+    selection::Candidate::from_parts(&t.name, scope, &t.spec, t.status.as_ref())
 }
 
 /// A namespaced copy of `base` with the service's overrides, owned by the
@@ -540,7 +677,8 @@ fn derived_template(
     ns: &str,
     propagated: &BTreeMap<String, String>,
 ) -> Value {
-    let name = aim_rules::naming::derived_template_name(&base.name, overrides).unwrap_or_else(|| base.name.clone());
+    let name = aim_rules::naming::derived_template_name(&base.name, overrides)
+        .unwrap_or_else(|| base.name.clone());
     let mut spec = base.spec.clone();
     if spec.model_name.is_empty() {
         spec.model_name = model.name.clone();
@@ -567,7 +705,10 @@ fn derived_template(
         spec.resources = svc.spec.resources.clone();
     }
     if svc.spec.cache_mode() == CacheMode::Shared {
-        spec.caching = Some(aim_api::template::TemplateCaching { enabled: Some(true), env: Vec::new() });
+        spec.caching = Some(aim_api::template::TemplateCaching {
+            enabled: Some(true),
+            env: Vec::new(),
+        });
     }
     // A cluster template names a cluster model; the derived template lives
     // in the namespace, so it must name a model it can see.
@@ -597,7 +738,11 @@ fn cache_health(
 ) -> bool {
     let svc = obs.service;
     if template.model_sources().is_empty() {
-        plan.healths.push(Health::ready("Cache", "NoCacheRequired", "The template has no model sources to cache"));
+        plan.healths.push(Health::ready(
+            "Cache",
+            "NoCacheRequired",
+            "The template has no model sources to cache",
+        ));
         return true;
     }
     match &obs.cache {
@@ -609,13 +754,26 @@ fn cache_health(
                     uid: cache.uid.clone(),
                     ..Default::default()
                 }),
-                retry_attempts: svc.status.as_ref().and_then(|s| s.cache.as_ref()).and_then(|c| c.retry_attempts),
+                retry_attempts: svc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.cache.as_ref())
+                    .and_then(|c| c.retry_attempts),
             });
-            plan.healths.push(Health::ready("Cache", "CacheReady", "Template cache is ready"));
+            plan.healths.push(Health::ready(
+                "Cache",
+                "CacheReady",
+                "Template cache is ready",
+            ));
             true
         }
         Some(cache) if cache.phase == Some(ResourcePhase::Failed) => {
-            plan.healths.push(Health::new("Cache", ComponentState::Failed, "CacheFailed", format!("Template cache {} failed", cache.name)));
+            plan.healths.push(Health::new(
+                "Cache",
+                ComponentState::Failed,
+                "CacheFailed",
+                format!("Template cache {} failed", cache.name),
+            ));
             false
         }
         Some(cache) => {
@@ -623,19 +781,37 @@ fn cache_health(
                 "Cache",
                 ComponentState::Progressing,
                 "CacheNotReady",
-                format!("Template cache {} is {}", cache.name, cache.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into())),
+                format!(
+                    "Template cache {} is {}",
+                    cache.name,
+                    cache
+                        .phase
+                        .map(|p| format!("{p:?}"))
+                        .unwrap_or_else(|| "Pending".into())
+                ),
             ));
             false
         }
         None => {
             plan_cache(svc, template, config, ns, plan);
-            plan.healths.push(Health::new("Cache", ComponentState::Progressing, "CacheCreating", "Creating template cache"));
+            plan.healths.push(Health::new(
+                "Cache",
+                ComponentState::Progressing,
+                "CacheCreating",
+                "Creating template cache",
+            ));
             false
         }
     }
 }
 
-fn plan_cache(svc: &AIMService, template: &TemplateView, config: &RuntimeConfigSpec, ns: &str, plan: &mut Plan) {
+fn plan_cache(
+    svc: &AIMService,
+    template: &TemplateView,
+    config: &RuntimeConfigSpec,
+    ns: &str,
+    plan: &mut Plan,
+) {
     let mode = svc.spec.cache_mode();
     let name = match mode {
         CacheMode::Shared => aim_rules::naming::template_cache_name_shared(&template.name, ns),
@@ -655,7 +831,12 @@ fn plan_cache(svc: &AIMService, template: &TemplateView, config: &RuntimeConfigS
         .storage
         .as_ref()
         .and_then(|s| s.default_storage_class_name.clone())
-        .or_else(|| config.storage.as_ref().and_then(|s| s.default_storage_class_name.clone()));
+        .or_else(|| {
+            config
+                .storage
+                .as_ref()
+                .and_then(|s| s.default_storage_class_name.clone())
+        });
     let mut spec = json!({
         "templateName": template.name,
         "templateScope": if template.scope == Scope::Cluster { "Cluster" } else { "Namespace" },
@@ -692,7 +873,12 @@ fn existing_cache_volumes(isvc: Option<&Value>) -> Vec<(String, String, String)>
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["mountPath"].as_str()?.to_string())))
+        .filter_map(|m| {
+            Some((
+                m["name"].as_str()?.to_string(),
+                m["mountPath"].as_str()?.to_string(),
+            ))
+        })
         .collect();
     predictor["volumes"]
         .as_array()
@@ -701,7 +887,11 @@ fn existing_cache_volumes(isvc: Option<&Value>) -> Vec<(String, String, String)>
         .filter_map(|v| {
             let name = v["name"].as_str()?;
             let claim = v.pointer("/persistentVolumeClaim/claimName")?.as_str()?;
-            Some((name.to_string(), claim.to_string(), mounts.get(name)?.clone()))
+            Some((
+                name.to_string(),
+                claim.to_string(),
+                mounts.get(name)?.clone(),
+            ))
         })
         .collect()
 }
@@ -719,7 +909,11 @@ fn plan_route(
     let routing = config.routing.clone().unwrap_or_default();
     if !routing.enabled.unwrap_or(false) {
         if obs.route.is_some() {
-            plan.delete.push((render::GATEWAY_API_VERSION.into(), "HTTPRoute".into(), route_name));
+            plan.delete.push((
+                render::GATEWAY_API_VERSION.into(),
+                "HTTPRoute".into(),
+                route_name,
+            ));
         }
         return;
     }
@@ -741,13 +935,18 @@ fn plan_route(
             Ok(path) => path,
             Err(e) => {
                 // The docs' behaviour (defect #1): degrade, say why, no route.
-                plan.healths.push(
-                    Health::new("HTTPRoute", ComponentState::Degraded, "PathTemplateInvalid", format!(
-                        "spec.routing.pathTemplate {template:?}: {e}"
-                    )),
-                );
+                plan.healths.push(Health::new(
+                    "HTTPRoute",
+                    ComponentState::Degraded,
+                    "PathTemplateInvalid",
+                    format!("spec.routing.pathTemplate {template:?}: {e}"),
+                ));
                 if obs.route.is_some() {
-                    plan.delete.push((render::GATEWAY_API_VERSION.into(), "HTTPRoute".into(), route_name));
+                    plan.delete.push((
+                        render::GATEWAY_API_VERSION.into(),
+                        "HTTPRoute".into(),
+                        route_name,
+                    ));
                 }
                 return;
             }
@@ -755,16 +954,16 @@ fn plan_route(
         None => aim_rules::path_template::default_path(&ns, &svc.uid().unwrap_or_default()),
     };
     let annotations = routing.annotations.clone().unwrap_or_default();
-    plan.owned.push(render::http_route(
-        svc,
-        &route_name,
+    plan.owned.push(render::http_route(&render::RouteInputs {
+        service: svc,
+        route_name: &route_name,
         isvc_name,
         gateway,
-        &path,
-        routing.request_timeout.as_deref(),
-        &annotations,
-        propagated,
-    ));
+        path: &path,
+        request_timeout: routing.request_timeout.as_deref(),
+        annotations: &annotations,
+        propagated_labels: propagated,
+    }));
     plan.routing = Some(ServiceRoutingStatus { path: Some(path) });
     plan.healths.push(health::route_health(obs.route.as_ref()));
 }

@@ -36,11 +36,23 @@ pub fn replicas(svc: &AIMService) -> Replicas {
     let spec = &svc.spec;
     if spec.auto_scaling.is_some() || spec.min_replicas.is_some() || spec.max_replicas.is_some() {
         let min = spec.min_replicas.unwrap_or(1);
-        let max = spec.max_replicas.or(spec.min_replicas).unwrap_or(1).max(min);
-        Replicas { min, max, autoscaling: true }
+        let max = spec
+            .max_replicas
+            .or(spec.min_replicas)
+            .unwrap_or(1)
+            .max(min);
+        Replicas {
+            min,
+            max,
+            autoscaling: true,
+        }
     } else {
         let n = spec.replicas.unwrap_or(1);
-        Replicas { min: n, max: n, autoscaling: false }
+        Replicas {
+            min: n,
+            max: n,
+            autoscaling: false,
+        }
     }
 }
 
@@ -72,14 +84,29 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
     let mut labels = inputs.propagated_labels.clone();
     labels.insert("app.kubernetes.io/component".into(), "inference".into());
     labels.insert("app.kubernetes.io/managed-by".into(), "aim-engine".into());
-    labels.insert("aim.eai.amd.com/template".into(), aim_rules::naming::sanitize(&template.name));
-    labels.insert("aim.eai.amd.com/service".into(), aim_rules::naming::sanitize(&svc.name_any()));
-    labels.insert("aim.eai.amd.com/model".into(), aim_rules::naming::sanitize(&template.spec.model_name));
+    labels.insert(
+        "aim.eai.amd.com/template".into(),
+        aim_rules::naming::sanitize(&template.name),
+    );
+    labels.insert(
+        "aim.eai.amd.com/service".into(),
+        aim_rules::naming::sanitize(&svc.name_any()),
+    );
+    labels.insert(
+        "aim.eai.amd.com/model".into(),
+        aim_rules::naming::sanitize(&template.spec.model_name),
+    );
     if let Some(metric) = profile_meta.and_then(|m| m.metric).or(template.spec.metric) {
         labels.insert("aim.eai.amd.com/metric".into(), metric.as_str().into());
     }
-    if let Some(precision) = profile_meta.and_then(|m| m.precision).or(template.spec.precision) {
-        labels.insert("aim.eai.amd.com/precision".into(), precision.as_str().into());
+    if let Some(precision) = profile_meta
+        .and_then(|m| m.precision)
+        .or(template.spec.precision)
+    {
+        labels.insert(
+            "aim.eai.amd.com/precision".into(),
+            precision.as_str().into(),
+        );
     }
 
     let replicas = replicas(svc);
@@ -88,12 +115,18 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
     predictor.insert("minReplicas".into(), json!(replicas.min));
     predictor.insert("maxReplicas".into(), json!(replicas.max));
     if replicas.autoscaling {
-        annotations.insert("serving.kserve.io/autoscalerClass".to_string(), "keda".to_string());
+        annotations.insert(
+            "serving.kserve.io/autoscalerClass".to_string(),
+            "keda".to_string(),
+        );
         annotations.insert(
             "sidecar.opentelemetry.io/inject".to_string(),
             format!("{}-predictor", inputs.isvc_name),
         );
-        annotations.insert("prometheus.kserve.io/port".to_string(), HTTP_PORT.to_string());
+        annotations.insert(
+            "prometheus.kserve.io/port".to_string(),
+            HTTP_PORT.to_string(),
+        );
         if let Some(scaling) = &svc.spec.auto_scaling {
             predictor.insert(
                 "autoScaling".into(),
@@ -101,18 +134,25 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
             );
         }
     } else {
-        annotations.insert("serving.kserve.io/autoscalerClass".to_string(), "none".to_string());
+        annotations.insert(
+            "serving.kserve.io/autoscalerClass".to_string(),
+            "none".to_string(),
+        );
     }
 
     if !svc.spec.image_pull_secrets.is_empty() {
-        predictor.insert("imagePullSecrets".into(), json!(svc.spec.image_pull_secrets));
+        predictor.insert(
+            "imagePullSecrets".into(),
+            json!(svc.spec.image_pull_secrets),
+        );
     }
     if let Some(sa) = &svc.spec.service_account_name {
         predictor.insert("serviceAccountName".into(), json!(sa));
     }
 
     let mut mounts = vec![json!({"name": "dshm", "mountPath": "/dev/shm"})];
-    let mut volumes = vec![json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})];
+    let mut volumes =
+        vec![json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})];
     for (volume, claim, path) in &inputs.cache_volumes {
         mounts.push(json!({"name": volume, "mountPath": path}));
         volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}}));
@@ -132,7 +172,11 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
     }
     predictor.insert("containers".into(), json!([container]));
     predictor.insert("volumes".into(), json!(volumes));
-    if let Some(affinity) = template.status.as_ref().and_then(|s| s.resolved_node_affinity.as_ref()) {
+    if let Some(affinity) = template
+        .status
+        .as_ref()
+        .and_then(|s| s.resolved_node_affinity.as_ref())
+    {
         predictor.insert("affinity".into(), json!({"nodeAffinity": affinity}));
     }
 
@@ -162,7 +206,10 @@ fn autoscaling_json(scaling: &AutoScaling, default_scaler: &str) -> Value {
                 let mut podmetric = serde_json::Map::new();
                 if let Some(source) = &pm.metric {
                     let mut source = json!(source);
-                    if source.get("serverAddress").is_none_or(|a| a.as_str() == Some("")) {
+                    if source
+                        .get("serverAddress")
+                        .is_none_or(|a| a.as_str() == Some(""))
+                    {
                         source["serverAddress"] = json!(default_scaler);
                     }
                     podmetric.insert("metric".into(), source);
@@ -194,7 +241,10 @@ fn target_json(target: &MetricTarget) -> Value {
 
 /// Default requests and limits per GPU (4 CPUs, 32Gi requested and 48Gi
 /// limit per GPU), then the template's and the service's overrides per key.
-pub fn resources(template: &TemplateView, service: Option<&ResourceRequirements>) -> ResourceRequirements {
+pub fn resources(
+    template: &TemplateView,
+    service: Option<&ResourceRequirements>,
+) -> ResourceRequirements {
     let gpu = template
         .status
         .as_ref()
@@ -214,7 +264,10 @@ pub fn resources(template: &TemplateView, service: Option<&ResourceRequirements>
         limits.insert("memory".to_string(), Quantity(format!("{}Gi", 48 * count)));
         limits.insert(resource, Quantity(count.to_string()));
     }
-    for overrides in [template.spec.resources.as_ref(), service].into_iter().flatten() {
+    for overrides in [template.spec.resources.as_ref(), service]
+        .into_iter()
+        .flatten()
+    {
         if let Some(r) = &overrides.requests {
             requests.extend(r.clone());
         }
@@ -231,20 +284,35 @@ pub fn resources(template: &TemplateView, service: Option<&ResourceRequirements>
 
 /// The HTTPRoute: one PathPrefix rule rewritten to `/`, backed by the
 /// predictor Service on port 80.
-pub fn http_route(
-    service: &AIMService,
-    route_name: &str,
-    isvc_name: &str,
-    gateway: &ParentReference,
-    path: &str,
-    request_timeout: Option<&str>,
-    annotations: &BTreeMap<String, String>,
-    propagated_labels: &BTreeMap<String, String>,
-) -> Value {
+pub struct RouteInputs<'a> {
+    pub service: &'a AIMService,
+    pub route_name: &'a str,
+    pub isvc_name: &'a str,
+    pub gateway: &'a ParentReference,
+    pub path: &'a str,
+    pub request_timeout: Option<&'a str>,
+    pub annotations: &'a BTreeMap<String, String>,
+    pub propagated_labels: &'a BTreeMap<String, String>,
+}
+
+pub fn http_route(inputs: &RouteInputs<'_>) -> Value {
+    let RouteInputs {
+        service,
+        route_name,
+        isvc_name,
+        gateway,
+        path,
+        request_timeout,
+        annotations,
+        propagated_labels,
+    } = *inputs;
     let mut labels = propagated_labels.clone();
     labels.insert("app.kubernetes.io/component".into(), "routing".into());
     labels.insert("app.kubernetes.io/managed-by".into(), "aim-engine".into());
-    labels.insert("aim.eai.amd.com/service".into(), aim_rules::naming::sanitize(&service.name_any()));
+    labels.insert(
+        "aim.eai.amd.com/service".into(),
+        aim_rules::naming::sanitize(&service.name_any()),
+    );
     let mut rule = json!({
         "matches": [{"path": {"type": "PathPrefix", "value": path}}],
         "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],

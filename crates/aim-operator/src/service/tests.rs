@@ -24,7 +24,10 @@ fn ready_model() -> ModelView {
         name: "m".into(),
         namespace: Some("ml-team".into()),
         uid: Some("m-uid".into()),
-        spec: aim_api::model::AIMModelSpec { image: "repo/img:1".into(), ..Default::default() },
+        spec: aim_api::model::AIMModelSpec {
+            image: "repo/img:1".into(),
+            ..Default::default()
+        },
         phase: Some(ResourcePhase::Ready),
     }
 }
@@ -56,8 +59,14 @@ fn observed<'a>(svc: &'a AIMService, template: Option<TemplateView>) -> Observed
     Observed {
         service: svc,
         config: ConfigLookup::NoDefault,
-        model: ModelLookup::ByName { name: "m".into(), found: Some(ready_model()) },
-        templates: TemplateLookup { explicit_base: template, ..Default::default() },
+        model: ModelLookup::ByName {
+            name: "m".into(),
+            found: Some(Box::new(ready_model())),
+        },
+        templates: TemplateLookup {
+            explicit_base: template,
+            ..Default::default()
+        },
         cluster_gpu_models: ["MI300X".to_string()].into(),
         isvc: None,
         isvc_events: vec![],
@@ -76,8 +85,15 @@ const BASE: &str = "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmeta
 fn a_ready_model_and_template_render_the_inference_service() {
     let svc = service(&format!("{BASE}  replicas: 2\n"));
     let p = plan(&observed(&svc, Some(ready_template("t", 2))));
-    let isvc = p.owned.iter().find(|o| o["kind"] == "InferenceService").expect("an InferenceService");
-    assert_eq!(isvc["metadata"]["name"], "qwen-chat-a04542d9", "AIM Engine's derived name");
+    let isvc = p
+        .owned
+        .iter()
+        .find(|o| o["kind"] == "InferenceService")
+        .expect("an InferenceService");
+    assert_eq!(
+        isvc["metadata"]["name"], "qwen-chat-a04542d9",
+        "AIM Engine's derived name"
+    );
     let c = &isvc["spec"]["predictor"]["containers"][0];
     assert_eq!(c["resources"]["requests"]["cpu"], "8");
     assert_eq!(c["resources"]["requests"]["memory"], "64Gi");
@@ -89,13 +105,22 @@ fn a_ready_model_and_template_render_the_inference_service() {
 
 #[test]
 fn service_resources_override_the_per_gpu_defaults_per_key() {
-    let svc = service(&format!("{BASE}  resources:\n    limits: {{cpu: \"6\", memory: 48Gi}}\n"));
+    let svc = service(&format!(
+        "{BASE}  resources:\n    limits: {{cpu: \"6\", memory: 48Gi}}\n"
+    ));
     let p = plan(&observed(&svc, Some(ready_template("t", 1))));
-    let isvc = p.owned.iter().find(|o| o["kind"] == "InferenceService").unwrap();
+    let isvc = p
+        .owned
+        .iter()
+        .find(|o| o["kind"] == "InferenceService")
+        .unwrap();
     let r = &isvc["spec"]["predictor"]["containers"][0]["resources"];
     assert_eq!(r["limits"]["cpu"], "6");
     assert_eq!(r["limits"]["memory"], "48Gi");
-    assert_eq!(r["limits"]["amd.com/gpu"], "1", "keys the service does not name keep their defaults");
+    assert_eq!(
+        r["limits"]["amd.com/gpu"], "1",
+        "keys the service does not name keep their defaults"
+    );
 }
 
 #[test]
@@ -105,28 +130,97 @@ fn nothing_renders_while_the_template_is_not_ready() {
     t.status.as_mut().unwrap().status = Some(ResourcePhase::Progressing);
     let p = plan(&observed(&svc, Some(t)));
     assert!(p.owned.iter().all(|o| o["kind"] != "InferenceService"));
-    let h = p.healths.iter().find(|h| h.component == "Template").unwrap();
-    assert_eq!((h.state, h.reason.as_str()), (ComponentState::Progressing, "TemplateNotReady"));
+    let h = p
+        .healths
+        .iter()
+        .find(|h| h.component == "Template")
+        .unwrap();
+    assert_eq!(
+        (h.state, h.reason.as_str()),
+        (ComponentState::Progressing, "TemplateNotReady")
+    );
 }
 
 #[test]
 fn explicit_template_with_overrides_derives_one_from_the_base() {
     let svc = service(&format!("{BASE}  overrides: {{precision: fp16}}\n"));
     let p = plan(&observed(&svc, Some(ready_template("t", 1))));
-    let derived = p.owned.iter().find(|o| o["kind"] == "AIMServiceTemplate").expect("a derived template (defect #13)");
+    let derived = p
+        .owned
+        .iter()
+        .find(|o| o["kind"] == "AIMServiceTemplate")
+        .expect("a derived template (defect #13)");
     assert_eq!(derived["spec"]["precision"], "fp16");
-    assert_eq!(derived["metadata"]["labels"]["aim.eai.amd.com/origin"], "derived");
+    assert_eq!(
+        derived["metadata"]["labels"]["aim.eai.amd.com/origin"],
+        "derived"
+    );
     assert!(p.owned.iter().all(|o| o["kind"] != "InferenceService"));
 }
 
 #[test]
 fn replicas_follow_the_documented_table() {
     let fixed = service(&format!("{BASE}  replicas: 3\n"));
-    assert_eq!(render::replicas(&fixed), render::Replicas { min: 3, max: 3, autoscaling: false });
+    assert_eq!(
+        render::replicas(&fixed),
+        render::Replicas {
+            min: 3,
+            max: 3,
+            autoscaling: false
+        }
+    );
     let min_only = service(&format!("{BASE}  minReplicas: 2\n"));
-    assert_eq!(render::replicas(&min_only), render::Replicas { min: 2, max: 2, autoscaling: true });
+    assert_eq!(
+        render::replicas(&min_only),
+        render::Replicas {
+            min: 2,
+            max: 2,
+            autoscaling: true
+        }
+    );
     let both = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 5\n"));
-    assert_eq!(render::replicas(&both), render::Replicas { min: 1, max: 5, autoscaling: true });
+    assert_eq!(
+        render::replicas(&both),
+        render::Replicas {
+            min: 1,
+            max: 5,
+            autoscaling: true
+        }
+    );
     let metrics_only = service(&format!("{BASE}  autoScaling: {{metrics: []}}\n"));
-    assert_eq!(render::replicas(&metrics_only), render::Replicas { min: 1, max: 1, autoscaling: true });
+    assert_eq!(
+        render::replicas(&metrics_only),
+        render::Replicas {
+            min: 1,
+            max: 1,
+            autoscaling: true
+        }
+    );
+}
+
+#[test]
+fn route_health_reads_each_parents_conditions() {
+    use super::health::route_health;
+    let route = |conds: serde_json::Value| serde_json::json!({"status": {"parents": [{"conditions": conds}]}});
+    let accepted =
+        route(serde_json::json!([{"type": "Accepted", "status": "True", "reason": "Accepted"}]));
+    assert_eq!(route_health(Some(&accepted)).reason, "HTTPRouteAccepted");
+    let rejected = route(
+        serde_json::json!([{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners", "message": "no listener"}]),
+    );
+    let h = route_health(Some(&rejected));
+    assert_eq!(
+        (h.state, h.reason.as_str()),
+        (ComponentState::Failed, "NotAllowedByListeners")
+    );
+    assert!(h.message.contains("no listener"));
+    let unresolved = route(
+        serde_json::json!([{"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound"}]),
+    );
+    assert_eq!(route_health(Some(&unresolved)).reason, "BackendNotFound");
+    assert_eq!(
+        route_health(Some(&serde_json::json!({}))).reason,
+        "HTTPRoutePending"
+    );
+    assert_eq!(route_health(None).reason, "HTTPRouteCreating");
 }

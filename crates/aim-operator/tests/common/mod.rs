@@ -24,7 +24,10 @@ pub fn operator() -> std::net::SocketAddr {
             rt.block_on(async move {
                 let client = aim_testkit::client().await;
                 // Reserve a free port for the admin server.
-                let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap();
                 let args = aim_operator::OperatorArgs {
                     admin_address: port,
                     namespace: "aim-system".into(),
@@ -33,7 +36,9 @@ pub fn operator() -> std::net::SocketAddr {
                     scaler_address: "aim-scaler.aim-system.svc:4318".into(),
                 };
                 tx.send(port).unwrap();
-                aim_operator::run_with(client, args, std::future::pending()).await.expect("operator runs");
+                aim_operator::run_with(client, args, std::future::pending())
+                    .await
+                    .expect("operator runs");
             });
         });
         rx.recv().expect("operator started")
@@ -42,9 +47,13 @@ pub fn operator() -> std::net::SocketAddr {
 
 /// Waits until the service reports `phase`, returning it.
 pub async fn await_phase(api: &Api<AIMService>, name: &str, phase: ServicePhase) -> AIMService {
-    aim_testkit::await_object(api, name, &format!("status {phase:?}"), WAIT, |s: &AIMService| {
-        s.status.as_ref().and_then(|st| st.status) == Some(phase)
-    })
+    aim_testkit::await_object(
+        api,
+        name,
+        &format!("status {phase:?}"),
+        WAIT,
+        |s: &AIMService| s.status.as_ref().and_then(|st| st.status) == Some(phase),
+    )
     .await
 }
 
