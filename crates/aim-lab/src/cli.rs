@@ -1,0 +1,447 @@
+//! `aim lab run | compare | bench`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use aim_engine::Profile;
+
+use crate::experiment::{Entry, Setup, compare};
+use crate::sim::{Router, SimConfig, Slo};
+use crate::synth::{Envelope, Lengths, enveloped_gamma, llmd_ramp};
+use crate::trace::{Arrival, TraceFormat, load, scale_rate};
+use crate::{LabError, report};
+
+#[derive(Debug, clap::Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCommand {
+    /// Score one policy (or an AIMService manifest's autoscaling) on a workload.
+    Run(RunArgs),
+    /// Score several policies on the same workload, with the oracle and static peak.
+    Compare(CompareArgs),
+    /// Lab speed: simulated time over wall time on a trace.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synthetic {
+    /// A day-shaped sinusoidal envelope with near-Poisson arrivals (CV 1.1).
+    Diurnal,
+    /// The same envelope with bursty Gamma arrivals (CV 3).
+    Bursty,
+    /// llm-d's staged ramp: 2 → 10 → 1 rps, 4000/1000 tokens.
+    LlmdRamp,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// A trace file: Azure CSV or Mooncake JSONL (e.g. ../shared/traces/azure-llm-2023-conv.csv).
+    #[arg(long, conflicts_with = "synthetic")]
+    pub trace: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub format: Option<TraceFormat>,
+    /// A synthetic workload instead of a trace.
+    #[arg(long, value_enum)]
+    pub synthetic: Option<Synthetic>,
+    /// Multiply the arrival rate (copies of each request, ±0.5 s), keeping time uncompressed.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate_scale: f64,
+    /// Synthetic: length of the episode in seconds.
+    #[arg(long, default_value_t = 7200.0)]
+    pub duration: f64,
+    /// Synthetic: mean requests/s.
+    #[arg(long, default_value_t = 6.0)]
+    pub mean_rps: f64,
+    /// Synthetic: peak/trough ratio of the envelope.
+    #[arg(long, default_value_t = 4.0)]
+    pub peak_to_trough: f64,
+    /// Synthetic: envelope period in seconds (a "day"; see docs/lab.md on compression).
+    #[arg(long, default_value_t = 7200.0)]
+    pub period: f64,
+    #[arg(long, value_enum, default_value_t = Lengths::Conversation)]
+    pub lengths: Lengths,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// aim-engine latency profile of one replica.
+    #[arg(long, default_value = "qwen3-32b-2xh100")]
+    pub profile: String,
+    /// Pod creation to Ready, seconds (T_w).
+    #[arg(long, default_value_t = 100.0)]
+    pub cold_start: f64,
+    /// Metrics scrape / OTel push interval, seconds.
+    #[arg(long, default_value_t = 15.0)]
+    pub scrape_interval: f64,
+    #[arg(long, default_value_t = 1)]
+    pub min: u32,
+    #[arg(long, default_value_t = 16)]
+    pub max: u32,
+    /// TTFT SLO, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub ttft: f64,
+    /// TPOT SLO, seconds.
+    #[arg(long, default_value_t = 0.1)]
+    pub tpot: f64,
+    #[arg(long, value_enum, default_value_t = Router::LeastOutstanding)]
+    pub router: Router,
+    /// Seeds (arrival jitter, cold-start jitter); ≥ 5 gives confidence intervals worth reading.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Scaler query window, seconds (aim-scaler's default).
+    #[arg(long, default_value_t = 120.0)]
+    pub window: f64,
+    /// Reuse a measured per-replica capacity (requests/s) instead of measuring it.
+    #[arg(long)]
+    pub capacity_rps: Option<f64>,
+    /// With --capacity-rps: requests in flight per replica at that rate.
+    #[arg(long, requires = "capacity_rps")]
+    pub capacity_in_flight: Option<f64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// A scenario name (see `aim lab compare --help`) or an aim policy scenario.
+    #[arg(long, default_value = "queue", conflicts_with = "file")]
+    pub policy: String,
+    /// An AIMService manifest whose autoscaling config is scored.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Policy metadata overrides, `key=value`, repeatable.
+    #[arg(long = "meta", value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
+    /// Directory for the table and SVG charts.
+    #[arg(long, default_value = "lab-out")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Scenarios: keda-seed, keda-seed-2, keda-tuned, aibrix, queue, slo, predictive, cost.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "keda-seed,keda-seed-2,keda-tuned,aibrix,queue,slo,predictive,cost"
+    )]
+    pub policies: Vec<String>,
+    #[arg(long = "meta", value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
+    #[arg(long, default_value = "lab-out")]
+    pub out: PathBuf,
+    /// A title for the report and charts.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "../shared/traces/azure-llm-2023-conv.csv")]
+    pub trace: PathBuf,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn sim_config(c: &ClusterArgs) -> Result<SimConfig, LabError> {
+    let profile = Profile::named(&c.profile).ok_or_else(|| {
+        LabError::Input(format!(
+            "unknown --profile {:?}; known: {}",
+            c.profile,
+            Profile::builtin()
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    if c.min == 0 || c.min > c.max {
+        return Err(LabError::Input(format!(
+            "--min {} must be at least 1 and at most --max {} (scale-from-zero needs a gateway that holds requests, which the lab's KEDA rows do not model)",
+            c.min, c.max
+        )));
+    }
+    for (name, v) in [
+        ("--cold-start", c.cold_start),
+        ("--scrape-interval", c.scrape_interval),
+        ("--ttft", c.ttft),
+        ("--tpot", c.tpot),
+        ("--window", c.window),
+    ] {
+        if !(v.is_finite() && v >= 0.0) || (name != "--cold-start" && v == 0.0) {
+            return Err(LabError::Input(format!(
+                "{name} must be a positive number of seconds, got {v}"
+            )));
+        }
+    }
+    let mut cfg = SimConfig::new(profile);
+    cfg.cold_start_s = c.cold_start;
+    cfg.scrape_interval_s = c.scrape_interval;
+    cfg.slo = Slo {
+        ttft_s: c.ttft,
+        tpot_s: c.tpot,
+    };
+    cfg.router = c.router;
+    Ok(cfg)
+}
+
+/// The workload for a seed.
+fn workload(w: &WorkloadArgs) -> Result<Box<dyn Fn(u64) -> Vec<Arrival>>, LabError> {
+    if !(w.rate_scale.is_finite() && w.rate_scale > 0.0) {
+        return Err(LabError::Input(format!(
+            "--rate-scale must be above 0, got {}",
+            w.rate_scale
+        )));
+    }
+    let scale = w.rate_scale;
+    match (&w.trace, w.synthetic) {
+        (Some(path), _) => {
+            let base = load(path, w.format)?;
+            Ok(Box::new(move |seed| scale_rate(&base, scale, seed)))
+        }
+        (None, Some(Synthetic::LlmdRamp)) => Ok(Box::new(move |seed| scale_rate(&llmd_ramp(seed), scale, 0))),
+        (None, Some(kind)) => {
+            let env = Envelope { mean_rps: w.mean_rps, peak_to_trough: w.peak_to_trough, period_s: w.period };
+            let cv = if kind == Synthetic::Bursty { 3.0 } else { 1.1 };
+            let (duration, lengths) = (w.duration, w.lengths);
+            if !(duration > 0.0 && w.mean_rps > 0.0 && w.peak_to_trough >= 1.0 && w.period > 0.0) {
+                return Err(LabError::Input("--duration, --mean-rps and --period must be above 0 and --peak-to-trough at least 1".into()));
+            }
+            Ok(Box::new(move |seed| scale_rate(&enveloped_gamma(env, duration, cv, lengths, seed), scale, 0)))
+        }
+        (None, None) => Err(LabError::Input("give a workload: --trace ../shared/traces/azure-llm-2023-conv.csv, or --synthetic diurnal|bursty|llmd-ramp".into())),
+    }
+}
+
+/// A one-line progress bar on stderr.
+fn progress_bar(total_runs: u64) -> impl FnMut(&str, u64, f64) {
+    let mut done_runs = 0u64;
+    let mut last_name = String::new();
+    let mut last_seed = 0;
+    let mut last_drawn = -1i64;
+    move |name: &str, seed: u64, fraction: f64| {
+        if name != last_name || seed != last_seed {
+            if !last_name.is_empty() && seed != 0 {
+                done_runs += 1;
+            }
+            last_name = name.to_owned();
+            last_seed = seed;
+        }
+        let overall = ((done_runs as f64 + fraction) / total_runs.max(1) as f64).min(1.0);
+        let cells = (overall * 30.0) as i64;
+        let key = cells * 1000 + (fraction * 10.0) as i64;
+        if key != last_drawn {
+            last_drawn = key;
+            let bar: String = (0..30).map(|i| if i < cells { '#' } else { '.' }).collect();
+            eprint!(
+                "\r[{bar}] {:>3.0}%  {name:<14} seed {seed}   ",
+                overall * 100.0
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|e| LabError::Output {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn run_compare(
+    workload_args: &WorkloadArgs,
+    cluster: &ClusterArgs,
+    entries: Vec<Entry>,
+    meta: &[(String, String)],
+    out: &Path,
+    title: &str,
+) -> Result<(), LabError> {
+    let sim = sim_config(cluster)?;
+    let make = workload(workload_args)?;
+    let setup = Setup {
+        sim: sim.clone(),
+        min: cluster.min,
+        max: cluster.max,
+        window_s: cluster.window,
+        seeds: cluster.seeds.max(1),
+        overrides: meta.iter().cloned().collect::<BTreeMap<_, _>>(),
+        workload: &*make,
+        capacity: cluster.capacity_rps.map(|rps| crate::oracle::Capacity {
+            rps,
+            in_flight: cluster.capacity_in_flight.unwrap_or(rps * 10.0),
+        }),
+    };
+    let total = (entries.len() as u64 + 2) * setup.seeds;
+    let outcome = compare(&setup, &entries, &mut progress_bar(total))?;
+    eprintln!();
+    std::fs::create_dir_all(out).map_err(|e| LabError::Output {
+        path: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let table = report::table(&outcome);
+    let header = format!(
+        "## {title}\n\nc* = {:.3} requests/s per replica ({:.1} in flight); peak need {} replicas; oracle starts {}; {} seed(s); T_w {} s; SLO TTFT ≤ {} s, TPOT ≤ {} s.\n\n",
+        outcome.capacity.rps,
+        outcome.capacity.in_flight,
+        outcome.peak_need,
+        outcome.oracle_plan.starts,
+        setup.seeds,
+        sim.cold_start_s,
+        sim.slo.ttft_s,
+        sim.slo.tpot_s
+    );
+    println!("{header}{table}");
+    write(&out.join("table.md"), &format!("{header}{table}"))?;
+    for row in &outcome.rows {
+        write(
+            &out.join(format!("{}.svg", row.name)),
+            &report::policy_chart(&outcome, row, sim.slo.ttft_s),
+        )?;
+    }
+    write(
+        &out.join("compare.svg"),
+        &report::compare_chart(&outcome, title),
+    )?;
+    let json: Vec<_> = outcome
+        .rows
+        .iter()
+        .map(|r| serde_json::json!({"policy": r.name, "seeds": r.scores}))
+        .collect();
+    write(
+        &out.join("scores.json"),
+        &serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn run(args: LabArgs) -> Result<(), LabError> {
+    match args.command {
+        LabCommand::Run(a) => {
+            let entry = match &a.file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        LabError::Input(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    let k = crate::manifest::parse(&text, a.cluster.window)?;
+                    let cluster = ClusterArgs {
+                        min: k.keda.spec.min_replica_count.max(1),
+                        max: k.keda.spec.max_replica_count,
+                        ..a.cluster.clone()
+                    };
+                    let name = path
+                        .file_stem()
+                        .map_or("manifest".into(), |s| s.to_string_lossy().into_owned());
+                    return run_compare(
+                        &a.workload,
+                        &cluster,
+                        vec![Entry::Manifest(
+                            name.clone(),
+                            crate::control::Controller::Keda(Box::new(k)),
+                        )],
+                        &a.meta,
+                        &a.out,
+                        &name,
+                    );
+                }
+                None => Entry::Named(a.policy.clone()),
+            };
+            run_compare(
+                &a.workload,
+                &a.cluster,
+                vec![entry],
+                &a.meta,
+                &a.out,
+                &a.policy,
+            )
+        }
+        LabCommand::Compare(a) => {
+            let title = a.title.clone().unwrap_or_else(|| "comparison".into());
+            let entries = a
+                .policies
+                .iter()
+                .map(|p| Entry::Named(p.trim().to_owned()))
+                .collect();
+            run_compare(&a.workload, &a.cluster, entries, &a.meta, &a.out, &title)
+        }
+        LabCommand::Bench(a) => bench(&a),
+    }
+}
+
+/// Simulated seconds per wall second for a static pool (engines only) and
+/// for the full KEDA loop, on the same trace in the same process; the
+/// ratio between them is the control loop's overhead.
+fn bench(a: &BenchArgs) -> Result<(), LabError> {
+    let sim = sim_config(&a.cluster)?;
+    let arrivals = load(&a.trace, None)?;
+    let span = arrivals.last().map_or(0.0, |x| x.at);
+    let capacity = crate::oracle::Capacity {
+        rps: a.cluster.capacity_rps.unwrap_or(1.0),
+        in_flight: a.cluster.capacity_in_flight.unwrap_or(8.0),
+    };
+    let peak = *crate::oracle::need(&arrivals, capacity.rps, a.cluster.min, a.cluster.max)
+        .iter()
+        .max()
+        .unwrap_or(&1);
+    let ctx = crate::scenario::Context {
+        capacity,
+        cold_start_s: sim.cold_start_s,
+        min: a.cluster.min,
+        max: a.cluster.max,
+        window_s: a.cluster.window,
+        ttft_s: sim.slo.ttft_s,
+        tpot_s: sim.slo.tpot_s,
+    };
+    println!("| run | simulated s | wall s | simulated / wall |\n| --- | --- | --- | --- |");
+    let mut walls = Vec::new();
+    for (label, mut controller) in [
+        (
+            "static peak (engines only)",
+            crate::control::Controller::Static(peak),
+        ),
+        (
+            "keda-seed loop",
+            crate::scenario::build("keda-seed", &ctx, &BTreeMap::new())?,
+        ),
+        (
+            "queue policy loop",
+            crate::scenario::build("queue", &ctx, &BTreeMap::new())?,
+        ),
+    ] {
+        let mut cfg = sim.clone();
+        cfg.initial_replicas = peak.min(a.cluster.max);
+        let started = std::time::Instant::now();
+        let result = crate::sim::run(&cfg, &arrivals, &mut controller, &mut |_| {})?;
+        let wall = started.elapsed().as_secs_f64();
+        walls.push(wall);
+        println!(
+            "| {label} | {:.0} | {wall:.2} | {:.0}× |",
+            result.episode_end.max(span),
+            span / wall.max(1e-9)
+        );
+    }
+    println!(
+        "\ncontrol-loop overhead (keda-seed wall / static wall, same run): {:.2}×",
+        walls[1] / walls[0].max(1e-9)
+    );
+    Ok(())
+}

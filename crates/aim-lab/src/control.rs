@@ -1,0 +1,179 @@
+//! Who decides the replica count: a static pool, a precomputed plan (the
+//! oracle), or KEDA + HPA with triggers that may run an aim policy — the
+//! same `aim_policy` code the live scaler runs.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use aim_policy::hpa::{Hpa, MetricInput, PodSample, SyncInput, SyncOutcome};
+use aim_policy::keda::{Keda, KedaAction, ScaledObjectSpec, TriggerSpec};
+use aim_policy::{Policy, PolicyError, PolicyInput, Sample};
+
+use crate::metrics::{Operation, Pipeline, Signal};
+
+/// One KEDA trigger served by our scaler: the queried signals, reduced over
+/// the window, handed to the policy.
+#[derive(Clone)]
+pub struct Trigger {
+    pub signals: Vec<Signal>,
+    pub operation: Operation,
+    pub window_s: f64,
+    pub policy: &'static dyn Policy,
+    pub metadata: BTreeMap<String, String>,
+    pub spec: TriggerSpec,
+}
+
+impl std::fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trigger")
+            .field("signals", &self.signals)
+            .field("policy", &self.policy.name())
+            .field("metadata", &self.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
+/// KEDA and its HPA, with the scaler-side history each policy reads.
+#[derive(Debug, Clone)]
+pub struct KedaLoop {
+    pub keda: Keda,
+    pub hpa: Hpa,
+    pub triggers: Vec<Trigger>,
+    history: Vec<VecDeque<Sample>>,
+    keep: Vec<f64>,
+}
+
+impl KedaLoop {
+    pub fn new(spec: ScaledObjectSpec, triggers: Vec<Trigger>) -> Result<Self, PolicyError> {
+        let keep = triggers
+            .iter()
+            .map(|t| t.policy.history_seconds(&t.metadata))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KedaLoop {
+            hpa: Hpa::new(spec.hpa_spec()),
+            keda: Keda::new(spec, 0.0),
+            history: vec![VecDeque::new(); triggers.len()],
+            keep,
+            triggers,
+        })
+    }
+
+    /// What the scaler answers for trigger `i` now; `None` = missing data.
+    fn reading(
+        &mut self,
+        i: usize,
+        pipeline: &Pipeline,
+        now: f64,
+        ready: u32,
+    ) -> Result<Option<f64>, PolicyError> {
+        let t = &self.triggers[i];
+        let mut values = Vec::with_capacity(t.signals.len());
+        for &s in &t.signals {
+            match pipeline.query(s, t.operation, t.window_s, now) {
+                Some(v) => values.push(v),
+                None => return Ok(None),
+            }
+        }
+        let history = self.history[i].make_contiguous();
+        let input = PolicyInput {
+            values: &values,
+            metadata: &t.metadata,
+            now,
+            history,
+            target: t.spec.target,
+            ready_replicas: Some(ready),
+        };
+        let v = t.policy.evaluate(&input)?;
+        Ok(Some(v.max(0.0)))
+    }
+
+    /// Appends the raw signal values at `now` to each policy's history, as
+    /// the live scaler's 15 s re-evaluation would see them.
+    pub fn record(&mut self, pipeline: &Pipeline, now: f64) {
+        for (i, t) in self.triggers.iter().enumerate() {
+            if self.keep[i] <= 0.0 {
+                continue;
+            }
+            let values: Option<Vec<f64>> = t
+                .signals
+                .iter()
+                .map(|&s| pipeline.query(s, t.operation, t.window_s, now))
+                .collect();
+            if let Some(values) = values {
+                let h = &mut self.history[i];
+                h.push_back(Sample { at: now, values });
+                while h.front().is_some_and(|s| s.at < now - self.keep[i]) {
+                    h.pop_front();
+                }
+            }
+        }
+    }
+
+    pub fn poll(
+        &mut self,
+        pipeline: &Pipeline,
+        now: f64,
+        spec: u32,
+        ready: u32,
+    ) -> Result<Option<u32>, PolicyError> {
+        let readings = (0..self.triggers.len())
+            .map(|i| self.reading(i, pipeline, now, ready))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match self.keda.poll(now, spec, &readings) {
+            KedaAction::Scale(n) => Some(n),
+            KedaAction::None | KedaAction::Frozen => None,
+        })
+    }
+
+    pub fn sync(
+        &mut self,
+        pipeline: &Pipeline,
+        now: f64,
+        spec: u32,
+        existing: u32,
+        ready: u32,
+    ) -> Result<Option<u32>, PolicyError> {
+        if !self.keda.hpa_enabled() {
+            return Ok(None);
+        }
+        self.record(pipeline, now);
+        let mut metrics = Vec::with_capacity(self.triggers.len());
+        for i in 0..self.triggers.len() {
+            let reading = self.reading(i, pipeline, now, ready)?;
+            self.keda.record_reading(i, reading.is_some());
+            let value = self.keda.hpa_metric(i, reading, spec, ready);
+            // Starting pods exist (status.replicas) but are not Ready, so
+            // External `Value` metrics do not count them.
+            let pods = (0..existing)
+                .map(|k| PodSample {
+                    ready: k < ready,
+                    ..PodSample::ready(0.0)
+                })
+                .collect();
+            metrics.push(value.map(|v| MetricInput {
+                target: self.triggers[i].spec.hpa_target(),
+                pods,
+                value: Some(v),
+                cpu_readiness_rules: false,
+            }));
+        }
+        let input = SyncInput {
+            now,
+            spec_replicas: spec,
+            status_replicas: existing,
+            metrics,
+        };
+        Ok(match self.hpa.sync(&input) {
+            SyncOutcome::Scale(n) => Some(n),
+            _ => None,
+        })
+    }
+}
+
+/// The replica-count authority of one run.
+#[derive(Debug, Clone)]
+pub enum Controller {
+    Static(u32),
+    /// `(from, replicas)` steps, sorted by time.
+    Plan(Vec<(f64, u32)>),
+    Keda(Box<KedaLoop>),
+}

@@ -1,0 +1,149 @@
+//! Runs several configurations on the same workload over several seeds,
+//! with the oracle and static-peak rows, and keeps seed 1's timelines for
+//! the charts.
+
+use std::collections::BTreeMap;
+
+use crate::LabError;
+use crate::control::Controller;
+use crate::oracle::{self, Capacity, Plan};
+use crate::scenario::{self, Context};
+use crate::score::{Score, score};
+use crate::sim::{RunResult, SimConfig, run};
+use crate::trace::Arrival;
+
+/// A configuration to score: a named scenario or an explicit controller
+/// (from a manifest).
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Named(String),
+    Manifest(String, Controller),
+}
+
+impl Entry {
+    pub fn label(&self) -> &str {
+        match self {
+            Entry::Named(n) | Entry::Manifest(n, _) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub name: String,
+    pub scores: Vec<Score>,
+    /// Seed 1's run, for charts.
+    pub example: RunResult,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub rows: Vec<Row>,
+    pub capacity: Capacity,
+    pub oracle_plan: Plan,
+    pub peak_need: u32,
+}
+
+pub struct Setup<'a> {
+    pub sim: SimConfig,
+    pub min: u32,
+    pub max: u32,
+    pub window_s: f64,
+    pub seeds: u64,
+    pub overrides: BTreeMap<String, String>,
+    /// Arrivals for a seed.
+    pub workload: &'a dyn Fn(u64) -> Vec<Arrival>,
+    /// Measured c* to reuse instead of measuring it again.
+    pub capacity: Option<Capacity>,
+}
+
+/// Runs every entry (plus `oracle` and `static-peak`) for every seed.
+pub fn compare(
+    setup: &Setup<'_>,
+    entries: &[Entry],
+    progress: &mut dyn FnMut(&str, u64, f64),
+) -> Result<Outcome, LabError> {
+    let first = (setup.workload)(1);
+    if first.is_empty() {
+        return Err(LabError::Input("the workload has no requests".into()));
+    }
+    let capacity = match &setup.capacity {
+        Some(c) => c.clone(),
+        None => {
+            progress("measuring c*", 0, 0.0);
+            let stride = (first.len() / 3000).max(1);
+            let mix: Vec<Arrival> = first.iter().step_by(stride).cloned().collect();
+            oracle::capacity(&setup.sim, &mix, 0.99)
+        }
+    };
+    let ctx = Context {
+        capacity: capacity.clone(),
+        cold_start_s: setup.sim.cold_start_s,
+        min: setup.min,
+        max: setup.max,
+        window_s: setup.window_s,
+        ttft_s: setup.sim.slo.ttft_s,
+        tpot_s: setup.sim.slo.tpot_s,
+    };
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut order: Vec<String> = entries.iter().map(|e| e.label().to_owned()).collect();
+    order.push("static-peak".into());
+    order.push("oracle".into());
+    let mut oracle_plan = Plan {
+        provisioned: vec![],
+        starts: 0,
+    };
+    let mut peak_need = 0;
+    for seed in 1..=setup.seeds {
+        let arrivals = if seed == 1 {
+            first.clone()
+        } else {
+            (setup.workload)(seed)
+        };
+        let need = oracle::need(&arrivals, capacity.rps, setup.min, setup.max);
+        // Plan with the slowest cold start the jitter allows, so planned
+        // replicas are ready in time.
+        let plan = oracle::plan(
+            &need,
+            setup.sim.cold_start_s * (1.0 + setup.sim.cold_start_jitter),
+        );
+        let peak = need.iter().copied().max().unwrap_or(setup.min);
+        let mut sim = setup.sim.clone();
+        sim.seed = seed;
+        sim.initial_replicas = need
+            .first()
+            .copied()
+            .unwrap_or(setup.min)
+            .clamp(setup.min.max(1), setup.max);
+        for name in &order {
+            let mut controller = match name.as_str() {
+                "static-peak" => Controller::Static(peak),
+                "oracle" => Controller::Plan(plan.steps()),
+                _ => match entries.iter().find(|e| e.label() == name) {
+                    Some(Entry::Manifest(_, c)) => c.clone(),
+                    _ => scenario::build(name, &ctx, &setup.overrides)?,
+                },
+            };
+            let result = run(&sim, &arrivals, &mut controller, &mut |f| {
+                progress(name, seed, f)
+            })?;
+            let s = score(&result, sim.slo, sim.cold_start_s);
+            let row = rows.entry(name.clone()).or_insert_with(|| Row {
+                name: name.clone(),
+                scores: vec![],
+                example: result.clone(),
+            });
+            row.scores.push(s);
+        }
+        if seed == 1 {
+            oracle_plan = plan;
+            peak_need = peak;
+        }
+    }
+    Ok(Outcome {
+        rows: order.iter().filter_map(|n| rows.remove(n)).collect(),
+        capacity,
+        oracle_plan,
+        peak_need,
+    })
+}

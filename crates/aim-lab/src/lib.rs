@@ -1,0 +1,40 @@
+//! The lab: the whole autoscaling loop — trace → router → replicas
+//! (aim-engine) → metrics pipeline → KEDA + HPA or aim policies → pods
+//! with cold start — on virtual time, scored against a perfect-foresight
+//! oracle. The policies and the HPA/KEDA arithmetic are `aim_policy`'s,
+//! the replica model is `aim_engine`'s: the same code the scaler and the
+//! simulator run on the wall clock.
+//!
+//! Entry points for the `aim` binary: [`LabArgs`] and [`run`].
+
+pub mod chart;
+pub mod control;
+pub mod experiment;
+pub mod manifest;
+pub mod metrics;
+pub mod oracle;
+pub mod report;
+pub mod scenario;
+pub mod score;
+pub mod sim;
+pub mod synth;
+pub mod trace;
+
+mod cli;
+
+pub use cli::{BenchArgs, CompareArgs, LabArgs, LabCommand, RunArgs, run};
+
+/// Everything that can stop a lab command, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
+    #[error(transparent)]
+    Policy(#[from] aim_policy::PolicyError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{0}")]
+    Input(String),
+    #[error("cannot write {path}: {reason}")]
+    Output { path: String, reason: String },
+}

@@ -1,0 +1,208 @@
+//! The metrics pipeline between the replicas and the scaler: pods are
+//! scraped (or push over OTel) every `scrape_interval`; the scaler only ever
+//! sees those snapshots, so its view lags the truth by up to one interval
+//! plus its query window — the trigger lag of reference §2.7.
+
+use std::collections::VecDeque;
+
+/// What a trigger queries, in vLLM metric terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signal {
+    /// `sum(vllm:num_requests_running)`.
+    Running,
+    /// `sum(vllm:num_requests_waiting)`.
+    Waiting,
+    /// Running plus waiting.
+    InFlight,
+    /// `avg(vllm:kv_cache_usage_perc)`.
+    KvUsage,
+    /// Requests/s over the last minute (`rate(vllm:request_success_total[1m])`-like, counted at arrival).
+    ArrivalRate,
+    /// p90 TTFT over the last minute, seconds.
+    TtftP90,
+    /// p90 TPOT over the last minute, seconds.
+    TpotP90,
+}
+
+/// How the scaler reduces the scrapes inside its window (`operationOverTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Operation {
+    LastOne,
+    Avg,
+    Max,
+}
+
+/// One scrape of every ready pod.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Scrape {
+    pub at: f64,
+    pub running: f64,
+    pub waiting: f64,
+    pub kv_usage: f64,
+    pub arrival_rate: f64,
+    pub ttft_p90: f64,
+    pub tpot_p90: f64,
+}
+
+impl Scrape {
+    pub fn get(&self, signal: Signal) -> f64 {
+        match signal {
+            Signal::Running => self.running,
+            Signal::Waiting => self.waiting,
+            Signal::InFlight => self.running + self.waiting,
+            Signal::KvUsage => self.kv_usage,
+            Signal::ArrivalRate => self.arrival_rate,
+            Signal::TtftP90 => self.ttft_p90,
+            Signal::TpotP90 => self.tpot_p90,
+        }
+    }
+}
+
+/// Windows of raw observations from which scrapes are built, and the
+/// scrapes the scaler holds.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    scrapes: VecDeque<Scrape>,
+    arrivals: VecDeque<f64>,
+    ttfts: VecDeque<(f64, f64)>,
+    tpots: VecDeque<(f64, f64)>,
+    /// How long the scaler keeps scrapes (its longest query window).
+    pub retention: f64,
+}
+
+const LATENCY_WINDOW: f64 = 60.0;
+
+pub fn p90(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let idx = ((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1;
+    v[idx]
+}
+
+impl Pipeline {
+    pub fn new(retention: f64) -> Self {
+        Pipeline {
+            retention,
+            ..Default::default()
+        }
+    }
+
+    pub fn arrival(&mut self, at: f64) {
+        self.arrivals.push_back(at);
+    }
+
+    pub fn first_token(&mut self, at: f64, ttft: f64) {
+        self.ttfts.push_back((at, ttft));
+    }
+
+    pub fn finished(&mut self, at: f64, tpot: f64) {
+        self.tpots.push_back((at, tpot));
+    }
+
+    /// Takes a scrape at `now` from the pods' gauges.
+    pub fn scrape(&mut self, now: f64, running: f64, waiting: f64, kv_usage: f64) {
+        let from = now - LATENCY_WINDOW;
+        while self.arrivals.front().is_some_and(|&t| t <= from) {
+            self.arrivals.pop_front();
+        }
+        while self.ttfts.front().is_some_and(|p| p.0 <= from) {
+            self.ttfts.pop_front();
+        }
+        while self.tpots.front().is_some_and(|p| p.0 <= from) {
+            self.tpots.pop_front();
+        }
+        self.scrapes.push_back(Scrape {
+            at: now,
+            running,
+            waiting,
+            kv_usage,
+            arrival_rate: self.arrivals.len() as f64 / LATENCY_WINDOW,
+            ttft_p90: p90(self.ttfts.iter().map(|p| p.1)),
+            tpot_p90: p90(self.tpots.iter().map(|p| p.1)),
+        });
+        while self
+            .scrapes
+            .front()
+            .is_some_and(|s| s.at < now - self.retention)
+        {
+            self.scrapes.pop_front();
+        }
+    }
+
+    /// The scaler's answer for `signal` at `now`; `None` when no scrape is
+    /// inside the window (the scaler reports missing data).
+    pub fn query(
+        &self,
+        signal: Signal,
+        operation: Operation,
+        window: f64,
+        now: f64,
+    ) -> Option<f64> {
+        let inside = self
+            .scrapes
+            .iter()
+            .rev()
+            .take_while(|s| s.at > now - window)
+            .map(|s| s.get(signal));
+        match operation {
+            Operation::LastOne => self
+                .scrapes
+                .back()
+                .filter(|s| s.at > now - window)
+                .map(|s| s.get(signal)),
+            Operation::Avg => {
+                let (sum, n) = inside.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+                (n > 0).then(|| sum / n as f64)
+            }
+            Operation::Max => inside.reduce(f64::max),
+        }
+    }
+
+    pub fn last(&self) -> Option<&Scrape> {
+        self.scrapes.back()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_sees_only_scrapes_in_the_window() {
+        let mut p = Pipeline::new(300.0);
+        p.scrape(15.0, 2.0, 0.0, 0.1);
+        p.scrape(30.0, 4.0, 1.0, 0.2);
+        p.scrape(45.0, 9.0, 3.0, 0.3);
+        assert_eq!(
+            p.query(Signal::Running, Operation::Avg, 120.0, 45.0),
+            Some(5.0)
+        );
+        assert_eq!(
+            p.query(Signal::InFlight, Operation::LastOne, 120.0, 45.0),
+            Some(12.0)
+        );
+        assert_eq!(
+            p.query(Signal::Running, Operation::Max, 20.0, 45.0),
+            Some(9.0)
+        );
+        assert_eq!(p.query(Signal::Running, Operation::Avg, 10.0, 60.0), None);
+    }
+
+    #[test]
+    fn rates_and_latency_percentiles_use_the_last_minute() {
+        let mut p = Pipeline::new(300.0);
+        for k in 0..120 {
+            p.arrival(f64::from(k));
+        }
+        for k in 0..10 {
+            p.first_token(100.0, f64::from(k));
+        }
+        p.scrape(119.5, 0.0, 0.0, 0.0);
+        let s = p.last().unwrap();
+        assert!((s.arrival_rate - 1.0).abs() < 0.02, "{}", s.arrival_rate);
+        assert_eq!(s.ttft_p90, 8.0);
+    }
+}

@@ -1,0 +1,192 @@
+//! Tables and charts of an [`Outcome`](crate::experiment::Outcome).
+
+use std::fmt::Write;
+
+use crate::chart::{PALETTE, Panel, Series, render};
+use crate::experiment::{Outcome, Row};
+use crate::oracle::STEP_S;
+use crate::score::{Estimate, estimate};
+
+fn est(row: &Row, f: impl Fn(&crate::score::Score) -> f64) -> Estimate {
+    estimate(&row.scores.iter().map(f).collect::<Vec<_>>())
+}
+
+fn pm(e: Estimate, scale: f64, digits: usize) -> String {
+    if e.half_width > 0.0 {
+        format!(
+            "{:.digits$} ± {:.digits$}",
+            e.mean * scale,
+            e.half_width * scale
+        )
+    } else {
+        format!("{:.digits$}", e.mean * scale)
+    }
+}
+
+/// A Markdown table: attainment, TTFT percentiles, GPU-hours and their
+/// ratios to the oracle and static peak, scale events and flaps.
+pub fn table(outcome: &Outcome) -> String {
+    let gpu = |name: &str| {
+        outcome
+            .rows
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| est(r, |s| s.gpu_hours).mean)
+            .unwrap_or(f64::NAN)
+    };
+    let (oracle, peak) = (gpu("oracle"), gpu("static-peak"));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| policy | SLO attainment % | TTFT ok % | TPOT ok % | TTFT p50 / p90 / p99 s | GPU-hours | × oracle | × static peak | avg replicas | scale events | flaps |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for row in &outcome.rows {
+        let g = est(row, |s| s.gpu_hours);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+            row.name,
+            pm(est(row, |s| s.attainment), 100.0, 2),
+            est(row, |s| s.ttft_attainment).mean * 100.0,
+            est(row, |s| s.tpot_attainment).mean * 100.0,
+            est(row, |s| s.ttft_p50).mean,
+            est(row, |s| s.ttft_p90).mean,
+            est(row, |s| s.ttft_p99).mean,
+            pm(g, 1.0, 2),
+            g.mean / oracle,
+            g.mean / peak,
+            est(row, |s| s.avg_replicas).mean,
+            est(row, |s| s.scale_events as f64).mean,
+            est(row, |s| s.flaps as f64).mean,
+        );
+    }
+    s
+}
+
+/// Per-configuration chart: load, replicas (with the oracle's plan), queue
+/// depth and p90 TTFT over time, for seed 1.
+pub fn policy_chart(outcome: &Outcome, row: &Row, ttft_slo: f64) -> String {
+    let tl = &row.example.timeline;
+    let pts = |f: &dyn Fn(&crate::sim::TimelinePoint) -> f64| {
+        tl.iter().map(|p| (p.at, f(p))).collect::<Vec<_>>()
+    };
+    let oracle: Vec<(f64, f64)> = outcome
+        .oracle_plan
+        .provisioned
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (k as f64 * STEP_S, f64::from(n)))
+        .collect();
+    let panels = [
+        Panel {
+            title: "load (requests/s, 10 s bins)",
+            series: vec![Series {
+                label: "arrivals",
+                color: PALETTE[0],
+                points: pts(&|p| p.load_rps),
+                step: false,
+            }],
+            reference: None,
+        },
+        Panel {
+            title: "replicas",
+            series: vec![
+                Series {
+                    label: "provisioned",
+                    color: PALETTE[1],
+                    points: pts(&|p| f64::from(p.provisioned)),
+                    step: true,
+                },
+                Series {
+                    label: "ready",
+                    color: PALETTE[2],
+                    points: pts(&|p| f64::from(p.ready)),
+                    step: true,
+                },
+                Series {
+                    label: "oracle",
+                    color: PALETTE[7],
+                    points: oracle,
+                    step: true,
+                },
+            ],
+            reference: None,
+        },
+        Panel {
+            title: "queue depth (waiting, incl. gateway)",
+            series: vec![Series {
+                label: "waiting",
+                color: PALETTE[4],
+                points: pts(&|p| f64::from(p.waiting)),
+                step: false,
+            }],
+            reference: None,
+        },
+        Panel {
+            title: "TTFT p90 over the last minute (s)",
+            series: vec![Series {
+                label: "ttft p90",
+                color: PALETTE[3],
+                points: pts(&|p| p.ttft_p90),
+                step: false,
+            }],
+            reference: Some((ttft_slo, "SLO")),
+        },
+    ];
+    render(
+        &format!("{} (seed 1)", row.name),
+        row.example.episode_end,
+        &panels,
+    )
+}
+
+/// All configurations' provisioned replicas on one panel, over the load.
+pub fn compare_chart(outcome: &Outcome, title: &str) -> String {
+    let Some(first) = outcome.rows.first() else {
+        return render(title, 1.0, &[]);
+    };
+    let load: Vec<(f64, f64)> = first
+        .example
+        .timeline
+        .iter()
+        .map(|p| (p.at, p.load_rps))
+        .collect();
+    let series: Vec<Series<'_>> = outcome
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Series {
+            label: &r.name,
+            color: PALETTE[i % PALETTE.len()],
+            points: r
+                .example
+                .timeline
+                .iter()
+                .map(|p| (p.at, f64::from(p.provisioned)))
+                .collect(),
+            step: true,
+        })
+        .collect();
+    let panels = [
+        Panel {
+            title: "load (requests/s)",
+            series: vec![Series {
+                label: "arrivals",
+                color: "#444",
+                points: load,
+                step: false,
+            }],
+            reference: None,
+        },
+        Panel {
+            title: "provisioned replicas",
+            series,
+            reference: None,
+        },
+    ];
+    render(title, first.example.episode_end, &panels)
+}

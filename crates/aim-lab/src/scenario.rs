@@ -1,0 +1,235 @@
+//! Named autoscaling configurations to compare on one trace.
+//!
+//! The KEDA rows are exactly what the seeds deploy; our policies run as a
+//! plain KEDA trigger with `policy: <name>` through the same HPA.
+
+use std::collections::BTreeMap;
+
+use aim_policy::hpa::{Behavior, PolicyKind, RatePolicy};
+use aim_policy::keda::{MetricType, ScaledObjectSpec, TriggerSpec};
+use aim_policy::{PolicyError, lookup};
+
+use crate::control::{Controller, KedaLoop, Trigger};
+use crate::metrics::{Operation, Signal};
+use crate::oracle::Capacity;
+
+/// What a configuration may be tuned from: measured per-replica capacity,
+/// the cold start, and the bounds.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub capacity: Capacity,
+    pub cold_start_s: f64,
+    pub min: u32,
+    pub max: u32,
+    /// KEDA + aim-scaler query window (`AIM_SCALER_DEFAULT_WINDOW`).
+    pub window_s: f64,
+    pub ttft_s: f64,
+    pub tpot_s: f64,
+}
+
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "keda-seed",
+        "KEDA + HPA as seeds 000/001 deploy: avg(sum running) over 120 s, Value target 1",
+    ),
+    (
+        "keda-seed-2",
+        "as seed 002 (KServe): running requests, Value target 2",
+    ),
+    (
+        "keda-tuned",
+        "KEDA + HPA tuned: in-flight per replica (AverageValue) at the measured concurrency, 30 s window, 120 s down window",
+    ),
+    (
+        "aibrix",
+        "stable-panic at AIBrix KPA defaults (180 s / 60 s, panic 2.0, ×2 rates)",
+    ),
+    ("queue", "aim queue policy"),
+    (
+        "slo",
+        "aim SLO-aware policy (llm-d law + leading queue floor)",
+    ),
+    (
+        "predictive",
+        "aim predictive policy (trend + season, pre-warm by cold start)",
+    ),
+    ("cost", "aim cost-aware policy (sloWeight 0.5)"),
+];
+
+fn meta(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn keda_defaults(ctx: &Context) -> ScaledObjectSpec {
+    ScaledObjectSpec {
+        min_replica_count: ctx.min,
+        max_replica_count: ctx.max,
+        ..Default::default()
+    }
+}
+
+/// HPA behavior for triggers whose policy already decides the count: no
+/// extra stabilization and a zero tolerance (KEP-4951), so the HPA lands on
+/// the policy's number; rate limits stay at the defaults.
+pub fn follow_policy_behavior() -> Behavior {
+    let mut b = Behavior::default();
+    b.scale_down.stabilization_window_seconds = 0;
+    b.scale_up.tolerance = Some(0.0);
+    b.scale_down.tolerance = Some(0.0);
+    b
+}
+
+fn policy_trigger(
+    name: &str,
+    signals: Vec<Signal>,
+    metadata: BTreeMap<String, String>,
+) -> Result<Trigger, PolicyError> {
+    Ok(Trigger {
+        signals,
+        operation: Operation::LastOne,
+        window_s: 30.0,
+        policy: lookup(name)?,
+        metadata,
+        spec: TriggerSpec {
+            metric_type: MetricType::AverageValue,
+            target: 1.0,
+            activation: 0.0,
+        },
+    })
+}
+
+/// Builds the controller for a named scenario, plus any `key=value`
+/// metadata overrides for policy triggers.
+pub fn build(
+    name: &str,
+    ctx: &Context,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Controller, PolicyError> {
+    let c = &ctx.capacity;
+    let passthrough =
+        |signal, metric_type, target, window_s, operation| -> Result<Trigger, PolicyError> {
+            Ok(Trigger {
+                signals: vec![signal],
+                operation,
+                window_s,
+                policy: lookup("passthrough")?,
+                metadata: BTreeMap::new(),
+                spec: TriggerSpec {
+                    metric_type,
+                    target,
+                    activation: 0.0,
+                },
+            })
+        };
+    let (spec, trigger) = match name {
+        "keda-seed" | "keda-seed-2" => {
+            let target = if name == "keda-seed" { 1.0 } else { 2.0 };
+            (
+                keda_defaults(ctx),
+                passthrough(
+                    Signal::Running,
+                    MetricType::Value,
+                    target,
+                    ctx.window_s,
+                    Operation::Avg,
+                )?,
+            )
+        }
+        "keda-tuned" => {
+            let mut spec = keda_defaults(ctx);
+            spec.behavior.scale_down.stabilization_window_seconds = ctx.cold_start_s.round() as u32;
+            spec.behavior.scale_down.policies = vec![RatePolicy {
+                kind: PolicyKind::Percent,
+                value: 50,
+                period_seconds: 30,
+            }];
+            let target = overrides
+                .get("target")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or((c.in_flight * 0.8).max(1.0));
+            (
+                spec,
+                passthrough(
+                    Signal::InFlight,
+                    MetricType::AverageValue,
+                    target,
+                    30.0,
+                    Operation::Avg,
+                )?,
+            )
+        }
+        "aibrix" => {
+            let mut m = meta(&[("perReplica", format!("{:.3}", c.in_flight))]);
+            m.extend(overrides.clone());
+            let mut spec = keda_defaults(ctx);
+            spec.behavior = follow_policy_behavior();
+            (
+                spec,
+                policy_trigger("stable-panic", vec![Signal::InFlight], m)?,
+            )
+        }
+        "queue" | "slo" | "predictive" | "cost" => {
+            let t_w = format!("{}s", ctx.cold_start_s);
+            let (policy, signals, mut m) = match name {
+                "queue" => (
+                    "queue",
+                    vec![Signal::InFlight],
+                    meta(&[
+                        ("perReplica", format!("{:.3}", c.in_flight)),
+                        ("headroom", "0.15".into()),
+                        ("scaleDownDelay", t_w),
+                    ]),
+                ),
+                "slo" => (
+                    "slo",
+                    vec![Signal::TtftP90, Signal::TpotP90, Signal::InFlight],
+                    meta(&[
+                        ("ttft", format!("{}s", ctx.ttft_s)),
+                        ("tpot", format!("{}s", ctx.tpot_s)),
+                        ("perReplica", format!("{:.3}", c.in_flight)),
+                    ]),
+                ),
+                "predictive" => (
+                    "predictive",
+                    vec![Signal::ArrivalRate],
+                    meta(&[
+                        ("capacity", format!("{:.4}", c.rps)),
+                        ("coldStart", t_w),
+                        ("headroom", "0.15".into()),
+                    ]),
+                ),
+                _ => (
+                    "cost",
+                    vec![Signal::InFlight],
+                    meta(&[
+                        ("perReplica", format!("{:.3}", c.in_flight)),
+                        ("coldStart", t_w),
+                        ("idleToZero", "0".into()),
+                    ]),
+                ),
+            };
+            m.extend(overrides.clone());
+            let mut spec = keda_defaults(ctx);
+            spec.behavior = follow_policy_behavior();
+            (spec, policy_trigger(policy, signals, m)?)
+        }
+        other => {
+            return Err(PolicyError::Unknown {
+                name: other.to_owned(),
+                known: SCENARIOS
+                    .iter()
+                    .map(|s| s.0)
+                    .chain(["static-peak", "oracle"])
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    };
+    Ok(Controller::Keda(Box::new(KedaLoop::new(
+        spec,
+        vec![trigger],
+    )?)))
+}

@@ -1,0 +1,681 @@
+//! The discrete-event simulation: arrivals → router → replicas (aim-engine
+//! on virtual time) → metrics pipeline → controller → pod lifecycle.
+//!
+//! Time is virtual and only jumps from event to event, so an hour of
+//! traffic takes seconds. Everything random is seeded: equal inputs and
+//! seeds give identical runs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use aim_engine::rng::Rng;
+use aim_engine::{Engine, EngineConfig, EventKind, Profile, Request, expand_coarse_hashes};
+use aim_policy::PolicyError;
+
+use crate::control::Controller;
+use crate::metrics::{Pipeline, p90};
+use crate::trace::Arrival;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Router {
+    RoundRobin,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slo {
+    pub ttft_s: f64,
+    pub tpot_s: f64,
+}
+
+/// Everything about the simulated cluster that is not the controller.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub profile: Profile,
+    pub gpus_per_replica: u32,
+    /// Pod creation to Ready: scheduling, image pull, model load (T_w).
+    pub cold_start_s: f64,
+    /// Uniform ± fraction of T_w, per pod.
+    pub cold_start_jitter: f64,
+    /// Pod scrape / OTel push interval.
+    pub scrape_interval_s: f64,
+    /// HPA sync period.
+    pub hpa_sync_s: f64,
+    /// In-flight requests on a pod being removed get this long to finish,
+    /// then are aborted (and count as misses).
+    pub drain_grace_s: f64,
+    pub router: Router,
+    pub slo: Slo,
+    pub seed: u64,
+    /// Ready replicas at t = 0 (warm start).
+    pub initial_replicas: u32,
+    /// Spacing of the timeline kept for charts.
+    pub sample_interval_s: f64,
+}
+
+impl SimConfig {
+    pub fn new(profile: Profile) -> Self {
+        SimConfig {
+            gpus_per_replica: gpus_for(&profile),
+            profile,
+            cold_start_s: 100.0,
+            cold_start_jitter: 0.1,
+            scrape_interval_s: 15.0,
+            hpa_sync_s: aim_policy::hpa::SYNC_PERIOD_SECONDS,
+            drain_grace_s: 120.0,
+            router: Router::LeastOutstanding,
+            slo: Slo {
+                ttft_s: 3.0,
+                tpot_s: 0.1,
+            },
+            seed: 1,
+            initial_replicas: 1,
+            sample_interval_s: 10.0,
+        }
+    }
+}
+
+/// GPUs per replica from the profile name's "<n>x" hardware part.
+pub fn gpus_for(profile: &Profile) -> u32 {
+    profile
+        .name
+        .rsplit('-')
+        .next()
+        .and_then(|hw| hw.split_once('x'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// What happened to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RequestOutcome {
+    pub arrival: f64,
+    pub ttft: Option<f64>,
+    pub tpot: Option<f64>,
+    pub finished: bool,
+    pub aborted: bool,
+    pub output_tokens: u32,
+}
+
+/// One point of the run's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TimelinePoint {
+    pub at: f64,
+    /// Arrivals per second over the last sample interval.
+    pub load_rps: f64,
+    pub spec: u32,
+    /// Pods that exist (billed), ready or not.
+    pub provisioned: u32,
+    pub ready: u32,
+    pub waiting: u32,
+    pub running: u32,
+    /// p90 TTFT of first tokens in the last minute.
+    pub ttft_p90: f64,
+}
+
+/// A replica-count change the controller made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScaleChange {
+    pub at: f64,
+    pub from: u32,
+    pub to: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    pub requests: Vec<RequestOutcome>,
+    pub timeline: Vec<TimelinePoint>,
+    pub changes: Vec<ScaleChange>,
+    /// Σ (removed or episode end − created), seconds, over all pods.
+    pub replica_seconds: f64,
+    pub gpus_per_replica: u32,
+    /// Trace span: billing and averages run over [0, episode_end].
+    pub episode_end: f64,
+    pub clipped_prompts: usize,
+    pub simulated_until: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready,
+    Draining,
+    Gone,
+}
+
+struct Pod {
+    created: f64,
+    gone_at: Option<f64>,
+    phase: Phase,
+    engine: Engine,
+    outstanding: u32,
+    stepping: bool,
+    /// Results of the step in flight, applied when it ends.
+    first_tokens: Vec<(u64, f64)>,
+    finished: Vec<(u64, Option<f64>, Option<f64>, bool)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    StepEnd(usize),
+    PodReady(usize),
+    DrainDeadline(usize),
+    Scrape,
+    HpaSync,
+    KedaPoll,
+    Sample,
+    Plan(usize),
+}
+
+const NS: f64 = 1e9;
+
+fn ns(t: f64) -> u64 {
+    (t.max(0.0) * NS).round() as u64
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+struct World<'a> {
+    cfg: &'a SimConfig,
+    engine_cfg: EngineConfig,
+    pods: Vec<Pod>,
+    heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    now: f64,
+    rng: Rng,
+    gateway: VecDeque<u64>,
+    arrivals: &'a [Arrival],
+    requests: Vec<RequestOutcome>,
+    assigned: Vec<u32>,
+    pipeline: Pipeline,
+    rr: usize,
+    spec: u32,
+    changes: Vec<ScaleChange>,
+    clipped: usize,
+    outstanding_total: usize,
+    sample_arrivals: usize,
+}
+
+impl<'a> World<'a> {
+    fn schedule(&mut self, at: f64, event: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((ns(at), self.seq, event)));
+    }
+
+    fn engine(&mut self, index: usize) -> Engine {
+        let mut cfg = self.engine_cfg.clone();
+        cfg.seed = self
+            .cfg
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(index as u64);
+        Engine::new(cfg).expect("validated at start")
+    }
+
+    fn add_pod(&mut self, ready_now: bool) {
+        let index = self.pods.len();
+        let engine = self.engine(index);
+        let jitter = self.cfg.cold_start_jitter * (2.0 * self.rng.next_f64() - 1.0);
+        let ready_at = self.now + self.cfg.cold_start_s * (1.0 + jitter);
+        self.pods.push(Pod {
+            created: self.now,
+            gone_at: None,
+            phase: if ready_now {
+                Phase::Ready
+            } else {
+                Phase::Starting
+            },
+            engine,
+            outstanding: 0,
+            stepping: false,
+            first_tokens: Vec::new(),
+            finished: Vec::new(),
+        });
+        if !ready_now {
+            self.schedule(ready_at, Event::PodReady(index));
+        }
+    }
+
+    fn active(&self) -> impl Iterator<Item = (usize, &Pod)> {
+        self.pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.phase, Phase::Starting | Phase::Ready))
+    }
+
+    fn counts(&self) -> (u32, u32) {
+        let existing = self.active().count() as u32;
+        let ready = self.pods.iter().filter(|p| p.phase == Phase::Ready).count() as u32;
+        (existing, ready)
+    }
+
+    fn set_spec(&mut self, to: u32) {
+        if to != self.spec {
+            self.changes.push(ScaleChange {
+                at: self.now,
+                from: self.spec,
+                to,
+            });
+            self.spec = to;
+        }
+        self.reconcile();
+    }
+
+    /// Makes the pods match `spec`: create, or remove starting pods first
+    /// (newest first), then the ready pods with the least work.
+    fn reconcile(&mut self) {
+        let existing = self.active().count() as u32;
+        for _ in existing..self.spec {
+            self.add_pod(false);
+        }
+        let mut excess = existing.saturating_sub(self.spec);
+        while excess > 0 {
+            let starting = self.pods.iter().rposition(|p| p.phase == Phase::Starting);
+            let victim = starting.or_else(|| {
+                self.pods
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.phase == Phase::Ready)
+                    .min_by_key(|(i, p)| (p.outstanding, Reverse(*i)))
+                    .map(|(i, _)| i)
+            });
+            let Some(i) = victim else { break };
+            self.remove_pod(i);
+            excess -= 1;
+        }
+    }
+
+    fn remove_pod(&mut self, i: usize) {
+        let pod = &mut self.pods[i];
+        if pod.phase == Phase::Ready && pod.outstanding > 0 {
+            pod.phase = Phase::Draining;
+            let deadline = self.now + self.cfg.drain_grace_s;
+            self.schedule(deadline, Event::DrainDeadline(i));
+        } else {
+            pod.phase = Phase::Gone;
+            pod.gone_at = Some(self.now);
+        }
+    }
+
+    fn pick_pod(&mut self) -> Option<usize> {
+        let ready: Vec<usize> = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.phase == Phase::Ready)
+            .map(|(i, _)| i)
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        Some(match self.cfg.router {
+            Router::RoundRobin => {
+                self.rr = self.rr.wrapping_add(1);
+                ready[self.rr % ready.len()]
+            }
+            Router::LeastOutstanding => *ready
+                .iter()
+                .min_by_key(|&&i| (self.pods[i].outstanding, i))
+                .expect("non-empty"),
+        })
+    }
+
+    fn dispatch(&mut self, id: u64) {
+        let Some(pod) = self.pick_pod() else {
+            // No ready replica: the gateway holds the request (its TTFT
+            // keeps counting from arrival).
+            self.gateway.push_back(id);
+            return;
+        };
+        let a = &self.arrivals[id as usize];
+        let limit = self.engine_cfg.max_request_tokens();
+        let output = a.output_tokens.min(limit / 2).max(1);
+        let mut prompt = a.prompt_tokens;
+        if prompt + output > limit {
+            // Longer than the model's context: clipped so it still runs (counted).
+            prompt = limit - output;
+            self.clipped += 1;
+        }
+        let mut request = Request::new(id, prompt.max(1), output);
+        if !a.hash_ids.is_empty() {
+            let mut hashes = expand_coarse_hashes(&a.hash_ids, 512, self.engine_cfg.block_size);
+            hashes.truncate((prompt / self.engine_cfg.block_size) as usize);
+            request = request.with_block_hashes(hashes);
+        }
+        let now = Duration::from_nanos(ns(self.now));
+        let p = &mut self.pods[pod];
+        if p.engine.submit(request, now).is_ok() {
+            p.outstanding += 1;
+            self.assigned[id as usize] = pod as u32;
+            if !p.stepping {
+                self.kick(pod);
+            }
+        } else {
+            self.requests[id as usize].aborted = true;
+            self.outstanding_total -= 1;
+        }
+    }
+
+    fn kick(&mut self, i: usize) {
+        let now = Duration::from_nanos(ns(self.now));
+        let pod = &mut self.pods[i];
+        let Some(outcome) = pod.engine.step(now) else {
+            pod.stepping = false;
+            return;
+        };
+        for e in &outcome.events {
+            match &e.kind {
+                EventKind::Token {
+                    index: 0,
+                    since_arrival,
+                    ..
+                } => pod.first_tokens.push((e.request, secs(*since_arrival))),
+                EventKind::Finished(f) => {
+                    let aborted = matches!(f.reason, aim_engine::FinishReason::Abort);
+                    pod.finished.push((
+                        e.request,
+                        f.ttft().map(secs),
+                        f.mean_tpot().map(secs),
+                        aborted,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        pod.stepping = true;
+        let ended = secs(outcome.ended);
+        self.schedule(ended, Event::StepEnd(i));
+    }
+
+    fn step_end(&mut self, i: usize) {
+        let firsts = std::mem::take(&mut self.pods[i].first_tokens);
+        for (id, ttft) in firsts {
+            self.requests[id as usize].ttft = Some(ttft);
+            self.pipeline.first_token(self.now, ttft);
+        }
+        let finished = std::mem::take(&mut self.pods[i].finished);
+        for (id, ttft, tpot, aborted) in finished {
+            self.finish(i, id, ttft, tpot, aborted);
+        }
+        self.pods[i].stepping = false;
+        if !self.pods[i].engine.is_idle() {
+            self.kick(i);
+        }
+        self.maybe_gone(i);
+    }
+
+    fn finish(&mut self, pod: usize, id: u64, ttft: Option<f64>, tpot: Option<f64>, aborted: bool) {
+        let r = &mut self.requests[id as usize];
+        if r.finished || r.aborted {
+            return;
+        }
+        r.ttft = r.ttft.or(ttft);
+        r.tpot = tpot;
+        r.finished = !aborted;
+        r.aborted = aborted;
+        if let Some(t) = tpot {
+            self.pipeline.finished(self.now, t);
+        }
+        self.pods[pod].outstanding -= 1;
+        self.outstanding_total -= 1;
+    }
+
+    fn maybe_gone(&mut self, i: usize) {
+        let p = &mut self.pods[i];
+        if p.phase == Phase::Draining && p.outstanding == 0 {
+            p.phase = Phase::Gone;
+            p.gone_at = Some(self.now);
+        }
+    }
+
+    fn drain_deadline(&mut self, i: usize) {
+        if self.pods[i].phase != Phase::Draining {
+            return;
+        }
+        let now = Duration::from_nanos(ns(self.now));
+        let ids: Vec<u64> = (0..self.requests.len() as u64)
+            .filter(|&id| self.assigned[id as usize] == i as u32)
+            .filter(|&id| self.pods[i].engine.contains(id))
+            .collect();
+        for id in ids {
+            self.pods[i].engine.abort(id, now);
+            self.finish(i, id, None, None, true);
+        }
+        self.pods[i].first_tokens.clear();
+        self.pods[i].finished.clear();
+        self.maybe_gone(i);
+    }
+
+    fn scrape(&mut self) {
+        let (mut running, mut waiting, mut kv, mut n) = (0usize, 0usize, 0.0, 0usize);
+        for p in self
+            .pods
+            .iter()
+            .filter(|p| matches!(p.phase, Phase::Ready | Phase::Draining))
+        {
+            running += p.engine.num_running();
+            waiting += p.engine.num_waiting();
+            kv += p.engine.kv_usage();
+            n += 1;
+        }
+        let kv = if n > 0 { kv / n as f64 } else { 0.0 };
+        self.pipeline
+            .scrape(self.now, running as f64, waiting as f64, kv);
+    }
+
+    /// Records a timeline point; its TTFT column is filled in after the run.
+    fn sample(&mut self, timeline: &mut Vec<TimelinePoint>) {
+        let (existing, ready) = self.counts();
+        let provisioned = existing
+            + self
+                .pods
+                .iter()
+                .filter(|p| p.phase == Phase::Draining)
+                .count() as u32;
+        let (mut running, mut waiting) = (0, 0);
+        for p in self.pods.iter().filter(|p| p.phase != Phase::Gone) {
+            running += p.engine.num_running() as u32;
+            waiting += p.engine.num_waiting() as u32;
+        }
+        timeline.push(TimelinePoint {
+            at: self.now,
+            load_rps: self.sample_arrivals as f64 / self.cfg.sample_interval_s,
+            spec: self.spec,
+            provisioned,
+            ready,
+            waiting: waiting + self.gateway.len() as u32,
+            running,
+            ttft_p90: 0.0,
+        });
+        self.sample_arrivals = 0;
+    }
+}
+
+/// Runs one episode. `progress` receives the simulated fraction of the
+/// trace span now and then.
+pub fn run(
+    cfg: &SimConfig,
+    arrivals: &[Arrival],
+    controller: &mut Controller,
+    progress: &mut dyn FnMut(f64),
+) -> Result<RunResult, PolicyError> {
+    let mut engine_cfg = EngineConfig::from_profile(cfg.profile.clone());
+    engine_cfg.seed = cfg.seed;
+    let episode_end = arrivals.last().map_or(0.0, |a| a.at).ceil();
+    let hard_stop = episode_end + 1800.0;
+    let mut w = World {
+        cfg,
+        engine_cfg,
+        pods: Vec::new(),
+        heap: BinaryHeap::new(),
+        seq: 0,
+        now: 0.0,
+        rng: Rng::new(cfg.seed ^ 0xc01d_57a7),
+        gateway: VecDeque::new(),
+        arrivals,
+        requests: arrivals
+            .iter()
+            .map(|a| RequestOutcome {
+                arrival: a.at,
+                output_tokens: a.output_tokens,
+                ..Default::default()
+            })
+            .collect(),
+        assigned: vec![u32::MAX; arrivals.len()],
+        pipeline: Pipeline::new(3600.0),
+        rr: 0,
+        spec: 0,
+        changes: Vec::new(),
+        clipped: 0,
+        outstanding_total: arrivals.len(),
+        sample_arrivals: 0,
+    };
+    let initial = match controller {
+        Controller::Static(n) => *n,
+        Controller::Plan(steps) => steps.first().map_or(cfg.initial_replicas, |s| s.1),
+        Controller::Keda(_) => cfg.initial_replicas,
+    };
+    for _ in 0..initial {
+        w.add_pod(true);
+    }
+    w.spec = initial;
+    match controller {
+        Controller::Keda(k) => {
+            w.schedule(cfg.scrape_interval_s, Event::Scrape);
+            // Offsets keep the order scrape → HPA → KEDA within a tick.
+            w.schedule(cfg.hpa_sync_s + 0.001, Event::HpaSync);
+            w.schedule(
+                k.keda.spec.polling_interval_seconds + 0.002,
+                Event::KedaPoll,
+            );
+        }
+        Controller::Plan(steps) => {
+            for (i, step) in steps.iter().enumerate().skip(1) {
+                w.schedule(step.0, Event::Plan(i));
+            }
+            w.schedule(cfg.scrape_interval_s, Event::Scrape);
+        }
+        Controller::Static(_) => w.schedule(cfg.scrape_interval_s, Event::Scrape),
+    }
+    w.schedule(cfg.sample_interval_s, Event::Sample);
+
+    let mut timeline = Vec::new();
+    let mut next_arrival = 0usize;
+    let mut next_report = 0.0;
+    loop {
+        let heap_next = w.heap.peek().map(|Reverse((t, _, _))| *t);
+        let arrival_next = arrivals.get(next_arrival).map(|a| ns(a.at));
+        let take_arrival = match (arrival_next, heap_next) {
+            (Some(a), Some(h)) => a <= h,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_arrival {
+            w.now = arrivals[next_arrival].at;
+            w.pipeline.arrival(w.now);
+            w.sample_arrivals += 1;
+            w.dispatch(next_arrival as u64);
+            next_arrival += 1;
+            continue;
+        }
+        let Some(Reverse((t, _, event))) = w.heap.pop() else {
+            break;
+        };
+        w.now = t as f64 / NS;
+        if w.now > hard_stop
+            || (next_arrival == arrivals.len() && w.outstanding_total == 0 && w.now > episode_end)
+        {
+            break;
+        }
+        if w.now >= next_report {
+            progress((w.now / episode_end.max(1.0)).min(1.0));
+            next_report = w.now + episode_end.max(1.0) / 50.0;
+        }
+        match event {
+            Event::StepEnd(i) => w.step_end(i),
+            Event::PodReady(i) => {
+                if w.pods[i].phase == Phase::Starting {
+                    w.pods[i].phase = Phase::Ready;
+                    while let Some(id) = w.gateway.pop_front() {
+                        w.dispatch(id);
+                    }
+                }
+            }
+            Event::DrainDeadline(i) => w.drain_deadline(i),
+            Event::Scrape => {
+                w.scrape();
+                w.schedule(w.now + cfg.scrape_interval_s, Event::Scrape);
+            }
+            Event::HpaSync => {
+                if let Controller::Keda(k) = controller {
+                    let (existing, ready) = w.counts();
+                    if let Some(n) = k.sync(&w.pipeline, w.now, w.spec, existing, ready)? {
+                        w.set_spec(n);
+                    }
+                }
+                w.schedule(w.now + cfg.hpa_sync_s, Event::HpaSync);
+            }
+            Event::KedaPoll => {
+                if let Controller::Keda(k) = controller {
+                    let (_, ready) = w.counts();
+                    if let Some(n) = k.poll(&w.pipeline, w.now, w.spec, ready)? {
+                        w.set_spec(n);
+                    }
+                    w.schedule(
+                        w.now + k.keda.spec.polling_interval_seconds,
+                        Event::KedaPoll,
+                    );
+                }
+            }
+            Event::Plan(i) => {
+                if let Controller::Plan(steps) = controller {
+                    let n = steps[i].1;
+                    w.set_spec(n);
+                }
+            }
+            Event::Sample => {
+                w.sample(&mut timeline);
+                if w.now < episode_end {
+                    w.schedule(w.now + cfg.sample_interval_s, Event::Sample);
+                }
+            }
+        }
+    }
+    progress(1.0);
+    let replica_seconds = w
+        .pods
+        .iter()
+        .map(|p| (p.gone_at.unwrap_or(episode_end).min(episode_end) - p.created).max(0.0))
+        .sum();
+    // TTFT over time for the charts, from the requests themselves.
+    let mut by_time: Vec<(f64, f64)> = w
+        .requests
+        .iter()
+        .filter_map(|r| r.ttft.map(|t| (r.arrival + t, t)))
+        .collect();
+    by_time.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut lo = 0;
+    let mut hi = 0;
+    for point in &mut timeline {
+        while hi < by_time.len() && by_time[hi].0 <= point.at {
+            hi += 1;
+        }
+        while lo < hi && by_time[lo].0 <= point.at - 60.0 {
+            lo += 1;
+        }
+        point.ttft_p90 = p90(by_time[lo..hi].iter().map(|p| p.1));
+    }
+    Ok(RunResult {
+        requests: w.requests,
+        timeline,
+        changes: w.changes,
+        replica_seconds,
+        gpus_per_replica: cfg.gpus_per_replica,
+        episode_end,
+        clipped_prompts: w.clipped,
+        simulated_until: w.now,
+    })
+}
