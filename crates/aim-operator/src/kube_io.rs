@@ -72,6 +72,25 @@ fn dynamic_api(
     }
 }
 
+/// Adds a controller's labels (`managed-by`, `aim.eai.amd.com/<ctrl>.name`)
+/// to a planned object where it has none of its own (reference §1.4).
+pub fn with_controller_labels(
+    mut object: Value,
+    controller: aim_rules::labels::Controller,
+    parent: &str,
+) -> Value {
+    let mut labels: std::collections::BTreeMap<String, String> = object
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    aim_rules::labels::add_missing(
+        &mut labels,
+        &aim_rules::labels::controller_labels(controller, parent),
+    );
+    object["metadata"]["labels"] = serde_json::json!(labels);
+    object
+}
+
 /// Server-side applies `object` as `manager`, with `owner` as controller
 /// owner when given. Ownership is forced: the controller is the authority
 /// over the fields it writes.

@@ -443,7 +443,13 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
     let manager = format!("aim-{}-controller", M::CONTROLLER);
     if assessment.apply_allowed {
         let owner = kube_io::owner_of(model);
+        let controller = if M::CLUSTER {
+            aim_rules::labels::Controller::ClusterModel
+        } else {
+            aim_rules::labels::Controller::Model
+        };
         for t in plan.templates {
+            let t = kube_io::with_controller_labels(t, controller, &name);
             if let Err(e) = kube_io::apply(client, &manager, t, owner.as_ref()).await {
                 tracing::warn!(error = %e, "applying a template failed");
             }

@@ -20,6 +20,8 @@ enum DevCommand {
     /// The local cluster plus the operator, with the seed's qwen-chat
     /// service deployed and its status followed as it progresses.
     Demo(crate::demo::DemoArgs),
+    /// Time the operator bringing N services to Starting, and its peak RSS.
+    BenchOperator(crate::bench_operator::BenchOperatorArgs),
 }
 
 #[derive(Args)]
@@ -78,6 +80,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let cluster = match args.command {
         DevCommand::Cluster(cluster) => cluster,
         DevCommand::Demo(demo) => return crate::demo::run(demo),
+        DevCommand::BenchOperator(args) => return crate::bench_operator::run(args),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let cache = CacheDirs::discover()?;

@@ -1,6 +1,7 @@
 //! The `aim` command: operator, scaler, simulator, lab and developer tools
 //! behind one binary.
 
+mod bench_operator;
 mod crds;
 mod demo;
 mod dev;
@@ -32,7 +33,11 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // kube's client logs every failed readiness poll as an
+                // error while the local apiserver starts; that is expected.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

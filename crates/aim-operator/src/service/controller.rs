@@ -160,13 +160,17 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
                 apply_error = Some(e);
             }
         }
+        let label =
+            |o| kube_io::with_controller_labels(o, aim_rules::labels::Controller::Service, &name);
         for object in plan.unowned.drain(..) {
-            if let Err(e) = kube_io::apply(&ctx.client, MANAGER, object, None).await {
+            if let Err(e) = kube_io::apply(&ctx.client, MANAGER, label(object), None).await {
                 apply_error = Some(e);
             }
         }
         for object in plan.owned.drain(..) {
-            if let Err(e) = kube_io::apply(&ctx.client, MANAGER, object, owner.as_ref()).await {
+            if let Err(e) =
+                kube_io::apply(&ctx.client, MANAGER, label(object), owner.as_ref()).await
+            {
                 apply_error = Some(e);
             }
         }
