@@ -395,3 +395,249 @@ fn count_points(data: &Data) -> u64 {
         Data::Summary(s) => s.data_points.len(),
     }) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NANOS_PER_SECOND, Samples, StoreConfig};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+        summary_data_point,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    const NOW: u64 = 1_700_000_000 * NANOS_PER_SECOND;
+
+    fn string_kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn gauge_point(value: f64, flags: u32, attributes: Vec<KeyValue>) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes,
+            time_unix_nano: NOW,
+            value: Some(number_data_point::Value::AsDouble(value)),
+            flags,
+            ..Default::default()
+        }
+    }
+
+    fn store() -> Store {
+        Store::new(StoreConfig::default())
+    }
+
+    fn stored_values(store: &Store, name: &str) -> Vec<(String, Vec<f64>)> {
+        let mut out = Vec::new();
+        store.visit_metric(name, NOW, |labels, series| {
+            if let Samples::Scalar(ring) = &series.samples {
+                out.push((labels.to_string(), ring.since(0).map(|p| p.value).collect()));
+            }
+        });
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn no_recorded_value_points_are_ignored_and_counted() {
+        let store = store();
+        let metric = Metric {
+            name: "vllm.num_requests_running".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![
+                    gauge_point(2.0, 0, vec![]),
+                    gauge_point(f64::NAN, FLAG_NO_RECORDED_VALUE, vec![]),
+                ],
+            })),
+            ..Default::default()
+        };
+        let report = ingest(
+            &store,
+            &request(vec![], vec![metric]),
+            &IngestConfig::default(),
+            NOW,
+        );
+        assert_eq!(
+            (
+                report.stored,
+                report.ignored_no_recorded_value,
+                report.rejected()
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(report.partial_success(), None);
+        // The name was normalised on write.
+        assert_eq!(
+            stored_values(&store, "vllm_num_requests_running"),
+            vec![("{}".into(), vec![2.0])]
+        );
+    }
+
+    #[test]
+    fn resource_identity_is_kept_and_point_attributes_win() {
+        let store = store();
+        let points = vec![
+            gauge_point(-1.5, 0, vec![string_kv("host.name", "from-point")]),
+            gauge_point(
+                3.0,
+                0,
+                vec![
+                    string_kv("pod", "x"),
+                    KeyValue {
+                        key: "n".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::IntValue(5)),
+                        }),
+                        ..Default::default()
+                    },
+                ],
+            ),
+        ];
+        let metric = Metric {
+            name: "g".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: points,
+            })),
+            ..Default::default()
+        };
+        let resource = vec![
+            string_kv("k8s.pod.name", "pod-1"),
+            string_kv("host.name", "node"),
+            string_kv("telemetry.sdk.name", "dropped"),
+        ];
+        ingest(
+            &store,
+            &request(resource, vec![metric]),
+            &IngestConfig::default(),
+            NOW,
+        );
+        assert_eq!(
+            stored_values(&store, "g"),
+            vec![
+                (
+                    "{host.name=\"from-point\", k8s.pod.name=\"pod-1\"}".into(),
+                    vec![-1.5]
+                ),
+                (
+                    "{host.name=\"node\", k8s.pod.name=\"pod-1\", n=\"5\", pod=\"x\"}".into(),
+                    vec![3.0]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_points_are_rejected_with_a_reason() {
+        let store = store();
+        let histogram = Metric {
+            name: "h".into(),
+            data: Some(Data::Histogram(
+                opentelemetry_proto::tonic::metrics::v1::Histogram {
+                    data_points: vec![
+                        opentelemetry_proto::tonic::metrics::v1::HistogramDataPoint {
+                            time_unix_nano: NOW,
+                            bucket_counts: vec![1, 2],
+                            explicit_bounds: vec![0.1, 0.5],
+                            ..Default::default()
+                        },
+                    ],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                },
+            )),
+            ..Default::default()
+        };
+        let no_value = Metric {
+            name: "g".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    time_unix_nano: NOW,
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let empty = Metric {
+            name: "nothing".into(),
+            data: None,
+            ..Default::default()
+        };
+        let report = ingest(
+            &store,
+            &request(vec![], vec![histogram, empty, no_value]),
+            &IngestConfig::default(),
+            NOW,
+        );
+        assert_eq!(
+            report.rejected_invalid, 2,
+            "an empty metric skips itself, not the rest"
+        );
+        let partial = report.partial_success().unwrap();
+        assert_eq!(partial.rejected_data_points, 2);
+        assert!(
+            partial
+                .error_message
+                .contains("2 bucket counts for 2 bounds"),
+            "{}",
+            partial.error_message
+        );
+    }
+
+    #[test]
+    fn summaries_keep_their_quantiles() {
+        let store = store();
+        let metric = Metric {
+            name: "s".into(),
+            data: Some(Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    time_unix_nano: NOW,
+                    count: 10,
+                    sum: 4.0,
+                    quantile_values: vec![summary_data_point::ValueAtQuantile {
+                        quantile: 0.99,
+                        value: 0.8,
+                    }],
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let report = ingest(
+            &store,
+            &request(vec![], vec![metric]),
+            &IngestConfig::default(),
+            NOW,
+        );
+        assert_eq!(report.stored, 1);
+        let mut seen = Vec::new();
+        store.visit_metric("s", NOW, |_, series| {
+            if let Samples::Distribution(ring) = &series.samples {
+                seen.extend(
+                    ring.since(0)
+                        .map(|p| (p.count, p.sum, p.quantiles.to_vec())),
+                );
+            }
+        });
+        assert_eq!(seen, vec![(10.0, 4.0, vec![(0.99, 0.8)])]);
+    }
+}
