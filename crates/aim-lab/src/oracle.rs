@@ -177,12 +177,9 @@ mod tests {
     fn layers_merge_short_gaps_and_lead_by_cold_start() {
         // Need: 1 throughout, 2 on steps 20..30 and 33..40, 3 on 60..62.
         let mut need = vec![1u32; 80];
-        for k in (20..30).chain(33..40) {
-            need[k] = 2;
-        }
-        for k in 60..62 {
-            need[k] = 3;
-        }
+        need[20..30].fill(2);
+        need[33..40].fill(2);
+        need[60..62].fill(3);
         let p = plan(&need, 100.0);
         // Layer 2: gap 30..33 (3 steps) < 10 → merged; starts at 10.
         assert_eq!(p.provisioned[9], 1);
