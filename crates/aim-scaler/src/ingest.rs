@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Metric, metric::Data, number_data_point,
 };
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// OTLP data point flag bit: the point carries no value (how a Prometheus
@@ -136,14 +137,26 @@ pub fn render_any_value(value: &AnyValue) -> String {
     }
 }
 
+/// An attribute's label text, borrowed when it already is a string (the
+/// common case), to save an allocation per label per point.
+fn attribute_text(value: Option<&AnyValue>) -> Cow<'_, str> {
+    match value {
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(s)),
+        }) => Cow::Borrowed(s),
+        Some(other) => Cow::Owned(render_any_value(other)),
+        None => Cow::Borrowed(""),
+    }
+}
+
 fn labels(resource: &[(String, String)], attributes: &[KeyValue]) -> LabelSet {
-    let point = attributes.iter().map(|kv| {
-        (
-            kv.key.clone(),
-            kv.value.as_ref().map(render_any_value).unwrap_or_default(),
-        )
-    });
-    LabelSet::from_pairs(resource.iter().cloned().chain(point))
+    let resource = resource
+        .iter()
+        .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str())));
+    let point = attributes
+        .iter()
+        .map(|kv| (kv.key.as_str(), attribute_text(kv.value.as_ref())));
+    LabelSet::from_pairs(resource.chain(point))
 }
 
 fn temporality(value: i32) -> Temporality {

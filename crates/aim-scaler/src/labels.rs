@@ -25,17 +25,18 @@ impl LabelSet {
             .into_iter()
             .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
             .collect();
-        // Stable sort keeps insertion order among equal keys, so dedup can
-        // keep the last occurrence.
+        // Stable sort keeps insertion order among equal keys; `dedup_by`
+        // hands the later duplicate first, and swapping it into the kept
+        // slot makes the last occurrence win.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut deduped: Vec<(Arc<str>, Arc<str>)> = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            match deduped.last_mut() {
-                Some(last) if last.0 == pair.0 => *last = pair,
-                _ => deduped.push(pair),
+        pairs.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
             }
-        }
-        LabelSet(deduped.into_boxed_slice())
+            same
+        });
+        LabelSet(pairs.into_boxed_slice())
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
