@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 
 const S: u64 = 1_000_000_000;
+const EXPECTED: Duration = Duration::from_secs(5);
+const NOTHING: Duration = Duration::from_millis(700);
 
 fn put_string(buf: &mut Vec<u8>, tag: u32, value: &str) {
     encode_key(tag, WireType::LengthDelimited, buf);
@@ -124,10 +126,13 @@ fn running(
     )])
 }
 
+/// The next state sent within `wait`, if any. Expected messages get a long
+/// wait (a loaded machine is slow); "nothing is sent" checks a short one.
 async fn next_message(
     stream: &mut tonic::Streaming<aim_scaler::proto::externalscaler::IsActiveResponse>,
+    wait: Duration,
 ) -> Option<bool> {
-    tokio::time::timeout(Duration::from_millis(700), stream.next())
+    tokio::time::timeout(wait, stream.next())
         .await
         .ok()
         .flatten()
@@ -155,23 +160,23 @@ async fn stream_is_active_pushes_only_changes() {
         .unwrap()
         .into_inner();
     // No data yet: valueIfMissing 0 is not above the threshold of 1.
-    assert_eq!(next_message(&mut stream).await, Some(false));
+    assert_eq!(next_message(&mut stream, EXPECTED).await, Some(false));
     push(address, running("a", now(), 1.0)).await;
     assert_eq!(
-        next_message(&mut stream).await,
+        next_message(&mut stream, NOTHING).await,
         None,
         "still inactive: nothing is sent"
     );
     push(address, running("a", now(), 3.0)).await;
-    assert_eq!(next_message(&mut stream).await, Some(true));
+    assert_eq!(next_message(&mut stream, EXPECTED).await, Some(true));
     push(address, running("a", now(), 5.0)).await;
     assert_eq!(
-        next_message(&mut stream).await,
+        next_message(&mut stream, NOTHING).await,
         None,
         "still active: nothing is sent"
     );
     // The pod dies; after the 1 s freshness limit the state flips back.
-    let flipped = tokio::time::timeout(Duration::from_secs(3), stream.next())
+    let flipped = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .unwrap()
         .unwrap()

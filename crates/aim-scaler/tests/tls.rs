@@ -88,7 +88,7 @@ async fn serves_tls_and_reloads_a_rotated_certificate() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     write(&dir, &second);
     let mut rotated = false;
-    for _ in 0..30 {
+    for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if spec_over_tls(address, &second.cert_pem).await.is_ok() {
             rotated = true;
