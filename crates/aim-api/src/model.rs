@@ -25,6 +25,7 @@ use crate::status::ResourcePhase;
     namespaced,
     status = "AIMModelStatus",
     shortname = "aimmdl",
+    selectable = ".spec.image",
     category = "aim",
     category = "all",
     doc = "AIMModel describes a model image in a namespace: its metadata, read from the image's labels, and the service templates it offers.",

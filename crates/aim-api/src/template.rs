@@ -27,6 +27,7 @@ use crate::status::ResourcePhase;
     namespaced,
     status = "AIMServiceTemplateStatus",
     shortname = "aimtpl",
+    selectable = ".spec.modelName",
     category = "aim",
     category = "all",
     doc = "AIMServiceTemplate is one way to run a model in a namespace: hardware, precision and optimisation goal, with the profile discovery found for them.",

@@ -18,13 +18,21 @@ pub struct Settings {
 
 pub struct Context {
     pub client: Client,
+    /// Warning events about InferenceServices (KServe's complaints), kept
+    /// by a watch so reconciles read them from memory.
+    pub isvc_warnings: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Event>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        isvc_warnings: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Event>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "aim-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -32,6 +40,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            isvc_warnings,
             metrics,
             settings,
         }

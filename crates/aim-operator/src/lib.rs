@@ -104,7 +104,22 @@ pub async fn run_with(
         operator_namespace: args.namespace.clone(),
         default_scaler_address: args.scaler_address.clone(),
     };
-    let ctx = Arc::new(Context::new(client.clone(), metrics, settings));
+    let (isvc_warnings, writer) = kube::runtime::reflector::store();
+    let warning_watch = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(
+            kube::Api::<k8s_openapi::api::core::v1::Event>::all(client.clone()),
+            kube::runtime::watcher::Config::default()
+                .fields("involvedObject.kind=InferenceService,type=Warning"),
+        ),
+    );
+    let warnings_task = tokio::spawn(futures::StreamExt::for_each(warning_watch, |_| async {}));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        settings,
+        isvc_warnings,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -137,6 +152,7 @@ pub async fn run_with(
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), controllers).await;
+    warnings_task.abort();
     if reason != "signal" {
         anyhow::bail!("stopped because this replica {reason}");
     }

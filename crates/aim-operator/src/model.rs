@@ -400,9 +400,12 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
     let config =
         crate::runtime_config::lookup(client, ns.as_deref(), spec.runtime_config_name.as_deref())
             .await?;
+    // `spec.modelName` is a selectable field of the template CRDs, so the
+    // apiserver filters; listing every template per model would be quadratic.
+    let by_model = ListParams::default().fields(&format!("spec.modelName={name}"));
     let templates: Vec<Option<ResourcePhase>> = if M::CLUSTER {
         Api::<AIMClusterServiceTemplate>::all(client.clone())
-            .list(&ListParams::default())
+            .list(&by_model)
             .await?
             .items
             .iter()
@@ -411,7 +414,7 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
             .collect()
     } else {
         Api::<AIMServiceTemplate>::namespaced(client.clone(), ns.as_deref().unwrap_or_default())
-            .list(&ListParams::default())
+            .list(&by_model)
             .await?
             .items
             .iter()
@@ -509,7 +512,8 @@ pub async fn run<M: ModelObject>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<M>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<M>::all(client.clone()), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(16));
     let store = controller.store();
     let by_template = store.clone();
     let by_cluster_template = store.clone();

@@ -389,7 +389,8 @@ pub async fn run<T: TemplateObject>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<T>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<T>::all(client.clone()), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(16));
     let store = controller.store();
     let store_models = store.clone();
     let store_cluster_models = store.clone();

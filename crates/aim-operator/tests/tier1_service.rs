@@ -817,3 +817,103 @@ async fn operator_runs_under_the_shipped_cluster_role() {
     let _ = stop_tx.send(());
     let _ = operator.await;
 }
+
+/// Every AIMService example of the seed documents deploys: with its model,
+/// a discovered template and the `team-config` runtime config present, each
+/// reaches Starting with an InferenceService shaped as the example asks.
+#[tokio::test]
+async fn every_seed_service_example_deploys() {
+    operator();
+    let client = client().await;
+    let dir = aim_testkit::repo_path("examples/seeds");
+    let mut examples: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("aim-") && n.ends_with(".yaml") && n != "aim-companions.yaml")
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 14);
+    let mut checks = Vec::new();
+    for example in &examples {
+        let ns = namespace(&client, "seedsvc").await;
+        apply_yaml(
+            &client,
+            &ns,
+            &model_yaml("qwen-qwen3-32b", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+        )
+        .await
+        .unwrap();
+        ready_template(
+            &client,
+            &ns,
+            "qwen3-32b-latency",
+            "qwen-qwen3-32b",
+            "latency",
+            "fp8",
+        )
+        .await;
+        apply_yaml(
+            &client,
+            &ns,
+            "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMRuntimeConfig\nmetadata: {name: team-config}\nspec:\n  routing: {enabled: true, gatewayRef: {name: inference-gateway, namespace: gateways}}\n",
+        )
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(dir.join(example)).unwrap();
+        apply_yaml(&client, &ns, &text)
+            .await
+            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        checks.push((example.clone(), ns, text));
+    }
+    for (example, ns, text) in checks {
+        let api: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+        let svc = await_phase(&api, "qwen-chat", ServicePhase::Starting).await;
+        let isvc = the_isvc(&client, &ns, "qwen-chat").await;
+        let p = &isvc["spec"]["predictor"];
+        let ann = &isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"];
+        if text.contains("maxReplicas") {
+            assert_eq!(ann, "keda", "{example}");
+        } else {
+            assert_eq!(ann, "none", "{example}");
+        }
+        if text.contains("replicas: 3") {
+            assert_eq!(p["minReplicas"], 3, "{example}");
+        }
+        if text.contains("maxReplicas: 8") {
+            assert_eq!(p["maxReplicas"], 8, "{example}");
+        }
+        if text.contains("HF_TOKEN") {
+            let env = p["containers"][0]["env"].as_array().unwrap();
+            assert!(env.iter().any(|e| e["name"] == "HF_TOKEN"), "{example}");
+        }
+        if text.contains("registry-credentials") {
+            assert_eq!(
+                p["imagePullSecrets"][0]["name"], "registry-credentials",
+                "{example}"
+            );
+        }
+        if text.contains("cpu: \"8\"") {
+            assert_eq!(
+                p["containers"][0]["resources"]["limits"]["cpu"], "8",
+                "{example}"
+            );
+        }
+        let routed = text.contains("routing:") || text.contains("team-config");
+        let path = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.routing.as_ref())
+            .and_then(|r| r.path.clone());
+        assert_eq!(path.is_some(), routed, "{example}: routing path {path:?}");
+        if text.contains("/{.metadata.namespace}/chat/{.metadata.name}") {
+            assert_eq!(
+                path.as_deref(),
+                Some(format!("/{ns}/chat/qwen-chat").as_str()),
+                "{example}"
+            );
+        }
+        if text.contains("team/{.metadata.labels['team']}/chat") {
+            assert_eq!(path.as_deref(), Some("/team/research/chat"), "{example}");
+        }
+    }
+}

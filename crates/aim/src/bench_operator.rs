@@ -37,7 +37,10 @@ async fn bench(args: BenchOperatorArgs) -> anyhow::Result<()> {
     let ns = format!("bench-{}", std::process::id());
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces
-        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
         .await?;
     let n = args.services;
     let pp = PatchParams::apply("aim-bench").force();
@@ -52,30 +55,44 @@ async fn bench(args: BenchOperatorArgs) -> anyhow::Result<()> {
             "spec": {"image": format!("example.invalid/model-{i}:1"), "discovery": {"createServiceTemplates": false},
                      "imageMetadata": {"model": {"canonicalName": format!("org/model-{i}")}}}
         });
-        models.patch(&format!("m{i}"), &pp, &Patch::Apply(&model)).await?;
+        models
+            .patch(&format!("m{i}"), &pp, &Patch::Apply(&model))
+            .await?;
         let template = serde_json::json!({
             "apiVersion": aim_api::API_VERSION, "kind": "AIMServiceTemplate",
             "metadata": {"name": format!("t{i}"), "annotations": {"aim.eai.amd.com/reconciliation-paused": "true"}},
             "spec": {"modelName": format!("m{i}"), "metric": "latency", "precision": "fp8",
                      "hardware": {"gpu": {"requests": 1, "model": "MI300X"}}}
         });
-        templates.patch(&format!("t{i}"), &pp, &Patch::Apply(&template)).await?;
+        templates
+            .patch(&format!("t{i}"), &pp, &Patch::Apply(&template))
+            .await?;
         let status = serde_json::json!({
             "apiVersion": aim_api::API_VERSION, "kind": "AIMServiceTemplate",
             "status": {"status": "Ready", "profile": {"metadata": {"gpu": "MI300X", "gpuCount": 1, "metric": "latency", "precision": "fp8", "type": "optimized"}},
                        "resolvedHardware": {"gpu": {"requests": 1, "model": "MI300X"}}}
         });
-        templates.patch_status(&format!("t{i}"), &pp, &Patch::Apply(&status)).await?;
+        templates
+            .patch_status(&format!("t{i}"), &pp, &Patch::Apply(&status))
+            .await?;
     }
     let inputs_written = started.elapsed();
     // Baseline: writing the N services is N more applies of the same size.
     let per_object = inputs_written / (3 * n as u32);
     let baseline = per_object * n as u32;
-    println!("inputs: {n} models + {n} templates (+status) written in {:.1} s", inputs_written.as_secs_f64());
+    println!(
+        "inputs: {n} models + {n} templates (+status) written in {:.1} s",
+        inputs_written.as_secs_f64()
+    );
 
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
-        .args(["operator", "--admin-address", "127.0.0.1:0", "--no-leader-election"])
+        .args([
+            "operator",
+            "--admin-address",
+            "127.0.0.1:0",
+            "--no-leader-election",
+        ])
         .env("KUBECONFIG", &info.kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -90,7 +107,9 @@ async fn bench(args: BenchOperatorArgs) -> anyhow::Result<()> {
             "apiVersion": aim_api::API_VERSION, "kind": "AIMService", "metadata": {"name": format!("s{i}")},
             "spec": {"model": {"name": format!("m{i}")}, "template": {"name": format!("t{i}")}, "replicas": 1}
         });
-        services.patch(&format!("s{i}"), &pp, &Patch::Apply(&svc)).await?;
+        services
+            .patch(&format!("s{i}"), &pp, &Patch::Apply(&svc))
+            .await?;
     }
     let deadline = started + Duration::from_secs(args.timeout);
     let mut peak_rss_kib = 0;
@@ -100,14 +119,20 @@ async fn bench(args: BenchOperatorArgs) -> anyhow::Result<()> {
         let starting = list
             .items
             .iter()
-            .filter(|s| s.status.as_ref().and_then(|st| st.status) == Some(aim_api::service::ServicePhase::Starting))
+            .filter(|s| {
+                s.status.as_ref().and_then(|st| st.status)
+                    == Some(aim_api::service::ServicePhase::Starting)
+            })
             .count();
         if starting == n {
             break started.elapsed();
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            anyhow::bail!("only {starting} of {n} services reached Starting within {} s", args.timeout);
+            anyhow::bail!(
+                "only {starting} of {n} services reached Starting within {} s",
+                args.timeout
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -116,7 +141,9 @@ async fn bench(args: BenchOperatorArgs) -> anyhow::Result<()> {
     let isvcs = Api::<kube::api::DynamicObject>::namespaced_with(
         client.clone(),
         &ns,
-        &aim_operator::kube_io::resource_of("serving.kserve.io/v1beta1", "InferenceService").expect("known").0,
+        &aim_operator::kube_io::resource_of("serving.kserve.io/v1beta1", "InferenceService")
+            .expect("known")
+            .0,
     )
     .list(&ListParams::default())
     .await?
@@ -126,8 +153,16 @@ async fn bench(args: BenchOperatorArgs) -> anyhow::Result<()> {
     let _ = child.wait();
     let _ = namespaces.delete(&ns, &Default::default()).await;
 
-    println!("services reconciled to Starting: {n} in {:.1} s ({:.1} services/s); InferenceServices created: {isvcs}", done.as_secs_f64(), n as f64 / done.as_secs_f64());
-    println!("baseline (the same client writing {n} objects): {:.1} s; ratio operator/baseline: {:.2}", baseline.as_secs_f64(), done.as_secs_f64() / baseline.as_secs_f64());
+    println!(
+        "services reconciled to Starting: {n} in {:.1} s ({:.1} services/s); InferenceServices created: {isvcs}",
+        done.as_secs_f64(),
+        n as f64 / done.as_secs_f64()
+    );
+    println!(
+        "baseline (the same client writing {n} objects): {:.1} s; ratio operator/baseline: {:.2}",
+        baseline.as_secs_f64(),
+        done.as_secs_f64() / baseline.as_secs_f64()
+    );
     println!("operator peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
     Ok(())
 }

@@ -27,6 +27,10 @@ enum Command {
     Operator(aim_operator::OperatorArgs),
     /// The CPU-only vLLM simulator (OpenAI API and vLLM metrics), or its bench.
     Sim(Box<sim::SimCli>),
+    /// The KEDA external scaler fed by OpenTelemetry metrics, or its bench.
+    Scaler(Box<aim_scaler::ScalerArgs>),
+    /// Replay traces through the autoscaling loop on virtual time and score policies.
+    Lab(Box<aim_lab::LabArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +53,10 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(aim_operator::run(args))),
         Command::Sim(cli) => sim::run(*cli),
+        Command::Lab(args) => aim_lab::run(*args).map_err(anyhow::Error::from),
+        Command::Scaler(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(aim_scaler::run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -24,6 +24,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
+use super::dependents::{Changed, depends_on};
 use super::plan::{self, CacheView, ModelLookup, Observed, TemplateLookup};
 use super::view::{ModelView, TemplateView};
 use crate::context::{Context, is_paused};
@@ -339,8 +340,10 @@ async fn fetch(
             found: found.map(Box::new),
         }
     } else if let Some(image) = spec.model.image.as_deref().map(str::trim) {
+        // `spec.image` is a selectable field: the apiserver does the match.
+        let by_image = ListParams::default().fields(&format!("spec.image={image}"));
         let mut matches: Vec<ModelView> = models
-            .list(&ListParams::default())
+            .list(&by_image)
             .await?
             .items
             .iter()
@@ -349,7 +352,7 @@ async fn fetch(
             .collect();
         matches.extend(
             cluster_models
-                .list(&ListParams::default())
+                .list(&by_image)
                 .await?
                 .items
                 .iter()
@@ -359,7 +362,7 @@ async fn fetch(
         ModelLookup::ByMatch { matches }
     } else if let Some(custom) = &spec.model.custom {
         let matches = models
-            .list(&ListParams::default())
+            .list(&ListParams::default().fields(&format!("spec.image={}", custom.base_image)))
             .await?
             .items
             .iter()
@@ -411,9 +414,10 @@ async fn fetch(
                 .map(TemplateView::from),
         };
     } else if let Some(model_name) = &model_name {
+        let by_model = ListParams::default().fields(&format!("spec.modelName={model_name}"));
         templates.candidates.extend(
             templates_api
-                .list(&ListParams::default())
+                .list(&by_model)
                 .await?
                 .items
                 .iter()
@@ -422,7 +426,7 @@ async fn fetch(
         );
         templates.candidates.extend(
             cluster_templates
-                .list(&ListParams::default())
+                .list(&by_model)
                 .await?
                 .items
                 .iter()
@@ -468,24 +472,25 @@ async fn fetch(
     let mut pod_events = Vec::new();
     let mut hpa = None;
     if isvc.is_some() {
+        // KServe's warnings about the InferenceService come from a watch
+        // cache: listing events per reconcile makes the apiserver scan every
+        // event of the namespace each time.
         let events: Api<Event> = Api::namespaced(client.clone(), ns);
-        let all_events = events
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
         let uid = isvc
             .as_ref()
             .and_then(|i| i.pointer("/metadata/uid"))
             .and_then(Value::as_str)
             .map(str::to_string);
-        isvc_events = all_events
+        isvc_events = ctx
+            .isvc_warnings
+            .state()
             .iter()
             .filter(|e| {
-                e.involved_object.name.as_deref() == Some(&isvc_name)
+                e.involved_object.namespace.as_deref() == Some(ns)
+                    && e.involved_object.name.as_deref() == Some(isvc_name.as_str())
                     && e.involved_object.uid == uid
             })
-            .cloned()
+            .map(|e| (**e).clone())
             .collect();
         match Api::<Pod>::namespaced(client.clone(), ns)
             .list(
@@ -497,17 +502,19 @@ async fn fetch(
             Ok(list) => pods = list.items,
             Err(e) => note(errors, "InferenceServicePods", "pods", e),
         }
-        let pod_names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
-        pod_events = all_events
-            .into_iter()
-            .filter(|e| {
-                e.involved_object.kind.as_deref() == Some("Pod")
-                    && e.involved_object
-                        .name
-                        .as_ref()
-                        .is_some_and(|n| pod_names.contains(n))
-            })
-            .collect();
+        // Only pending pods are explained by their events.
+        for pod in pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
+        {
+            let selector = format!(
+                "involvedObject.kind=Pod,involvedObject.name={}",
+                pod.name_any()
+            );
+            if let Ok(list) = events.list(&ListParams::default().fields(&selector)).await {
+                pod_events.extend(list.items);
+            }
+        }
         if super::render::replicas(svc).autoscaling {
             match Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
                 .get_opt(&format!("keda-hpa-{isvc_name}-predictor"))
@@ -646,30 +653,32 @@ pub async fn run(
         .expect("known kind");
     let (route_ar, _) =
         kube_io::resource_of(super::render::GATEWAY_API_VERSION, "HTTPRoute").expect("known kind");
-    let controller = Controller::new(services, watcher::Config::default());
+    // Bounded concurrency keeps memory flat when hundreds of services
+    // change at once (e.g. at start-up).
+    let controller = Controller::new(services, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(16));
     let store = controller.store();
     let wc = watcher::Config::default;
 
-    // Any change to what a service resolves against re-evaluates every
-    // service that could depend on it (including auto-selecting ones,
-    // fixing defect #20); the planner decides whether it matters.
-    let same_ns = |store: Store<AIMService>| {
-        move |ns: Option<String>| -> Vec<ObjectRef<AIMService>> {
+    // A change re-runs exactly the services that resolve against the
+    // changed object (see `dependents`).
+    let dependents = |store: Store<AIMService>| {
+        move |changed: Changed<'_>| -> Vec<ObjectRef<AIMService>> {
             store
                 .state()
                 .iter()
-                .filter(|s| ns.is_none() || s.namespace() == ns)
+                .filter(|s| depends_on(s, &changed))
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect()
         }
     };
-    let by_ns = same_ns(store.clone());
-    let all_1 = same_ns(store.clone());
-    let all_2 = same_ns(store.clone());
-    let all_3 = same_ns(store.clone());
-    let by_ns_2 = same_ns(store.clone());
-    let by_ns_3 = same_ns(store.clone());
-    let by_ns_4 = same_ns(store.clone());
+    let for_model = dependents(store.clone());
+    let for_cluster_model = dependents(store.clone());
+    let for_template = dependents(store.clone());
+    let for_cluster_template = dependents(store.clone());
+    let for_config = dependents(store.clone());
+    let for_cluster_config = dependents(store.clone());
+    let for_cache = dependents(store.clone());
     let store_for_pods = store.clone();
     let store_for_hpa = store.clone();
 
@@ -685,37 +694,81 @@ pub async fn run(
             wc(),
         )
         .watches(Api::<AIMModel>::all(client.clone()), wc(), move |m| {
-            by_ns(m.namespace())
+            let ns = m.namespace();
+            let service = m.labels().get("aim.eai.amd.com/service").cloned();
+            for_model(Changed::Model {
+                namespace: Some(ns.as_deref().unwrap_or_default()),
+                name: &m.name_any(),
+                image: &m.spec.image,
+                service: service.as_deref(),
+            })
         })
         .watches(
             Api::<AIMClusterModel>::all(client.clone()),
             wc(),
-            move |_| all_1(None),
+            move |m| {
+                for_cluster_model(Changed::Model {
+                    namespace: None,
+                    name: &m.name_any(),
+                    image: &m.spec.image,
+                    service: None,
+                })
+            },
         )
         .watches(
             Api::<AIMServiceTemplate>::all(client.clone()),
             wc(),
-            move |t| by_ns_2(t.namespace()),
+            move |t| {
+                let ns = t.namespace();
+                for_template(Changed::Template {
+                    namespace: Some(ns.as_deref().unwrap_or_default()),
+                    name: &t.name_any(),
+                    model_name: &t.spec.model_name,
+                })
+            },
         )
         .watches(
             Api::<AIMClusterServiceTemplate>::all(client.clone()),
             wc(),
-            move |_| all_2(None),
+            move |t| {
+                for_cluster_template(Changed::Template {
+                    namespace: None,
+                    name: &t.name_any(),
+                    model_name: &t.spec.model_name,
+                })
+            },
         )
         .watches(
             Api::<aim_api::AIMRuntimeConfig>::all(client.clone()),
             wc(),
-            move |c| by_ns_3(c.namespace()),
+            move |c| {
+                let ns = c.namespace();
+                for_config(Changed::RuntimeConfig {
+                    namespace: Some(ns.as_deref().unwrap_or_default()),
+                    name: &c.name_any(),
+                })
+            },
         )
         .watches(
             Api::<aim_api::AIMClusterRuntimeConfig>::all(client.clone()),
             wc(),
-            move |_| all_3(None),
+            move |c| {
+                for_cluster_config(Changed::RuntimeConfig {
+                    namespace: None,
+                    name: &c.name_any(),
+                })
+            },
         )
         .watches(
             Api::<AIMTemplateCache>::all(client.clone()),
             wc(),
-            move |c| by_ns_4(c.namespace()),
+            move |c| {
+                let ns = c.namespace().unwrap_or_default();
+                for_cache(Changed::Cache {
+                    namespace: &ns,
+                    template_name: &c.spec.template_name,
+                })
+            },
         )
         .watches(
             Api::<Pod>::all(client.clone()),

@@ -1,6 +1,7 @@
 //! The AIMService controller and its pure planning.
 
 pub mod controller;
+pub mod dependents;
 pub mod health;
 pub mod plan;
 pub mod render;
