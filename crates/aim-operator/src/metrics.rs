@@ -18,6 +18,18 @@ struct PerController {
     sum_seconds: f64,
 }
 
+/// A short label for a failed API call, so a missing RBAC verb
+/// (`forbidden`) stands out from the races any busy cluster has.
+pub fn error_kind(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => "forbidden",
+        kube::Error::Api(s) if s.code == 404 => "not-found",
+        kube::Error::Api(s) if s.code == 409 => "conflict",
+        kube::Error::Api(_) => "api",
+        _ => "transport",
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<BTreeMap<&'static str, PerController>>,

@@ -48,7 +48,7 @@ pub enum Error {
 impl Error {
     fn kind(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "api",
+            Error::Kube(e) => crate::metrics::error_kind(e),
             Error::Io(_) => "apply",
             Error::Retry(_) => "infrastructure",
         }

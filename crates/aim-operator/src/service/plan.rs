@@ -498,11 +498,13 @@ fn resolve_template(
         }
     } else {
         let request = SelectionRequest {
+            // A custom model's templates are the user's own and unoptimized by
+            // definition; refusing them would make `model.custom` need a flag.
             allow_unoptimized: spec
                 .template
                 .as_ref()
                 .and_then(|t| t.allow_unoptimized)
-                .unwrap_or(false),
+                .unwrap_or(spec.model.custom.is_some()),
             overrides: overrides.cloned(),
             cluster_gpu_models: obs.cluster_gpu_models.clone(),
             default_template: model.spec.default_service_template.clone(),
