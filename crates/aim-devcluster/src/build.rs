@@ -21,6 +21,7 @@ pub fn pins() -> Vec<(String, String)> {
         .collect()
 }
 
+#[derive(Debug)]
 pub struct BuildOutput {
     pub rebuilt: bool,
 }
@@ -29,6 +30,15 @@ pub struct BuildOutput {
 /// version check each. Build output is echoed to stderr as it arrives,
 /// because a cold build takes tens of minutes and silence looks like a hang.
 pub fn build_control_plane(cache: &CacheDirs) -> Result<BuildOutput, Error> {
+    build_control_plane_with_env(cache, &[])
+}
+
+/// [`build_control_plane`] with extra environment for the build, e.g. a
+/// different `GOPROXY` or module cache.
+pub fn build_control_plane_with_env(
+    cache: &CacheDirs,
+    env: &[(&str, &str)],
+) -> Result<BuildOutput, Error> {
     check_go_at("go")?;
     let scripts = cache.scripts();
     std::fs::create_dir_all(&scripts).map_err(|e| Error::io(&scripts, e))?;
@@ -41,6 +51,7 @@ pub fn build_control_plane(cache: &CacheDirs) -> Result<BuildOutput, Error> {
         .arg(&script)
         .arg("all")
         .env("AIM_CACHE_DIR", &cache.root)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -21,7 +21,7 @@ mod paths;
 mod pki;
 mod process;
 
-pub use build::{BuildOutput, build_control_plane, check_go_at};
+pub use build::{BuildOutput, build_control_plane, build_control_plane_with_env, check_go_at};
 pub use cluster::{ClusterInfo, ClusterOptions, ClusterStatus, ComponentStatus, down, status, up};
 pub use nodes::{NodeSpec, default_fleet};
 pub use paths::CacheDirs;

@@ -101,3 +101,42 @@ fn a_missing_or_broken_go_toolchain_is_explained() {
     assert!(matches!(broken, Error::GoBroken(_)), "{broken}");
     assert!(broken.to_string().contains("Reinstall Go"), "{broken}");
 }
+
+#[test]
+fn a_failed_build_says_what_failed_and_keeps_nothing_half_built() {
+    // An empty cache and a module proxy that refuses everything: the first
+    // component cannot be fetched.
+    let root = std::env::temp_dir().join(format!("aim-failed-build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let cache = CacheDirs::at(&root);
+    let modcache = root.join("gomod");
+    let err = aim_devcluster::build_control_plane_with_env(
+        &cache,
+        &[
+            ("GOPROXY", "off"),
+            ("GOMODCACHE", modcache.to_str().unwrap()),
+            ("GOFLAGS", "-mod=mod"),
+        ],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::BuildFailed { .. }), "{text}");
+    assert!(
+        text.contains("etcd"),
+        "the message names the component: {text}"
+    );
+    assert!(
+        text.contains("Go module proxy") || text.contains("GOPROXY"),
+        "and the likely fix: {text}"
+    );
+    assert!(
+        !cache.binary("etcd").exists(),
+        "no half-built binary is left behind"
+    );
+    // The module cache is read-only by design; make it removable.
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&root)
+        .status();
+    let _ = std::fs::remove_dir_all(&root);
+}
