@@ -26,6 +26,8 @@ pub enum LabCommand {
     Compare(CompareArgs),
     /// Lab speed: simulated time over wall time on a trace.
     Bench(BenchArgs),
+    /// Grid-search the seed-style KEDA knobs and pick "KEDA tuned as well as you can".
+    TuneKeda(TuneArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,6 +146,111 @@ pub struct CompareArgs {
     /// A title for the report and charts.
     #[arg(long)]
     pub title: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// `Value` targets on the summed running requests (the seeds' trigger);
+    /// `xK` means K × the in-flight requests one replica holds at c*.
+    #[arg(long, value_delimiter = ',', default_value = "x1,x2,x3,x4,x6")]
+    pub targets: Vec<String>,
+    /// KEDA `pollingInterval` values, seconds.
+    #[arg(long, value_delimiter = ',', default_value = "30")]
+    pub polling: Vec<f64>,
+    /// KEDA `cooldownPeriod` values, seconds.
+    #[arg(long, value_delimiter = ',', default_value = "300")]
+    pub cooldown: Vec<f64>,
+    /// HPA `behavior.scaleDown.stabilizationWindowSeconds` values.
+    #[arg(long, value_delimiter = ',', default_value = "0,100,300")]
+    pub down_window: Vec<u32>,
+    /// Selection: the cheapest grid point with at least this mean SLO
+    /// attainment (percent); if none reaches it, the best attainment.
+    #[arg(long, default_value_t = 99.0)]
+    pub goal: f64,
+    #[arg(long, default_value = "lab-out")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+/// A grid target: a number, or `xK` = K × `in_flight` (one decimal).
+fn grid_target(text: &str, in_flight: f64) -> Result<f64, LabError> {
+    let bad = || LabError::Input(format!("--targets: expected a number or xK, got {text:?}"));
+    let value = match text.trim().strip_prefix('x') {
+        Some(k) => (k.parse::<f64>().map_err(|_| bad())? * in_flight * 10.0).round() / 10.0,
+        None => text.trim().parse::<f64>().map_err(|_| bad())?,
+    };
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(bad())
+    }
+}
+
+fn tune(a: &TuneArgs) -> Result<(), LabError> {
+    let capacity = match a.cluster.capacity_rps {
+        Some(rps) => crate::oracle::Capacity {
+            rps,
+            in_flight: a.cluster.capacity_in_flight.unwrap_or(rps * 10.0),
+        },
+        None => {
+            eprintln!("measuring c* ...");
+            crate::experiment::measure_capacity(
+                &sim_config(&a.cluster)?,
+                &workload(&a.workload)?(1),
+            )
+        }
+    };
+    let mut entries = Vec::new();
+    for t in &a.targets {
+        let target = grid_target(t, capacity.in_flight)?;
+        for &polling_s in &a.polling {
+            for &cooldown_s in &a.cooldown {
+                for &down_window_s in &a.down_window {
+                    let knobs = crate::scenario::KedaKnobs {
+                        target,
+                        polling_s,
+                        cooldown_s,
+                        down_window_s,
+                    };
+                    let name = knobs.name();
+                    if crate::scenario::KedaKnobs::parse(&name) != Some(knobs) {
+                        return Err(LabError::Input(format!(
+                            "grid point {name} is not valid (targets and polling must be above 0)"
+                        )));
+                    }
+                    if !entries.iter().any(|e: &Entry| e.label() == name) {
+                        entries.push(Entry::Named(name));
+                    }
+                }
+            }
+        }
+    }
+    let cluster = ClusterArgs {
+        capacity_rps: Some(capacity.rps),
+        capacity_in_flight: Some(capacity.in_flight),
+        ..a.cluster.clone()
+    };
+    let title = a.title.clone().unwrap_or_else(|| "KEDA grid".into());
+    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.out, &title)?;
+    let chosen = crate::experiment::select_tuned(&outcome.rows, a.goal / 100.0)
+        .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
+    let mean = |f: fn(&crate::score::Score) -> f64| {
+        chosen.scores.iter().map(f).sum::<f64>() / chosen.scores.len().max(1) as f64
+    };
+    let line = format!(
+        "selected: {} ({:.2} % attainment, {:.2} GPU-hours; rule: fewest GPU-hours at ≥ {} % mean attainment, else best attainment)\n",
+        chosen.name,
+        mean(|s| s.attainment) * 100.0,
+        mean(|s| s.gpu_hours),
+        a.goal
+    );
+    print!("{line}");
+    write(&a.out.join("selected.txt"), &line)
 }
 
 #[derive(Debug, clap::Args)]
@@ -274,7 +381,7 @@ fn run_compare(
     meta: &[(String, String)],
     out: &Path,
     title: &str,
-) -> Result<(), LabError> {
+) -> Result<crate::experiment::Outcome, LabError> {
     let sim = sim_config(cluster)?;
     let make = workload(workload_args)?;
     let setup = Setup {
@@ -331,7 +438,7 @@ fn run_compare(
         &serde_json::to_string_pretty(&json).unwrap_or_default(),
     )?;
     eprintln!("wrote {}", out.display());
-    Ok(())
+    Ok(outcome)
 }
 
 pub fn run(args: LabArgs) -> Result<(), LabError> {
@@ -361,7 +468,8 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                         &a.meta,
                         &a.out,
                         &name,
-                    );
+                    )
+                    .map(drop);
                 }
                 None => Entry::Named(a.policy.clone()),
             };
@@ -373,6 +481,7 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                 &a.out,
                 &a.policy,
             )
+            .map(drop)
         }
         LabCommand::Compare(a) => {
             let title = a.title.clone().unwrap_or_else(|| "comparison".into());
@@ -381,9 +490,10 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                 .iter()
                 .map(|p| Entry::Named(p.trim().to_owned()))
                 .collect();
-            run_compare(&a.workload, &a.cluster, entries, &a.meta, &a.out, &title)
+            run_compare(&a.workload, &a.cluster, entries, &a.meta, &a.out, &title).map(drop)
         }
         LabCommand::Bench(a) => bench(&a),
+        LabCommand::TuneKeda(a) => tune(&a),
     }
 }
 

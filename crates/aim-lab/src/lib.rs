@@ -22,7 +22,7 @@ pub mod trace;
 
 mod cli;
 
-pub use cli::{BenchArgs, CompareArgs, LabArgs, LabCommand, RunArgs, run};
+pub use cli::{BenchArgs, CompareArgs, LabArgs, LabCommand, RunArgs, TuneArgs, run};
 
 /// Everything that can stop a lab command, with what to do about it.
 #[derive(Debug, thiserror::Error)]

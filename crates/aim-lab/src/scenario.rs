@@ -56,6 +56,64 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("cost", "aim cost-aware policy (sloWeight 0.5)"),
 ];
 
+/// One point of the seed-style KEDA grid: the seeds' trigger (the summed
+/// running requests, averaged over the scaler window, against a `Value`
+/// target) with the knobs a user of those seeds can turn. Named
+/// `keda-t<target>-p<pollingInterval>-c<cooldownPeriod>-s<scaleDown window>`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KedaKnobs {
+    /// `target.value`: summed running requests across pods.
+    pub target: f64,
+    /// `pollingInterval`, seconds.
+    pub polling_s: f64,
+    /// `cooldownPeriod`, seconds.
+    pub cooldown_s: f64,
+    /// HPA `behavior.scaleDown.stabilizationWindowSeconds`.
+    pub down_window_s: u32,
+}
+
+impl KedaKnobs {
+    /// What seeds 000/001 deploy: target 1, KEDA and HPA defaults.
+    pub const SEED: KedaKnobs = KedaKnobs {
+        target: 1.0,
+        polling_s: 30.0,
+        cooldown_s: 300.0,
+        down_window_s: 300,
+    };
+
+    pub fn name(&self) -> String {
+        format!(
+            "keda-t{}-p{}-c{}-s{}",
+            self.target, self.polling_s, self.cooldown_s, self.down_window_s
+        )
+    }
+
+    /// The knobs named by [`KedaKnobs::name`], or `None` for any other name.
+    pub fn parse(name: &str) -> Option<KedaKnobs> {
+        let rest = name.strip_prefix("keda-t")?;
+        let (target, rest) = rest.split_once("-p")?;
+        let (polling, rest) = rest.split_once("-c")?;
+        let (cooldown, window) = rest.split_once("-s")?;
+        let knobs = KedaKnobs {
+            target: target.parse().ok()?,
+            polling_s: polling.parse().ok()?,
+            cooldown_s: cooldown.parse().ok()?,
+            down_window_s: window.parse().ok()?,
+        };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        (positive(knobs.target) && positive(knobs.polling_s) && knobs.cooldown_s >= 0.0)
+            .then_some(knobs)
+    }
+
+    fn spec(&self, ctx: &Context) -> ScaledObjectSpec {
+        let mut spec = keda_defaults(ctx);
+        spec.polling_interval_seconds = self.polling_s;
+        spec.cooldown_period_seconds = self.cooldown_s;
+        spec.behavior.scale_down.stabilization_window_seconds = self.down_window_s;
+        spec
+    }
+}
+
 fn meta(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -125,6 +183,19 @@ pub fn build(
             })
         };
     let (spec, trigger) = match name {
+        grid if KedaKnobs::parse(grid).is_some() => {
+            let knobs = KedaKnobs::parse(grid).unwrap_or(KedaKnobs::SEED);
+            (
+                knobs.spec(ctx),
+                passthrough(
+                    Signal::Running,
+                    MetricType::Value,
+                    knobs.target,
+                    ctx.window_s,
+                    Operation::Avg,
+                )?,
+            )
+        }
         "keda-seed" | "keda-seed-2" => {
             let target = if name == "keda-seed" { 1.0 } else { 2.0 };
             (
@@ -222,7 +293,11 @@ pub fn build(
                 known: SCENARIOS
                     .iter()
                     .map(|s| s.0)
-                    .chain(["static-peak", "oracle"])
+                    .chain([
+                        "static-peak",
+                        "oracle",
+                        "keda-t<target>-p<polling s>-c<cooldown s>-s<scale-down window s>",
+                    ])
                     .collect::<Vec<_>>()
                     .join(", "),
             });

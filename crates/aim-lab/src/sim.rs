@@ -122,7 +122,7 @@ pub struct ScaleChange {
     pub to: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunResult {
     pub requests: Vec<RequestOutcome>,
     pub timeline: Vec<TimelinePoint>,

@@ -166,3 +166,72 @@ fn shared_traces_parse_when_present() {
         assert!((3000.0..3700.0).contains(&span), "{file} spans {span} s");
     }
 }
+
+#[test]
+fn keda_grid_names_round_trip_and_the_seed_point_is_the_seed_config() {
+    use aim_lab::scenario::KedaKnobs;
+    let knobs = KedaKnobs {
+        target: 13.6,
+        polling_s: 15.0,
+        cooldown_s: 60.0,
+        down_window_s: 100,
+    };
+    assert_eq!(knobs.name(), "keda-t13.6-p15-c60-s100");
+    assert_eq!(KedaKnobs::parse(&knobs.name()), Some(knobs));
+    for bad in [
+        "keda-seed",
+        "keda-t0-p30-c300-s300",
+        "keda-t1-p0-c300-s0",
+        "keda-tx-p30-c300-s0",
+    ] {
+        assert_eq!(KedaKnobs::parse(bad), None, "{bad}");
+    }
+    // The grid point with the seeds' knobs runs exactly like keda-seed.
+    let arrivals = step_load();
+    let go = |name: &str| {
+        let mut controller = build(name, &ctx(6), &BTreeMap::new()).unwrap();
+        run(&cfg(), &arrivals, &mut controller, &mut |_| {}).unwrap()
+    };
+    let seed = go("keda-seed");
+    assert_eq!(go(&KedaKnobs::SEED.name()), seed);
+    // A larger target is a different controller: fewer replica-seconds.
+    let relaxed = go("keda-t40-p30-c300-s300");
+    assert!(
+        relaxed.replica_seconds < seed.replica_seconds,
+        "{} vs {}",
+        relaxed.replica_seconds,
+        seed.replica_seconds
+    );
+}
+
+#[test]
+fn tuned_keda_is_the_cheapest_grid_point_at_the_goal_else_the_best() {
+    use aim_lab::experiment::{Row, select_tuned};
+    use aim_lab::score::Score;
+    let row = |name: &str, attainment: f64, gpu_hours: f64| Row {
+        name: name.into(),
+        scores: vec![Score {
+            attainment,
+            gpu_hours,
+            ..Score::default()
+        }],
+        example: Default::default(),
+    };
+    let rows = vec![
+        row("keda-t1-p30-c300-s300", 0.999, 30.0),
+        row("keda-t50-p30-c300-s0", 0.992, 12.0),
+        row("keda-t90-p30-c300-s0", 0.97, 8.0),
+        // Not grid points: never selected, however good.
+        row("predictive", 1.0, 1.0),
+        row("oracle", 1.0, 1.0),
+    ];
+    let pick = |goal| select_tuned(&rows, goal).map(|r| r.name.as_str());
+    assert_eq!(pick(0.99), Some("keda-t50-p30-c300-s0"));
+    assert_eq!(pick(0.995), Some("keda-t1-p30-c300-s300"));
+    // Nobody reaches the goal: the best attainment wins.
+    assert_eq!(pick(0.9999), Some("keda-t1-p30-c300-s300"));
+    assert_eq!(
+        select_tuned(&rows[3..], 0.99).map(|r| r.name.as_str()),
+        None
+    );
+}
