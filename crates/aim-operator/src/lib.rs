@@ -6,10 +6,13 @@
 
 pub mod admin;
 pub mod context;
+pub mod image_labels;
+pub mod inspect;
 pub mod kube_io;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod registry;
 pub mod runtime_config;
 pub mod scoped;
 pub mod service;

@@ -1,7 +1,8 @@
 //! AIMModel and AIMClusterModel controllers (reference §3.2): metadata, the
-//! templates a model offers, and their aggregate health. Registry inspection
-//! belongs to the catalog work; here metadata comes from `spec.imageMetadata`
-//! (air-gapped mode) or is switched off with `discovery.extractMetadata`.
+//! templates a model offers, and their aggregate health. Metadata comes from
+//! `spec.imageMetadata` (air-gapped mode), from the cached
+//! `status.imageMetadata`, or from the registry (`crate::inspect`); it is
+//! switched off with `discovery.extractMetadata: false`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::context::{Context, is_paused};
+use crate::inspect::{InspectFailure, Inspection};
 use crate::kube_io;
 use crate::scoped::ModelObject;
 use crate::service::plan::ConfigLookup;
@@ -55,8 +57,28 @@ fn expects_templates(spec: &AIMModelSpec, metadata: Option<&ImageMetadata>) -> O
     Some(recommended || !spec.custom_templates.is_empty())
 }
 
+/// Whether the registry must be asked: extraction is on, the spec carries
+/// no metadata, and status holds none cached for this generation.
+pub fn needs_inspection(
+    spec: &AIMModelSpec,
+    previous: Option<&AIMModelStatus>,
+    generation: Option<i64>,
+) -> bool {
+    let extract = spec
+        .discovery
+        .as_ref()
+        .and_then(|d| d.extract_metadata)
+        .unwrap_or(true);
+    let cached =
+        previous.is_some_and(|p| p.image_metadata.is_some() && p.observed_generation == generation);
+    // A custom model (`modelSources`) names a base runtime image whose
+    // labels decide nothing: its templates come from the spec.
+    extract && spec.model_sources.is_empty() && spec.image_metadata.is_none() && !cached
+}
+
 /// Pure planning for one model. `templates` are the phases of the templates
-/// that name it.
+/// that name it; `inspection` is what the registry said, when it was asked.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     name: &str,
     namespace: Option<&str>,
@@ -65,6 +87,7 @@ pub fn plan(
     previous: Option<&AIMModelStatus>,
     config: &ConfigLookup,
     templates: &[Option<ResourcePhase>],
+    inspection: Option<&Inspection>,
 ) -> ModelPlan {
     let mut healths = Vec::new();
     match config {
@@ -92,22 +115,47 @@ pub fn plan(
         .as_ref()
         .and_then(|d| d.extract_metadata)
         .unwrap_or(true);
-    let metadata = spec
-        .image_metadata
-        .clone()
-        .or_else(|| previous.and_then(|p| p.image_metadata.clone()));
-    match (&metadata, extract) {
-        (Some(m), _) => healths.push(Health::ready(
+    let mut failure: Option<&InspectFailure> = None;
+    let metadata = match (&spec.image_metadata, inspection) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(Inspection::Found(m))) => Some((**m).clone()),
+        (None, Some(Inspection::Failed(f))) => {
+            failure = Some(f);
+            None
+        }
+        (None, None) if extract => previous.and_then(|p| p.image_metadata.clone()),
+        (None, None) => None,
+    };
+    match (&metadata, failure, extract) {
+        (Some(m), _, _) => healths.push(Health::ready(
             "ImageMetadata",
-            if m.model.as_ref().and_then(|x| x.canonical_name.as_ref()).is_some() { "ImageMetadataFound" } else { "ImageFound" },
+            if m.model
+                .as_ref()
+                .and_then(|x| x.canonical_name.as_ref())
+                .is_some()
+            {
+                "ImageMetadataFound"
+            } else {
+                "ImageFound"
+            },
             "Image metadata is known",
         )),
-        (None, false) => healths.push(Health::ready("ImageMetadata", "ImageFound", "Metadata extraction is disabled")),
-        (None, true) => healths.push(Health::new(
+        (None, Some(f), _) => healths.push(f.health()),
+        (None, None, false) => healths.push(Health::ready(
+            "ImageMetadata",
+            "ImageFound",
+            "Metadata extraction is disabled",
+        )),
+        (None, None, true) if !spec.model_sources.is_empty() => healths.push(Health::ready(
+            "ImageMetadata",
+            "ImageFound",
+            "Custom model: sources and hardware come from the spec, not image labels",
+        )),
+        (None, None, true) => healths.push(Health::new(
             "ImageMetadata",
             ComponentState::Progressing,
             "AwaitingMetadata",
-            "This operator release does not read image labels from registries: set spec.imageMetadata, or discovery.extractMetadata: false",
+            "Waiting for the registry to be inspected",
         )),
     }
 
@@ -383,8 +431,9 @@ async fn reconcile<M: ModelObject>(
     let started = Instant::now();
     let result = reconcile_inner(&*model, &ctx).await;
     ctx.metrics.reconciled(M::CONTROLLER, started.elapsed());
-    if result.is_err() {
-        ctx.metrics.failed(M::CONTROLLER, "api");
+    if let Err(e) = &result {
+        ctx.metrics
+            .failed(M::CONTROLLER, crate::metrics::error_kind(e));
     }
     result
 }
@@ -423,6 +472,32 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
             .collect()
     };
     let old = model.status().cloned();
+    let inspection = if needs_inspection(spec, old.as_ref(), model.meta().generation) {
+        let secrets_ns = if M::CLUSTER {
+            ctx.settings.operator_namespace.clone()
+        } else {
+            ns.clone().unwrap_or_default()
+        };
+        let started = Instant::now();
+        let result =
+            crate::inspect::inspect(client, &secrets_ns, &spec.image, &spec.image_pull_secrets)
+                .await;
+        tracing::debug!(image = %spec.image, elapsed = ?started.elapsed(), ok = result.is_ok(), "inspected image");
+        Some(match result {
+            Ok(m) => Inspection::Found(Box::new(m)),
+            Err(e) => Inspection::Failed(InspectFailure::from(&e)),
+        })
+    } else {
+        None
+    };
+    let backoff_key = model.meta().uid.clone().unwrap_or_else(|| name.clone());
+    let retry_after = match &inspection {
+        Some(Inspection::Failed(_)) => Some(crate::inspect::failed(&backoff_key)),
+        _ => {
+            crate::inspect::succeeded(&backoff_key);
+            None
+        }
+    };
     let plan = plan(
         &name,
         ns.as_deref(),
@@ -431,6 +506,7 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
         old.as_ref(),
         &config,
         &templates,
+        inspection.as_ref(),
     );
     let now = Time(Timestamp::now());
     let previous_conditions = old
@@ -498,7 +574,9 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
         &assessment.transitions,
     )
     .await;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(
+        retry_after.unwrap_or(Duration::from_secs(300)),
+    ))
 }
 
 fn error_policy<M: ModelObject>(_m: Arc<M>, error: &kube::Error, _ctx: Arc<Context>) -> Action {

@@ -1,0 +1,658 @@
+//! Tier 1/2: the model catalog against a real OCI registry (Debian's
+//! `docker-registry`, installed by `dev/registry.sh`) on loopback. Two
+//! instances per test binary: one anonymous, one with htpasswd auth. Test
+//! images are pushed through the registry's HTTP API: a config blob with the
+//! labels, a layer blob, and a manifest (or an index of manifests).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aim_api::{AIMClusterModel, AIMClusterServiceTemplate, AIMModel, AIMServiceTemplate};
+use aim_testkit::{apply_yaml, await_object, client, namespace};
+use common::{WAIT, operator};
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+const USER: &str = "aim";
+const PASSWORD: &str = "s3cret-pw";
+
+struct Registries {
+    anonymous: String,
+    auth: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts one registry on `port` (with htpasswd when `auth`), stopped by a
+/// watcher shell when this test process exits.
+fn start_registry(dir: &std::path::Path, port: u16, auth: bool) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut config = format!(
+        "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("data").display()
+    );
+    if auth {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", USER, PASSWORD])
+            .output()
+            .expect("htpasswd runs: install it with dev/registry.sh");
+        assert!(out.status.success(), "htpasswd failed");
+        std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
+        config.push_str(&format!(
+            "auth:\n  htpasswd: {{realm: aim-test, path: {}}}\n",
+            dir.join("htpasswd").display()
+        ));
+    }
+    let cfg = dir.join("config.yml");
+    std::fs::write(&cfg, config).unwrap();
+    let script = format!(
+        "docker-registry serve '{}' >'{}' 2>&1 & r=$!; while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 1; done; kill $r 2>/dev/null",
+        cfg.display(),
+        dir.join("log").display(),
+        std::process::id()
+    );
+    let mut watcher = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    // Reaped when the registry stops (never before this process exits).
+    std::thread::spawn(move || watcher.wait());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "docker-registry did not listen on {port}; log: {}",
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn registries() -> &'static Registries {
+    static R: OnceLock<Registries> = OnceLock::new();
+    R.get_or_init(|| {
+        assert!(
+            Command::new("sh")
+                .args(["-c", "command -v docker-registry && command -v htpasswd"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success(),
+            "docker-registry or htpasswd is missing: run dev/registry.sh (dev/test does)"
+        );
+        let root = std::env::temp_dir().join(format!("aim-registry-{}", std::process::id()));
+        let (a, b) = (free_port(), free_port());
+        start_registry(&root.join("anonymous"), a, false);
+        start_registry(&root.join("auth"), b, true);
+        Registries {
+            anonymous: format!("127.0.0.1:{a}"),
+            auth: format!("127.0.0.1:{b}"),
+        }
+    })
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn with_auth(req: reqwest::RequestBuilder, auth: bool) -> reqwest::RequestBuilder {
+    if auth {
+        req.basic_auth(USER, Some(PASSWORD))
+    } else {
+        req
+    }
+}
+
+async fn push_blob(registry: &str, repo: &str, bytes: &[u8], auth: bool) -> String {
+    let d = digest(bytes);
+    let resp = with_auth(
+        http().post(format!("http://{registry}/v2/{repo}/blobs/uploads/")),
+        auth,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "upload start: {resp:?}");
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = with_auth(
+        http()
+            .put(format!("{location}{sep}digest={d}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec()),
+        auth,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "blob upload: {resp:?}");
+    d
+}
+
+async fn put_manifest(
+    registry: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+    auth: bool,
+) -> String {
+    let resp = with_auth(
+        http()
+            .put(format!("http://{registry}/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(body.to_vec()),
+        auth,
+    )
+    .send()
+    .await
+    .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(
+        status,
+        201,
+        "manifest push: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    digest(body)
+}
+
+/// Pushes an image manifest whose config carries `labels`; returns the
+/// manifest digest and size.
+async fn push_manifest(
+    registry: &str,
+    repo: &str,
+    reference: &str,
+    labels: &BTreeMap<String, String>,
+    arch: &str,
+    auth: bool,
+) -> (String, usize) {
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .unwrap();
+    let layer = format!("layer of {repo}:{reference} {arch}").into_bytes();
+    let config_digest = push_blob(registry, repo, &config, auth).await;
+    let layer_digest = push_blob(registry, repo, &layer, auth).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    let d = put_manifest(
+        registry,
+        repo,
+        reference,
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+        auth,
+    )
+    .await;
+    (d, manifest.len())
+}
+
+async fn push_image(registry: &str, repo: &str, tag: &str, labels: &[(&str, &str)], auth: bool) {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    push_manifest(registry, repo, tag, &labels, "amd64", auth).await;
+}
+
+const DEPLOYMENTS: &str = "[{'gpuModel': 'MI300X', 'gpuCount': 1, 'precision': 'fp8', 'metric': 'latency'}, {'gpuModel': 'MI355X', 'gpuCount': 2, 'precision': 'fp4', 'metric': 'throughput'}]";
+
+fn aim_labels(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("com.amd.aim.model.canonicalName", name.to_string()),
+        ("com.amd.aim.model.tags", "chat, text".to_string()),
+        (
+            "com.amd.aim.model.recommendedDeployments",
+            DEPLOYMENTS.to_string(),
+        ),
+        ("org.opencontainers.image.version", "0.8.5".to_string()),
+    ]
+}
+
+fn borrow<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn model_condition(m: &AIMModel, ty: &str) -> Option<(String, String, String)> {
+    m.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ty)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn has_condition(m: &AIMModel, ty: &str, status: &str, reason: &str) -> bool {
+    model_condition(m, ty).is_some_and(|(s, r, _)| s == status && r == reason)
+}
+
+fn canonical(m: &AIMModel) -> Option<String> {
+    m.status
+        .as_ref()?
+        .image_metadata
+        .as_ref()?
+        .model
+        .as_ref()?
+        .canonical_name
+        .clone()
+}
+
+async fn setup(prefix: &str) -> (kube::Client, String, Api<AIMModel>) {
+    operator();
+    registries();
+    let client = client().await;
+    let ns = namespace(&client, prefix).await;
+    let api = Api::namespaced(client.clone(), &ns);
+    (client, ns, api)
+}
+
+async fn create_model(client: &kube::Client, ns: &str, name: &str, image: &str, extra: &str) {
+    apply_yaml(
+        client,
+        ns,
+        &format!(
+            "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMModel\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n{extra}"
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+async fn await_model(
+    api: &Api<AIMModel>,
+    name: &str,
+    what: &str,
+    f: impl Fn(&AIMModel) -> bool,
+) -> AIMModel {
+    await_object(api, name, what, WAIT, f).await
+}
+
+#[tokio::test]
+async fn anonymous_image_labels_become_metadata_and_owned_templates() {
+    let (client, ns, api) = setup("cat-anon").await;
+    let reg = &registries().anonymous;
+    let repo = format!("aim/{ns}-llama");
+    let labels = aim_labels("meta-llama/Llama-3.1-8B");
+    push_image(reg, &repo, "1.0", &borrow(&labels), false).await;
+    let started = Instant::now();
+    create_model(&client, &ns, "llama", &format!("{reg}/{repo}:1.0"), "").await;
+    let m = await_model(&api, "llama", "metadata from the registry", |m| {
+        canonical(m).is_some()
+    })
+    .await;
+    eprintln!(
+        "inspection latency (create → status.imageMetadata, local registry): {:?}",
+        started.elapsed()
+    );
+    let meta = m.status.as_ref().unwrap().image_metadata.clone().unwrap();
+    let model = meta.model.unwrap();
+    assert_eq!(
+        model.canonical_name.as_deref(),
+        Some("meta-llama/Llama-3.1-8B")
+    );
+    assert_eq!(model.tags, vec!["chat", "text"]);
+    assert_eq!(model.recommended_deployments.len(), 2);
+    assert_eq!(meta.oci.unwrap().version.as_deref(), Some("0.8.5"));
+    assert!(has_condition(
+        &m,
+        "ImageMetadataReady",
+        "True",
+        "ImageMetadataFound"
+    ));
+
+    // One template per recommended deployment, owned by the model.
+    let templates: Api<AIMServiceTemplate> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + WAIT;
+    let list = loop {
+        let list = templates.list(&ListParams::default()).await.unwrap().items;
+        if list.len() == 2 {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "templates: {}", list.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let uid = m.metadata.uid.clone().unwrap();
+    let mut gpus: Vec<_> = list
+        .iter()
+        .map(|t| {
+            let owners = t.metadata.owner_references.clone().unwrap_or_default();
+            assert!(owners.iter().any(|o| o.uid == uid), "owned by the model");
+            assert_eq!(t.spec.model_name, "llama");
+            let gpu = t.spec.hardware.as_ref().unwrap().gpu.as_ref().unwrap();
+            (gpu.model.clone().unwrap(), gpu.requests.unwrap())
+        })
+        .collect();
+    gpus.sort();
+    assert_eq!(
+        gpus,
+        vec![("MI300X".to_string(), 1), ("MI355X".to_string(), 2)]
+    );
+
+    // Deleting the model garbage-collects its templates.
+    api.delete("llama", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = templates
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} templates outlived the model"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn image_index_resolves_to_linux_amd64() {
+    let (client, ns, api) = setup("cat-index").await;
+    let reg = &registries().anonymous;
+    let repo = format!("aim/{ns}-multi");
+    let label = |name: &str| {
+        BTreeMap::from([(
+            "org.amd.silogen.model.canonicalName".to_string(),
+            name.to_string(),
+        )])
+    };
+    let (arm, arm_size) =
+        push_manifest(reg, &repo, "arm", &label("arm/model"), "arm64", false).await;
+    let (amd, amd_size) =
+        push_manifest(reg, &repo, "amd", &label("amd/model"), "amd64", false).await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": arm_size, "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd, "size": amd_size, "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    }))
+    .unwrap();
+    put_manifest(
+        reg,
+        &repo,
+        "2.0",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+        false,
+    )
+    .await;
+    create_model(
+        &client,
+        &ns,
+        "multi",
+        &format!("{reg}/{repo}:2.0"),
+        "  discovery: {createServiceTemplates: false}\n",
+    )
+    .await;
+    let m = await_model(&api, "multi", "metadata", |m| canonical(m).is_some()).await;
+    assert_eq!(canonical(&m).as_deref(), Some("amd/model"));
+}
+
+#[tokio::test]
+async fn auth_failures_are_reported_and_recover_when_the_secret_is_fixed() {
+    let (client, ns, api) = setup("cat-auth").await;
+    let reg = &registries().auth;
+    let repo = format!("aim/{ns}-private");
+    let labels = aim_labels("private/model");
+    push_image(reg, &repo, "1.0", &borrow(&labels), true).await;
+    let image = format!("{reg}/{repo}:1.0");
+
+    // No credentials: the registry's 401 is an auth failure (fix over Go).
+    create_model(
+        &client,
+        &ns,
+        "anon",
+        &image,
+        "  discovery: {createServiceTemplates: false}\n",
+    )
+    .await;
+    let m = await_model(&api, "anon", "AuthValid=False", |m| {
+        has_condition(m, "AuthValid", "False", "AuthError")
+    })
+    .await;
+    let (_, reason, message) = model_condition(&m, "ImageMetadataReady").unwrap();
+    assert_eq!(reason, "RegistryAuthFailed");
+    assert!(message.contains("spec.imagePullSecrets"), "{message}");
+    assert_eq!(
+        m.status.as_ref().unwrap().status,
+        Some(aim_api::status::ResourcePhase::Failed)
+    );
+
+    // A named secret that does not exist.
+    create_model(
+        &client,
+        &ns,
+        "private",
+        &image,
+        "  discovery: {createServiceTemplates: false}\n  imagePullSecrets: [{name: creds}]\n",
+    )
+    .await;
+    let m = await_model(&api, "private", "SecretNotFound", |m| {
+        has_condition(m, "ImageMetadataReady", "False", "SecretNotFound")
+    })
+    .await;
+    assert!(has_condition(
+        &m,
+        "ConfigValid",
+        "False",
+        "ReferenceNotFound"
+    ));
+
+    // The secret appears with a wrong password: auth failure.
+    let secret = |password: &str| {
+        let config = json!({"auths": {reg.clone(): {"username": USER, "password": password}}});
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds}}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{}'\n",
+            config
+        )
+    };
+    apply_yaml(&client, &ns, &secret("wrong")).await.unwrap();
+    await_model(&api, "private", "RegistryAuthFailed", |m| {
+        has_condition(m, "ImageMetadataReady", "False", "RegistryAuthFailed")
+            && has_condition(m, "AuthValid", "False", "AuthError")
+    })
+    .await;
+
+    // Fixed: the model recovers by itself.
+    apply_yaml(&client, &ns, &secret(PASSWORD)).await.unwrap();
+    // AuthValid flips back (or, if a reconcile raced the failure's status
+    // write, is simply absent): it must no longer say False.
+    let m = await_model(&api, "private", "metadata after the fix", |m| {
+        canonical(m).is_some()
+            && model_condition(m, "AuthValid").is_none_or(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(canonical(&m).as_deref(), Some("private/model"));
+    assert!(has_condition(
+        &m,
+        "ImageMetadataReady",
+        "True",
+        "ImageMetadataFound"
+    ));
+}
+
+#[tokio::test]
+async fn missing_image_recovers_when_pushed() {
+    let (client, ns, api) = setup("cat-missing").await;
+    let reg = &registries().anonymous;
+    let repo = format!("aim/{ns}-later");
+    create_model(
+        &client,
+        &ns,
+        "later",
+        &format!("{reg}/{repo}:3.0"),
+        "  discovery: {createServiceTemplates: false}\n",
+    )
+    .await;
+    let m = await_model(&api, "later", "ImageNotFound", |m| {
+        has_condition(m, "ImageMetadataReady", "False", "ImageNotFound")
+    })
+    .await;
+    let message = model_condition(&m, "ImageMetadataReady").unwrap().2;
+    assert!(
+        message.contains(&repo) && message.contains("spec.image"),
+        "{message}"
+    );
+    let labels = aim_labels("later/model");
+    push_image(reg, &repo, "3.0", &borrow(&labels), false).await;
+    await_model(&api, "later", "metadata after the push", |m| {
+        canonical(m).as_deref() == Some("later/model")
+            && has_condition(m, "ConfigValid", "True", "ConfigurationValid")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_registry_is_an_infrastructure_error() {
+    let (client, ns, api) = setup("cat-down").await;
+    let port = free_port();
+    create_model(
+        &client,
+        &ns,
+        "down",
+        &format!("127.0.0.1:{port}/aim/nothing:1"),
+        "  discovery: {createServiceTemplates: false}\n",
+    )
+    .await;
+    let m = await_model(&api, "down", "RegistryUnreachable", |m| {
+        has_condition(m, "ImageMetadataReady", "False", "RegistryUnreachable")
+    })
+    .await;
+    assert!(has_condition(
+        &m,
+        "DependenciesReachable",
+        "False",
+        "InfrastructureError"
+    ));
+    assert_eq!(
+        m.status.as_ref().unwrap().status,
+        Some(aim_api::status::ResourcePhase::Degraded)
+    );
+}
+
+#[tokio::test]
+async fn bad_label_json_is_reported_and_recovers_when_the_image_is_fixed() {
+    let (client, ns, api) = setup("cat-badjson").await;
+    let reg = &registries().anonymous;
+    let repo = format!("aim/{ns}-bad");
+    push_image(
+        reg,
+        &repo,
+        "1.0",
+        &[(
+            "com.amd.aim.model.recommendedDeployments",
+            "[{gpuModel: MI300X",
+        )],
+        false,
+    )
+    .await;
+    create_model(&client, &ns, "bad", &format!("{reg}/{repo}:1.0"), "").await;
+    let m = await_model(&api, "bad", "InvalidImageLabels", |m| {
+        has_condition(m, "ImageMetadataReady", "False", "InvalidImageLabels")
+    })
+    .await;
+    let message = model_condition(&m, "ImageMetadataReady").unwrap().2;
+    assert!(
+        message.contains("com.amd.aim.model.recommendedDeployments"),
+        "{message}"
+    );
+    let labels = aim_labels("fixed/model");
+    push_image(reg, &repo, "1.0", &borrow(&labels), false).await;
+    await_model(&api, "bad", "metadata after the fix", |m| {
+        canonical(m).as_deref() == Some("fixed/model")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cluster_model_creates_cluster_templates() {
+    let (client, _ns, _) = setup("cat-cluster").await;
+    let reg = &registries().anonymous;
+    let name = format!("cat-cluster-{}", std::process::id());
+    let repo = format!("aim/{name}");
+    let labels = aim_labels("cluster/model");
+    push_image(reg, &repo, "1.0", &borrow(&labels), false).await;
+    let models: Api<AIMClusterModel> = Api::all(client.clone());
+    let obj: Value = json!({
+        "apiVersion": "aim.eai.amd.com/v1alpha1",
+        "kind": "AIMClusterModel",
+        "metadata": {"name": name},
+        "spec": {"image": format!("{reg}/{repo}:1.0")},
+    });
+    models
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply("test").force(),
+            &kube::api::Patch::Apply(obj),
+        )
+        .await
+        .unwrap();
+    let templates: Api<AIMClusterServiceTemplate> = Api::all(client.clone());
+    let by_model = ListParams::default().fields(&format!("spec.modelName={name}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = templates.list(&by_model).await.unwrap().items.len();
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster templates: {n}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Templates are applied before the status write: wait for that too.
+    let cluster_canonical = |m: &AIMClusterModel| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.image_metadata.as_ref())
+            .and_then(|i| i.model.as_ref())
+            .and_then(|x| x.canonical_name.clone())
+    };
+    let m = await_object(&models, &name, "cluster model metadata", WAIT, |m| {
+        cluster_canonical(m).is_some()
+    })
+    .await;
+    assert_eq!(cluster_canonical(&m).as_deref(), Some("cluster/model"));
+    models
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the test OCI registry: Debian's own `docker-registry` package (the
+# CNCF distribution registry) and `htpasswd` from apache2-utils. The test
+# harness (crates/aim-operator/tests/common/registry.rs) starts two
+# instances on loopback: one anonymous, one with htpasswd auth.
+# Idempotent: does nothing when both binaries are present.
+set -euo pipefail
+if command -v docker-registry >/dev/null 2>&1 && command -v htpasswd >/dev/null 2>&1; then
+    exit 0
+fi
+policy="$(apt-cache policy docker-registry)"
+if ! grep -q 'Candidate: [0-9]' <<<"$policy"; then
+    echo "dev/registry.sh: the apt sources offer no docker-registry package; run apt-get update" >&2
+    exit 1
+fi
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo)
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-registry apache2-utils
+# The package enables a system service on :5000; the tests start their own
+# instances, so stop it where a service manager exists (harmless otherwise).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+    "${as_root[@]}" systemctl stop docker-registry || true
+fi
