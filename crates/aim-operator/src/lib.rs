@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod context;
+pub mod discovery;
 pub mod image_labels;
 pub mod inspect;
 pub mod kube_io;

@@ -1,0 +1,381 @@
+//! The discovery Job (reference §4.2), pure parts: the Job a template gets,
+//! the parse of its pod's `dry-run --format=json` log into `status.profile`
+//! and `status.modelSources`, the spec hash and the retry backoff. The
+//! template controller does the I/O (not wired yet: see the catalog issue).
+
+use std::time::Duration;
+
+use aim_api::common::{ModelSource, Profile, ProfileMetadata};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// At most this many discovery Jobs run cluster-wide.
+pub const MAX_ACTIVE_JOBS: usize = 10;
+/// The Lease that serializes the count-then-create step.
+pub const LOCK_LEASE: &str = "aim-discovery-lock";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error(
+        "the discovery log holds no JSON array: the image's `dry-run --format=json` printed something else; check that spec.image is an AIM image"
+    )]
+    NoJsonArray,
+    #[error(
+        "the discovery output is an empty array: the image found no profile for this template's metric, precision and GPU"
+    )]
+    Empty,
+    #[error(
+        "the discovery output's first element is not a profile ({0}): the image's dry-run output format is not supported"
+    )]
+    Shape(String),
+}
+
+#[derive(Deserialize)]
+struct Element {
+    profile: Option<RawProfile>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Deserialize)]
+struct RawProfile {
+    metadata: Option<RawMetadata>,
+    engine_args: Option<Value>,
+    env_vars: Option<std::collections::BTreeMap<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawMetadata {
+    engine: Option<String>,
+    gpu: Option<String>,
+    precision: Option<String>,
+    gpu_count: Option<i32>,
+    metric: Option<String>,
+    #[serde(rename = "type")]
+    type_: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawModel {
+    name: String,
+    source: String,
+    size_gb: Option<f64>,
+}
+
+/// What discovery found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Discovered {
+    pub profile: Profile,
+    pub model_sources: Vec<ModelSource>,
+}
+
+/// The last JSON array in `text` that parses, or the whole text if it is
+/// one. "Last" is the array ending latest; among those, the outermost.
+fn last_array(text: &str) -> Option<Vec<Value>> {
+    if let Ok(Value::Array(a)) = serde_json::from_str(text.trim()) {
+        return Some(a);
+    }
+    let mut best: Option<(usize, Vec<Value>)> = None;
+    for (start, _) in text.match_indices('[') {
+        let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+        if let Some(Ok(Value::Array(a))) = stream.next() {
+            let end = start + stream.byte_offset();
+            if best.as_ref().is_none_or(|(e, _)| end > *e) {
+                best = Some((end, a));
+            }
+        }
+    }
+    best.map(|(_, a)| a)
+}
+
+/// A size in GiB as a BinarySI quantity (`0.5` → `512Mi`).
+pub fn size_quantity(size_gb: f64) -> Quantity {
+    let bytes = (size_gb * (1u64 << 30) as f64).round() as u64;
+    let text = if bytes == 0 {
+        "0".to_string()
+    } else if bytes.is_multiple_of(1 << 30) {
+        format!("{}Gi", bytes >> 30)
+    } else if bytes.is_multiple_of(1 << 20) {
+        format!("{}Mi", bytes >> 20)
+    } else if bytes.is_multiple_of(1 << 10) {
+        format!("{}Ki", bytes >> 10)
+    } else {
+        bytes.to_string()
+    };
+    Quantity(text)
+}
+
+fn enum_of<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
+    value.and_then(|v| serde_json::from_value(json!(v.to_lowercase())).ok())
+}
+
+/// Parses a discovery pod's log (§4.2).
+pub fn parse_output(log: &str) -> Result<Discovered, ParseError> {
+    let array = last_array(log).ok_or(ParseError::NoJsonArray)?;
+    let first = array.into_iter().next().ok_or(ParseError::Empty)?;
+    let element: Element =
+        serde_json::from_value(first.clone()).map_err(|e| ParseError::Shape(e.to_string()))?;
+    let raw = element
+        .profile
+        .ok_or_else(|| ParseError::Shape("no profile".into()))?;
+    let metadata = raw.metadata.map(|m| ProfileMetadata {
+        engine: m.engine,
+        gpu: m.gpu,
+        gpu_count: m.gpu_count,
+        metric: enum_of(m.metric.as_deref()),
+        precision: enum_of(m.precision.as_deref()),
+        type_: enum_of(m.type_.as_deref()),
+    });
+    let env_vars = raw.env_vars.map(|m| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect()
+    });
+    let profile = Profile {
+        engine_args: raw.engine_args,
+        env_vars,
+        metadata,
+        original_discovery_output: Some(first),
+    };
+    let model_sources = element
+        .models
+        .into_iter()
+        .map(|m| ModelSource {
+            model_id: m.name,
+            source_uri: m.source,
+            size: m.size_gb.map(size_quantity),
+            ..Default::default()
+        })
+        .collect();
+    Ok(Discovered {
+        profile,
+        model_sources,
+    })
+}
+
+/// Delay before the next attempt after `attempts` failed Jobs:
+/// 60 s × 2^(attempts−1), at most an hour.
+pub fn retry_delay(attempts: u32) -> Duration {
+    if attempts == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs((60u64 << (attempts - 1).min(6)).min(3600))
+}
+
+/// The inputs whose change resets the backoff, hashed (first 8 bytes of a
+/// stable digest, hex). Not cryptographic: it only detects a change.
+pub fn spec_hash(parts: &[Option<&str>]) -> String {
+    // FNV-1a 64 over the parts, each terminated so ("ab", "") != ("a", "b").
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.unwrap_or("\u{0}").bytes().chain([0x1f]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Inputs of a discovery Job.
+pub struct JobInputs<'a> {
+    pub template: &'a str,
+    pub namespace: &'a str,
+    pub image: &'a str,
+    pub image_pull_secrets: &'a [k8s_openapi::api::core::v1::LocalObjectReference],
+    pub service_account: Option<&'a str>,
+    /// Template env (namespaced templates only), after the log-level pair.
+    pub env: &'a [k8s_openapi::api::core::v1::EnvVar],
+    pub metric: Option<&'a str>,
+    pub precision: Option<&'a str>,
+    pub gpu_model: Option<&'a str>,
+    pub gpu_count: Option<i32>,
+    pub profile_id: Option<&'a str>,
+}
+
+/// The discovery Job object (owner reference added by the caller).
+pub fn job(name: &str, i: &JobInputs) -> Value {
+    let mut env = vec![
+        json!({"name": "AIM_LOG_LEVEL_ROOT", "value": "CRITICAL"}),
+        json!({"name": "AIM_LOG_LEVEL", "value": "CRITICAL"}),
+    ];
+    env.extend(
+        i.env
+            .iter()
+            .map(|e| serde_json::to_value(e).expect("serialises")),
+    );
+    let mut push = |k: &str, v: Option<String>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            env.push(json!({"name": k, "value": v}));
+        }
+    };
+    push("AIM_METRIC", i.metric.map(str::to_string));
+    push("AIM_PRECISION", i.precision.map(str::to_string));
+    push("AIM_GPU_MODEL", i.gpu_model.map(str::to_string));
+    push(
+        "AIM_GPU_COUNT",
+        i.gpu_count.filter(|c| *c > 0).map(|c| c.to_string()),
+    );
+    push("AIM_PROFILE_ID", i.profile_id.map(str::to_string));
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "discovery",
+            "image": i.image,
+            "args": ["dry-run", "--format=json"],
+            "env": env,
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}},
+        }],
+    });
+    if !i.image_pull_secrets.is_empty() {
+        pod_spec["imagePullSecrets"] = json!(i.image_pull_secrets);
+    }
+    if let Some(sa) = i.service_account {
+        pod_spec["serviceAccountName"] = json!(sa);
+    }
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": i.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "aim-discovery",
+                "app.kubernetes.io/component": "discovery",
+                "app.kubernetes.io/managed-by": "aim-controller",
+                "aim.eai.amd.com/template": i.template,
+            },
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 60,
+            "template": {
+                "metadata": {"labels": {"aim.eai.amd.com/template": i.template}},
+                "spec": pod_spec,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTPUT: &str = r#"[{"filename": "vllm-mi300x-fp8-tp1-latency.yaml",
+      "profile": {"model": "HuggingFaceTB/SmolLM2-135M", "quantized_model": "",
+        "metadata": {"engine": "vllm", "gpu": "MI300X", "precision": "fp8", "gpu_count": 1, "metric": "latency", "type": "optimized"},
+        "engine_args": {"max-model-len": 2048}, "env_vars": {"VLLM_USE_V1": "1", "N": 2}},
+      "models": [{"name": "HuggingFaceTB/SmolLM2-135M", "source": "hf://HuggingFaceTB/SmolLM2-135M", "size_gb": 0.5}]}]"#;
+
+    #[test]
+    fn the_aim_dummy_output_parses() {
+        let d = parse_output(OUTPUT).unwrap();
+        let m = d.profile.metadata.as_ref().unwrap();
+        assert_eq!(m.engine.as_deref(), Some("vllm"));
+        assert_eq!(m.gpu.as_deref(), Some("MI300X"));
+        assert_eq!(m.gpu_count, Some(1));
+        assert!(m.metric.is_some() && m.precision.is_some());
+        let env = d.profile.env_vars.as_ref().unwrap();
+        assert_eq!(env["VLLM_USE_V1"], "1");
+        assert_eq!(env["N"], "2");
+        assert_eq!(d.model_sources.len(), 1);
+        assert_eq!(d.model_sources[0].model_id, "HuggingFaceTB/SmolLM2-135M");
+        assert_eq!(
+            d.model_sources[0].source_uri,
+            "hf://HuggingFaceTB/SmolLM2-135M"
+        );
+        assert_eq!(d.model_sources[0].size, Some(Quantity("512Mi".into())));
+        assert!(d.profile.original_discovery_output.is_some());
+    }
+
+    #[test]
+    fn the_last_array_in_noisy_logs_is_used() {
+        let log = format!("starting [1/3]\nwarning: x\n{OUTPUT}\n");
+        assert_eq!(parse_output(&log).unwrap(), parse_output(OUTPUT).unwrap());
+    }
+
+    #[test]
+    fn parse_failures_are_typed() {
+        assert_eq!(parse_output("no json here"), Err(ParseError::NoJsonArray));
+        assert_eq!(parse_output("[]"), Err(ParseError::Empty));
+        assert!(matches!(
+            parse_output(r#"[{"profile": 3}]"#),
+            Err(ParseError::Shape(_))
+        ));
+    }
+
+    #[test]
+    fn sizes_are_binary_si() {
+        assert_eq!(size_quantity(2.0).0, "2Gi");
+        assert_eq!(size_quantity(0.25).0, "256Mi");
+        assert_eq!(size_quantity(0.0).0, "0");
+    }
+
+    #[test]
+    fn retry_delay_doubles_to_an_hour() {
+        assert_eq!(retry_delay(0), Duration::ZERO);
+        assert_eq!(retry_delay(1), Duration::from_secs(60));
+        assert_eq!(retry_delay(3), Duration::from_secs(240));
+        assert_eq!(retry_delay(40), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn spec_hash_separates_parts() {
+        assert_ne!(
+            spec_hash(&[Some("ab"), Some("")]),
+            spec_hash(&[Some("a"), Some("b")])
+        );
+        assert_ne!(spec_hash(&[None]), spec_hash(&[Some("")]));
+        assert_eq!(spec_hash(&[Some("x")]), spec_hash(&[Some("x")]));
+    }
+
+    #[test]
+    fn the_job_follows_the_reference() {
+        let j = job(
+            "t-discovery",
+            &JobInputs {
+                template: "t",
+                namespace: "ns",
+                image: "reg/img:1",
+                image_pull_secrets: &[],
+                service_account: Some("sa"),
+                env: &[],
+                metric: Some("latency"),
+                precision: None,
+                gpu_model: Some("MI300X"),
+                gpu_count: Some(0),
+                profile_id: None,
+            },
+        );
+        assert_eq!(j["spec"]["backoffLimit"], 0);
+        assert_eq!(j["spec"]["ttlSecondsAfterFinished"], 60);
+        let pod = &j["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["serviceAccountName"], "sa");
+        let c = &pod["containers"][0];
+        assert_eq!(c["args"], json!(["dry-run", "--format=json"]));
+        let names: Vec<&str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "AIM_LOG_LEVEL_ROOT",
+                "AIM_LOG_LEVEL",
+                "AIM_METRIC",
+                "AIM_GPU_MODEL"
+            ]
+        );
+        assert_eq!(j["metadata"]["labels"]["aim.eai.amd.com/template"], "t");
+    }
+}
