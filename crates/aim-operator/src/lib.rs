@@ -5,6 +5,7 @@
 //! every controller until SIGTERM/SIGINT or the loss of leadership.
 
 pub mod admin;
+pub mod catalog_filter;
 pub mod context;
 pub mod discovery;
 pub mod image_labels;
