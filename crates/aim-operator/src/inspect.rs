@@ -143,9 +143,10 @@ pub async fn inspect(
 static FAILURES: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
 /// Delay before retrying after `attempts` failures in a row: 2 s doubling,
-/// at most 5 min.
+/// at most 30 s, so a fixed registry, secret or image is seen within half a
+/// minute (one small GET per failing model per 30 s).
 pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs((2u64 << attempts.saturating_sub(1).min(8)).min(300))
+    Duration::from_secs((2u64 << attempts.saturating_sub(1).min(8)).min(30))
 }
 
 /// Records a failed inspection of `key`; returns when to retry.
@@ -174,8 +175,9 @@ mod tests {
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff(1), Duration::from_secs(2));
         assert_eq!(backoff(2), Duration::from_secs(4));
-        assert_eq!(backoff(5), Duration::from_secs(32));
-        assert_eq!(backoff(50), Duration::from_secs(300));
+        assert_eq!(backoff(4), Duration::from_secs(16));
+        assert_eq!(backoff(5), Duration::from_secs(30));
+        assert_eq!(backoff(50), Duration::from_secs(30));
     }
 
     #[test]

@@ -656,3 +656,86 @@ async fn cluster_model_creates_cluster_templates() {
         .await
         .unwrap();
 }
+
+fn template_condition(t: &AIMServiceTemplate, ty: &str) -> Option<(String, String)> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ty)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// A template waiting for a GPU no node has becomes available when a node
+/// with that GPU joins, and unavailable again when it leaves.
+#[tokio::test]
+async fn gpu_availability_follows_nodes() {
+    let (client, ns, _) = setup("cat-gpu").await;
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMModel\nmetadata: {name: m}\nspec:\n  image: example.com/aim/m:1\n  discovery: {createServiceTemplates: false}\n  imageMetadata:\n    model: {canonicalName: org/m}\n",
+    )
+    .await
+    .unwrap();
+    // MI210 (device id 740f): no fake node of the shared cluster has it.
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMServiceTemplate\nmetadata: {name: t}\nspec:\n  modelName: m\n  hardware: {gpu: {model: MI210, requests: 1}}\n  modelSources:\n  - {modelId: org/m, sourceUri: 'hf://org/m'}\n",
+    )
+    .await
+    .unwrap();
+    let templates: Api<AIMServiceTemplate> = Api::namespaced(client.clone(), &ns);
+    await_object(&templates, "t", "GPUNotAvailable", WAIT, |t| {
+        template_condition(t, "GPUReady")
+            == Some(("False".to_string(), "GPUNotAvailable".to_string()))
+    })
+    .await;
+
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = format!("cat-mi210-{}", std::process::id());
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node, "labels": {"amd.com/gpu.device-id": "740f"}},
+        // Nothing else of the shared cluster may land on it.
+        "spec": {"unschedulable": true, "taints": [{"key": "aim.test/catalog", "effect": "NoExecute"}]},
+    });
+    nodes
+        .patch(
+            &node,
+            &kube::api::PatchParams::apply("test").force(),
+            &kube::api::Patch::Apply(obj),
+        )
+        .await
+        .unwrap();
+    let t = await_object(
+        &templates,
+        "t",
+        "GPUAvailable after the node joined",
+        WAIT,
+        |t| {
+            template_condition(t, "GPUReady")
+                == Some(("True".to_string(), "GPUAvailable".to_string()))
+        },
+    )
+    .await;
+    assert_ne!(
+        t.status.as_ref().unwrap().status,
+        Some(aim_api::status::ResourcePhase::NotAvailable)
+    );
+
+    nodes.delete(&node, &DeleteParams::default()).await.unwrap();
+    await_object(
+        &templates,
+        "t",
+        "GPUNotAvailable after the node left",
+        WAIT,
+        |t| {
+            template_condition(t, "GPUReady")
+                == Some(("False".to_string(), "GPUNotAvailable".to_string()))
+        },
+    )
+    .await;
+}
