@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod catalog_filter;
+pub mod artifact;
 pub mod context;
 pub mod discovery;
 pub mod image_labels;
@@ -20,6 +21,7 @@ pub mod scoped;
 pub mod service;
 pub mod state;
 pub mod template;
+pub mod template_cache;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,6 +140,8 @@ pub async fn run_with(
                 model::run::<AIMClusterModel>(ctx.clone(), stopped(stop_rx.clone())),
                 template::run::<AIMServiceTemplate>(ctx.clone(), stopped(stop_rx.clone())),
                 template::run::<AIMClusterServiceTemplate>(ctx.clone(), stopped(stop_rx.clone())),
+                template_cache::run(ctx.clone(), stopped(stop_rx.clone())),
+                artifact::run(ctx.clone(), stopped(stop_rx.clone())),
             );
         }
     });

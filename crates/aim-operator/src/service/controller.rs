@@ -590,8 +590,10 @@ async fn fetch_cache(
     let mode = svc.spec.cache_mode();
     let uid = svc.uid().unwrap_or_default();
     let caches = api.list(&ListParams::default()).await?.items;
+    // A cache being deleted (e.g. for a retry) is no longer the service's.
     let usable = |c: &&AIMTemplateCache| {
-        c.spec.template_name == template
+        c.meta().deletion_timestamp.is_none()
+            && c.spec.template_name == template
             && match mode {
                 aim_api::service::CacheMode::Dedicated => {
                     c.spec.mode == Some(aim_api::service::CacheMode::Dedicated)
@@ -637,6 +639,12 @@ async fn fetch_cache(
             name: c.name_any(),
             uid: c.uid(),
             phase: c.status.as_ref().and_then(|s| s.status),
+            message: c
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|x| x.type_ == "Ready"))
+                .map(|x| x.message.clone())
+                .unwrap_or_default(),
             volumes,
         }
     }))

@@ -79,6 +79,8 @@ pub struct CacheView {
     pub name: String,
     pub uid: Option<String>,
     pub phase: Option<ResourcePhase>,
+    /// The cache's `Ready` message: what failed, when it did.
+    pub message: String,
     /// (volume name, claim, mount path) of every Ready artifact.
     pub volumes: Vec<(String, String, String)>,
 }
@@ -728,6 +730,10 @@ fn derived_template(
     })
 }
 
+/// How often a service recreates a failed template cache before it gives up
+/// and reports Degraded.
+pub const MAX_CACHE_RETRIES: i32 = 1;
+
 /// The cache component. Templates without model sources need no cache
 /// (AIM Engine would wait forever, §3.1.5); the others wait for a Ready
 /// AIMTemplateCache, planned here when missing.
@@ -770,12 +776,50 @@ fn cache_health(
             true
         }
         Some(cache) if cache.phase == Some(ResourcePhase::Failed) => {
-            plan.healths.push(Health::new(
-                "Cache",
-                ComponentState::Failed,
-                "CacheFailed",
-                format!("Template cache {} failed", cache.name),
-            ));
+            // One retry per service (defect #8): the failed cache is deleted
+            // (its finalizer removes the broken artifacts) and planned anew.
+            let attempts = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.cache.as_ref())
+                .and_then(|c| c.retry_attempts)
+                .unwrap_or(0);
+            let why = if cache.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", cache.message)
+            };
+            if attempts < MAX_CACHE_RETRIES {
+                plan.delete.push((
+                    aim_api::API_VERSION.into(),
+                    "AIMTemplateCache".into(),
+                    cache.name.clone(),
+                ));
+                plan.cache = Some(ServiceCacheStatus {
+                    template_cache_ref: None,
+                    retry_attempts: Some(attempts + 1),
+                });
+                plan.healths.push(Health::new(
+                    "Cache",
+                    ComponentState::Progressing,
+                    "CacheRetrying",
+                    format!(
+                        "Template cache {} failed{why}; recreating it (retry {} of {MAX_CACHE_RETRIES})",
+                        cache.name,
+                        attempts + 1
+                    ),
+                ));
+            } else {
+                plan.healths.push(Health::new(
+                    "Cache",
+                    ComponentState::Degraded,
+                    "CacheFailed",
+                    format!(
+                        "Template cache {} failed again after {attempts} retry{why}. Fix the model source, its credentials (env) or the storage settings, then delete AIMTemplateCache {} to try again",
+                        cache.name, cache.name
+                    ),
+                ));
+            }
             false
         }
         Some(cache) => {
