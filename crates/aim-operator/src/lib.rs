@@ -5,8 +5,8 @@
 //! every controller until SIGTERM/SIGINT or the loss of leadership.
 
 pub mod admin;
-pub mod catalog_filter;
 pub mod artifact;
+pub mod catalog_filter;
 pub mod context;
 pub mod discovery;
 pub mod image_labels;
