@@ -110,6 +110,9 @@ fn digest(bytes: &[u8]) -> String {
 }
 
 fn http() -> reqwest::Client {
+    // reqwest is built without a crypto provider of its own (kube brings
+    // ring); the operator installs ring too, but may not have run yet.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
 
@@ -738,4 +741,39 @@ async fn gpu_availability_follows_nodes() {
         },
     )
     .await;
+}
+
+/// The operator's registry client on its own: labels of one image read 20
+/// times (fresh session each time: manifest + config blob, plus the auth
+/// round trip on the htpasswd registry). Prints the latency per image; the
+/// assertions are on the labels only.
+#[tokio::test]
+async fn inspection_latency_per_image() {
+    use aim_operator::registry::{Credentials, Reference, Session};
+    let regs = registries();
+    let labels = aim_labels("latency/model");
+    for (reg, auth) in [(&regs.anonymous, false), (&regs.auth, true)] {
+        let repo = format!("aim/latency-{}", std::process::id());
+        push_image(reg, &repo, "1.0", &borrow(&labels), auth).await;
+        let image = Reference::parse(&format!("{reg}/{repo}:1.0")).unwrap();
+        let creds = auth.then(|| Credentials {
+            username: USER.into(),
+            password: PASSWORD.into(),
+        });
+        let rounds = 20u32;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let mut session = Session::new(&image.registry, creds.clone(), &[]);
+            let got = session.labels(&image).await.unwrap();
+            assert_eq!(
+                got["com.amd.aim.model.canonicalName"], "latency/model",
+                "labels read back"
+            );
+        }
+        eprintln!(
+            "inspection latency per image ({}): {:?}",
+            if auth { "htpasswd" } else { "anonymous" },
+            started.elapsed() / rounds
+        );
+    }
 }
