@@ -21,7 +21,20 @@ use crate::trace::Arrival;
 pub enum Router {
     RoundRobin,
     LeastOutstanding,
+    /// An inference gateway with flow control (Gateway API Inference
+    /// Extension): least-outstanding over the Ready pods that are not
+    /// saturated (vLLM waiting < 5 and KV cache < 80 %, the extension's
+    /// saturation-detector defaults); when every Ready pod is saturated the
+    /// gateway holds requests in arrival order and dispatches them as pods
+    /// drain their queues or become Ready. Held requests count as waiting
+    /// in the scraped metrics. Requests already inside a vLLM are never
+    /// moved.
+    GatewayQueue,
 }
+
+/// The gateway's saturation thresholds for [`Router::GatewayQueue`].
+pub const GATEWAY_QUEUE_DEPTH: usize = 5;
+pub const GATEWAY_KV_UTILIZATION: f64 = 0.8;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Slo {
@@ -306,6 +319,11 @@ impl<'a> World<'a> {
             .iter()
             .enumerate()
             .filter(|(_, p)| p.phase == Phase::Ready)
+            .filter(|(_, p)| {
+                self.cfg.router != Router::GatewayQueue
+                    || (p.engine.num_waiting() < GATEWAY_QUEUE_DEPTH
+                        && p.engine.kv_usage() < GATEWAY_KV_UTILIZATION)
+            })
             .map(|(i, _)| i)
             .collect();
         if ready.is_empty() {
@@ -316,7 +334,7 @@ impl<'a> World<'a> {
                 self.rr = self.rr.wrapping_add(1);
                 ready[self.rr % ready.len()]
             }
-            Router::LeastOutstanding => *ready
+            Router::LeastOutstanding | Router::GatewayQueue => *ready
                 .iter()
                 .min_by_key(|&&i| (self.pods[i].outstanding, i))
                 .expect("non-empty"),
@@ -324,12 +342,34 @@ impl<'a> World<'a> {
     }
 
     fn dispatch(&mut self, id: u64) {
+        if self.cfg.router == Router::GatewayQueue && !self.gateway.is_empty() {
+            // Held requests go first.
+            self.gateway.push_back(id);
+            self.release_held();
+            return;
+        }
         let Some(pod) = self.pick_pod() else {
-            // No ready replica: the gateway holds the request (its TTFT
-            // keeps counting from arrival).
+            // No ready (or, behind a flow-controlling gateway, no unsaturated)
+            // replica: the gateway holds the request (its TTFT keeps counting
+            // from arrival).
             self.gateway.push_back(id);
             return;
         };
+        self.submit(id, pod);
+    }
+
+    /// Dispatches held requests in arrival order while a pod takes them.
+    fn release_held(&mut self) {
+        while let Some(&id) = self.gateway.front() {
+            let Some(pod) = self.pick_pod() else {
+                return;
+            };
+            self.gateway.pop_front();
+            self.submit(id, pod);
+        }
+    }
+
+    fn submit(&mut self, id: u64, pod: usize) {
         let a = &self.arrivals[id as usize];
         let limit = self.engine_cfg.max_request_tokens();
         let output = a.output_tokens.min(limit / 2).max(1);
@@ -404,6 +444,9 @@ impl<'a> World<'a> {
         if !self.pods[i].engine.is_idle() {
             self.kick(i);
         }
+        if self.cfg.router == Router::GatewayQueue {
+            self.release_held();
+        }
         self.maybe_gone(i);
     }
 
@@ -460,6 +503,11 @@ impl<'a> World<'a> {
             waiting += p.engine.num_waiting();
             kv += p.engine.kv_usage();
             n += 1;
+        }
+        if self.cfg.router == Router::GatewayQueue {
+            // The gateway's flow-control queue is exported with the pods'
+            // queues, so a queue-driven scaler sees held work.
+            waiting += self.gateway.len();
         }
         let kv = if n > 0 { kv / n as f64 } else { 0.0 };
         self.pipeline
@@ -599,9 +647,7 @@ pub fn run(
             Event::PodReady(i) => {
                 if w.pods[i].phase == Phase::Starting {
                     w.pods[i].phase = Phase::Ready;
-                    while let Some(id) = w.gateway.pop_front() {
-                        w.dispatch(id);
-                    }
+                    w.release_held();
                 }
             }
             Event::DrainDeadline(i) => w.drain_deadline(i),
