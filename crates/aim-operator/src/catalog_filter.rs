@@ -100,7 +100,11 @@ pub fn repository_matches(pattern: &str, exclude: &[String], repository: &str) -
 /// `x.y.0`. `None` for tags that are not versions.
 pub fn tag_version(tag: &str) -> Option<semver::Version> {
     let t = tag.strip_prefix('v').unwrap_or(tag);
-    let padded = match t.split(['-', '+']).next().map(|core| core.split('.').count()) {
+    let padded = match t
+        .split(['-', '+'])
+        .next()
+        .map(|core| core.split('.').count())
+    {
         Some(2) => {
             let (core, rest) = t.split_at(t.find(['-', '+']).unwrap_or(t.len()));
             format!("{core}.0{rest}")
@@ -199,8 +203,16 @@ mod tests {
     #[test]
     fn wildcards_and_excludes() {
         let ex = s(&["silogen/aim-base"]);
-        assert!(repository_matches("silogen/aim-*", &ex, "silogen/aim-llama"));
-        assert!(!repository_matches("silogen/aim-*", &ex, "silogen/aim-base"));
+        assert!(repository_matches(
+            "silogen/aim-*",
+            &ex,
+            "silogen/aim-llama"
+        ));
+        assert!(!repository_matches(
+            "silogen/aim-*",
+            &ex,
+            "silogen/aim-base"
+        ));
         assert!(!repository_matches("silogen/aim-*", &ex, "other/aim-llama"));
         assert!(!repository_matches("silogen/*", &[], "silogen/a/b"));
     }

@@ -277,8 +277,9 @@ async fn reconcile<T: TemplateObject>(
     let started = Instant::now();
     let result = reconcile_inner(&*tpl, &ctx).await;
     ctx.metrics.reconciled(T::CONTROLLER, started.elapsed());
-    if result.is_err() {
-        ctx.metrics.failed(T::CONTROLLER, "api");
+    if let Err(e) = &result {
+        ctx.metrics
+            .failed(T::CONTROLLER, crate::metrics::error_kind(e));
     }
     result
 }
