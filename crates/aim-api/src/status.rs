@@ -30,6 +30,21 @@ impl From<ResourcePhase> for Phase {
     }
 }
 
+/// The state engine's phase as models, templates, caches and artifacts
+/// report it: they have no Starting or Running.
+impl From<Phase> for ResourcePhase {
+    fn from(p: Phase) -> ResourcePhase {
+        match p {
+            Phase::Ready | Phase::Running => ResourcePhase::Ready,
+            Phase::Progressing | Phase::Starting => ResourcePhase::Progressing,
+            Phase::Pending => ResourcePhase::Pending,
+            Phase::Degraded => ResourcePhase::Degraded,
+            Phase::NotAvailable => ResourcePhase::NotAvailable,
+            Phase::Failed => ResourcePhase::Failed,
+        }
+    }
+}
+
 pub(crate) fn default_pending() -> Option<ResourcePhase> {
     Some(ResourcePhase::Pending)
 }

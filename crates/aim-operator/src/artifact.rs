@@ -952,7 +952,7 @@ async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action
     }
     plan.status.conditions = conditions;
     plan.status.observed_generation = generation;
-    plan.status.status = Some(crate::template_cache::resource_phase(assessment.phase));
+    plan.status.status = Some(ResourcePhase::from(assessment.phase));
     // Write only on a real change; the downloader's own fields were
     // carried over above, so they do not count as a difference.
     let mut compare = old.clone();

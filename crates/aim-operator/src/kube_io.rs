@@ -207,3 +207,37 @@ where
     .await
     .map(|_| ())
 }
+
+/// Whether finalizers in `ns` must be let go: the namespace is terminating,
+/// gone, or unreadable to us. Namespace deletion must never wait on us.
+pub async fn namespace_terminating(client: &Client, ns: &str) -> bool {
+    match Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+    {
+        Ok(Some(n)) => n.metadata.deletion_timestamp.is_some(),
+        Ok(None) => true,
+        Err(kube::Error::Api(e)) if e.code == 403 => true,
+        Err(_) => false,
+    }
+}
+
+/// Replaces an object's finalizers. An object already gone needs none.
+pub async fn set_finalizers<K>(
+    api: &Api<K>,
+    name: &str,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -535,16 +535,7 @@ async fn reconcile_inner<M: ModelObject>(model: &M, ctx: &Context) -> Result<Act
         }
     }
     let status = AIMModelStatus {
-        status: Some(match assessment.phase {
-            aim_api::common::Phase::Ready | aim_api::common::Phase::Running => ResourcePhase::Ready,
-            aim_api::common::Phase::Progressing | aim_api::common::Phase::Starting => {
-                ResourcePhase::Progressing
-            }
-            aim_api::common::Phase::Pending => ResourcePhase::Pending,
-            aim_api::common::Phase::Degraded => ResourcePhase::Degraded,
-            aim_api::common::Phase::NotAvailable => ResourcePhase::NotAvailable,
-            aim_api::common::Phase::Failed => ResourcePhase::Failed,
-        }),
+        status: Some(ResourcePhase::from(assessment.phase)),
         observed_generation: model.meta().generation,
         conditions: assessment.conditions,
         resolved_runtime_config: match &config {

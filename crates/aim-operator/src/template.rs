@@ -355,16 +355,7 @@ async fn reconcile_inner<T: TemplateObject>(tpl: &T, ctx: &Context) -> Result<Ac
     }
     plan.status.conditions = conditions;
     plan.status.observed_generation = tpl.meta().generation;
-    plan.status.status = Some(match assessment.phase {
-        aim_api::common::Phase::Ready | aim_api::common::Phase::Running => ResourcePhase::Ready,
-        aim_api::common::Phase::Progressing | aim_api::common::Phase::Starting => {
-            ResourcePhase::Progressing
-        }
-        aim_api::common::Phase::Pending => ResourcePhase::Pending,
-        aim_api::common::Phase::Degraded => ResourcePhase::Degraded,
-        aim_api::common::Phase::NotAvailable => ResourcePhase::NotAvailable,
-        aim_api::common::Phase::Failed => ResourcePhase::Failed,
-    });
+    plan.status.status = Some(ResourcePhase::from(assessment.phase));
     if Some(&plan.status) != old.as_ref() {
         let api = T::api(client, ns.as_deref());
         kube_io::write_status(

@@ -11,16 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aim_api::cache::{AIMTemplateCacheStatus, CachedArtifact};
-use aim_api::common::{ModelSource, Phase, TemplateScope};
+use aim_api::common::{ModelSource, TemplateScope};
 use aim_api::service::CacheMode;
 use aim_api::status::ResourcePhase;
 use aim_api::{AIMArtifact, AIMClusterServiceTemplate, AIMServiceTemplate, AIMTemplateCache};
 use aim_rules::labels;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -60,18 +59,6 @@ pub struct CachePlan {
     /// Shared caches' artifacts (no owner).
     pub unowned: Vec<Value>,
     pub artifacts: BTreeMap<String, CachedArtifact>,
-}
-
-/// The engine's phase in the resource enum caches and artifacts use.
-pub fn resource_phase(phase: Phase) -> ResourcePhase {
-    match phase {
-        Phase::Ready | Phase::Running => ResourcePhase::Ready,
-        Phase::Progressing | Phase::Starting => ResourcePhase::Progressing,
-        Phase::Pending => ResourcePhase::Pending,
-        Phase::Degraded => ResourcePhase::Degraded,
-        Phase::NotAvailable => ResourcePhase::NotAvailable,
-        Phase::Failed => ResourcePhase::Failed,
-    }
 }
 
 fn mode(cache: &AIMTemplateCache) -> CacheMode {
@@ -382,31 +369,6 @@ pub enum Error {
 }
 
 /// Gone, terminating or unreadable namespaces never wait on a finalizer.
-pub(crate) async fn namespace_terminating(client: &kube::Client, ns: &str) -> bool {
-    match Api::<Namespace>::all(client.clone()).get_opt(ns).await {
-        Ok(Some(n)) => n.metadata.deletion_timestamp.is_some(),
-        Ok(None) => true,
-        Err(kube::Error::Api(e)) if e.code == 403 => true,
-        Err(_) => false,
-    }
-}
-
-async fn set_finalizers(
-    api: &Api<AIMTemplateCache>,
-    name: &str,
-    finalizers: Vec<String>,
-) -> Result<(), kube::Error> {
-    let patch = json!({"metadata": {"finalizers": finalizers}});
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Deletes the cache's artifacts that never became Ready: a half-done
 /// download is worth nothing to the next cache.
 async fn cleanup_artifacts(
@@ -449,7 +411,7 @@ async fn reconcile_inner(cache: &AIMTemplateCache, ctx: &Context) -> Result<Acti
     let api: Api<AIMTemplateCache> = Api::namespaced(client.clone(), &ns);
     let finalizers = cache.finalizers().to_vec();
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
-    let terminating = namespace_terminating(client, &ns).await;
+    let terminating = kube_io::namespace_terminating(client, &ns).await;
     let without = || {
         finalizers
             .iter()
@@ -463,20 +425,20 @@ async fn reconcile_inner(cache: &AIMTemplateCache, ctx: &Context) -> Result<Acti
             if !terminating {
                 cleanup_artifacts(client, cache, &ns).await?;
             }
-            set_finalizers(&api, &name, without()).await?;
+            kube_io::set_finalizers(&api, &name, without()).await?;
         }
         return Ok(Action::await_change());
     }
     if terminating {
         if has_finalizer {
-            set_finalizers(&api, &name, without()).await?;
+            kube_io::set_finalizers(&api, &name, without()).await?;
         }
         return Ok(Action::await_change());
     }
     if !has_finalizer {
         let mut with = finalizers.clone();
         with.push(FINALIZER.to_string());
-        set_finalizers(&api, &name, with).await?;
+        kube_io::set_finalizers(&api, &name, with).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     if is_paused(cache.meta()) {
@@ -558,7 +520,7 @@ async fn reconcile_inner(cache: &AIMTemplateCache, ctx: &Context) -> Result<Acti
         }
     }
     let status = AIMTemplateCacheStatus {
-        status: Some(resource_phase(assessment.phase)),
+        status: Some(ResourcePhase::from(assessment.phase)),
         observed_generation: generation,
         conditions: assessment.conditions.clone(),
         resolved_runtime_config: None,

@@ -14,10 +14,10 @@ use aim_api::{
 };
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -70,32 +70,12 @@ pub fn error_policy(_svc: Arc<AIMService>, error: &Error, _ctx: Arc<Context>) ->
     Action::requeue(Duration::from_secs(5))
 }
 
-async fn namespace_terminating(ctx: &Context, ns: &str) -> bool {
-    match Api::<Namespace>::all(ctx.client.clone()).get_opt(ns).await {
-        Ok(Some(n)) => n.metadata.deletion_timestamp.is_some(),
-        Ok(None) => true,
-        Err(kube::Error::Api(e)) if e.code == 403 => true,
-        Err(_) => false,
-    }
-}
-
-async fn set_finalizers(
-    api: &Api<AIMService>,
-    name: &str,
-    finalizers: Vec<String>,
-) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
-}
-
 async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let api: Api<AIMService> = Api::namespaced(ctx.client.clone(), &ns);
     let finalizers = svc.finalizers().to_vec();
-    let terminating = namespace_terminating(ctx, &ns).await;
+    let terminating = kube_io::namespace_terminating(&ctx.client, &ns).await;
 
     if svc.meta().deletion_timestamp.is_some() {
         if finalizers.iter().any(|f| f == FINALIZER) {
@@ -103,7 +83,7 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
                 cleanup_unready_caches(ctx, svc, &ns).await?;
             }
             let rest: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-            set_finalizers(&api, &name, rest).await?;
+            kube_io::set_finalizers(&api, &name, rest).await?;
         }
         return Ok(Action::await_change());
     }
@@ -111,12 +91,12 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
     if terminating {
         if finalizers.iter().any(|f| f == FINALIZER) {
             let rest: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-            set_finalizers(&api, &name, rest).await?;
+            kube_io::set_finalizers(&api, &name, rest).await?;
         }
     } else if !finalizers.iter().any(|f| f == FINALIZER) {
         let mut with = finalizers;
         with.push(FINALIZER.to_string());
-        set_finalizers(&api, &name, with).await?;
+        kube_io::set_finalizers(&api, &name, with).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     if is_paused(svc.meta()) {
