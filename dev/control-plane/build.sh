@@ -175,12 +175,14 @@ case "$what" in
         extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
         extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
+        extract_crds kwok sigs.k8s.io/kwok "$KWOK_VERSION" $KWOK_CRD_PATHS
         ;;
     crds)
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
         extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
         extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
+        extract_crds kwok sigs.k8s.io/kwok "$KWOK_VERSION" $KWOK_CRD_PATHS
         ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;

@@ -354,6 +354,10 @@ async fn start(
         format!("--tls-cert-file={}", p(&files.apiserver_cert)),
         format!("--tls-private-key-file={}", p(&files.apiserver_key)),
         format!("--client-ca-file={}", p(&files.ca_cert)),
+        // pods/log, exec and port-forward go to the node's kubelet, which is
+        // KWOK here; nodes name it `localhost` (see nodes.rs).
+        format!("--kubelet-certificate-authority={}", p(&files.ca_cert)),
+        "--kubelet-preferred-address-types=Hostname,InternalIP".to_string(),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
         format!(
@@ -458,6 +462,11 @@ async fn start(
         &logs,
     )?;
 
+    // The CRDs go in before KWOK starts, so its watch on `Logs` and
+    // `ClusterLogs` finds them at once instead of backing off.
+    write_state(dir, &started.state)?;
+    install_manifests(&client, opts).await?;
+
     let stages = dir.join("kwok-stages.yaml");
     std::fs::write(&stages, include_str!("kwok-stages.yaml")).map_err(|e| Error::io(&stages, e))?;
     let kwok_args = vec![
@@ -468,6 +477,11 @@ async fn start(
         "--node-ip=127.0.10.254".to_string(),
         "--node-lease-duration-seconds=40".to_string(),
         format!("--server-address=127.0.0.1:{}", ports.kwok),
+        format!("--tls-cert-file={}", p(&files.kwok_cert)),
+        format!("--tls-private-key-file={}", p(&files.kwok_key)),
+        // Pod logs are declared by `Logs`/`ClusterLogs` objects, so a test
+        // can give a fake pod the output its real image would print.
+        "--enable-crds=Logs,ClusterLogs".to_string(),
     ];
     launch(started, "kwok", &bin("kwok"), &kwok_args, ports.kwok, &logs)?;
     for (name, port) in [
@@ -487,7 +501,6 @@ async fn start(
     // always clean up, even after a failure below.
     write_state(dir, &started.state)?;
 
-    install_manifests(&client, opts).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "aim-system"}
@@ -500,7 +513,7 @@ async fn start(
             &Patch::Apply(&ns),
         )
         .await?;
-    create_nodes(&client, &opts.nodes).await?;
+    create_nodes(&client, &opts.nodes, ports.kwok).await?;
 
     started.state.ready = true;
     write_state(dir, &started.state)?;
@@ -706,7 +719,7 @@ fn parse_docs(origin: &str, text: &str) -> Result<Vec<(String, serde_yaml::Value
     Ok(out)
 }
 
-async fn create_nodes(client: &Client, nodes: &[NodeSpec]) -> Result<(), Error> {
+async fn create_nodes(client: &Client, nodes: &[NodeSpec], kubelet_port: u16) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
     for spec in nodes {
         let node = spec.to_node();
@@ -725,6 +738,7 @@ async fn create_nodes(client: &Client, nodes: &[NodeSpec]) -> Result<(), Error> 
                 "capacity": node.status.as_ref().and_then(|s| s.capacity.clone()),
                 "allocatable": node.status.as_ref().and_then(|s| s.allocatable.clone()),
                 "addresses": node.status.as_ref().and_then(|s| s.addresses.clone()),
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             }
         });
         api.patch_status(

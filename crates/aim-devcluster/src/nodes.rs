@@ -79,10 +79,19 @@ impl NodeSpec {
             status: Some(NodeStatus {
                 allocatable: Some(resources.clone()),
                 capacity: Some(resources),
-                addresses: Some(vec![NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: self.address.clone(),
-                }]),
+                // One KWOK process serves the kubelet API of every node on
+                // 127.0.0.1; `localhost` as the Hostname address is where
+                // the apiserver finds it, while each node keeps its own IP.
+                addresses: Some(vec![
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: self.address.clone(),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".into(),
+                        address: "localhost".into(),
+                    },
+                ]),
                 ..Default::default()
             }),
         }

@@ -28,6 +28,8 @@ pub struct PkiFiles {
     pub front_proxy_ca_cert: PathBuf,
     pub front_proxy_client_cert: PathBuf,
     pub front_proxy_client_key: PathBuf,
+    pub kwok_cert: PathBuf,
+    pub kwok_key: PathBuf,
 }
 
 impl PkiFiles {
@@ -43,6 +45,8 @@ impl PkiFiles {
             front_proxy_ca_cert: dir.join("front-proxy-ca.crt"),
             front_proxy_client_cert: dir.join("front-proxy-client.crt"),
             front_proxy_client_key: dir.join("front-proxy-client.key"),
+            kwok_cert: dir.join("kwok.crt"),
+            kwok_key: dir.join("kwok.key"),
         }
     }
 }
@@ -176,6 +180,22 @@ pub fn generate(dir: &Path) -> Result<GeneratedPki, Error> {
     write(&files.front_proxy_client_cert, &fp_cert)?;
     write(&files.front_proxy_client_key, &fp_key)?;
 
+    // KWOK plays every node's kubelet. The apiserver verifies it against the
+    // cluster CA when it proxies pods/log, exactly as with a real kubelet;
+    // nodes advertise it under the Hostname address `localhost`.
+    let (kwok_cert, kwok_key) = leaf(
+        &ca,
+        "kwok-kubelet",
+        None,
+        vec![
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::DnsName("localhost".try_into().map_err(|e| pki_err("SAN", e))?),
+        ],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    write(&files.kwok_cert, &kwok_cert)?;
+    write(&files.kwok_key, &kwok_key)?;
+
     Ok(GeneratedPki {
         files,
         ca_pem,
@@ -197,6 +217,7 @@ mod tests {
             &pki.files.apiserver_cert,
             &pki.files.admin_cert,
             &pki.files.front_proxy_client_cert,
+            &pki.files.kwok_cert,
         ] {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{path:?}");

@@ -31,7 +31,10 @@ pub async fn cluster() -> &'static ClusterInfo {
     CLUSTER
         .get_or_init(|| async {
             let cache = CacheDirs::discover().expect("a cache directory");
-            let mut opts = ClusterOptions::new("test", cache);
+            // AIM_TEST_CLUSTER gives parallel work trees clusters of their
+            // own: two in-process operators on one cluster would fight.
+            let name = std::env::var("AIM_TEST_CLUSTER").unwrap_or_else(|_| "test".into());
+            let mut opts = ClusterOptions::new(&name, cache);
             opts.extra_manifests = vec![("aim CRDs".into(), aim_api::all_crds_yaml())];
             aim_devcluster::up(&opts)
                 .await
@@ -72,6 +75,48 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
     name
+}
+
+/// Gives a pod's container the log its real image would print. KWOK plays
+/// the node's kubelet: a `Logs` object points it at a file in CRI format,
+/// and whoever reads `pods/log` through the apiserver gets these lines.
+/// Call it again to replace the text (a growing log, a progress bar).
+pub async fn set_pod_log(client: &Client, namespace: &str, pod: &str, container: &str, text: &str) {
+    let info = cluster().await;
+    let dir = info
+        .kubeconfig
+        .parent()
+        .expect("the kubeconfig lives in the cluster directory")
+        .join("pod-logs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {dir:?}: {e}"));
+    let file = dir.join(format!("{namespace}_{pod}_{container}.log"));
+    let stamp = "2026-01-01T00:00:00.000000000Z";
+    let mut cri = String::new();
+    for line in text.lines() {
+        cri.push_str(&format!("{stamp} stdout F {line}\n"));
+    }
+    // Write then rename, so a reader never sees half a log.
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, cri).unwrap_or_else(|e| panic!("writing {partial:?}: {e}"));
+    std::fs::rename(&partial, &file).unwrap_or_else(|e| panic!("renaming to {file:?}: {e}"));
+    let logs = serde_json::json!({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Logs",
+        "metadata": {"name": pod, "namespace": namespace},
+        "spec": {"logs": [{"containers": [container], "logsFile": file}]}
+    });
+    let gvk = GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Logs");
+    let (resource, _) = pinned_kind(client, &gvk).await.unwrap_or_else(|e| {
+        panic!("KWOK's Logs kind is not served (is the kwok CRD installed?): {e}")
+    });
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    api.patch(
+        pod,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(&logs),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declaring the log of pod {namespace}/{pod}: {e}"));
 }
 
 /// Server-side applies every document of a YAML stream, in order. Namespaced

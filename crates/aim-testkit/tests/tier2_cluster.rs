@@ -246,6 +246,8 @@ async fn every_third_party_crd_is_installed() {
         "triggerauthentications.keda.sh",
         "clustertriggerauthentications.keda.sh",
         "opentelemetrycollectors.opentelemetry.io",
+        "logs.kwok.x-k8s.io",
+        "clusterlogs.kwok.x-k8s.io",
         "aimservices.aim.eai.amd.com",
         "aimclustermodelsources.aim.eai.amd.com",
     ] {
@@ -254,4 +256,85 @@ async fn every_third_party_crd_is_installed() {
             "CRD {name} missing"
         );
     }
+}
+
+/// The apiserver proxies `pods/log` to the node's kubelet (KWOK here) over
+/// TLS verified against the cluster CA: the path every log reader uses.
+#[tokio::test]
+async fn pod_logs_come_through_the_apiserver_from_kwok() {
+    use kube::api::LogParams;
+    let client = client().await;
+    let ns = namespace(&client, "logs").await;
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  nodeName: cpu-0\n  containers: [{name: main, image: example.invalid/talker}]\n",
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    await_object(&pods, "talker", "Running", WAIT, |p: &Pod| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    // Without a declared log the kubelet has nothing to serve.
+    let missing = pods
+        .logs(
+            "talker",
+            &LogParams {
+                container: Some("main".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        missing.is_err(),
+        "a pod without a declared log returned {missing:?}"
+    );
+
+    aim_testkit::set_pod_log(
+        &client,
+        &ns,
+        "talker",
+        "main",
+        "first line\n[{\"json\": true}]",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        match pods
+            .logs(
+                "talker",
+                &LogParams {
+                    container: Some("main".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "logs never served: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert_eq!(text, "first line\n[{\"json\": true}]\n");
+
+    // Replacing the log is how tests show progress over time.
+    aim_testkit::set_pod_log(&client, &ns, "talker", "main", "second").await;
+    let text = pods
+        .logs(
+            "talker",
+            &LogParams {
+                container: Some("main".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(text, "second\n");
 }
