@@ -233,7 +233,7 @@ fn job_condition(job: &Job, ty: &str) -> Option<String> {
 
 /// A pod problem that will not fix itself (bad image, bad config, crash
 /// loop), as (reason, message).
-fn pod_problem(pods: &[Pod]) -> Option<(String, String)> {
+pub(crate) fn pod_problem(pods: &[Pod]) -> Option<(String, String)> {
     const STUCK: [&str; 6] = [
         "ErrImagePull",
         "ImagePullBackOff",

@@ -14,6 +14,8 @@ pub struct Settings {
     pub operator_namespace: String,
     /// The KEDA scaler address written into metrics that name none.
     pub default_scaler_address: String,
+    /// This replica's name in Leases (the leader lease, the discovery lock).
+    pub identity: String,
 }
 
 pub struct Context {
@@ -24,6 +26,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// Serializes discovery's count-then-create among this process's
+    /// reconciles; the `aim-discovery-lock` Lease does it across replicas.
+    pub discovery_slot: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -43,6 +48,7 @@ impl Context {
             isvc_warnings,
             metrics,
             settings,
+            discovery_slot: tokio::sync::Mutex::new(()),
         }
     }
 }

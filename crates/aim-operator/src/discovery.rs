@@ -1,12 +1,22 @@
 //! The discovery Job (reference §4.2), pure parts: the Job a template gets,
 //! the parse of its pod's `dry-run --format=json` log into `status.profile`
-//! and `status.modelSources`, the spec hash and the retry backoff. The
-//! template controller does the I/O (not wired yet: see the catalog issue).
+//! and `status.modelSources`, the spec hash, the retry backoff and the
+//! decision what to do next (`assess`). The template controller does the
+//! I/O: it reads the Job, its pods and the log, and acts on the decision.
 
 use std::time::Duration;
 
 use aim_api::common::{ModelSource, Profile, ProfileMetadata};
+use aim_api::conditions::NewCondition;
+use aim_api::template::DiscoveryState;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::state::{ComponentState, ErrorCategory, Health};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -181,6 +191,306 @@ pub fn spec_hash(parts: &[Option<&str>]) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+/// The Job's name: `discover-<template>-<hash>`. The hash covers every
+/// input of the Job, so a changed spec gets a fresh Job rather than the
+/// verdict of an old one.
+pub fn job_name(template: &str, spec_hash: &str) -> String {
+    let mut base: String = aim_rules::naming::sanitize(template)
+        .chars()
+        .take(46)
+        .collect();
+    while base.ends_with('-') {
+        base.pop();
+    }
+    format!("discover-{base}-{}", &spec_hash[..8.min(spec_hash.len())])
+}
+
+/// Whether a discovery Job still occupies one of the cluster-wide slots.
+pub fn is_active(job: &Job) -> bool {
+    job_finished(job).is_none()
+}
+
+/// `Some(Ok(()))` when the Job completed, `Some(Err(reason))` when it
+/// failed (the Failed condition's reason), `None` while it runs.
+fn job_finished(job: &Job) -> Option<Result<(), String>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    for c in conditions.iter().filter(|c| c.status == "True") {
+        match c.type_.as_str() {
+            "Complete" => return Some(Ok(())),
+            "Failed" => return Some(Err(c.reason.clone().unwrap_or_default())),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What the template controller saw of a template's discovery.
+pub struct DiscoverySeen<'a> {
+    /// The Job for the current spec (named by `job_name`), if it exists.
+    pub job: Option<&'a Job>,
+    pub pods: &'a [Pod],
+    /// The discovery container's log, read once the Job completed.
+    pub log: Option<Result<String, String>>,
+    pub spec_hash: &'a str,
+    pub previous: Option<&'a DiscoveryState>,
+    pub now: Timestamp,
+}
+
+/// What the controller should do about the Job.
+#[derive(Debug, PartialEq)]
+pub enum JobAction {
+    None,
+    /// Create the Job, if a cluster-wide slot is free.
+    Create,
+    /// Delete the finished Job so the next attempt can use its name.
+    Delete,
+}
+
+/// The verdict on a template's discovery.
+pub struct DiscoveryAssessment {
+    pub health: Health,
+    pub state: DiscoveryState,
+    pub found: Option<Discovered>,
+    /// The `Discovered` condition (not a `*Ready` one: it never decides the
+    /// phase, it explains it).
+    pub condition: NewCondition,
+    pub action: JobAction,
+    /// When to look again (backoff end, log retry), if sooner than usual.
+    pub requeue: Option<Duration>,
+}
+
+fn failure_health(reason: &str, job: &str, detail: Option<String>) -> Health {
+    let (reason, category) = match reason {
+        "BackoffLimitExceeded" => ("JobBackoffLimitExceeded", ErrorCategory::InvalidSpec),
+        "DeadlineExceeded" => ("JobDeadlineExceeded", ErrorCategory::InvalidSpec),
+        "Evicted" => ("JobEvicted", ErrorCategory::Infrastructure),
+        _ => ("JobFailed", ErrorCategory::InvalidSpec),
+    };
+    Health::new(
+        "DiscoveryJob",
+        ComponentState::Failed,
+        reason,
+        format!(
+            "discovery job {job} failed{}: check the model image and that it supports `dry-run --format=json`; \
+             it is retried with backoff, and at once when the spec changes",
+            detail.map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+    )
+    .because(category)
+}
+
+fn evicted(pods: &[Pod]) -> bool {
+    pods.iter().any(|p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.reason.as_deref())
+            .is_some_and(|r| r == "Evicted")
+    })
+}
+
+/// Decides what a template without inline sources does next (§3.3/§4.2,
+/// with the fixes: a parse failure is a condition, `Discovered` turns True).
+pub fn assess(seen: &DiscoverySeen<'_>) -> DiscoveryAssessment {
+    // A changed spec is a new question: earlier failures do not count.
+    let mut state = match seen.previous {
+        Some(p) if p.spec_hash.as_deref() == Some(seen.spec_hash) => p.clone(),
+        _ => DiscoveryState {
+            spec_hash: Some(seen.spec_hash.to_string()),
+            ..Default::default()
+        },
+    };
+    let attempts = state.attempts.unwrap_or(0).max(0) as u32;
+    let waiting = NewCondition::new(
+        "Discovered",
+        false,
+        "AwaitingDiscovery",
+        "Waiting for discovery to complete",
+    );
+    // Counts a finished, failed attempt once: the failure is recorded with
+    // a time after the Job's creation, so a second look sees it counted.
+    let record_failure = |state: &mut DiscoveryState, job: &Job, reason: &str| -> u32 {
+        let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let counted = match (state.last_attempt_time.as_ref(), created) {
+            (Some(last), Some(created)) => last.0 >= created,
+            _ => false,
+        };
+        if !counted {
+            state.attempts = Some(attempts as i32 + 1);
+            state.last_attempt_time = Some(Time(seen.now));
+        }
+        state.last_failure_reason = Some(reason.to_string());
+        state.attempts.unwrap_or(0).max(0) as u32
+    };
+    let backoff_left = |state: &DiscoveryState, attempts: u32| -> Option<Duration> {
+        let last = state.last_attempt_time.as_ref()?.0;
+        let ready_at = last.as_second() + retry_delay(attempts).as_secs() as i64;
+        let left = ready_at - seen.now.as_second();
+        (left > 0).then(|| Duration::from_secs(left as u64))
+    };
+
+    let Some(job) = seen.job else {
+        if let Some(left) = backoff_left(&state, attempts) {
+            return DiscoveryAssessment {
+                health: Health::new(
+                    "DiscoveryJob",
+                    ComponentState::Pending,
+                    "AwaitingRetry",
+                    format!(
+                        "discovery attempt {attempts} failed ({}); the next one starts in {}s",
+                        state.last_failure_reason.clone().unwrap_or_default(),
+                        left.as_secs()
+                    ),
+                ),
+                condition: NewCondition::new(
+                    "Discovered",
+                    false,
+                    "AwaitingDiscovery",
+                    format!(
+                        "Waiting {}s before retry (attempt {attempts} failed)",
+                        left.as_secs()
+                    ),
+                ),
+                state,
+                found: None,
+                action: JobAction::None,
+                requeue: Some(left),
+            };
+        }
+        return DiscoveryAssessment {
+            health: Health::new(
+                "DiscoveryJob",
+                ComponentState::Pending,
+                "JobNotCreated",
+                "the discovery job is being created (at most 10 run cluster-wide)",
+            ),
+            state,
+            found: None,
+            condition: waiting,
+            action: JobAction::Create,
+            requeue: None,
+        };
+    };
+    let name = job.name_any();
+    match job_finished(job) {
+        None => {
+            let health = match crate::artifact::pod_problem(seen.pods) {
+                Some((reason, message)) => Health::new(
+                    "DiscoveryJob",
+                    ComponentState::Degraded,
+                    &reason,
+                    format!("discovery job {name}: {message}"),
+                ),
+                None => Health::new(
+                    "DiscoveryJob",
+                    ComponentState::Progressing,
+                    "JobRunning",
+                    format!("discovery job {name} is running"),
+                ),
+            };
+            DiscoveryAssessment {
+                health,
+                state,
+                found: None,
+                condition: waiting,
+                action: JobAction::None,
+                requeue: None,
+            }
+        }
+        Some(Err(reason)) => {
+            let reason = if evicted(seen.pods) {
+                "Evicted".to_string()
+            } else {
+                reason
+            };
+            let attempts = record_failure(&mut state, job, &reason);
+            let left = backoff_left(&state, attempts);
+            DiscoveryAssessment {
+                health: failure_health(&reason, &name, None),
+                condition: waiting,
+                action: if left.is_none() {
+                    JobAction::Delete
+                } else {
+                    JobAction::None
+                },
+                requeue: Some(left.unwrap_or(Duration::from_secs(1))),
+                state,
+                found: None,
+            }
+        }
+        Some(Ok(())) => match &seen.log {
+            None | Some(Err(_)) => DiscoveryAssessment {
+                health: Health::new(
+                    "DiscoveryJob",
+                    ComponentState::Progressing,
+                    "ReadingOutput",
+                    format!(
+                        "discovery job {name} completed; reading its pod's log{}",
+                        match &seen.log {
+                            Some(Err(e)) => format!(" failed so far: {e}"),
+                            _ => String::new(),
+                        }
+                    ),
+                ),
+                state,
+                found: None,
+                condition: waiting,
+                action: JobAction::None,
+                requeue: Some(Duration::from_secs(3)),
+            },
+            Some(Ok(log)) => match parse_output(log) {
+                Ok(found) => {
+                    state.attempts = None;
+                    state.last_failure_reason = None;
+                    DiscoveryAssessment {
+                        health: Health::ready(
+                            "DiscoveryJob",
+                            "JobComplete",
+                            format!("discovery job {name} completed"),
+                        ),
+                        state,
+                        found: Some(found),
+                        condition: NewCondition::new(
+                            "Discovered",
+                            true,
+                            "DiscoveryComplete",
+                            "Profile and model sources discovered",
+                        ),
+                        action: JobAction::None,
+                        requeue: None,
+                    }
+                }
+                Err(e) => {
+                    let attempts = record_failure(&mut state, job, "DiscoveryOutputInvalid");
+                    let left = backoff_left(&state, attempts);
+                    DiscoveryAssessment {
+                        health: Health::new(
+                            "DiscoveryJob",
+                            ComponentState::Failed,
+                            "DiscoveryOutputInvalid",
+                            format!("discovery job {name} completed, but {e}"),
+                        )
+                        .because(ErrorCategory::InvalidSpec),
+                        condition: NewCondition::new(
+                            "Discovered",
+                            false,
+                            "DiscoveryOutputInvalid",
+                            format!("The discovery output could not be parsed: {e}"),
+                        ),
+                        action: if left.is_none() {
+                            JobAction::Delete
+                        } else {
+                            JobAction::None
+                        },
+                        requeue: Some(left.unwrap_or(Duration::from_secs(1))),
+                        state,
+                        found: None,
+                    }
+                }
+            },
+        },
+    }
 }
 
 /// Inputs of a discovery Job.

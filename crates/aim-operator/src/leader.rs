@@ -56,12 +56,22 @@ pub async fn hold(client: Client, cfg: LeaderConfig) {
 }
 
 async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, kube::Error> {
+    try_acquire_named(api, LEASE_NAME, cfg).await
+}
+
+/// Takes or renews the Lease `name` for `cfg.identity`. A lease with an
+/// empty holder is free (that is how `release` hands it back).
+pub async fn try_acquire_named(
+    api: &Api<Lease>,
+    name: &str,
+    cfg: &LeaderConfig,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
-    let existing = api.get_opt(LEASE_NAME).await?;
+    let existing = api.get_opt(name).await?;
     let Some(lease) = existing else {
         let lease: Lease = serde_json::from_value(serde_json::json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": LEASE_NAME, "namespace": cfg.namespace},
+            "metadata": {"name": name, "namespace": cfg.namespace},
             "spec": {
                 "holderIdentity": cfg.identity,
                 "leaseDurationSeconds": cfg.lease_duration.as_secs(),
@@ -100,11 +110,39 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, kube:
     // The resourceVersion makes this a compare-and-swap: two standbys racing
     // for an expired lease cannot both win.
     match api
-        .patch(LEASE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hands the Lease `name` back if `identity` holds it, so the next
+/// claimant need not wait for it to expire. Losing the race is fine: the
+/// lease then belongs to someone else already.
+pub async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), kube::Error> {
+    let Some(lease) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref());
+    if holder != Some(identity) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": lease.metadata.resource_version},
+        "spec": {"holderIdentity": ""}
+    });
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e),
     }
 }

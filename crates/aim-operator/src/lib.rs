@@ -110,6 +110,7 @@ pub async fn run_with(
     let settings = Settings {
         operator_namespace: args.namespace.clone(),
         default_scaler_address: args.scaler_address.clone(),
+        identity: lease.identity.clone(),
     };
     let (isvc_warnings, writer) = kube::runtime::reflector::store();
     let warning_watch = kube::runtime::reflector(

@@ -10,22 +10,24 @@ use std::time::{Duration, Instant};
 use aim_api::common::{HardwareRequirements, Profile, ProfileMetadata, ResolvedReference};
 use aim_api::conditions::NewCondition;
 use aim_api::status::ResourcePhase;
-use aim_api::template::{AIMServiceTemplateSpec, AIMServiceTemplateStatus};
+use aim_api::template::{AIMServiceTemplateSpec, AIMServiceTemplateStatus, JobReference};
 use aim_api::{AIMClusterModel, AIMModel};
 use aim_rules::gpu::{GpuAvailability, GpuInfo};
 
 type ClusterGpus = std::collections::BTreeMap<String, GpuInfo>;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::context::{Context, is_paused};
+use crate::discovery::JobAction;
 use crate::kube_io;
 use crate::scoped::TemplateObject;
 use crate::state::{self, ComponentState, ErrorCategory, Health};
@@ -38,6 +40,11 @@ pub struct TemplateObserved<'a> {
     /// The model of `spec.modelName` in the template's own scope.
     pub model: Option<TemplateModel>,
     pub gpus: Result<ClusterGpus, String>,
+    /// Hash of every input of discovery (`discovery_inputs_hash`).
+    pub spec_hash: String,
+    /// What was seen of the discovery Job, when discovery may run at all
+    /// (model found with an image, GPUs available, no inline sources).
+    pub discovery: Option<crate::discovery::DiscoverySeen<'a>>,
 }
 
 /// The parts of a template's model that its health depends on.
@@ -53,6 +60,63 @@ pub struct TemplatePlan {
     pub healths: Vec<Health>,
     pub status: AIMServiceTemplateStatus,
     pub discovered: Option<NewCondition>,
+    pub job_action: crate::discovery::JobAction,
+    pub requeue: Option<Duration>,
+}
+
+/// The inputs a discovery answer depends on, hashed. Scope is part of it:
+/// a cluster template's Job lives in the operator namespace, next to any
+/// namespaced template of the same name there.
+pub fn discovery_inputs_hash(
+    spec: &AIMServiceTemplateSpec,
+    model: Option<&aim_api::model::AIMModelSpec>,
+    cluster_scoped: bool,
+) -> String {
+    let text = |v: Option<String>| v.unwrap_or_default();
+    let gpu = spec.hardware.as_ref().and_then(|h| h.gpu.as_ref());
+    let mut parts: Vec<String> = vec![
+        if cluster_scoped {
+            "cluster"
+        } else {
+            "namespace"
+        }
+        .into(),
+        spec.model_name.clone(),
+        text(model.map(|m| m.image.clone())),
+        text(model.and_then(|m| m.service_account_name.clone())),
+    ];
+    if !cluster_scoped {
+        for e in &spec.env {
+            parts.push(format!(
+                "{}={}",
+                e.name,
+                e.value.clone().unwrap_or_default()
+            ));
+        }
+    }
+    for s in model
+        .map(|m| m.image_pull_secrets.as_slice())
+        .unwrap_or_default()
+    {
+        parts.push(s.name.clone());
+    }
+    parts.extend([
+        text(enum_text(&spec.metric)),
+        text(enum_text(&spec.precision)),
+        text(gpu.and_then(|g| g.model.clone())),
+        text(gpu.and_then(|g| g.requests).map(|r| r.to_string())),
+        text(spec.profile_id.clone()),
+    ]);
+    let refs: Vec<Option<&str>> = parts.iter().map(|p| Some(p.as_str())).collect();
+    crate::discovery::spec_hash(&refs)
+}
+
+/// An enum field as the string the CRD shows (`latency`, `fp8`).
+fn enum_text<T: serde::Serialize>(value: &Option<T>) -> Option<String> {
+    value
+        .as_ref()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
 }
 
 fn requires_gpu(hw: Option<&HardwareRequirements>) -> bool {
@@ -208,6 +272,15 @@ pub fn plan(
     }
 
     let discovered;
+    let mut job_action = crate::discovery::JobAction::None;
+    let mut requeue = None;
+    let discovered_for_this_spec = |p: &&AIMServiceTemplateStatus| {
+        p.profile.is_some()
+            && p.discovery
+                .as_ref()
+                .and_then(|d| d.spec_hash.as_deref())
+                .is_none_or(|h| h == obs.spec_hash)
+    };
     if !spec.model_sources.is_empty() {
         status.model_sources = spec.model_sources.clone();
         let gpu = hardware.as_ref().and_then(|h| h.gpu.as_ref());
@@ -231,8 +304,9 @@ pub fn plan(
             "InlineModelSources",
             "Model sources provided in-line in spec",
         ));
-    } else if let Some(prev) = previous.filter(|p| p.profile.is_some()) {
-        // A profile published earlier (by discovery) stays authoritative.
+    } else if let Some(prev) = previous.filter(discovered_for_this_spec) {
+        // A profile discovered for this very spec stays authoritative: the
+        // Job is gone by now, and running it again would say the same.
         status.model_sources = prev.model_sources.clone();
         status.profile = prev.profile.clone();
         status.resolved_hardware = prev.resolved_hardware.clone().or(hardware.clone());
@@ -240,21 +314,56 @@ pub fn plan(
             .hardware_summary
             .clone()
             .or(hardware.as_ref().map(aim_rules::gpu::hardware_summary));
+        healths.push(Health::ready(
+            "DiscoveryJob",
+            "JobComplete",
+            "Profile discovered",
+        ));
         discovered = Some(NewCondition::new(
             "Discovered",
             true,
             "DiscoveryComplete",
-            "Profile discovered",
+            "Profile and model sources discovered",
         ));
+    } else if let Some(seen) = &obs.discovery {
+        let verdict = crate::discovery::assess(seen);
+        status.discovery = Some(verdict.state);
+        status.resolved_hardware = hardware.clone();
+        status.hardware_summary = hardware.as_ref().map(aim_rules::gpu::hardware_summary);
+        if let Some(found) = verdict.found {
+            // The image knows the GPUs it was profiled for: its count and
+            // model win over the spec, as in AIM (§3.3 decoration).
+            let meta = found.profile.metadata.clone().unwrap_or_default();
+            let mut resolved = hardware.clone().unwrap_or_default();
+            let mut gpu = resolved.gpu.clone().unwrap_or_default();
+            if meta.gpu_count.is_some() {
+                gpu.requests = meta.gpu_count;
+            }
+            if let Some(m) = meta.gpu.clone().filter(|m| !m.is_empty()) {
+                gpu.model = Some(m);
+            }
+            if gpu.requests.unwrap_or(0) > 0 || gpu.model.is_some() {
+                resolved.gpu = Some(gpu);
+            }
+            status.hardware_summary = Some(aim_rules::gpu::hardware_summary(&resolved));
+            status.resolved_hardware = Some(resolved);
+            status.model_sources = found.model_sources;
+            status.profile = Some(found.profile);
+        }
+        healths.push(verdict.health);
+        discovered = Some(verdict.condition);
+        job_action = verdict.action;
+        requeue = verdict.requeue;
     } else {
         status.resolved_hardware = hardware.clone();
         status.hardware_summary = hardware.as_ref().map(aim_rules::gpu::hardware_summary);
+        // Model or GPUs are missing (their components say which): no Job
+        // is started for a template that could not run anyway.
         healths.push(Health::new(
             "DiscoveryJob",
             ComponentState::Pending,
             "AwaitingDiscovery",
-            "The template has no inline model sources, so its profile must be discovered from the model image; \
-             discovery jobs are not run by this operator release. Add spec.modelSources to serve it now.",
+            "discovery starts once the model and the GPUs this template needs are available",
         ));
         discovered = Some(NewCondition::new(
             "Discovered",
@@ -267,6 +376,8 @@ pub fn plan(
         healths,
         status,
         discovered,
+        job_action,
+        requeue,
     }
 }
 
@@ -329,15 +440,115 @@ async fn reconcile_inner<T: TemplateObject>(tpl: &T, ctx: &Context) -> Result<Ac
     } else {
         Ok(Default::default())
     };
+    let old = tpl.status().cloned();
+    let spec_hash = discovery_inputs_hash(spec, model.as_ref().map(|m| &m.spec), T::CLUSTER);
+    let job_namespace = if T::CLUSTER {
+        ctx.settings.operator_namespace.clone()
+    } else {
+        ns.clone().unwrap_or_default()
+    };
+    let job_name = crate::discovery::job_name(&tpl.name_any(), &spec_hash);
+    let already_discovered = old.as_ref().is_some_and(|st| {
+        st.profile.is_some()
+            && st
+                .discovery
+                .as_ref()
+                .and_then(|d| d.spec_hash.as_deref())
+                .is_none_or(|h| h == spec_hash)
+    });
+    let gpus_ok = !requires_gpu(spec.hardware.as_ref())
+        || gpus.as_ref().is_ok_and(|g| {
+            matches!(
+                aim_rules::gpu::gpu_availability(
+                    spec.hardware.as_ref().expect("required implies set"),
+                    g
+                ),
+                GpuAvailability::Available | GpuAvailability::NotRequired
+            )
+        });
+    let may_discover = spec.model_sources.is_empty()
+        && !already_discovered
+        && gpus_ok
+        && model
+            .as_ref()
+            .is_some_and(|m| !m.spec.image.trim().is_empty());
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &job_namespace);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &job_namespace);
+    let (job, pods, log) = if may_discover {
+        observe_job(&jobs, &pods_api, &job_name).await?
+    } else {
+        (None, Vec::new(), None)
+    };
+    let discovery = may_discover.then(|| crate::discovery::DiscoverySeen {
+        job: job.as_ref(),
+        pods: &pods,
+        log,
+        spec_hash: &spec_hash,
+        previous: old.as_ref().and_then(|o| o.discovery.as_ref()),
+        now: Timestamp::now(),
+    });
     let obs = TemplateObserved {
         spec,
         cluster_scoped: T::CLUSTER,
         namespace: ns.clone(),
         model,
         gpus,
+        spec_hash: spec_hash.clone(),
+        discovery,
     };
-    let old = tpl.status().cloned();
     let mut plan = plan(&obs, old.as_ref());
+    let mut requeue = plan.requeue;
+    if job.is_some() {
+        plan.status.discovery_job = Some(JobReference {
+            name: Some(job_name.clone()),
+            namespace: Some(job_namespace.clone()),
+        });
+    }
+    match plan.job_action {
+        JobAction::None => {}
+        JobAction::Delete => match jobs.delete(&job_name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        },
+        JobAction::Create => {
+            let model = obs.model.as_ref().expect("discovery needs the model");
+            let job = discovery_job(tpl, &model.spec, &job_name, &job_namespace);
+            match create_if_slot_free(ctx, &jobs, job).await? {
+                Slot::Created => {
+                    replace_health(
+                        &mut plan.healths,
+                        Health::new(
+                            "DiscoveryJob",
+                            ComponentState::Progressing,
+                            "JobCreated",
+                            format!("discovery job {job_name} created"),
+                        ),
+                    );
+                    plan.status.discovery_job = Some(JobReference {
+                        name: Some(job_name.clone()),
+                        namespace: Some(job_namespace.clone()),
+                    });
+                }
+                Slot::Busy(active) => {
+                    replace_health(
+                        &mut plan.healths,
+                        Health::new(
+                            "DiscoveryJob",
+                            ComponentState::Pending,
+                            "DiscoveryQueued",
+                            format!(
+                                "{active} discovery jobs are running cluster-wide (at most {}); this template waits for a free slot",
+                                crate::discovery::MAX_ACTIVE_JOBS
+                            ),
+                        ),
+                    );
+                    requeue = Some(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     let now = Time(Timestamp::now());
     let previous_conditions = old
         .as_ref()
@@ -367,7 +578,203 @@ async fn reconcile_inner<T: TemplateObject>(tpl: &T, ctx: &Context) -> Result<Ac
         .await?;
     }
     kube_io::publish(&ctx.recorder, &tpl.object_ref(&()), &assessment.transitions).await;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(requeue.unwrap_or(Duration::from_secs(300))))
+}
+
+/// The template a discovery object belongs to, as (name, namespace) in the
+/// scope of this controller: cluster templates' Jobs live in the operator
+/// namespace.
+fn labelled_template(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    namespace: Option<String>,
+    cluster: bool,
+    operator_namespace: &str,
+) -> Option<(String, Option<String>)> {
+    let name = labels?.get("aim.eai.amd.com/template")?.clone();
+    if cluster {
+        (namespace.as_deref() == Some(operator_namespace)).then_some((name, None))
+    } else {
+        Some((name, namespace))
+    }
+}
+
+fn job_template(
+    job: &Job,
+    cluster: bool,
+    operator_namespace: &str,
+) -> Option<(String, Option<String>)> {
+    labelled_template(
+        job.metadata.labels.as_ref(),
+        job.namespace(),
+        cluster,
+        operator_namespace,
+    )
+}
+
+fn pod_template(
+    pod: &Pod,
+    cluster: bool,
+    operator_namespace: &str,
+) -> Option<(String, Option<String>)> {
+    labelled_template(
+        pod.metadata.labels.as_ref(),
+        pod.namespace(),
+        cluster,
+        operator_namespace,
+    )
+}
+
+fn is_queued(status: Option<&AIMServiceTemplateStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "DiscoveryJobReady" && c.reason == "DiscoveryQueued")
+    })
+}
+
+fn replace_health(healths: &mut [Health], health: Health) {
+    if let Some(h) = healths.iter_mut().find(|h| h.component == health.component) {
+        *h = health;
+    }
+}
+
+/// The Job for the current spec, its pods, and once it completed, the log
+/// of the pod that succeeded.
+async fn observe_job(
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+    name: &str,
+) -> Result<(Option<Job>, Vec<Pod>, Option<Result<String, String>>), kube::Error> {
+    let Some(job) = jobs.get_opt(name).await? else {
+        return Ok((None, Vec::new(), None));
+    };
+    let pod_list = pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await?
+        .items;
+    let complete = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        });
+    let mut log = None;
+    if complete {
+        let succeeded = pod_list
+            .iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+        log = Some(match succeeded {
+            None => Err("no succeeded pod is left to read".to_string()),
+            Some(pod) => pods
+                .logs(
+                    &pod.name_any(),
+                    &LogParams {
+                        container: Some("discovery".into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("reading the log of pod {}: {e}", pod.name_any())),
+        });
+    }
+    Ok((Some(job), pod_list, log))
+}
+
+fn discovery_job<T: TemplateObject>(
+    tpl: &T,
+    model: &aim_api::model::AIMModelSpec,
+    name: &str,
+    namespace: &str,
+) -> Job {
+    let spec = tpl.spec();
+    let gpu = spec.hardware.as_ref().and_then(|h| h.gpu.as_ref());
+    let metric = enum_text(&spec.metric);
+    let precision = enum_text(&spec.precision);
+    let template_name = tpl.name_any();
+    let mut value = crate::discovery::job(
+        name,
+        &crate::discovery::JobInputs {
+            template: &template_name,
+            namespace,
+            image: &model.image,
+            image_pull_secrets: &model.image_pull_secrets,
+            service_account: model.service_account_name.as_deref(),
+            env: if T::CLUSTER { &[] } else { &spec.env },
+            metric: metric.as_deref(),
+            precision: precision.as_deref(),
+            gpu_model: gpu.and_then(|g| g.model.as_deref()),
+            gpu_count: gpu.and_then(|g| g.requests),
+            profile_id: spec.profile_id.as_deref(),
+        },
+    );
+    if let Some(owner) = kube_io::owner_of(tpl) {
+        value["metadata"]["ownerReferences"] = serde_json::json!([owner]);
+    }
+    serde_json::from_value(value).expect("the discovery job is a valid Job")
+}
+
+enum Slot {
+    Created,
+    /// No free slot: this many discovery Jobs are active.
+    Busy(usize),
+}
+
+/// Counts the active discovery Jobs and creates `job` if fewer than the
+/// limit run, holding the discovery lock in between so two reconciles (in
+/// this process, or in another replica) cannot both take the last slot.
+async fn create_if_slot_free(
+    ctx: &Context,
+    jobs: &Api<Job>,
+    job: Job,
+) -> Result<Slot, kube::Error> {
+    let _local = ctx.discovery_slot.lock().await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.operator_namespace);
+    let lock = crate::leader::LeaderConfig {
+        namespace: ctx.settings.operator_namespace.clone(),
+        identity: ctx.settings.identity.clone(),
+        lease_duration: Duration::from_secs(30),
+        renew: Duration::from_millis(100),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !crate::leader::try_acquire_named(&leases, crate::discovery::LOCK_LEASE, &lock).await? {
+        if Instant::now() > deadline {
+            return Ok(Slot::Busy(crate::discovery::MAX_ACTIVE_JOBS));
+        }
+        tokio::time::sleep(lock.renew).await;
+    }
+    let result = async {
+        let all: Api<Job> = Api::all(ctx.client.clone());
+        let active = all
+            .list(&ListParams::default().labels("app.kubernetes.io/name=aim-discovery"))
+            .await?
+            .items
+            .iter()
+            .filter(|j| crate::discovery::is_active(j))
+            .count();
+        if active >= crate::discovery::MAX_ACTIVE_JOBS {
+            return Ok(Slot::Busy(active));
+        }
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => Ok(Slot::Created),
+            // Created by an earlier reconcile whose status write was lost.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Slot::Created),
+            Err(e) => Err(e),
+        }
+    }
+    .await;
+    if let Err(e) = crate::leader::release(
+        &leases,
+        crate::discovery::LOCK_LEASE,
+        &ctx.settings.identity,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "releasing the discovery lock failed; it expires in 30s");
+    }
+    result
 }
 
 fn error_policy<T: TemplateObject>(_t: Arc<T>, error: &kube::Error, _ctx: Arc<Context>) -> Action {
@@ -387,6 +794,10 @@ pub async fn run<T: TemplateObject>(
     let store_models = store.clone();
     let store_cluster_models = store.clone();
     let store_nodes = store.clone();
+    let store_jobs = store.clone();
+    let store_pods = store.clone();
+    let operator_namespace = ctx.settings.operator_namespace.clone();
+    let operator_namespace_pods = operator_namespace.clone();
     controller
         .watches(
             Api::<AIMModel>::all(client.clone()),
@@ -423,6 +834,45 @@ pub async fn run<T: TemplateObject>(
                     .state()
                     .iter()
                     .filter(|t| requires_gpu(t.spec().hardware.as_ref()))
+                    .map(|t| ObjectRef::from_obj(t.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // A discovery Job that finishes decides its template, and frees a
+        // slot for the templates queued behind the limit.
+        .watches(
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/name=aim-discovery"),
+            move |job| {
+                let owner = job_template(&job, T::CLUSTER, &operator_namespace);
+                let finished = !crate::discovery::is_active(&job);
+                store_jobs
+                    .state()
+                    .iter()
+                    .filter(|t| {
+                        let own = owner.as_ref().is_some_and(|(name, ns)| {
+                            t.name_any() == *name && t.namespace() == *ns
+                        });
+                        own || (finished && is_queued(t.status()))
+                    })
+                    .map(|t| ObjectRef::from_obj(t.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // Pods show image pull and crash problems before the Job fails.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels("aim.eai.amd.com/template"),
+            move |pod| {
+                let owner = pod_template(&pod, T::CLUSTER, &operator_namespace_pods);
+                store_pods
+                    .state()
+                    .iter()
+                    .filter(|t| {
+                        owner
+                            .as_ref()
+                            .is_some_and(|(name, ns)| t.name_any() == *name && t.namespace() == *ns)
+                    })
                     .map(|t| ObjectRef::from_obj(t.as_ref()))
                     .collect::<Vec<_>>()
             },
