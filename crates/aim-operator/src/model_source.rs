@@ -237,7 +237,9 @@ pub fn registry_failure(e: &RegistryError, pull_secrets: &[LocalObjectReference]
             };
             invalid_filter(
                 "RegistryAuthFailed",
-                format!("registry {registry} refused access to {repository} (HTTP {status}): {advice}"),
+                format!(
+                    "registry {registry} refused access to {repository} (HTTP {status}): {advice}"
+                ),
             )
         }
         RegistryError::NotFound { registry, image } => invalid_filter(
@@ -363,7 +365,9 @@ pub struct SecretProblem {
 impl From<&InspectError> for SecretProblem {
     fn from(e: &InspectError) -> Self {
         let (reason, category) = match e {
-            InspectError::SecretNotFound { .. } => ("SecretNotFound", ErrorCategory::MissingUpstream),
+            InspectError::SecretNotFound { .. } => {
+                ("SecretNotFound", ErrorCategory::MissingUpstream)
+            }
             InspectError::SecretAccess { .. } => {
                 ("SecretAccessFailed", ErrorCategory::Infrastructure)
             }
@@ -737,7 +741,8 @@ async fn run_filter(
     spec: &AIMClusterModelSourceSpec,
     sessions: &mut Sessions<'_>,
 ) -> Result<Vec<DiscoveredImage>, FilterFailure> {
-    let spec_error = |e: catalog_filter::FilterError| invalid_filter("InvalidFilter", e.to_string());
+    let spec_error =
+        |e: catalog_filter::FilterError| invalid_filter("InvalidFilter", e.to_string());
     let registry_error = |e: RegistryError| registry_failure(&e, &spec.image_pull_secrets);
     match catalog_filter::parse_filter(&filter.image, default_registry).map_err(spec_error)? {
         FilterTarget::Exact {
@@ -1018,14 +1023,8 @@ mod tests {
         assert_eq!(parse_sync_interval("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_sync_interval("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_sync_interval("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(
-            parse_sync_interval("1h30m"),
-            Ok(Duration::from_secs(5400))
-        );
-        assert_eq!(
-            parse_sync_interval("1.5s"),
-            Ok(Duration::from_millis(1500))
-        );
+        assert_eq!(parse_sync_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_sync_interval("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(
             parse_sync_interval("1500ms"),
             Ok(Duration::from_millis(1500))
@@ -1177,7 +1176,10 @@ mod tests {
             labels::ORIGIN_AUTO_GENERATED
         );
         assert_eq!(m["metadata"]["annotations"][labels::SOURCE_TAG], "2.0");
-        assert_eq!(m["metadata"]["annotations"][labels::SOURCE_REGISTRY], "r.io");
+        assert_eq!(
+            m["metadata"]["annotations"][labels::SOURCE_REGISTRY],
+            "r.io"
+        );
         assert_eq!(health(&p, "Filters").reason, "AllFiltersSucceeded");
     }
 

@@ -147,8 +147,7 @@ async fn exact_tag_creates_one_model_without_calling_the_registry() {
     let image = format!("{offline}/aim/offline:1.2.3");
     apply_source(&client, &name, &format!("  filters:\n  - image: {image}\n")).await;
     let s = await_source(&api, &name, "Ready with one model", |s| {
-        phase(s) == Some(Phase::Ready)
-            && s.status.as_ref().unwrap().discovered_models == Some(1)
+        phase(s) == Some(Phase::Ready) && s.status.as_ref().unwrap().discovered_models == Some(1)
     })
     .await;
     assert!(has(&s, "FiltersReady", "True", "AllFiltersSucceeded"));
@@ -419,11 +418,39 @@ async fn failing_filters_are_named_and_do_not_block_the_others() {
     delete_source(&api, &name).await;
 }
 
+/// AIM Engine's `auth-failure` e2e intent: a ghcr.io wildcard without pull
+/// secrets fails at once, with no models and no network call (aim does not
+/// call the GitHub Packages API at all, so the error says what to do).
+#[tokio::test]
+async fn ghcr_wildcard_fails_without_models() {
+    let (client, api) = setup().await;
+    let name = unique("src-ghcr");
+    apply_source(
+        &client,
+        &name,
+        "  filters:\n  - image: ghcr.io/silogen/aim-*\n",
+    )
+    .await;
+    let s = await_source(&api, &name, "Failed", |s| phase(s) == Some(Phase::Failed)).await;
+    assert!(has(&s, "Ready", "False", "AllFiltersFailed"));
+    let message = condition(&s, "FiltersReady").unwrap().2;
+    assert!(
+        message.contains("filters[0]") && message.contains("GitHub Packages"),
+        "{message}"
+    );
+    assert_eq!(s.status.as_ref().unwrap().discovered_models, Some(0));
+    assert!(models_of(&client, &name).await.is_empty());
+    delete_source(&api, &name).await;
+}
+
 #[tokio::test]
 async fn deleting_the_source_garbage_collects_its_models() {
     let (client, api) = setup().await;
     let name = unique("src-gc");
-    let expected = ["r.example/aim/a:1".to_string(), "r.example/aim/b:2".to_string()];
+    let expected = [
+        "r.example/aim/a:1".to_string(),
+        "r.example/aim/b:2".to_string(),
+    ];
     apply_source(
         &client,
         &name,
@@ -486,7 +513,10 @@ async fn a_tag_pushed_later_appears_after_the_next_sync() {
     })
     .await;
     let later = s.status.unwrap().last_sync_time.unwrap().0;
-    assert!(later > first_sync, "lastSyncTime moves: {first_sync} → {later}");
+    assert!(
+        later > first_sync,
+        "lastSyncTime moves: {first_sync} → {later}"
+    );
     delete_source(&api, &name).await;
 }
 

@@ -215,7 +215,13 @@ pub async fn push_manifest(
     (d, manifest.len())
 }
 
-pub async fn push_image(registry: &str, repo: &str, tag: &str, labels: &[(&str, &str)], auth: bool) {
+pub async fn push_image(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    labels: &[(&str, &str)],
+    auth: bool,
+) {
     let labels = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
