@@ -895,6 +895,20 @@ async fn reconcile_inner(
             }
         }
     }
+    if let Some(e) = &apply_failure {
+        // As the state engine does for any controller (reference §1.2).
+        conditions::set(
+            &mut assessment.conditions,
+            NewCondition::new(
+                state::DEPENDENCIES_REACHABLE,
+                false,
+                "InfrastructureError",
+                e.to_string(),
+            ),
+            generation,
+            &now_time,
+        );
+    }
     let synced = matches!(observation, Observation::Synced(_));
     if synced {
         conditions::set(
@@ -926,7 +940,11 @@ async fn reconcile_inner(
         available_models: plan
             .available
             .or(old.as_ref().and_then(|s| s.available_models)),
-        models_limit_reached: Some(plan.limit_reached),
+        models_limit_reached: if synced {
+            Some(plan.limit_reached)
+        } else {
+            old.as_ref().and_then(|s| s.models_limit_reached)
+        },
         conditions: assessment.conditions,
     };
     if Some(&status) != old.as_ref() {
