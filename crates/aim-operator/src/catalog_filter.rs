@@ -1,7 +1,7 @@
 //! AIMClusterModelSource filters (reference §3.6), pure: what a filter asks
 //! the registry for, which tags its version constraints keep, and the image
-//! URI of a match. The controller that lists catalogs and tags and creates
-//! AIMClusterModels is not written yet (see the catalog issue).
+//! URI of a match. `crate::model_source` lists catalogs and tags and
+//! creates the AIMClusterModels.
 
 use aim_rules::labels::glob_match;
 

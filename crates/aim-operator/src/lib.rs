@@ -15,6 +15,7 @@ pub mod kube_io;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod model_source;
 pub mod registry;
 pub mod runtime_config;
 pub mod scoped;
@@ -143,6 +144,7 @@ pub async fn run_with(
                 template::run::<AIMClusterServiceTemplate>(ctx.clone(), stopped(stop_rx.clone())),
                 template_cache::run(ctx.clone(), stopped(stop_rx.clone())),
                 artifact::run(ctx.clone(), stopped(stop_rx.clone())),
+                model_source::run(ctx.clone(), stopped(stop_rx.clone())),
             );
         }
     });

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kubelet;
+pub mod registry;
 
 use std::sync::OnceLock;
 use std::time::Duration;
