@@ -247,7 +247,11 @@ async fn fail_job_printing(client: &kube::Client, ns: &str, job: &str, log: Opti
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
     };
     loop {
-        let j = jobs.get(job).await.unwrap();
+        // A Job gone means the operator already acted on its failure (a
+        // retry deletes the artifact, and the garbage collector its Job).
+        let Some(j) = jobs.get_opt(job).await.unwrap() else {
+            return;
+        };
         if failed(&j) {
             return;
         }
@@ -257,10 +261,24 @@ async fn fail_job_printing(client: &kube::Client, ns: &str, job: &str, log: Opti
         finish_pod(client, ns, job, 1, "download failed").await;
         // Wait until the job controller counted it before failing the next.
         let before = j.status.as_ref().and_then(|s| s.failed).unwrap_or(0);
-        await_object(&jobs, job, "the failure counted", SLOW, |j: &Job| {
-            failed(j) || j.status.as_ref().and_then(|s| s.failed).unwrap_or(0) > before
-        })
-        .await;
+        let deadline = std::time::Instant::now() + SLOW;
+        loop {
+            match jobs.get_opt(job).await.unwrap() {
+                None => return,
+                Some(j)
+                    if failed(&j)
+                        || j.status.as_ref().and_then(|s| s.failed).unwrap_or(0) > before =>
+                {
+                    break;
+                }
+                Some(_) => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {job} never counted the failure"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
