@@ -7,7 +7,8 @@
 //! and patches `status.progress`/`status.download`; this controller only
 //! configures it and reads what it wrote.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aim_api::AIMArtifact;
@@ -45,6 +46,8 @@ const GIB: u64 = 1 << 30;
 /// Sizes above this are taken as a broken check-size answer (1 PiB).
 const MAX_SIZE: u64 = 1 << 50;
 const DEFAULT_HEADROOM: i32 = 10;
+/// The downloader's own default for `STALL_TIMEOUT`.
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether the storage class the volume would use exists.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,10 +68,26 @@ pub struct ArtifactObserved<'a> {
     pub storage_class: StorageClassCheck,
     pub check_size_job: Option<Job>,
     /// The check-size pod's answer: its termination message, else its log.
-    pub check_size_output: Option<String>,
+    pub check_size_output: PodOutput,
     pub pvc: Option<PersistentVolumeClaim>,
     pub download_job: Option<Job>,
     pub download_pods: Vec<Pod>,
+    /// The end of the newest failed download pod's log, when one failed.
+    pub download_log: Option<String>,
+    /// When the downloader's byte count last changed, as last seen.
+    pub progress_mark: Option<ProgressMark>,
+    pub now: Timestamp,
+}
+
+/// A finished pod's output, as read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum PodOutput {
+    /// No finished pod to read (or nothing to read yet).
+    #[default]
+    Missing,
+    Text(String),
+    /// The pod is there but reading its log failed; worth another try.
+    Unreadable(String),
 }
 
 /// What to apply and write for one artifact.
@@ -82,6 +101,12 @@ pub struct ArtifactPlan {
     /// The status fields this controller owns.
     pub status: AIMArtifactStatus,
     pub download_complete: Option<NewCondition>,
+    /// `DownloadStalled`, once a stall was seen (kept to say it is over).
+    pub download_stalled: Option<NewCondition>,
+    /// The progress mark to keep for the next reconcile; None forgets it.
+    pub progress_mark: Option<ProgressMark>,
+    /// Look again this soon (a stall may be reached before the requeue).
+    pub recheck_after: Option<Duration>,
 }
 
 /// The config the artifact resolved, or a default when none exists.
@@ -198,6 +223,152 @@ pub fn parse_check_size(output: &str) -> Result<u64, String> {
         ));
     }
     Ok(size)
+}
+
+/// What a failed download's log says went wrong (reference §3.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownloadFailure {
+    AuthError,
+    SourceNotFound,
+    StorageFull,
+}
+
+impl DownloadFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            DownloadFailure::AuthError => "AuthError",
+            DownloadFailure::SourceNotFound => "SourceNotFound",
+            DownloadFailure::StorageFull => "StorageFull",
+        }
+    }
+
+    /// What the user should do about it.
+    pub fn advice(self, source_uri: &str) -> String {
+        match self {
+            DownloadFailure::AuthError => format!(
+                "the source refused access to {source_uri}: put working credentials in the env the download uses (HF_TOKEN for hf://, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3://; set them on the service, template or runtime config), and accept the model's licence on Hugging Face if it is gated"
+            ),
+            DownloadFailure::SourceNotFound => format!(
+                "{source_uri} does not exist: check the source URI (organisation, model name, revision, or bucket and path)"
+            ),
+            DownloadFailure::StorageFull => format!(
+                "the volume ran out of space downloading {source_uri}: raise storage.pvcHeadroomPercent in the runtime config or give the real model size, then delete the AIMArtifact so its volume is recreated larger"
+            ),
+        }
+    }
+}
+
+/// Whether `code` appears in `line` as a number of its own (so `401` in
+/// `HTTP 401` counts but not in `14010 bytes`).
+fn has_status_code(line: &str, code: &str) -> bool {
+    line.match_indices(code).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + code.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// Reads a failed download's log from the end: the last line that names a
+/// known cause decides, since earlier lines may be from protocols the
+/// downloader fell back from. Returns the cause and that line.
+pub fn diagnose_download_log(log: &str) -> Option<(DownloadFailure, String)> {
+    const FULL: [&str; 5] = [
+        "no space left on device",
+        "enospc",
+        "disk quota exceeded",
+        "not enough free space",
+        "not enough disk space",
+    ];
+    const AUTH: [&str; 10] = [
+        "unauthorized",
+        "forbidden",
+        "access denied",
+        "accessdenied",
+        "invalidaccesskeyid",
+        "signaturedoesnotmatch",
+        "gatedrepoerror",
+        "gated repo",
+        "invalid token",
+        "invalid credentials",
+    ];
+    const MISSING: [&str; 8] = [
+        "repositorynotfound",
+        "repository not found",
+        "revisionnotfound",
+        "entrynotfound",
+        "nosuchbucket",
+        "nosuchkey",
+        "not found",
+        "does not exist",
+    ];
+    log.lines().rev().find_map(|line| {
+        let lower = line.to_lowercase();
+        let any = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        // Most specific first: a full disk is never a credentials problem,
+        // and HF answers 401 for private repos it then calls "not found".
+        let cause = if any(&FULL) {
+            DownloadFailure::StorageFull
+        } else if any(&AUTH) || has_status_code(&lower, "401") || has_status_code(&lower, "403") {
+            DownloadFailure::AuthError
+        } else if any(&MISSING) || has_status_code(&lower, "404") {
+            DownloadFailure::SourceNotFound
+        } else {
+            return None;
+        };
+        Some((cause, line.trim().to_string()))
+    })
+}
+
+/// When the download last moved: the bytes the downloader reported and
+/// when the operator first saw that number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressMark {
+    pub bytes: i64,
+    pub since: Timestamp,
+}
+
+/// The stall timeout a download runs with: `STALL_TIMEOUT` (seconds) as
+/// the Job's container gets it, else the default.
+pub fn stall_timeout(env: &[EnvVar]) -> Duration {
+    env.iter()
+        .rev()
+        .find(|e| e.name == "STALL_TIMEOUT")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_STALL_TIMEOUT)
+}
+
+/// Tracks download progress: a new byte count starts a new mark; the same
+/// count for `timeout` or longer is a stall, reported with how long it has
+/// lasted. Also returns how long until the stall would be reached, so the
+/// controller can look again right then.
+pub fn stall_check(
+    mark: Option<&ProgressMark>,
+    bytes: i64,
+    now: Timestamp,
+    timeout: Duration,
+) -> (ProgressMark, Result<Duration, Duration>) {
+    match mark {
+        Some(m) if m.bytes == bytes => {
+            // A clock step backwards counts as no time passed.
+            let elapsed = now.duration_since(m.since);
+            let still = if elapsed.is_negative() {
+                Duration::ZERO
+            } else {
+                elapsed.unsigned_abs()
+            };
+            let verdict = if still >= timeout {
+                Ok(still)
+            } else {
+                Err(timeout - still)
+            };
+            (m.clone(), verdict)
+        }
+        _ => (ProgressMark { bytes, since: now }, Err(timeout)),
+    }
 }
 
 fn derived(artifact: &AIMArtifact, suffix: &str) -> String {
@@ -632,12 +803,26 @@ fn discover_size(
         ));
         return;
     }
-    match obs
-        .check_size_output
-        .as_deref()
-        .ok_or_else(|| "the check-size job finished without output".to_string())
-        .and_then(parse_check_size)
-    {
+    let answer = match &obs.check_size_output {
+        PodOutput::Text(text) => parse_check_size(text),
+        PodOutput::Missing => Err("the check-size job finished without output".to_string()),
+        PodOutput::Unreadable(e) => {
+            plan.healths.push(
+                Health::new(
+                    "CheckSizeOutput",
+                    ComponentState::Progressing,
+                    "ReadingSizeOutput",
+                    format!(
+                        "check-size job {} finished; reading its output failed, retrying: {e}",
+                        job.name_any()
+                    ),
+                )
+                .because(ErrorCategory::Infrastructure),
+            );
+            return;
+        }
+    };
+    match answer {
         Ok(size) => {
             plan.status.discovered_size_bytes = Some(size as i64);
             plan.healths.push(Health::ready(
@@ -698,6 +883,7 @@ fn plan_download(
 
     if already_ready && obs.download_job.is_none() {
         full(plan);
+        settle_stall(&old, plan, "the download is complete");
         plan.download_complete = Some(NewCondition::new(
             "DownloadComplete",
             true,
@@ -729,6 +915,7 @@ fn plan_download(
     };
     if job_condition(job, "Complete").is_some() {
         full(plan);
+        settle_stall(&old, plan, "the download is complete");
         plan.healths.push(Health::ready(
             "DownloadJob",
             "Downloaded",
@@ -767,15 +954,42 @@ fn plan_download(
         } else {
             ComponentState::Degraded
         };
-        plan.healths.push(Health::new(
-            "DownloadJob",
-            state,
-            reason,
-            format!(
-                "{what}. Check that {} exists and that spec.env carries working credentials (HF_TOKEN, AWS_*); the job is retried once its TTL removes it",
-                artifact.spec.source_uri
+        // The pod's log usually says why; then the advice can be precise.
+        let diagnosis = failed
+            .as_ref()
+            .and(obs.download_log.as_deref())
+            .and_then(diagnose_download_log);
+        let health = match &diagnosis {
+            Some((cause, line)) => {
+                let health = Health::new(
+                    "DownloadJob",
+                    state,
+                    cause.reason(),
+                    format!(
+                        "{what}. The log says {line:?}: {}; the job is retried once its TTL removes it",
+                        cause.advice(&artifact.spec.source_uri)
+                    ),
+                );
+                match cause {
+                    DownloadFailure::AuthError => health.because(ErrorCategory::Auth),
+                    DownloadFailure::StorageFull => {
+                        health.because(ErrorCategory::ResourceExhaustion)
+                    }
+                    DownloadFailure::SourceNotFound => health,
+                }
+            }
+            None => Health::new(
+                "DownloadJob",
+                state,
+                reason,
+                format!(
+                    "{what}. Check that {} exists and that spec.env carries working credentials (HF_TOKEN, AWS_*); the job is retried once its TTL removes it",
+                    artifact.spec.source_uri
+                ),
             ),
-        ));
+        };
+        plan.healths.push(health);
+        settle_stall(&old, plan, "the download job is not running");
         plan.download_complete = Some(NewCondition::new(
             "DownloadComplete",
             false,
@@ -793,21 +1007,80 @@ fn plan_download(
     } else {
         (false, "Downloading")
     };
-    plan.healths.push(Health::new(
-        "DownloadJob",
-        ComponentState::Progressing,
-        "Downloading",
-        format!(
-            "Downloading {}{attempt}: {percentage} %{downloader_says}",
-            artifact.spec.source_uri
-        ),
-    ));
+    // The downloader gives up on a stalled protocol itself; the operator
+    // only says so, so a stuck download is visible without reading logs.
+    let downloaded = old.progress.as_ref().and_then(|p| p.downloaded_bytes);
+    let stall = downloaded.map(|bytes| {
+        let env = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.env.clone())
+            .unwrap_or_else(|| job_env(artifact, config, Vec::new()));
+        let timeout = stall_timeout(&env);
+        let (mark, verdict) = stall_check(obs.progress_mark.as_ref(), bytes, obs.now, timeout);
+        plan.progress_mark = Some(mark);
+        (bytes, timeout, verdict)
+    });
+    match stall {
+        Some((bytes, timeout, Ok(stalled_for))) => {
+            let message = format!(
+                "No download progress for {} s (STALL_TIMEOUT is {} s): still at {} of {}{attempt}{downloader_says}. The downloader falls back to the next protocol or fails by itself; if it stays stuck, check the network to the source and the download pod's log",
+                stalled_for.as_secs(),
+                timeout.as_secs(),
+                display_size(bytes.max(0) as u64),
+                display_size(size),
+            );
+            plan.healths.push(Health::new(
+                "DownloadJob",
+                ComponentState::Degraded,
+                "DownloadStalled",
+                message.clone(),
+            ));
+            plan.download_stalled = Some(NewCondition::new(
+                "DownloadStalled",
+                true,
+                "NoProgress",
+                message,
+            ));
+            plan.recheck_after = Some(Duration::from_secs(10));
+        }
+        other => {
+            if let Some((_, _, Err(left))) = other {
+                plan.recheck_after = Some(left.min(Duration::from_secs(10)));
+            }
+            plan.healths.push(Health::new(
+                "DownloadJob",
+                ComponentState::Progressing,
+                "Downloading",
+                format!(
+                    "Downloading {}{attempt}: {percentage} %{downloader_says}",
+                    artifact.spec.source_uri
+                ),
+            ));
+            settle_stall(&old, plan, "the download is making progress");
+        }
+    }
     plan.download_complete = Some(NewCondition::new(
         "DownloadComplete",
         ok,
         reason,
         format!("{percentage} %{attempt}{downloader_says}"),
     ));
+}
+
+/// Clears a `DownloadStalled` condition left from earlier; artifacts that
+/// never stalled get none.
+fn settle_stall(old: &AIMArtifactStatus, plan: &mut ArtifactPlan, why: &str) {
+    if old.conditions.iter().any(|c| c.type_ == "DownloadStalled") {
+        plan.download_stalled = Some(NewCondition::new(
+            "DownloadStalled",
+            false,
+            "NotStalled",
+            format!("No stall: {why}"),
+        ));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -831,41 +1104,87 @@ async fn reconcile(artifact: Arc<AIMArtifact>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// The newest finished pod's answer: termination message first (written
-/// by the job's shell wrapper), else the last lines of its log.
-async fn check_size_output(client: &kube::Client, ns: &str, job: &Job) -> Option<String> {
+/// by the job's shell wrapper), else the last lines of its log, which is
+/// where the check-size image prints it.
+async fn check_size_output(client: &kube::Client, ns: &str, job: &Job) -> PodOutput {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods
+    let list = match pods
         .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await
-        .ok()?;
-    let pod = list
-        .items
+    {
+        Ok(list) => list.items,
+        Err(e) => return PodOutput::Unreadable(format!("listing the job's pods: {e}")),
+    };
+    let Some(pod) = list
         .iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))?;
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+    else {
+        return PodOutput::Missing;
+    };
     let message = pod
         .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
         .filter(|m| !m.trim().is_empty());
-    if message.is_some() {
-        return message;
+    if let Some(message) = message {
+        return PodOutput::Text(message);
     }
-    pods.logs(
-        &pod.name_any(),
-        &LogParams {
-            tail_lines: Some(5),
-            ..Default::default()
-        },
-    )
-    .await
-    .ok()
+    match pods.logs(&pod.name_any(), &log_tail(5)).await {
+        Ok(text) => PodOutput::Text(text),
+        Err(e) => PodOutput::Unreadable(format!("reading the log of pod {}: {e}", pod.name_any())),
+    }
+}
+
+fn log_tail(lines: i64) -> LogParams {
+    LogParams {
+        tail_lines: Some(lines),
+        ..Default::default()
+    }
+}
+
+/// The end of the newest failed pod's log: the downloader's last words.
+/// Unreadable logs only cost the precise diagnosis, so errors give None.
+async fn failed_pod_log(client: &kube::Client, ns: &str, pods: &[Pod]) -> Option<String> {
+    let pod = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .max_by_key(|p| p.metadata.creation_timestamp.clone())?;
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .logs(&pod.name_any(), &log_tail(50))
+        .await
+        .map_err(|e| tracing::debug!(pod = %pod.name_any(), %e, "download log unreadable"))
+        .ok()
+}
+
+/// Progress marks by artifact UID. Kept in memory: after a restart the
+/// stall clock starts again, which delays a stall report but never makes
+/// one up.
+static PROGRESS_MARKS: Mutex<Option<HashMap<String, ProgressMark>>> = Mutex::new(None);
+
+fn progress_mark(uid: &str) -> Option<ProgressMark> {
+    PROGRESS_MARKS
+        .lock()
+        .expect("progress marks")
+        .as_ref()
+        .and_then(|m| m.get(uid).cloned())
+}
+
+fn keep_progress_mark(uid: &str, mark: Option<ProgressMark>) {
+    let mut marks = PROGRESS_MARKS.lock().expect("progress marks");
+    let marks = marks.get_or_insert_with(HashMap::new);
+    match mark {
+        Some(m) => marks.insert(uid.to_string(), m),
+        None => marks.remove(uid),
+    };
 }
 
 async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action, Error> {
+    let uid = artifact.uid().unwrap_or_default();
     if is_paused(artifact.meta()) || artifact.meta().deletion_timestamp.is_some() {
+        keep_progress_mark(&uid, None);
         return Ok(Action::await_change());
     }
     let client = &ctx.client;
@@ -902,7 +1221,7 @@ async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action
         Some(job) if job_condition(job, "Complete").is_some() => {
             check_size_output(client, &ns, job).await
         }
-        _ => None,
+        _ => PodOutput::Missing,
     };
     let download_job = jobs.get_opt(&download_job_name(artifact)).await?;
     let download_pods = match &download_job {
@@ -914,6 +1233,12 @@ async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action
         }
         None => Vec::new(),
     };
+    let download_log = match &download_job {
+        Some(job) if job_condition(job, "Failed").is_some() => {
+            failed_pod_log(client, &ns, &download_pods).await
+        }
+        _ => None,
+    };
     let obs = ArtifactObserved {
         artifact,
         config,
@@ -924,8 +1249,12 @@ async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action
         pvc,
         download_job,
         download_pods,
+        download_log,
+        progress_mark: progress_mark(&uid),
+        now: Timestamp::now(),
     };
     let mut plan = plan(&obs);
+    keep_progress_mark(&uid, plan.progress_mark.take());
 
     let now = Time(Timestamp::now());
     let old = artifact.status.clone().unwrap_or_default();
@@ -947,8 +1276,11 @@ async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action
         }
     }
     let mut conditions = assessment.conditions;
-    if let Some(d) = plan.download_complete.take() {
-        aim_api::conditions::set(&mut conditions, d, generation, &now);
+    for extra in [plan.download_complete.take(), plan.download_stalled.take()]
+        .into_iter()
+        .flatten()
+    {
+        aim_api::conditions::set(&mut conditions, extra, generation, &now);
     }
     plan.status.conditions = conditions;
     plan.status.observed_generation = generation;
@@ -992,7 +1324,12 @@ async fn reconcile_inner(artifact: &AIMArtifact, ctx: &Context) -> Result<Action
         Some(ResourcePhase::Ready) => Action::requeue(Duration::from_secs(300)),
         // Failed downloads retry once the Job's TTL removes it; invalid
         // specs wait for a change, but a missing storage class may appear.
-        _ => Action::requeue(Duration::from_secs(10)),
+        // A download close to its stall timeout is looked at right then.
+        _ => Action::requeue(
+            plan.recheck_after
+                .unwrap_or(Duration::from_secs(10))
+                .clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        ),
     })
 }
 
@@ -1128,10 +1465,13 @@ mod tests {
             role_binding: true,
             storage_class: StorageClassCheck::Default,
             check_size_job: None,
-            check_size_output: None,
+            check_size_output: PodOutput::Missing,
             pvc: None,
             download_job: None,
             download_pods: Vec::new(),
+            download_log: None,
+            progress_mark: None,
+            now: Timestamp::from_second(1_000_000).unwrap(),
         }
     }
 
@@ -1208,7 +1548,7 @@ mod tests {
         let a = artifact(None);
         let mut obs = observed(&a);
         obs.check_size_job = Some(job(Some("Complete")));
-        obs.check_size_output = Some("{\"sizeBytes\": 0}".into());
+        obs.check_size_output = PodOutput::Text("{\"sizeBytes\": 0}".into());
         let p = plan(&obs);
         let h = p
             .healths
@@ -1220,5 +1560,354 @@ mod tests {
             (ComponentState::Failed, "InvalidSizeOutput")
         );
         assert!(p.owned.is_empty(), "no volume without a size");
+    }
+
+    #[test]
+    fn download_logs_name_the_cause_from_their_last_telling_line() {
+        let auth = "Trying XET\nHTTP 404 on xet endpoint, falling back\nhuggingface_hub.errors.GatedRepoError: 403 Client Error. Cannot access gated repo\n";
+        let (cause, line) = diagnose_download_log(auth).unwrap();
+        assert_eq!(cause, DownloadFailure::AuthError);
+        assert!(line.contains("GatedRepoError"), "{line}");
+        assert_eq!(
+            diagnose_download_log("HTTP/1.1 401\n").unwrap().0,
+            DownloadFailure::AuthError
+        );
+        assert_eq!(
+            diagnose_download_log("An error occurred (AccessDenied) when calling GetObject")
+                .unwrap()
+                .0,
+            DownloadFailure::AuthError
+        );
+        assert_eq!(
+            diagnose_download_log("RepositoryNotFoundError: Qwen/Nope")
+                .unwrap()
+                .0,
+            DownloadFailure::SourceNotFound
+        );
+        assert_eq!(
+            diagnose_download_log("An error occurred (NoSuchBucket)")
+                .unwrap()
+                .0,
+            DownloadFailure::SourceNotFound
+        );
+        assert_eq!(
+            diagnose_download_log("OSError: [Errno 28] No space left on device")
+                .unwrap()
+                .0,
+            DownloadFailure::StorageFull
+        );
+        // Numbers inside other numbers are not status codes.
+        assert_eq!(
+            diagnose_download_log("downloaded 14010 of 40300 bytes"),
+            None
+        );
+        assert_eq!(diagnose_download_log("killed\n"), None);
+        assert!(
+            DownloadFailure::AuthError
+                .advice("hf://a/b")
+                .contains("HF_TOKEN")
+        );
+        assert!(
+            DownloadFailure::StorageFull
+                .advice("hf://a/b")
+                .contains("pvcHeadroomPercent")
+        );
+    }
+
+    #[test]
+    fn the_stall_timeout_is_the_jobs_env_or_120_seconds() {
+        assert_eq!(stall_timeout(&[]), Duration::from_secs(120));
+        assert_eq!(
+            stall_timeout(&[var("STALL_TIMEOUT", "120"), var("STALL_TIMEOUT", "7")]),
+            Duration::from_secs(7),
+            "the last value wins, as in the container"
+        );
+        assert_eq!(
+            stall_timeout(&[var("STALL_TIMEOUT", "soon")]),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            stall_timeout(&[var("STALL_TIMEOUT", "0")]),
+            Duration::from_secs(120)
+        );
+    }
+
+    #[test]
+    fn a_stall_is_the_same_byte_count_for_the_whole_timeout() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let at = |s: i64| Timestamp::from_second(1_000 + s).unwrap();
+        let timeout = Duration::from_secs(30);
+        let (mark, verdict) = stall_check(None, 5, t0, timeout);
+        assert_eq!(
+            mark,
+            ProgressMark {
+                bytes: 5,
+                since: t0
+            }
+        );
+        assert_eq!(verdict, Err(timeout));
+        let (same, verdict) = stall_check(Some(&mark), 5, at(20), timeout);
+        assert_eq!(same.since, t0, "no progress keeps the old mark");
+        assert_eq!(verdict, Err(Duration::from_secs(10)));
+        assert_eq!(
+            stall_check(Some(&mark), 5, at(45), timeout).1,
+            Ok(Duration::from_secs(45))
+        );
+        let (moved, verdict) = stall_check(Some(&mark), 6, at(45), timeout);
+        assert_eq!(
+            moved,
+            ProgressMark {
+                bytes: 6,
+                since: at(45)
+            }
+        );
+        assert_eq!(verdict, Err(timeout));
+        assert_eq!(
+            stall_check(Some(&mark), 5, at(-5), timeout).1,
+            Err(timeout),
+            "a clock step back is no stall"
+        );
+    }
+
+    fn running_job(env: Vec<EnvVar>) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": "j"},
+            "spec": {"template": {"spec": {"containers": [{"name": "model-download", "env": env}]}}},
+            "status": {"active": 1},
+        }))
+        .unwrap()
+    }
+
+    fn with_progress(mut a: AIMArtifact, bytes: i64) -> AIMArtifact {
+        let mut st = a.status.take().unwrap_or_default();
+        st.progress = Some(DownloadProgress {
+            downloaded_bytes: Some(bytes),
+            total_bytes: Some(10 * GIB as i64),
+            percentage: Some(40),
+            display_percentage: Some("40 %".into()),
+        });
+        a.status = Some(st);
+        a
+    }
+
+    #[test]
+    fn a_download_stuck_past_the_jobs_stall_timeout_is_reported_not_killed() {
+        let a = with_progress(artifact(Some("10Gi")), 4 * GIB as i64);
+        let mut obs = observed(&a);
+        obs.pvc = Some(
+            serde_json::from_value(
+                json!({"metadata": {"name": "p"}, "status": {"phase": "Bound"}}),
+            )
+            .unwrap(),
+        );
+        obs.download_job = Some(running_job(vec![var("STALL_TIMEOUT", "30")]));
+        // First sight: a mark, no stall, a look again when it could be one.
+        let p = plan(&obs);
+        let mark = p.progress_mark.clone().unwrap();
+        assert_eq!(mark.bytes, 4 * GIB as i64);
+        assert!(p.download_stalled.is_none(), "never stalled, no condition");
+        assert_eq!(p.recheck_after, Some(Duration::from_secs(10)));
+        // 31 s later, same bytes: stalled.
+        obs.progress_mark = Some(mark.clone());
+        obs.now = mark
+            .since
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(31))
+            .unwrap();
+        let p = plan(&obs);
+        let h = p
+            .healths
+            .iter()
+            .find(|h| h.component == "DownloadJob")
+            .unwrap();
+        assert_eq!(
+            (h.state, h.reason.as_str()),
+            (ComponentState::Degraded, "DownloadStalled")
+        );
+        assert!(
+            h.message.contains("31 s") && h.message.contains("STALL_TIMEOUT is 30 s"),
+            "{}",
+            h.message
+        );
+        let c = p.download_stalled.unwrap();
+        assert!(c.status);
+        assert_eq!(c.reason, "NoProgress");
+        assert!(
+            p.owned.is_empty() && p.healths.iter().all(|h| h.state != ComponentState::Failed),
+            "nothing is killed or failed"
+        );
+        // Bytes move again: the condition says the stall is over.
+        let mut moving = with_progress(a.clone(), 5 * GIB as i64);
+        moving.status.as_mut().unwrap().conditions =
+            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "DownloadStalled".into(),
+                status: "True".into(),
+                reason: "NoProgress".into(),
+                message: String::new(),
+                last_transition_time: Time(obs.now),
+                observed_generation: None,
+            }];
+        let mut obs2 = observed(&moving);
+        obs2.pvc = obs.pvc.clone();
+        obs2.download_job = obs.download_job.clone();
+        obs2.progress_mark = Some(mark);
+        obs2.now = obs.now;
+        let p = plan(&obs2);
+        let c = p.download_stalled.unwrap();
+        assert!(!c.status);
+        let h = p
+            .healths
+            .iter()
+            .find(|h| h.component == "DownloadJob")
+            .unwrap();
+        assert_eq!(h.state, ComponentState::Progressing);
+    }
+
+    #[test]
+    fn a_failed_download_with_a_refusal_in_its_log_is_an_auth_error() {
+        let a = artifact(Some("10Gi"));
+        let mut obs = observed(&a);
+        obs.download_job = Some(job(Some("Failed")));
+        obs.download_log = Some("Downloading with XET\nrequests.exceptions.HTTPError: 401 Client Error: Unauthorized for url\n".into());
+        let p = plan(&obs);
+        let h = p
+            .healths
+            .iter()
+            .find(|h| h.component == "DownloadJob")
+            .unwrap();
+        assert_eq!(
+            (h.state, h.reason.as_str()),
+            (ComponentState::Failed, "AuthError")
+        );
+        assert_eq!(h.error, Some(ErrorCategory::Auth));
+        assert!(
+            h.message.contains("401 Client Error") && h.message.contains("HF_TOKEN"),
+            "{}",
+            h.message
+        );
+        // Without a telling log the generic failure stays.
+        obs.download_log = Some("Killed".into());
+        let p = plan(&obs);
+        let h = p
+            .healths
+            .iter()
+            .find(|h| h.component == "DownloadJob")
+            .unwrap();
+        assert_eq!(h.reason, "DownloadFailed");
+    }
+
+    #[test]
+    fn check_size_output_read_from_the_log_or_retried_when_unreadable() {
+        let a = artifact(None);
+        let mut obs = observed(&a);
+        obs.check_size_output = PodOutput::Unreadable("connection refused".into());
+        obs.check_size_job = Some(job(Some("Complete")));
+        let p = plan(&obs);
+        let h = p
+            .healths
+            .iter()
+            .find(|h| h.component == "CheckSizeOutput")
+            .unwrap();
+        assert_eq!(
+            (h.state, h.reason.as_str()),
+            (ComponentState::Progressing, "ReadingSizeOutput")
+        );
+        assert!(p.owned.is_empty());
+        obs.check_size_output = PodOutput::Text("Error: could not reach hub\nsize unknown".into());
+        let p = plan(&obs);
+        let h = p
+            .healths
+            .iter()
+            .find(|h| h.component == "CheckSizeOutput")
+            .unwrap();
+        assert_eq!(
+            (h.state, h.reason.as_str()),
+            (ComponentState::Failed, "InvalidSizeOutput")
+        );
+        assert!(
+            h.message.contains("size unknown"),
+            "names what was printed: {}",
+            h.message
+        );
+        assert!(p.owned.iter().all(|o| o["kind"] != "PersistentVolumeClaim"));
+        obs.check_size_output =
+            PodOutput::Text("{\"url\":\"hf://org/model\",\"sizeBytes\":2048}".into());
+        let p = plan(&obs);
+        assert_eq!(p.status.discovered_size_bytes, Some(2048));
+        assert!(p.owned.iter().any(|o| o["kind"] == "PersistentVolumeClaim"));
+    }
+
+    #[test]
+    fn bad_input_names_its_field_and_plans_no_volume() {
+        let class_config = ConfigLookup::Found(
+            Box::new(RuntimeConfigSpec {
+                storage: Some(aim_api::runtime_config::StorageConfig {
+                    default_storage_class_name: Some("gone".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            Default::default(),
+        );
+        let cases: Vec<(
+            AIMArtifact,
+            Option<ConfigLookup>,
+            StorageClassCheck,
+            &str,
+            &str,
+        )> = vec![
+            (
+                artifact(Some("lots")),
+                None,
+                StorageClassCheck::Default,
+                "InvalidSize",
+                "spec.size",
+            ),
+            (
+                {
+                    let mut a = artifact(Some("1Gi"));
+                    a.spec.source_uri = "hf://only-org".into();
+                    a
+                },
+                None,
+                StorageClassCheck::Default,
+                "InvalidSourceUri",
+                "spec.sourceUri",
+            ),
+            (
+                {
+                    let mut a = artifact(Some("1Gi"));
+                    a.spec.storage_class_name = Some("gone".into());
+                    a
+                },
+                None,
+                StorageClassCheck::Missing,
+                "StorageClassNotFound",
+                "spec.storageClassName",
+            ),
+            (
+                artifact(Some("1Gi")),
+                Some(class_config),
+                StorageClassCheck::Missing,
+                "StorageClassNotFound",
+                "storage.defaultStorageClassName",
+            ),
+        ];
+        for (a, config, class, reason, field) in cases {
+            let mut obs = observed(&a);
+            if let Some(c) = config {
+                obs.config = c;
+            }
+            obs.storage_class = class;
+            let p = plan(&obs);
+            let h = p
+                .healths
+                .iter()
+                .find(|h| h.reason == reason)
+                .unwrap_or_else(|| panic!("{reason}: {:?}", p.healths));
+            assert_eq!(h.state, ComponentState::Failed);
+            assert_eq!(h.error, Some(ErrorCategory::InvalidSpec));
+            assert!(h.message.contains(field), "{reason}: {}", h.message);
+            assert!(p.owned.is_empty(), "{reason}: no volume, no job");
+        }
     }
 }

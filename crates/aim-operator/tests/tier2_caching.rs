@@ -123,13 +123,12 @@ where
     }
 }
 
-/// Plays the kubelet: the job's running pod terminates with `exit_code`
-/// (and `message` as its termination message).
-async fn finish_pod(client: &kube::Client, ns: &str, job: &str, exit_code: i32, message: &str) {
+/// The job's pod that is running now.
+async fn running_pod(client: &kube::Client, ns: &str, job: &str) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!("job-name={job}");
     let deadline = std::time::Instant::now() + SLOW;
-    let pod = loop {
+    loop {
         let list = pods
             .list(&ListParams::default().labels(&selector))
             .await
@@ -139,14 +138,81 @@ async fn finish_pod(client: &kube::Client, ns: &str, job: &str, exit_code: i32, 
                 && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         });
         if let Some(p) = live {
-            break p;
+            return p;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "no running pod of job {job}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// Plays the container: what the job's running pod prints, served by
+/// KWOK through the apiserver's `pods/log` like a kubelet would.
+async fn pod_prints(client: &kube::Client, ns: &str, job: &str, text: &str) {
+    let pod = running_pod(client, ns, job).await;
+    let container = pod.spec.as_ref().unwrap().containers[0].name.clone();
+    aim_testkit::set_pod_log(client, ns, &pod.name_any(), &container, text).await;
+    // Only hand the pod over once its log is really served.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = std::time::Instant::now() + WAIT;
+    while pods
+        .logs(&pod.name_any(), &Default::default())
+        .await
+        .map_or(true, |t| {
+            !t.contains(text.lines().last().unwrap_or_default())
+        })
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log of {} is never served",
+            pod.name_any()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The download Job of exactly this artifact object: a recreated artifact
+/// has its predecessor's name, and that one's Job may linger until the
+/// garbage collector follows the owner reference.
+async fn download_job_of(jobs: &Api<Job>, artifact: &AIMArtifact) -> Job {
+    let selector = format!(
+        "aim.eai.amd.com/cache.name={},aim.eai.amd.com/component=download",
+        artifact.name_any()
+    );
+    let uid = artifact.uid();
+    let deadline = std::time::Instant::now() + SLOW;
+    loop {
+        let mine: Vec<Job> = jobs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|j| {
+                j.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == uid.as_ref())
+            })
+            .collect();
+        if let [job] = mine.as_slice() {
+            return job.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no download Job owned by {} ({uid:?})",
+            artifact.name_any()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Plays the kubelet: the job's running pod terminates with `exit_code`
+/// (and `message` as its termination message).
+async fn finish_pod(client: &kube::Client, ns: &str, job: &str, exit_code: i32, message: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = running_pod(client, ns, job).await;
     let container = pod.spec.as_ref().unwrap().containers[0].name.clone();
     let now = "2026-01-01T00:00:00Z";
     let status = json!({"status": {
@@ -168,6 +234,11 @@ async fn finish_pod(client: &kube::Client, ns: &str, job: &str, exit_code: i32, 
 
 /// Fails a Job for real: its pods fail until the back-off limit is spent.
 async fn fail_job(client: &kube::Client, ns: &str, job: &str) {
+    fail_job_printing(client, ns, job, None).await
+}
+
+/// Fails a Job for real, each pod printing `log` before it fails.
+async fn fail_job_printing(client: &kube::Client, ns: &str, job: &str, log: Option<&str>) {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let failed = |j: &Job| {
         j.status
@@ -176,17 +247,38 @@ async fn fail_job(client: &kube::Client, ns: &str, job: &str) {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
     };
     loop {
-        let j = jobs.get(job).await.unwrap();
+        // A Job gone means the operator already acted on its failure (a
+        // retry deletes the artifact, and the garbage collector its Job).
+        let Some(j) = jobs.get_opt(job).await.unwrap() else {
+            return;
+        };
         if failed(&j) {
             return;
+        }
+        if let Some(log) = log {
+            pod_prints(client, ns, job, log).await;
         }
         finish_pod(client, ns, job, 1, "download failed").await;
         // Wait until the job controller counted it before failing the next.
         let before = j.status.as_ref().and_then(|s| s.failed).unwrap_or(0);
-        await_object(&jobs, job, "the failure counted", SLOW, |j: &Job| {
-            failed(j) || j.status.as_ref().and_then(|s| s.failed).unwrap_or(0) > before
-        })
-        .await;
+        let deadline = std::time::Instant::now() + SLOW;
+        loop {
+            match jobs.get_opt(job).await.unwrap() {
+                None => return,
+                Some(j)
+                    if failed(&j)
+                        || j.status.as_ref().and_then(|s| s.failed).unwrap_or(0) > before =>
+                {
+                    break;
+                }
+                Some(_) => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {job} never counted the failure"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -237,6 +329,16 @@ fn cond(
 
 fn artifact_phase(a: &AIMArtifact) -> Option<aim_api::status::ResourcePhase> {
     a.status.as_ref().and_then(|s| s.status)
+}
+
+/// A passing test removes its namespace, so its artifacts stop keeping
+/// controllers busy in later test binaries. (A failing one keeps it to
+/// look at.)
+async fn done(client: &kube::Client, ns: &str) {
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 async fn the_artifact(client: &kube::Client, ns: &str) -> AIMArtifact {
@@ -487,6 +589,7 @@ async fn shared_cache_downloads_then_the_service_mounts_it_and_the_cache_outlive
         "a Ready Shared cache outlives its service"
     );
     assert!(arts.get_opt(&artifact.name_any()).await.unwrap().is_some());
+    done(&client, &ns).await;
 }
 
 /// Dedicated (here through the legacy `Never`): the cache and its artifact
@@ -557,6 +660,7 @@ async fn dedicated_cache_is_owned_by_the_service_and_goes_with_it() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    done(&client, &ns).await;
 }
 
 /// No size in the spec: a check-size job finds it (its answer read from the
@@ -643,6 +747,7 @@ async fn unknown_size_is_checked_and_the_volume_uses_the_runtime_config() {
     })
     .await;
     assert_eq!(a.status.unwrap().headroom_percent, Some(50));
+    done(&client, &ns).await;
 }
 
 /// Bad input names the field, and leaves no volume behind.
@@ -652,7 +757,7 @@ async fn bad_input_names_the_field_and_creates_no_volume() {
     apply_yaml(
         &client,
         &ns,
-        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-size}\nspec: {sourceUri: hf://Qwen/Qwen3-0.6B, size: lots}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-class}\nspec: {sourceUri: hf://Qwen/Qwen3-0.6B, size: 1Gi, storageClassName: no-such-class}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-uri}\nspec: {sourceUri: hf://Qwen, size: 1Gi}\n",
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-size}\nspec: {sourceUri: hf://Qwen/Qwen3-0.6B, size: lots}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-class}\nspec: {sourceUri: hf://Qwen/Qwen3-0.6B, size: 1Gi, storageClassName: no-such-class}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-uri}\nspec: {sourceUri: hf://Qwen, size: 1Gi}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMRuntimeConfig\nmetadata: {name: default}\nspec:\n  storage: {defaultStorageClassName: no-such-default-class}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: bad-default-class}\nspec: {sourceUri: hf://Qwen/Qwen3-0.6B, size: 1Gi}\n",
     )
     .await
     .unwrap();
@@ -661,6 +766,11 @@ async fn bad_input_names_the_field_and_creates_no_volume() {
         ("bad-size", "InvalidSize", "spec.size"),
         ("bad-class", "StorageClassNotFound", "spec.storageClassName"),
         ("bad-uri", "InvalidSourceUri", "spec.sourceUri"),
+        (
+            "bad-default-class",
+            "StorageClassNotFound",
+            "storage.defaultStorageClassName",
+        ),
     ] {
         let a = await_object(&arts, name, "Failed", WAIT, |a: &AIMArtifact| {
             artifact_phase(a) == Some(aim_api::status::ResourcePhase::Failed)
@@ -699,6 +809,7 @@ async fn bad_input_names_the_field_and_creates_no_volume() {
             .is_empty(),
         "no orphaned PVC"
     );
+    done(&client, &ns).await;
 }
 
 /// A failing download fails the artifact, the cache and the service's
@@ -764,16 +875,7 @@ async fn failed_download_is_retried_once_then_the_service_is_degraded() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let job = one(
-        &jobs,
-        &format!(
-            "aim.eai.amd.com/cache.name={},aim.eai.amd.com/component=download",
-            second.name_any()
-        ),
-        "second download Job",
-        SLOW,
-    )
-    .await;
+    let job = download_job_of(&jobs, &second).await;
     fail_job(&client, &ns, &job.name_any()).await;
     let a = await_object(
         &arts,
@@ -805,6 +907,7 @@ async fn failed_download_is_retried_once_then_the_service_is_degraded() {
         "says what to do: {message}"
     );
     assert_eq!(svc.status.unwrap().cache.unwrap().retry_attempts, Some(1));
+    done(&client, &ns).await;
 }
 
 /// Deleting a namespace with a not-Ready cache (finalizer and all) is never
@@ -893,4 +996,572 @@ async fn deleting_a_cache_removes_its_unfinished_artifacts() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    done(&client, &ns).await;
+}
+
+/// The artifact's `<type>` condition as (status, reason, message).
+async fn artifact_condition(
+    arts: &Api<AIMArtifact>,
+    name: &str,
+    ty: &str,
+    what: &str,
+    timeout: Duration,
+    accept: impl Fn(&(String, String, String)) -> bool,
+) -> (String, String, String) {
+    let a = await_object(arts, name, what, timeout, |a: &AIMArtifact| {
+        a.status
+            .as_ref()
+            .and_then(|s| cond(&s.conditions, ty))
+            .is_some_and(|c| accept(&c))
+    })
+    .await;
+    cond(&a.status.unwrap().conditions, ty).unwrap()
+}
+
+fn no_pvcs(pvcs: Vec<PersistentVolumeClaim>) {
+    assert!(
+        pvcs.is_empty(),
+        "no orphaned PVC: {:?}",
+        pvcs.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+}
+
+/// The real check-size image prints its answer on stdout. With no
+/// termination message, the operator reads it from the pod's log through
+/// the apiserver, as it would from a real kubelet.
+#[tokio::test]
+async fn check_size_answer_is_read_from_the_pod_log() {
+    let (client, ns) = setup("cache-sizelog").await;
+    let class = storage(&client, &ns, 20, 1).await;
+    apply_yaml(
+        &client,
+        &ns,
+        &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {{name: a}}\nspec: {{sourceUri: hf://Qwen/Qwen3-0.6B, storageClassName: {class}}}\n"),
+    )
+    .await
+    .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = one(
+        &jobs,
+        "aim.eai.amd.com/cache.name=a,aim.eai.amd.com/component=check-size",
+        "check-size Job",
+        WAIT,
+    )
+    .await;
+    pod_prints(
+        &client,
+        &ns,
+        &job.name_any(),
+        "Resolving hf://Qwen/Qwen3-0.6B\nListing 12 files\n{\"url\":\"hf://Qwen/Qwen3-0.6B\",\"sizeBytes\":5368709120}",
+    )
+    .await;
+    finish_pod(&client, &ns, &job.name_any(), 0, "").await;
+    let arts: Api<AIMArtifact> = Api::namespaced(client.clone(), &ns);
+    let a = await_object(
+        &arts,
+        "a",
+        "the size from the log",
+        WAIT,
+        |a: &AIMArtifact| {
+            a.status
+                .as_ref()
+                .and_then(|s| s.discovered_size_bytes)
+                .is_some()
+        },
+    )
+    .await;
+    let st = a.status.unwrap();
+    assert_eq!(st.discovered_size_bytes, Some(5 * GIB as i64));
+    assert_eq!(st.display_size.as_deref(), Some("5 GiB"));
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pvc = one(&pvcs, "aim.eai.amd.com/cache.name=a", "PVC", WAIT).await;
+    // 5 GiB + 10 % = 5.5 GiB, rounded up to 6 GiB.
+    let requested = aim_rules::gpu::quantity_bytes(
+        &pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"],
+    )
+    .unwrap();
+    assert_eq!(requested, 6 * GIB);
+    done(&client, &ns).await;
+}
+
+/// A check-size answer that is not the expected JSON fails the output
+/// component, quoting what was printed, and no volume is made.
+#[tokio::test]
+async fn unparseable_check_size_output_fails_and_creates_no_volume() {
+    let (client, ns) = setup("cache-sizebad").await;
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {name: a}\nspec: {sourceUri: hf://Qwen/Qwen3-0.6B}\n",
+    )
+    .await
+    .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = one(
+        &jobs,
+        "aim.eai.amd.com/cache.name=a,aim.eai.amd.com/component=check-size",
+        "check-size Job",
+        WAIT,
+    )
+    .await;
+    pod_prints(
+        &client,
+        &ns,
+        &job.name_any(),
+        "Resolving hf://Qwen/Qwen3-0.6B\nsize: about 1.2 GB",
+    )
+    .await;
+    finish_pod(&client, &ns, &job.name_any(), 0, "").await;
+    let arts: Api<AIMArtifact> = Api::namespaced(client.clone(), &ns);
+    let (status, reason, message) = artifact_condition(
+        &arts,
+        "a",
+        "CheckSizeOutputReady",
+        "CheckSizeOutput failed",
+        WAIT,
+        |c| c.0 == "False" && c.1 != "CheckingSize",
+    )
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidSizeOutput")
+    );
+    assert!(
+        message.contains("size: about 1.2 GB"),
+        "names what was printed: {message}"
+    );
+    let a = await_object(&arts, "a", "Failed", WAIT, |a: &AIMArtifact| {
+        artifact_phase(a) == Some(aim_api::status::ResourcePhase::Failed)
+    })
+    .await;
+    assert_eq!(a.status.unwrap().discovered_size_bytes, None);
+    no_pvcs(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items,
+    );
+    done(&client, &ns).await;
+}
+
+/// A download whose pods fail saying the source refused the credentials is
+/// an AuthError, with advice on which credentials to set, all the way up
+/// to the artifact's Ready condition.
+#[tokio::test]
+async fn failed_download_refused_in_its_log_is_an_auth_error() {
+    let (client, ns) = setup("cache-auth").await;
+    install_status_updater_role(&client).await;
+    let class = storage(&client, &ns, 20, 1).await;
+    apply_yaml(
+        &client,
+        &ns,
+        &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMArtifact\nmetadata: {{name: a}}\nspec: {{sourceUri: hf://meta-llama/Llama-3.1-8B, size: 1Gi, storageClassName: {class}}}\n"),
+    )
+    .await
+    .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = one(
+        &jobs,
+        "aim.eai.amd.com/cache.name=a,aim.eai.amd.com/component=download",
+        "download Job",
+        WAIT,
+    )
+    .await;
+    fail_job_printing(
+        &client,
+        &ns,
+        &job.name_any(),
+        Some("Protocol sequence: XET,HF_TRANSFER\nXET: starting\nhuggingface_hub.errors.GatedRepoError: 403 Client Error. Cannot access gated repo for url https://huggingface.co/meta-llama/Llama-3.1-8B"),
+    )
+    .await;
+    let arts: Api<AIMArtifact> = Api::namespaced(client.clone(), &ns);
+    let (status, reason, message) = artifact_condition(
+        &arts,
+        "a",
+        "DownloadJobReady",
+        "the download diagnosed",
+        SLOW,
+        |c| c.0 == "False" && c.1 != "Downloading",
+    )
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "AuthError"));
+    assert!(
+        message.contains("403 Client Error"),
+        "quotes the log: {message}"
+    );
+    assert!(message.contains("HF_TOKEN"), "says what to do: {message}");
+    let a = arts.get("a").await.unwrap();
+    assert_eq!(
+        artifact_phase(&a),
+        Some(aim_api::status::ResourcePhase::Failed)
+    );
+    let (_, ready_reason, ready_message) = cond(&a.status.unwrap().conditions, "Ready").unwrap();
+    assert_eq!(ready_reason, "AuthError");
+    assert!(ready_message.contains("HF_TOKEN"), "{ready_message}");
+    done(&client, &ns).await;
+}
+
+/// The downloader stops moving: once `status.progress.downloadedBytes`
+/// (which it writes itself) has not changed for STALL_TIMEOUT, the
+/// artifact says DownloadStalled, the cache and the service repeat it, and
+/// nothing is killed. When bytes move again the stall is over.
+#[tokio::test]
+async fn a_stalled_download_is_reported_up_to_the_service_without_killing_it() {
+    let (client, ns) = setup("cache-stall").await;
+    install_status_updater_role(&client).await;
+    let class = storage(&client, &ns, 20, 1).await;
+    apply_yaml(&client, &ns, &model_yaml("m")).await.unwrap();
+    ready_template(
+        &client,
+        &ns,
+        "t",
+        "m",
+        json!([{"modelId": "Qwen/Qwen3-32B", "sourceUri": "hf://Qwen/Qwen3-32B", "size": "10Gi"}]),
+    )
+    .await;
+    apply_yaml(
+        &client,
+        &ns,
+        &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMRuntimeConfig\nmetadata: {{name: default}}\nspec:\n  env: [{{name: STALL_TIMEOUT, value: \"4\"}}]\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: s}}\nspec:\n  model: {{name: m}}\n  template: {{name: t}}\n  storage: {{defaultStorageClassName: {class}}}\n"),
+    )
+    .await
+    .unwrap();
+    let artifact = the_artifact(&client, &ns).await;
+    let name = artifact.name_any();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = one(
+        &jobs,
+        &format!("aim.eai.amd.com/cache.name={name},aim.eai.amd.com/component=download"),
+        "download Job",
+        WAIT,
+    )
+    .await;
+    let env = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env;
+    assert!(
+        env.iter()
+            .flatten()
+            .any(|e| e.name == "STALL_TIMEOUT" && e.value.as_deref() == Some("4")),
+        "the runtime config's STALL_TIMEOUT reaches the downloader"
+    );
+    running_pod(&client, &ns, &job.name_any()).await;
+    as_downloader(
+        &client,
+        &ns,
+        &name,
+        json!({"progress": {"totalBytes": 10 * GIB, "downloadedBytes": 3 * GIB, "percentage": 30, "displayPercentage": "30 %"}}),
+    )
+    .await;
+    let arts: Api<AIMArtifact> = Api::namespaced(client.clone(), &ns);
+    let started = std::time::Instant::now();
+    let (_, reason, message) = artifact_condition(
+        &arts,
+        &name,
+        "DownloadStalled",
+        "DownloadStalled=True",
+        WAIT,
+        |c| c.0 == "True",
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(reason, "NoProgress");
+    assert!(
+        message.contains("STALL_TIMEOUT is 4 s") && message.contains("3 GiB"),
+        "{message}"
+    );
+    let caches: Api<AIMTemplateCache> = Api::namespaced(client.clone(), &ns);
+    await_object(
+        &caches,
+        &artifact.labels()["aim.eai.amd.com/template-cache.name"],
+        "the cache repeats it",
+        WAIT,
+        |c: &AIMTemplateCache| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.message.contains("No download progress"))
+            })
+        },
+    )
+    .await;
+    let services: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+    let svc = await_object(
+        &services,
+        "s",
+        "the service repeats it",
+        WAIT,
+        |s: &AIMService| {
+            condition(s, "CacheReady")
+                .is_some_and(|c| c.1 == "CacheDegraded" && c.2.contains("No download progress"))
+        },
+    )
+    .await;
+    assert_eq!(svc.status.unwrap().status, Some(ServicePhase::Degraded));
+    // Nothing was killed: the same job, its pod still running.
+    let still = jobs.get(&job.name_any()).await.unwrap();
+    assert_eq!(still.uid(), job.uid());
+    assert!(still.metadata.deletion_timestamp.is_none());
+    running_pod(&client, &ns, &job.name_any()).await;
+
+    as_downloader(
+        &client,
+        &ns,
+        &name,
+        json!({"progress": {"totalBytes": 10 * GIB, "downloadedBytes": 4 * GIB, "percentage": 40, "displayPercentage": "40 %"}}),
+    )
+    .await;
+    let (_, reason, _) = artifact_condition(
+        &arts,
+        &name,
+        "DownloadStalled",
+        "DownloadStalled=False",
+        WAIT,
+        |c| c.0 == "False",
+    )
+    .await;
+    assert_eq!(reason, "NotStalled");
+    done(&client, &ns).await;
+}
+
+/// Two services share one cache. When its download fails, the retry
+/// recreates the failed artifact and keeps the cache (same object), so the
+/// other service never loses it; once the new download succeeds both
+/// services have their cache ready.
+#[tokio::test]
+async fn retrying_a_shared_cache_keeps_it_for_the_other_services() {
+    let (client, ns) = setup("cache-shared-retry").await;
+    install_status_updater_role(&client).await;
+    let class = storage(&client, &ns, 20, 2).await;
+    apply_yaml(&client, &ns, &model_yaml("m")).await.unwrap();
+    ready_template(
+        &client,
+        &ns,
+        "t",
+        "m",
+        json!([{"modelId": "Qwen/Qwen3-32B", "sourceUri": "hf://Qwen/Qwen3-32B", "size": "10Gi"}]),
+    )
+    .await;
+    for s in ["s1", "s2"] {
+        apply_yaml(
+            &client,
+            &ns,
+            &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: {s}}}\nspec:\n  model: {{name: m}}\n  template: {{name: t}}\n  storage: {{defaultStorageClassName: {class}}}\n"),
+        )
+        .await
+        .unwrap();
+    }
+    let services: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+    let caches: Api<AIMTemplateCache> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let first = the_artifact(&client, &ns).await;
+    let cache_name = first.labels()["aim.eai.amd.com/template-cache.name"].clone();
+    let cache = caches.get(&cache_name).await.unwrap();
+    assert_eq!(
+        caches.list(&Default::default()).await.unwrap().items.len(),
+        1,
+        "one cache for both services"
+    );
+    let job = one(
+        &jobs,
+        &format!(
+            "aim.eai.amd.com/cache.name={},aim.eai.amd.com/component=download",
+            first.name_any()
+        ),
+        "download Job",
+        WAIT,
+    )
+    .await;
+    fail_job(&client, &ns, &job.name_any()).await;
+
+    let retried = |s: &AIMService| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.cache.as_ref())
+            .and_then(|c| c.retry_attempts)
+            == Some(1)
+    };
+    let deadline = std::time::Instant::now() + SLOW;
+    let second = loop {
+        let a = the_artifact(&client, &ns).await;
+        if a.uid() != first.uid() {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed artifact was not recreated"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The service records its retry right after deleting the artifact.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s1 = services.get("s1").await.unwrap();
+        let s2 = services.get("s2").await.unwrap();
+        if retried(&s1) || retried(&s2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no service spent its retry"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = caches.get(&cache_name).await.unwrap();
+    assert_eq!(now.uid(), cache.uid(), "the shared cache was kept");
+    assert!(now.metadata.deletion_timestamp.is_none());
+
+    let job = download_job_of(&jobs, &second).await;
+    finish_pod(&client, &ns, &job.name_any(), 0, "").await;
+    for s in ["s1", "s2"] {
+        await_object(&services, s, "CacheReady", WAIT, |svc: &AIMService| {
+            condition(svc, "CacheReady").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    }
+    assert_eq!(caches.get(&cache_name).await.unwrap().uid(), cache.uid());
+    done(&client, &ns).await;
+}
+
+/// A service running a cluster-scoped template with model sources gets a
+/// cache for it like for a namespaced one, and mounts it once Ready.
+#[tokio::test]
+async fn a_cluster_template_with_model_sources_gets_its_cache() {
+    let (client, ns) = setup("cache-cluster").await;
+    install_status_updater_role(&client).await;
+    let class = storage(&client, &ns, 20, 1).await;
+    let model = format!("cm-{ns}");
+    let template = format!("ct-{ns}");
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMClusterModel\nmetadata: {{name: {model}}}\nspec:\n  image: amdenterpriseai/aim-qwen-qwen3-32b:0.8.5\n  discovery: {{createServiceTemplates: false}}\n  imageMetadata:\n    model: {{canonicalName: Qwen/Qwen3-32B}}\n---\napiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMClusterServiceTemplate\nmetadata:\n  name: {template}\n  annotations: {{aim.eai.amd.com/reconciliation-paused: \"true\"}}\nspec:\n  modelName: {model}\n  metric: latency\n  precision: fp8\n  hardware: {{gpu: {{requests: 1, model: MI300X}}}}\n"
+        ),
+    )
+    .await
+    .unwrap();
+    let cluster_templates: Api<aim_api::AIMClusterServiceTemplate> = Api::all(client.clone());
+    cluster_templates
+        .patch_status(
+            &template,
+            &PatchParams::apply("aim-test-discovery").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "aim.eai.amd.com/v1alpha1", "kind": "AIMClusterServiceTemplate",
+                "status": {
+                    "status": "Ready",
+                    "modelSources": [{"modelId": "Qwen/Qwen3-32B", "sourceUri": "hf://Qwen/Qwen3-32B", "size": "10Gi"}],
+                    "profile": {"metadata": {"engine": "vllm", "gpu": "MI300X", "gpuCount": 1, "metric": "latency", "precision": "fp8", "type": "optimized"}},
+                    "resolvedHardware": {"gpu": {"requests": 1, "model": "MI300X"}},
+                    "hardwareSummary": "1 x MI300X",
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    apply_yaml(
+        &client,
+        &ns,
+        &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: s}}\nspec:\n  model: {{name: {model}}}\n  template: {{name: {template}}}\n  storage: {{defaultStorageClassName: {class}}}\n"),
+    )
+    .await
+    .unwrap();
+    let caches: Api<AIMTemplateCache> = Api::namespaced(client.clone(), &ns);
+    let cache = one(
+        &caches,
+        "aim.eai.amd.com/service=s",
+        "AIMTemplateCache",
+        WAIT,
+    )
+    .await;
+    assert_eq!(cache.spec.template_name, template);
+    assert_eq!(
+        cache.spec.template_scope,
+        aim_api::common::TemplateScope::Cluster
+    );
+    let artifact = the_artifact(&client, &ns).await;
+    assert_eq!(artifact.spec.source_uri, "hf://Qwen/Qwen3-32B");
+    assert_eq!(
+        artifact.labels()["aim.eai.amd.com/template.scope"],
+        "Cluster"
+    );
+    let cache = await_object(
+        &caches,
+        &cache.name_any(),
+        "the resolved kind",
+        WAIT,
+        |c: &AIMTemplateCache| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.resolved_template_kind.as_deref())
+                == Some("AIMClusterServiceTemplate")
+        },
+    )
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = one(
+        &jobs,
+        &format!(
+            "aim.eai.amd.com/cache.name={},aim.eai.amd.com/component=download",
+            artifact.name_any()
+        ),
+        "download Job",
+        WAIT,
+    )
+    .await;
+    finish_pod(&client, &ns, &job.name_any(), 0, "").await;
+    let services: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+    let svc = await_object(&services, "s", "CacheReady", WAIT, |s: &AIMService| {
+        condition(s, "CacheReady").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        svc.status
+            .unwrap()
+            .cache
+            .and_then(|c| c.template_cache_ref)
+            .and_then(|r| r.name),
+        Some(cache.name_any())
+    );
+    let isvc_name = aim_rules::naming::isvc_name("s", &ns).unwrap();
+    let isvc = await_object(
+        &isvc_api(&client, &ns),
+        &isvc_name,
+        "the InferenceService",
+        WAIT,
+        |_| true,
+    )
+    .await;
+    let isvc = serde_json::to_value(isvc).unwrap();
+    assert!(
+        isvc["spec"]["predictor"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["persistentVolumeClaim"]["claimName"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())),
+        "the cached model is mounted"
+    );
+    done(&client, &ns).await;
+    cluster_templates
+        .delete(&template, &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<aim_api::AIMClusterModel>::all(client.clone())
+        .delete(&model, &DeleteParams::default())
+        .await
+        .unwrap();
 }

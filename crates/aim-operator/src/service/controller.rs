@@ -590,8 +590,42 @@ async fn fetch_cache(
         Some(aim_api::status::ResourcePhase::Pending) | None => 2,
         _ => 3,
     };
-    let best = caches.iter().filter(usable).min_by_key(|c| rank(c));
-    Ok(best.map(|c| {
+    let Some(c) = caches.iter().filter(usable).min_by_key(|c| rank(c)) else {
+        return Ok(None);
+    };
+    // The artifacts the cache lists as Failed, checked against what exists
+    // now: one another service (or an earlier reconcile) already deleted
+    // for a retry means the cache's Failed status is stale; it will report
+    // the recreated artifact shortly.
+    let artifacts: Api<aim_api::AIMArtifact> = Api::namespaced(ctx.client.clone(), ns);
+    let mut failed_artifacts = Vec::new();
+    let mut stale = false;
+    for (name, listed) in c
+        .status
+        .as_ref()
+        .and_then(|s| s.artifacts.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, a)| a.status == Some(aim_api::status::ResourcePhase::Failed))
+    {
+        let live = artifacts.get_opt(&name).await?;
+        match live {
+            Some(a)
+                if a.uid() == listed.uid
+                    && a.meta().deletion_timestamp.is_none()
+                    && a.status.as_ref().and_then(|s| s.status)
+                        == Some(aim_api::status::ResourcePhase::Failed) =>
+            {
+                failed_artifacts.push(name)
+            }
+            _ => stale = true,
+        }
+    }
+    let mut phase = c.status.as_ref().and_then(|s| s.status);
+    if stale && phase == Some(aim_api::status::ResourcePhase::Failed) {
+        phase = Some(aim_api::status::ResourcePhase::Progressing);
+    }
+    {
         let volumes = c
             .status
             .as_ref()
@@ -615,10 +649,10 @@ async fn fetch_cache(
                 ))
             })
             .collect();
-        CacheView {
+        Ok(Some(CacheView {
             name: c.name_any(),
             uid: c.uid(),
-            phase: c.status.as_ref().and_then(|s| s.status),
+            phase,
             message: c
                 .status
                 .as_ref()
@@ -626,8 +660,9 @@ async fn fetch_cache(
                 .map(|x| x.message.clone())
                 .unwrap_or_default(),
             volumes,
-        }
-    }))
+            failed_artifacts,
+        }))
+    }
 }
 
 /// Runs the AIMService controller until `shutdown` resolves.

@@ -83,6 +83,9 @@ pub struct CacheView {
     pub message: String,
     /// (volume name, claim, mount path) of every Ready artifact.
     pub volumes: Vec<(String, String, String)>,
+    /// The cache's artifacts that are Failed right now: what a retry
+    /// recreates.
+    pub failed_artifacts: Vec<String>,
 }
 
 /// What the controller should do and write.
@@ -776,8 +779,11 @@ fn cache_health(
             true
         }
         Some(cache) if cache.phase == Some(ResourcePhase::Failed) => {
-            // One retry per service (defect #8): the failed cache is deleted
-            // (its finalizer removes the broken artifacts) and planned anew.
+            // One retry per service (defect #8). The retry recreates the
+            // failed artifacts, not the cache: a Shared cache may serve
+            // other services, which must not lose it (or their Ready
+            // artifacts) because this one retries. The cache controller
+            // recreates the deleted artifacts fresh.
             let attempts = svc
                 .status
                 .as_ref()
@@ -789,12 +795,34 @@ fn cache_health(
             } else {
                 format!(": {}", cache.message)
             };
-            if attempts < MAX_CACHE_RETRIES {
-                plan.delete.push((
-                    aim_api::API_VERSION.into(),
-                    "AIMTemplateCache".into(),
-                    cache.name.clone(),
-                ));
+            // A Dedicated cache is this service's alone, so when it failed
+            // for a reason other than its artifacts it is recreated whole.
+            let retry: Option<(&str, Vec<String>, String)> = if !cache.failed_artifacts.is_empty() {
+                Some((
+                    "AIMArtifact",
+                    cache.failed_artifacts.clone(),
+                    format!(
+                        "recreating its failed AIMArtifact {}",
+                        cache.failed_artifacts.join(", ")
+                    ),
+                ))
+            } else if svc.spec.cache_mode() == CacheMode::Dedicated {
+                Some((
+                    "AIMTemplateCache",
+                    vec![cache.name.clone()],
+                    "recreating it".to_string(),
+                ))
+            } else {
+                None
+            };
+            if let (true, Some((kind, targets, what))) = (attempts < MAX_CACHE_RETRIES, &retry) {
+                for target in targets {
+                    plan.delete.push((
+                        aim_api::API_VERSION.into(),
+                        kind.to_string(),
+                        target.clone(),
+                    ));
+                }
                 plan.cache = Some(ServiceCacheStatus {
                     template_cache_ref: None,
                     retry_attempts: Some(attempts + 1),
@@ -804,9 +832,19 @@ fn cache_health(
                     ComponentState::Progressing,
                     "CacheRetrying",
                     format!(
-                        "Template cache {} failed{why}; recreating it (retry {} of {MAX_CACHE_RETRIES})",
+                        "Template cache {} failed{why}; {what} (retry {} of {MAX_CACHE_RETRIES})",
                         cache.name,
                         attempts + 1
+                    ),
+                ));
+            } else if retry.is_none() {
+                plan.healths.push(Health::new(
+                    "Cache",
+                    ComponentState::Degraded,
+                    "CacheFailed",
+                    format!(
+                        "Shared template cache {} failed{why}; it has no failed artifact to retry and other services may use it, so it is left as is. Fix the cause, then delete AIMTemplateCache {} to try again",
+                        cache.name, cache.name
                     ),
                 ));
             } else {
@@ -823,12 +861,31 @@ fn cache_health(
             false
         }
         Some(cache) => {
+            // A degraded cache (e.g. a stalled download) degrades the
+            // service too, with the cache's own words on why.
+            let degraded = matches!(
+                cache.phase,
+                Some(ResourcePhase::Degraded | ResourcePhase::NotAvailable)
+            );
+            let why = if cache.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", cache.message)
+            };
             plan.healths.push(Health::new(
                 "Cache",
-                ComponentState::Progressing,
-                "CacheNotReady",
+                if degraded {
+                    ComponentState::Degraded
+                } else {
+                    ComponentState::Progressing
+                },
+                if degraded {
+                    "CacheDegraded"
+                } else {
+                    "CacheNotReady"
+                },
                 format!(
-                    "Template cache {} is {}",
+                    "Template cache {} is {}{why}",
                     cache.name,
                     cache
                         .phase

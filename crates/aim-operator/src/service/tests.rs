@@ -224,3 +224,86 @@ fn route_health_reads_each_parents_conditions() {
     );
     assert_eq!(route_health(None).reason, "HTTPRouteCreating");
 }
+
+fn template_with_sources() -> TemplateView {
+    let mut t = ready_template("t", 1);
+    t.status.as_mut().unwrap().model_sources = vec![
+        serde_json::from_value(serde_json::json!({"modelId": "a/b", "sourceUri": "hf://a/b"}))
+            .unwrap(),
+    ];
+    t
+}
+
+fn failed_cache(failed_artifacts: Vec<String>) -> super::plan::CacheView {
+    super::plan::CacheView {
+        name: "t-cache".into(),
+        uid: Some("c-uid".into()),
+        phase: Some(ResourcePhase::Failed),
+        message: "download failed".into(),
+        volumes: vec![],
+        failed_artifacts,
+    }
+}
+
+#[test]
+fn a_failed_shared_cache_is_retried_through_its_artifacts_never_deleted() {
+    let svc = service(
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec: {model: {name: m}, template: {name: t}}\n",
+    );
+    let mut obs = observed(&svc, Some(template_with_sources()));
+    obs.cache = Some(failed_cache(vec!["art-1".into()]));
+    let p = plan(&obs);
+    let kinds: Vec<&str> = p.delete.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["AIMArtifact"], "{:?}", p.delete);
+    assert_eq!(p.delete[0].2, "art-1");
+    assert_eq!(p.cache.unwrap().retry_attempts, Some(1));
+    // Failed for another reason: a shared cache is left alone, and says so.
+    obs.cache = Some(failed_cache(vec![]));
+    let p = plan(&obs);
+    assert!(p.delete.is_empty(), "{:?}", p.delete);
+    let h = p.healths.iter().find(|h| h.component == "Cache").unwrap();
+    assert_eq!(
+        (h.state, h.reason.as_str()),
+        (ComponentState::Degraded, "CacheFailed")
+    );
+}
+
+#[test]
+fn a_failed_dedicated_cache_without_failed_artifacts_is_recreated_once() {
+    let mut svc = service(
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec: {model: {name: m}, template: {name: t}, caching: {mode: Dedicated}}\n",
+    );
+    let mut obs = observed(&svc, Some(template_with_sources()));
+    obs.cache = Some(failed_cache(vec![]));
+    let p = plan(&obs);
+    assert_eq!(p.delete[0].1, "AIMTemplateCache");
+    // The retry is spent: Degraded, nothing deleted.
+    svc.status =
+        Some(serde_json::from_value(serde_json::json!({"cache": {"retryAttempts": 1}})).unwrap());
+    let mut obs = observed(&svc, Some(template_with_sources()));
+    obs.cache = Some(failed_cache(vec!["art-1".into()]));
+    let p = plan(&obs);
+    assert!(p.delete.is_empty(), "{:?}", p.delete);
+    let h = p.healths.iter().find(|h| h.component == "Cache").unwrap();
+    assert!(h.message.contains("after 1 retry"), "{}", h.message);
+}
+
+#[test]
+fn a_degraded_cache_degrades_the_service_with_its_message() {
+    let svc = service(
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec: {model: {name: m}, template: {name: t}}\n",
+    );
+    let mut obs = observed(&svc, Some(template_with_sources()));
+    let mut cache = failed_cache(vec![]);
+    cache.phase = Some(ResourcePhase::Degraded);
+    cache.message = "No download progress for 130 s".into();
+    obs.cache = Some(cache);
+    let p = plan(&obs);
+    let h = p.healths.iter().find(|h| h.component == "Cache").unwrap();
+    assert_eq!(
+        (h.state, h.reason.as_str()),
+        (ComponentState::Degraded, "CacheDegraded")
+    );
+    assert!(h.message.contains("No download progress"), "{}", h.message);
+    assert!(p.delete.is_empty());
+}
