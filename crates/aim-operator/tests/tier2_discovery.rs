@@ -297,7 +297,8 @@ async fn failed_job_reports_its_reason_and_a_spec_change_retries_at_once() {
         .collect();
     assert_eq!(names, BTreeSet::from([job.name_any()]));
 
-    // A different precision is a different question: a new Job now.
+    // Different env is a different question (metric, precision and
+    // hardware are immutable): a new Job now, without waiting.
     templates
         .patch(
             "dummy-lat",
@@ -305,8 +306,8 @@ async fn failed_job_reports_its_reason_and_a_spec_change_retries_at_once() {
             &Patch::Apply(json!({
                 "apiVersion": "aim.eai.amd.com/v1alpha1", "kind": "AIMServiceTemplate",
                 "metadata": {"name": "dummy-lat"},
-                "spec": {"modelName": "dummy", "metric": "latency", "precision": "fp16",
-                         "env": [{"name": "EXTRA", "value": "1"}],
+                "spec": {"modelName": "dummy", "metric": "latency", "precision": "fp8",
+                         "env": [{"name": "EXTRA", "value": "2"}],
                          "hardware": {"gpu": {"requests": 1, "model": "MI300X"}}},
             })),
         )
@@ -334,7 +335,7 @@ async fn failed_job_reports_its_reason_and_a_spec_change_retries_at_once() {
         .unwrap();
     assert!(
         env.iter()
-            .any(|e| e.name == "AIM_PRECISION" && e.value.as_deref() == Some("fp16"))
+            .any(|e| e.name == "EXTRA" && e.value.as_deref() == Some("2"))
     );
     let t = await_object(
         &templates,
