@@ -195,11 +195,13 @@ pub fn spec_hash(parts: &[Option<&str>]) -> String {
 
 /// The Job's name: `discover-<template>-<hash>`. The hash covers every
 /// input of the Job, so a changed spec gets a fresh Job rather than the
-/// verdict of an old one.
+/// verdict of an old one. The template part is cut to 45 characters (AIM
+/// cuts to 46, which makes 64: one more than the `job-name` label the job
+/// controller puts on the pod may hold).
 pub fn job_name(template: &str, spec_hash: &str) -> String {
     let mut base: String = aim_rules::naming::sanitize(template)
         .chars()
-        .take(46)
+        .take(45)
         .collect();
     while base.ends_with('-') {
         base.pop();
@@ -231,6 +233,9 @@ pub struct DiscoverySeen<'a> {
     /// The Job for the current spec (named by `job_name`), if it exists.
     pub job: Option<&'a Job>,
     pub pods: &'a [Pod],
+    /// Why the job controller could not create the Job's pod (its latest
+    /// `FailedCreate` event), when the Job has no pod at all.
+    pub pod_create_failure: Option<String>,
     /// The discovery container's log, read once the Job completed.
     pub log: Option<Result<String, String>>,
     pub spec_hash: &'a str,
@@ -375,7 +380,18 @@ pub fn assess(seen: &DiscoverySeen<'_>) -> DiscoveryAssessment {
     let name = job.name_any();
     match job_finished(job) {
         None => {
-            let health = match crate::artifact::pod_problem(seen.pods) {
+            let problem = crate::artifact::pod_problem(seen.pods).or_else(|| {
+                // A Job whose pod is refused (missing service account,
+                // quota) stays "active" forever and holds one of the ten
+                // slots: say why, so someone can fix it.
+                seen.pod_create_failure.clone().map(|m| {
+                    (
+                        "PodCreateFailed".to_string(),
+                        format!("{m}; fix the model's serviceAccountName or imagePullSecrets, or the namespace's quota"),
+                    )
+                })
+            });
+            let health = match problem {
                 Some((reason, message)) => Health::new(
                     "DiscoveryJob",
                     ComponentState::Degraded,
@@ -644,6 +660,119 @@ mod tests {
         );
         assert_ne!(spec_hash(&[None]), spec_hash(&[Some("")]));
         assert_eq!(spec_hash(&[Some("x")]), spec_hash(&[Some("x")]));
+    }
+
+    fn job_at(created: i64, condition: Option<(&str, &str)>) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": "discover-t-0000", "creationTimestamp": Timestamp::from_second(created).unwrap().to_string()},
+            "status": {"conditions": condition.map(|(ty, reason)| vec![json!({"type": ty, "status": "True", "reason": reason})]).unwrap_or_default()},
+        }))
+        .unwrap()
+    }
+
+    fn seen<'a>(
+        job: Option<&'a Job>,
+        log: Option<Result<String, String>>,
+        previous: Option<&'a DiscoveryState>,
+        now: i64,
+    ) -> DiscoverySeen<'a> {
+        DiscoverySeen {
+            job,
+            pods: &[],
+            pod_create_failure: None,
+            log,
+            spec_hash: "abcdef0123456789",
+            previous,
+            now: Timestamp::from_second(now).unwrap(),
+        }
+    }
+
+    #[test]
+    fn no_job_and_no_failures_creates_one() {
+        let a = assess(&seen(None, None, None, 1000));
+        assert_eq!(a.action, JobAction::Create);
+        assert_eq!(a.state.spec_hash.as_deref(), Some("abcdef0123456789"));
+    }
+
+    #[test]
+    fn a_failed_job_is_counted_once_and_backs_off() {
+        let job = job_at(1000, Some(("Failed", "BackoffLimitExceeded")));
+        let first = assess(&seen(Some(&job), None, None, 1010));
+        assert_eq!(first.state.attempts, Some(1));
+        assert_eq!(first.health.reason, "JobBackoffLimitExceeded");
+        assert_eq!(first.action, JobAction::None, "60 s backoff first");
+        assert_eq!(first.requeue, Some(Duration::from_secs(60)));
+        // Looking again later does not count the same Job twice, and once
+        // the backoff is over the Job is deleted to make room for a retry.
+        let again = assess(&seen(Some(&job), None, Some(&first.state), 1080));
+        assert_eq!(again.state.attempts, Some(1));
+        assert_eq!(again.action, JobAction::Delete);
+        // With the Job gone but the backoff running, the template waits.
+        let waiting = assess(&seen(None, None, Some(&first.state), 1040));
+        assert_eq!(waiting.action, JobAction::None);
+        assert!(
+            waiting
+                .condition
+                .message
+                .contains("Waiting 30s before retry (attempt 1 failed)"),
+            "{}",
+            waiting.condition.message
+        );
+        // A second failed Job doubles the wait.
+        let job2 = job_at(1100, Some(("Failed", "DeadlineExceeded")));
+        let second = assess(&seen(Some(&job2), None, Some(&first.state), 1110));
+        assert_eq!(second.state.attempts, Some(2));
+        assert_eq!(second.health.reason, "JobDeadlineExceeded");
+        assert_eq!(second.requeue, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn a_changed_spec_forgets_earlier_failures() {
+        let old = DiscoveryState {
+            attempts: Some(4),
+            last_attempt_time: Some(Time(Timestamp::from_second(1000).unwrap())),
+            last_failure_reason: Some("JobFailed".into()),
+            spec_hash: Some("other".into()),
+        };
+        let a = assess(&seen(None, None, Some(&old), 1001));
+        assert_eq!(a.action, JobAction::Create);
+        assert_eq!(a.state.attempts, None);
+    }
+
+    #[test]
+    fn output_is_parsed_or_reported() {
+        let job = job_at(1000, Some(("Complete", "CompletionsReached")));
+        let ok = assess(&seen(Some(&job), Some(Ok(OUTPUT.into())), None, 1010));
+        assert!(ok.found.is_some());
+        assert!(ok.condition.status);
+        assert_eq!(ok.condition.reason, "DiscoveryComplete");
+        let bad = assess(&seen(Some(&job), Some(Ok("hello".into())), None, 1010));
+        assert_eq!(bad.health.reason, "DiscoveryOutputInvalid");
+        assert_eq!(bad.state.attempts, Some(1));
+        assert!(!bad.condition.status);
+        // A log that cannot be read yet is retried soon, not a failure.
+        let unread = assess(&seen(Some(&job), Some(Err("pod gone".into())), None, 1010));
+        assert_eq!(unread.health.reason, "ReadingOutput");
+        assert_eq!(unread.state.attempts, None);
+    }
+
+    #[test]
+    fn a_job_whose_pod_is_refused_says_why() {
+        let job = job_at(1000, None);
+        let mut s = seen(Some(&job), None, None, 1010);
+        s.pod_create_failure =
+            Some("Error creating: pods is forbidden: serviceaccount \"x\" not found".into());
+        let a = assess(&s);
+        assert_eq!(a.health.reason, "PodCreateFailed");
+        assert!(a.health.message.contains("serviceaccount"));
+        assert!(a.health.message.contains("serviceAccountName"));
+    }
+
+    #[test]
+    fn job_names_are_bounded_and_carry_the_hash() {
+        let name = job_name(&"x".repeat(80), "0123456789abcdef");
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.starts_with("discover-x") && name.ends_with("-01234567"));
     }
 
     #[test]

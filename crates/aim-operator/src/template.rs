@@ -479,9 +479,16 @@ async fn reconcile_inner<T: TemplateObject>(tpl: &T, ctx: &Context) -> Result<Ac
     } else {
         (None, Vec::new(), None)
     };
+    let pod_create_failure = match &job {
+        Some(j) if pods.is_empty() && crate::discovery::is_active(j) => {
+            pod_create_failure(client, &job_namespace, j).await
+        }
+        _ => None,
+    };
     let discovery = may_discover.then(|| crate::discovery::DiscoverySeen {
         job: job.as_ref(),
         pods: &pods,
+        pod_create_failure,
         log,
         spec_hash: &spec_hash,
         previous: old.as_ref().and_then(|o| o.discovery.as_ref()),
@@ -680,6 +687,25 @@ async fn observe_job(
         });
     }
     Ok((Some(job), pod_list, log))
+}
+
+/// The job controller's latest complaint about creating `job`'s pod.
+/// Best effort: without it the template only says the Job runs.
+async fn pod_create_failure(client: &kube::Client, ns: &str, job: &Job) -> Option<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let selector = format!(
+        "involvedObject.kind=Job,involvedObject.name={},reason=FailedCreate",
+        job.name_any()
+    );
+    let list = events
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .ok()?;
+    list.items
+        .into_iter()
+        .filter(|e| e.involved_object.uid == job.metadata.uid)
+        .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+        .and_then(|e| e.message)
 }
 
 fn discovery_job<T: TemplateObject>(

@@ -335,10 +335,7 @@ fn artifact_phase(a: &AIMArtifact) -> Option<aim_api::status::ResourcePhase> {
 /// controllers busy in later test binaries. (A failing one keeps it to
 /// look at.)
 async fn done(client: &kube::Client, ns: &str) {
-    Api::<Namespace>::all(client.clone())
-        .delete(ns, &DeleteParams::default())
-        .await
-        .unwrap();
+    aim_testkit::delete_namespace(client, ns).await;
 }
 
 async fn the_artifact(client: &kube::Client, ns: &str) -> AIMArtifact {
@@ -1564,4 +1561,103 @@ async fn a_cluster_template_with_model_sources_gets_its_cache() {
         .delete(&model, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// Two services wait for one Shared cache that is still downloading.
+/// Deleting the service whose name the cache's label carries keeps the
+/// cache for the other; deleting the last one cleans the cache up.
+#[tokio::test]
+async fn deleting_one_of_two_services_keeps_their_unready_shared_cache() {
+    let (client, ns) = setup("cache-shared-delete").await;
+    install_status_updater_role(&client).await;
+    let class = storage(&client, &ns, 20, 1).await;
+    apply_yaml(&client, &ns, &model_yaml("m")).await.unwrap();
+    ready_template(
+        &client,
+        &ns,
+        "t",
+        "m",
+        json!([{"modelId": "Qwen/Qwen3-32B", "sourceUri": "hf://Qwen/Qwen3-32B", "size": "10Gi"}]),
+    )
+    .await;
+    for s in ["s1", "s2"] {
+        apply_yaml(
+            &client,
+            &ns,
+            &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: {s}}}\nspec:\n  model: {{name: m}}\n  template: {{name: t}}\n  storage: {{defaultStorageClassName: {class}}}\n"),
+        )
+        .await
+        .unwrap();
+    }
+    let services: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+    let caches: Api<AIMTemplateCache> = Api::namespaced(client.clone(), &ns);
+    // Both wait on the same cache; its name is in their CacheReady message.
+    let artifact = the_artifact(&client, &ns).await;
+    let cache_name = artifact.labels()["aim.eai.amd.com/template-cache.name"].clone();
+    for s in ["s1", "s2"] {
+        await_object(
+            &services,
+            s,
+            "waiting for the cache",
+            WAIT,
+            |svc: &AIMService| {
+                condition(svc, "CacheReady")
+                    .is_some_and(|c| c.0 == "False" && c.2.contains(&cache_name))
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        caches.list(&Default::default()).await.unwrap().items.len(),
+        1
+    );
+    let names = [cache_name];
+    let cache = caches.get(&names[0]).await.unwrap();
+    assert_ne!(
+        cache.status.as_ref().and_then(|s| s.status),
+        Some(aim_api::status::ResourcePhase::Ready),
+        "the download has not finished"
+    );
+    let labelled = cache.labels()["aim.eai.amd.com/service"].clone();
+    let other = if labelled == "s1" { "s2" } else { "s1" };
+    services
+        .delete(&labelled, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while services.get_opt(&labelled).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{labelled} never went away"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = caches.get(&names[0]).await.unwrap();
+    assert_eq!(
+        kept.uid(),
+        cache.uid(),
+        "the cache {other} waits for was kept"
+    );
+    assert!(kept.metadata.deletion_timestamp.is_none());
+
+    // With no one left waiting, the unfinished cache goes with the last service.
+    services
+        .delete(other, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while caches
+        .get_opt(&names[0])
+        .await
+        .unwrap()
+        .is_some_and(|c| c.uid() == cache.uid())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unready cache outlived its last service"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    done(&client, &ns).await;
 }

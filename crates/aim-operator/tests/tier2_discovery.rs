@@ -195,6 +195,7 @@ async fn discovery_output_becomes_the_template_profile() {
         Some(("True", "DiscoveryComplete"))
     );
     assert!(st.discovery.unwrap().attempts.is_none());
+    aim_testkit::delete_namespace(&client, &ns).await;
 }
 
 /// Output that is not a discovery answer fails the template with a
@@ -249,6 +250,7 @@ async fn unparseable_output_is_a_condition_and_a_counted_attempt() {
         Some("DiscoveryOutputInvalid")
     );
     assert!(st.model_sources.is_empty() && st.profile.is_none());
+    aim_testkit::delete_namespace(&client, &ns).await;
 }
 
 /// A Job that fails (backoffLimit 0: one failed pod) fails the template
@@ -351,6 +353,7 @@ async fn failed_job_reports_its_reason_and_a_spec_change_retries_at_once() {
     )
     .await;
     assert_ne!(t.status.unwrap().status, Some(ResourcePhase::Failed));
+    aim_testkit::delete_namespace(&client, &ns).await;
 }
 
 /// Cluster templates run discovery in the operator namespace.
@@ -507,4 +510,49 @@ async fn fifty_templates_never_run_more_than_ten_jobs_at_once() {
         took.as_secs_f64(),
         TEMPLATES as f64 / took.as_secs_f64()
     );
+    aim_testkit::delete_namespace(&client, &ns).await;
+}
+
+/// A Job whose pod the job controller cannot create (the model names a
+/// service account that does not exist) would hold a slot forever as
+/// "running": the template says why instead, from the job controller's own
+/// FailedCreate event.
+#[tokio::test]
+async fn a_refused_discovery_pod_is_explained() {
+    let (client, ns) = setup("disc-nosa").await;
+    let model = model_yaml("dummy").replace("discovery-sa", "no-such-sa");
+    // Keep only the model document: the service account stays missing.
+    let model = model.split("---\n").nth(1).unwrap().to_string();
+    apply_yaml(&client, &ns, &model).await.unwrap();
+    apply_yaml(&client, &ns, &template_yaml("dummy-lat", "dummy"))
+        .await
+        .unwrap();
+    let templates: Api<AIMServiceTemplate> = Api::namespaced(client.clone(), &ns);
+    let t = await_object(
+        &templates,
+        "dummy-lat",
+        "PodCreateFailed",
+        WAIT,
+        |t: &AIMServiceTemplate| {
+            t.status.as_ref().is_some_and(|s| {
+                condition(&s.conditions, "DiscoveryJobReady")
+                    .is_some_and(|c| c.1 == "PodCreateFailed")
+            })
+        },
+    )
+    .await;
+    let st = t.status.unwrap();
+    let (_, _, message) = condition(&st.conditions, "DiscoveryJobReady").unwrap();
+    assert!(message.contains("no-such-sa"), "{message}");
+    assert!(message.contains("serviceAccountName"), "{message}");
+    assert_eq!(st.status, Some(ResourcePhase::Degraded));
+    // Free the slot for the other tests of this binary.
+    let _ = Api::<aim_api::AIMModel>::namespaced(client.clone(), &ns)
+        .delete("dummy", &DeleteParams::default())
+        .await;
+    templates
+        .delete("dummy-lat", &DeleteParams::background())
+        .await
+        .unwrap();
+    aim_testkit::delete_namespace(&client, &ns).await;
 }

@@ -77,6 +77,16 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// Deletes a test's namespace once it passed, so its leftovers stop keeping
+/// controllers busy while later tests run. A failing test never gets here
+/// and keeps its namespace for a look.
+pub async fn delete_namespace(client: &Client, ns: &str) {
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &kube::api::DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting namespace {ns}: {e}"));
+}
+
 /// Gives a pod's container the log its real image would print. KWOK plays
 /// the node's kubelet: a `Logs` object points it at a file in CRI format,
 /// and whoever reads `pods/log` through the apiserver gets these lines.

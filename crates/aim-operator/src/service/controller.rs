@@ -242,19 +242,56 @@ async fn cleanup_unready_caches(
     ns: &str,
 ) -> Result<(), kube::Error> {
     let api: Api<AIMTemplateCache> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!(
-        "aim.eai.amd.com/service={}",
-        aim_rules::naming::sanitize(&svc.name_any())
-    );
-    let caches = match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list.items,
+    let label = aim_rules::naming::sanitize(&svc.name_any());
+    let template = svc
+        .status
+        .as_ref()
+        .and_then(|st| st.resolved_template.as_ref())
+        .and_then(|r| r.name.clone());
+    // This service's caches: those labelled for it, and (its label may
+    // have been overwritten by another user) the Shared cache of its template.
+    let caches: Vec<AIMTemplateCache> = match api.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|c| {
+                c.labels().get("aim.eai.amd.com/service") == Some(&label)
+                    || (svc.spec.cache_mode() == aim_api::service::CacheMode::Shared
+                        && c.owner_references().is_empty()
+                        && Some(&c.spec.template_name) == template.as_ref())
+            })
+            .collect(),
         Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => return Ok(()),
         Err(e) => return Err(e),
     };
+    // The service label on a Shared cache names whichever service applied
+    // it last, so it does not say who else waits for the cache. Another
+    // live Shared-mode service on the same template does; a Dedicated
+    // cache (owned) has no other user.
+    let others: Vec<AIMService> = Api::<AIMService>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| {
+            o.uid() != svc.uid()
+                && o.metadata.deletion_timestamp.is_none()
+                && o.spec.cache_mode() == aim_api::service::CacheMode::Shared
+        })
+        .collect();
     for cache in caches {
         let ready = cache.status.as_ref().and_then(|s| s.status)
             == Some(aim_api::status::ResourcePhase::Ready);
-        if !ready {
+        let shared = cache.owner_references().is_empty();
+        let still_used = shared
+            && others.iter().any(|o| {
+                o.status
+                    .as_ref()
+                    .and_then(|st| st.resolved_template.as_ref())
+                    .and_then(|r| r.name.as_deref())
+                    == Some(cache.spec.template_name.as_str())
+            });
+        if !ready && !still_used {
             match api.delete(&cache.name_any(), &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {}
