@@ -15,7 +15,7 @@ fn options(name: &str, port_base: u16) -> ClusterOptions {
 
 #[tokio::test]
 async fn up_is_idempotent_and_down_frees_every_port() {
-    let opts = options("lifecycle", 36440);
+    let opts = options("lifecycle", 28440);
     // A run interrupted earlier may have left this cluster behind.
     aim_devcluster::down(&opts.cache, "lifecycle").unwrap();
     let first = aim_devcluster::up(&opts).await.unwrap();
@@ -72,7 +72,7 @@ fn zombie(pid: u32) -> bool {
 
 #[tokio::test]
 async fn a_busy_port_is_named_in_the_error() {
-    let opts = options("busyport", 37440);
+    let opts = options("busyport", 29440);
     let _squatter = TcpListener::bind(("127.0.0.1", 37441)).unwrap();
     let err = aim_devcluster::up(&opts).await.unwrap_err();
     match &err {

@@ -28,8 +28,76 @@ const DUMMY_OUTPUT: &str = r#"INFO selecting profile for MI300X
 async fn setup(prefix: &str) -> (kube::Client, String) {
     operator();
     let client = client().await;
+    free_the_slots().await;
     let ns = namespace(&client, prefix).await;
     (client, ns)
+}
+
+static SLOTS_FREED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Earlier test binaries leave templates whose discovery Jobs nobody ends
+/// (their tests were about other things), and those hold the ten
+/// cluster-wide slots this binary's tests need. Test binaries run one
+/// after another, so before the first test here creates anything, every
+/// leftover test namespace and cluster-scoped model and template goes, and
+/// the slots are awaited.
+async fn free_the_slots() {
+    SLOTS_FREED
+        .get_or_init(|| async {
+            let client = client().await;
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+            for ns in namespaces
+                .list(&ListParams::default().labels("aim.eai.amd.com/test=true"))
+                .await
+                .unwrap()
+                .items
+            {
+                let _ = namespaces
+                    .delete(&ns.name_any(), &DeleteParams::background())
+                    .await;
+            }
+            let models: Api<aim_api::AIMClusterModel> = Api::all(client.clone());
+            let _ = models
+                .delete_collection(&DeleteParams::background(), &ListParams::default())
+                .await;
+            let templates: Api<AIMClusterServiceTemplate> = Api::all(client.clone());
+            let _ = templates
+                .delete_collection(&DeleteParams::background(), &ListParams::default())
+                .await;
+            let jobs: Api<Job> = Api::all(client.clone());
+            let deadline = Instant::now() + Duration::from_secs(180);
+            loop {
+                let left = jobs
+                    .list(&ListParams::default().labels("app.kubernetes.io/name=aim-discovery"))
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter(|j| {
+                        j.metadata.deletion_timestamp.is_none()
+                            && !j
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| {
+                                    c.iter().any(|c| {
+                                        c.status == "True"
+                                            && (c.type_ == "Complete" || c.type_ == "Failed")
+                                    })
+                                })
+                    })
+                    .count();
+                if left == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{left} leftover discovery jobs still run"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+        .await;
 }
 
 /// A model that needs no registry (air-gapped metadata) and makes no
