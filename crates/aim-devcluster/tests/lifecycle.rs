@@ -73,20 +73,20 @@ fn zombie(pid: u32) -> bool {
 #[tokio::test]
 async fn a_busy_port_is_named_in_the_error() {
     let opts = options("busyport", 29440);
-    let _squatter = TcpListener::bind(("127.0.0.1", 37441)).unwrap();
+    let _squatter = TcpListener::bind(("127.0.0.1", 29441)).unwrap();
     let err = aim_devcluster::up(&opts).await.unwrap_err();
     match &err {
         Error::PortInUse {
             port, component, ..
         } => {
-            assert_eq!(*port, 37441);
+            assert_eq!(*port, 29441);
             assert_eq!(*component, "etcd (client)");
         }
         other => panic!("expected PortInUse, got {other}"),
     }
     let text = err.to_string();
     assert!(
-        text.contains("37441") && text.contains("--port-base"),
+        text.contains("29441") && text.contains("--port-base"),
         "{text}"
     );
 }
