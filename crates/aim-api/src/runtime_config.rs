@@ -35,6 +35,8 @@ pub struct RuntimeConfigSpec {
     pub env: Vec<EnvVar>,
     pub model: Option<ModelConfig>,
     pub label_propagation: Option<LabelPropagation>,
+    /// The cost guard of autoscaled services (an aim extension).
+    pub autoscaling: Option<AutoscalingConfig>,
     /// Deprecated: use `storage.defaultStorageClassName`.
     pub default_storage_class_name: Option<String>,
     /// Deprecated: use `storage.pvcHeadroomPercent`.
@@ -51,6 +53,19 @@ pub struct StorageConfig {
     #[serde(default = "default_headroom")]
     #[schemars(range(min = 0))]
     pub pvc_headroom_percent: Option<i32>,
+}
+
+/// How autoscaled services start. While KEDA's ScaledObject is paused, KEDA
+/// removes its HPA and leaves the replica count alone, so a minimum of one
+/// replica cannot keep a GPU node up around the clock by accident.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingConfig {
+    /// Autoscaled services are paused (`autoscaling.keda.sh/paused`) unless
+    /// their annotation `aim.eai.amd.com/autoscaling-paused` says otherwise;
+    /// `aim resume` sets it to "false", `aim pause` to "true".
+    pub paused_by_default: Option<bool>,
 }
 
 fn default_headroom() -> Option<i32> {

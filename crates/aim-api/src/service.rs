@@ -321,4 +321,6 @@ pub struct ServiceRuntimeStatus {
     pub max_replicas: Option<i32>,
     /// Human-readable summary, e.g. `2/4 (1-4)`.
     pub replicas: Option<String>,
+    /// Set while autoscaling is paused: KEDA leaves the replicas alone.
+    pub paused: Option<bool>,
 }

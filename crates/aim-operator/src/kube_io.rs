@@ -32,6 +32,7 @@ pub fn resource_of(api_version: &str, kind: &str) -> Option<(ApiResource, bool)>
         "Job" => ("jobs", true),
         "PersistentVolumeClaim" => ("persistentvolumeclaims", true),
         "RoleBinding" => ("rolebindings", true),
+        "ScaledObject" => ("scaledobjects", true),
         _ => return None,
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -46,6 +47,13 @@ pub enum IoError {
     UnknownKind(String),
     #[error("Failed to apply resources: {kind} {name}: {source}")]
     Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Failed to patch {kind} {name}: {source}")]
+    Patch {
         kind: String,
         name: String,
         #[source]

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod artifact;
 pub mod catalog_filter;
 pub mod context;
+pub mod cost_guard;
 pub mod discovery;
 pub mod image_labels;
 pub mod inspect;

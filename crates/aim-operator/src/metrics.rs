@@ -30,9 +30,31 @@ pub fn error_kind(e: &kube::Error) -> &'static str {
     }
 }
 
+/// The scaling state of one autoscaled AIMService, as its last reconcile
+/// saw it. The alert rules in deploy/monitoring read these.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceScaling {
+    pub isvc: String,
+    pub current: i32,
+    pub desired: i32,
+    pub min: i32,
+    pub max: i32,
+    pub paused: bool,
+    /// The reason of the service's `HPAReady` condition, e.g.
+    /// `HPAOperational`, `MetricsFailed`, `ScalingPaused`.
+    pub reason: String,
+    pub ready: bool,
+}
+
+/// (namespace, service name)
+type ServiceKey = (String, String);
+
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<BTreeMap<&'static str, PerController>>,
+    services: Mutex<BTreeMap<ServiceKey, ServiceScaling>>,
+    /// Scale decisions per service and direction ("up" / "down").
+    decisions: Mutex<BTreeMap<(ServiceKey, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -58,10 +80,82 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Records the scaling state of an autoscaled service; `None` removes
+    /// it (fixed replicas, or the service is gone).
+    pub fn service_scaling(&self, namespace: &str, name: &str, state: Option<ServiceScaling>) {
+        let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_string(), name.to_string());
+        match state {
+            Some(s) => {
+                map.insert(key, s);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    pub fn scale_decided(&self, namespace: &str, name: &str, up: bool) {
+        let mut map = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_string(), name.to_string());
+        *map.entry((key, if up { "up" } else { "down" }))
+            .or_default() += 1;
+    }
+
+    fn render_services(&self, out: &mut String) {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let labels = |(ns, name): &ServiceKey, isvc: &str| {
+            format!("namespace=\"{ns}\",service=\"{name}\",isvc=\"{isvc}\"")
+        };
+        out.push_str("# HELP aim_service_replicas Replicas of each autoscaled AIMService (status.runtime), by kind: current, desired, min, max.\n# TYPE aim_service_replicas gauge\n");
+        for (key, s) in services.iter() {
+            for (kind, v) in [
+                ("current", s.current),
+                ("desired", s.desired),
+                ("min", s.min),
+                ("max", s.max),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "aim_service_replicas{{{},kind=\"{kind}\"}} {v}",
+                    labels(key, &s.isvc)
+                );
+            }
+        }
+        out.push_str("# HELP aim_service_autoscaling_paused 1 while the service's autoscaling is paused (cost guard).\n# TYPE aim_service_autoscaling_paused gauge\n");
+        for (key, s) in services.iter() {
+            let _ = writeln!(
+                out,
+                "aim_service_autoscaling_paused{{{}}} {}",
+                labels(key, &s.isvc),
+                u8::from(s.paused)
+            );
+        }
+        out.push_str("# HELP aim_service_scaling_ready 1 when the service's HPAReady condition is True; reason is the condition's reason.\n# TYPE aim_service_scaling_ready gauge\n");
+        for (key, s) in services.iter() {
+            let _ = writeln!(
+                out,
+                "aim_service_scaling_ready{{{},reason=\"{}\"}} {}",
+                labels(key, &s.isvc),
+                s.reason,
+                u8::from(s.ready)
+            );
+        }
+        let decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        out.push_str("# HELP aim_service_scale_decisions_total Changes of the HPA's desired replicas the operator observed, by direction.\n# TYPE aim_service_scale_decisions_total counter\n");
+        for (((ns, name), direction), n) in decisions.iter() {
+            let _ = writeln!(
+                out,
+                "aim_service_scale_decisions_total{{namespace=\"{ns}\",service=\"{name}\",direction=\"{direction}\"}} {n}"
+            );
+        }
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
+        self.render_services(&mut out);
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         out.push_str("# HELP aim_operator_reconciles_total Reconciles run, per controller.\n# TYPE aim_operator_reconciles_total counter\n");
         for (name, c) in map.iter() {
             let _ = writeln!(
@@ -126,5 +220,35 @@ mod tests {
         assert!(text.contains(
             "aim_operator_reconcile_errors_total{controller=\"service\",error=\"apply\"} 1"
         ));
+    }
+
+    #[test]
+    fn service_scaling_series_appear_and_go_with_the_service() {
+        let m = Metrics::default();
+        let state = ServiceScaling {
+            isvc: "chat".into(),
+            current: 2,
+            desired: 3,
+            min: 1,
+            max: 4,
+            paused: false,
+            reason: "HPAOperational".into(),
+            ready: true,
+        };
+        m.service_scaling("ml", "chat", Some(state));
+        m.scale_decided("ml", "chat", true);
+        m.scale_decided("ml", "chat", true);
+        let text = m.render();
+        assert!(text.contains(
+            "aim_service_replicas{namespace=\"ml\",service=\"chat\",isvc=\"chat\",kind=\"desired\"} 3"
+        ));
+        assert!(text.contains(
+            "aim_service_scaling_ready{namespace=\"ml\",service=\"chat\",isvc=\"chat\",reason=\"HPAOperational\"} 1"
+        ));
+        assert!(text.contains(
+            "aim_service_scale_decisions_total{namespace=\"ml\",service=\"chat\",direction=\"up\"} 2"
+        ));
+        m.service_scaling("ml", "chat", None);
+        assert!(!m.render().contains("aim_service_replicas{"));
     }
 }

@@ -1144,3 +1144,199 @@ async fn warnings_are_raised_once_per_transition() {
         + warnings[0].series.as_ref().map(|s| s.count).unwrap_or(0);
     assert!(count <= 1, "the warning repeated {count} times");
 }
+
+fn scaled_object_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn annotation(o: &DynamicObject, key: &str) -> Option<String> {
+    o.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+/// The cost guard of seed 003: a runtime config can make autoscaled
+/// services start paused; `aim pause`/`aim resume` (the library call behind
+/// them) flip KEDA's switch on the live ScaledObject; status says so; a bad
+/// annotation value is refused by name and rewrites nothing.
+#[tokio::test]
+async fn autoscaling_starts_paused_by_config_and_pause_resume_flip_keda() {
+    use aim_operator::cost_guard::{CostGuardError, set_paused};
+    const KEDA_PAUSED: &str = "autoscaling.keda.sh/paused";
+    let (client, ns, api) = setup("costguard").await;
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMRuntimeConfig\nmetadata: {name: default}\nspec:\n  autoscaling: {pausedByDefault: true}\n",
+    )
+    .await
+    .unwrap();
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
+    let scaled = "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: qwen-chat}\nspec:\n  model: {name: m}\n  template: {name: t}\n  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    metrics:\n    - type: PodMetric\n      podmetric:\n        metric: {backend: opentelemetry, metricNames: [\"vllm:num_requests_running\"], query: \"vllm:num_requests_running\", operationOverTime: avg}\n        target: {type: Value, value: \"1\"}\n";
+    apply_yaml(&client, &ns, scaled).await.unwrap();
+
+    // Created paused: the InferenceService carries KEDA's switch, so the
+    // ScaledObject KServe makes from it starts paused.
+    let isvc = the_isvc(&client, &ns, "qwen-chat").await;
+    let isvc_name = isvc["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(isvc["metadata"]["annotations"][KEDA_PAUSED], "true");
+    let svc = await_object(
+        &api,
+        "qwen-chat",
+        "paused status",
+        WAIT,
+        |s: &AIMService| condition(s, "HPAReady").is_some_and(|c| c.1 == "ScalingPaused"),
+    )
+    .await;
+    let runtime = svc.status.as_ref().unwrap().runtime.clone().unwrap();
+    assert_eq!(runtime.paused, Some(true));
+    assert_eq!(runtime.replicas.as_deref(), Some("0 (paused)"));
+    let message = condition(&svc, "HPAReady").unwrap().2;
+    assert!(
+        message.contains(&format!("aim resume {ns}/qwen-chat")),
+        "{message}"
+    );
+
+    // A ScaledObject without the switch (one KServe wrote before the pause)
+    // gets it, and status waits for KEDA to confirm.
+    let so_name = format!("{isvc_name}-predictor");
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {{name: {so_name}}}\nspec:\n  scaleTargetRef: {{name: {so_name}}}\n  minReplicaCount: 1\n  maxReplicaCount: 4\n  triggers:\n  - type: external\n    metadata: {{scalerAddress: 'keda-otel-scaler.keda.svc:4318', metricQuery: 'sum(vllm:num_requests_running)', targetValue: '1'}}\n"
+        ),
+    )
+    .await
+    .unwrap();
+    let sos = scaled_object_api(&client, &ns);
+    await_object(
+        &sos,
+        &so_name,
+        "the pause switch on the ScaledObject",
+        WAIT,
+        |o| annotation(o, KEDA_PAUSED).as_deref() == Some("true"),
+    )
+    .await;
+    await_object(
+        &api,
+        "qwen-chat",
+        "PausingScaling",
+        WAIT,
+        |s: &AIMService| condition(s, "HPAReady").is_some_and(|c| c.1 == "PausingScaling"),
+    )
+    .await;
+    // Play KEDA: it confirms the pause in the ScaledObject's status.
+    sos.patch_status(
+        &so_name,
+        &PatchParams::apply("aim-test-keda").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "status": {"conditions": [{"type": "Paused", "status": "True", "reason": "ScaledObjectPaused", "message": "ScaledObject is paused"}]}
+        })),
+    )
+    .await
+    .unwrap();
+    await_object(
+        &api,
+        "qwen-chat",
+        "ScalingPaused",
+        WAIT,
+        |s: &AIMService| condition(s, "HPAReady").is_some_and(|c| c.1 == "ScalingPaused"),
+    )
+    .await;
+
+    // Resume: the switch leaves the ScaledObject and the InferenceService;
+    // the service waits for KEDA's HPA again.
+    let flip = set_paused(&client, &ns, "qwen-chat", false).await.unwrap();
+    assert_eq!(flip.before, None, "the config default applied before");
+    await_object(&sos, &so_name, "switch removed", WAIT, |o| {
+        annotation(o, KEDA_PAUSED).is_none()
+    })
+    .await;
+    await_object(
+        &isvc_api(&client, &ns),
+        &isvc_name,
+        "isvc switch removed",
+        WAIT,
+        |o| annotation(o, KEDA_PAUSED).is_none(),
+    )
+    .await;
+    let svc = await_object(
+        &api,
+        "qwen-chat",
+        "resumed status",
+        WAIT,
+        |s: &AIMService| condition(s, "HPAReady").is_some_and(|c| c.1 == "HPANotFound"),
+    )
+    .await;
+    assert_eq!(svc.status.unwrap().runtime.unwrap().paused, None);
+
+    // Pause again, live.
+    let flip = set_paused(&client, &ns, "qwen-chat", true).await.unwrap();
+    assert_eq!(flip.before.as_deref(), Some("false"));
+    await_object(&sos, &so_name, "paused again", WAIT, |o| {
+        annotation(o, KEDA_PAUSED).as_deref() == Some("true")
+    })
+    .await;
+
+    // A value that is neither true nor false: the service fails naming the
+    // annotation, and neither child is rewritten.
+    api.patch(
+        "qwen-chat",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"aim.eai.amd.com/autoscaling-paused": "yes"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let svc = await_object(
+        &api,
+        "qwen-chat",
+        "InvalidAnnotation",
+        WAIT,
+        |s: &AIMService| condition(s, "HPAReady").is_some_and(|c| c.1 == "InvalidAnnotation"),
+    )
+    .await;
+    assert_eq!(
+        svc.status.as_ref().unwrap().status,
+        Some(ServicePhase::Failed)
+    );
+    let message = condition(&svc, "HPAReady").unwrap().2;
+    assert!(
+        message.contains("aim.eai.amd.com/autoscaling-paused"),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let so = sos.get(&so_name).await.unwrap();
+    assert_eq!(annotation(&so, KEDA_PAUSED).as_deref(), Some("true"));
+    let isvc = isvc_api(&client, &ns).get(&isvc_name).await.unwrap();
+    assert_eq!(annotation(&isvc, KEDA_PAUSED).as_deref(), Some("true"));
+
+    // The CLI's refusals: a missing service and one with fixed replicas.
+    match set_paused(&client, &ns, "nope", true).await {
+        Err(CostGuardError::NotFound { name, .. }) => assert_eq!(name, "nope"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: fixed}\nspec:\n  model: {name: m}\n  template: {name: t}\n  replicas: 2\n",
+    )
+    .await
+    .unwrap();
+    let err = set_paused(&client, &ns, "fixed", true).await.unwrap_err();
+    assert!(matches!(err, CostGuardError::NotAutoscaled { .. }), "{err}");
+    assert!(err.to_string().contains("fixed replicas"), "{err}");
+    aim_testkit::delete_namespace(&client, &ns).await;
+}

@@ -30,6 +30,11 @@ pub const CACHE_NAME: &str = "aim.eai.amd.com/cache.name";
 pub const CACHE_TYPE: &str = "aim.eai.amd.com/cache.type";
 pub const COMPONENT: &str = "aim.eai.amd.com/component";
 pub const SOURCE_MODEL: &str = "aim.eai.amd.com/source-model";
+/// On an AIMService: "true" or "false", overriding the runtime config's
+/// `autoscaling.pausedByDefault`. `aim pause` and `aim resume` set it.
+pub const AUTOSCALING_PAUSED: &str = "aim.eai.amd.com/autoscaling-paused";
+/// KEDA's own pause switch on a ScaledObject.
+pub const KEDA_PAUSED: &str = "autoscaling.keda.sh/paused";
 
 // Values of `aim.eai.amd.com/origin`.
 pub const ORIGIN_AUTO_GENERATED: &str = "auto-generated";

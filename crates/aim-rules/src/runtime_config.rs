@@ -34,7 +34,8 @@
 //! override the cluster's.
 
 use aim_api::runtime_config::{
-    LabelPropagation, ModelConfig, RoutingConfig, RuntimeConfigSpec, StorageConfig,
+    AutoscalingConfig, LabelPropagation, ModelConfig, RoutingConfig, RuntimeConfigSpec,
+    StorageConfig,
 };
 use aim_api::service::AIMServiceSpec;
 
@@ -103,6 +104,11 @@ pub fn overlay(mut base: RuntimeConfigSpec, top: &RuntimeConfigSpec) -> RuntimeC
             },
         },
     );
+    base.autoscaling = merge_opt(base.autoscaling, top.autoscaling.as_ref(), |b, t| {
+        AutoscalingConfig {
+            paused_by_default: t.paused_by_default.or(b.paused_by_default),
+        }
+    });
     base.default_storage_class_name = set_string(
         base.default_storage_class_name,
         top.default_storage_class_name.as_ref(),

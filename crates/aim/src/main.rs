@@ -2,6 +2,7 @@
 //! behind one binary.
 
 mod bench_operator;
+mod cost_guard;
 mod crds;
 mod demo;
 mod dev;
@@ -31,6 +32,10 @@ enum Command {
     Scaler(Box<aim_scaler::ScalerArgs>),
     /// Replay traces through the autoscaling loop on virtual time and score policies.
     Lab(Box<aim_lab::LabArgs>),
+    /// Pause a service's autoscaling (cost guard): KEDA leaves its replicas alone.
+    Pause(cost_guard::ServiceRef),
+    /// Resume a service's autoscaling: KEDA drives its replicas again.
+    Resume(cost_guard::ServiceRef),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +59,8 @@ fn main() -> std::process::ExitCode {
             .and_then(|rt| rt.block_on(aim_operator::run(args))),
         Command::Sim(cli) => sim::run(*cli),
         Command::Lab(args) => aim_lab::run(*args).map_err(anyhow::Error::from),
+        Command::Pause(target) => cost_guard::run(target, true),
+        Command::Resume(target) => cost_guard::run(target, false),
         Command::Scaler(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(aim_scaler::run(*args))),

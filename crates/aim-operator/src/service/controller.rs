@@ -17,7 +17,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -29,7 +29,9 @@ use super::plan::{self, CacheView, ModelLookup, Observed, TemplateLookup};
 use super::view::{ModelView, TemplateView};
 use crate::context::{Context, is_paused};
 use crate::kube_io::{self, IoError};
-use crate::state::{self, ComponentState, ErrorCategory, Health};
+use crate::state::{self, ComponentState, ErrorCategory, Health, Transition};
+
+const KEDA_API_VERSION: &str = "keda.sh/v1alpha1";
 
 pub const MANAGER: &str = "aim-service-controller";
 pub const FINALIZER: &str = "aim.eai.amd.com/template-cache-cleanup";
@@ -78,6 +80,7 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
     let terminating = kube_io::namespace_terminating(&ctx.client, &ns).await;
 
     if svc.meta().deletion_timestamp.is_some() {
+        ctx.metrics.service_scaling(&ns, &name, None);
         if finalizers.iter().any(|f| f == FINALIZER) {
             if !terminating {
                 cleanup_unready_caches(ctx, svc, &ns).await?;
@@ -116,9 +119,11 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         pods: observed_parts.pods,
         pod_events: observed_parts.pod_events,
         hpa: observed_parts.hpa,
+        scaled_object: observed_parts.scaled_object,
         route: observed_parts.route,
         cache: observed_parts.cache,
         default_scaler_address: &ctx.settings.default_scaler_address,
+        now: Timestamp::now(),
     };
     let mut plan = plan::plan(&obs);
     plan.healths.extend(fetch_errors);
@@ -153,6 +158,30 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
                 kube_io::apply(&ctx.client, MANAGER, label(object), owner.as_ref()).await
             {
                 apply_error = Some(e);
+            }
+        }
+        // The pause switch on KServe's ScaledObject: a merge patch of one
+        // annotation, so KServe keeps owning everything else.
+        if let Some((so_name, patch)) = &plan.scaled_object_patch {
+            let (so_ar, _) =
+                kube_io::resource_of(KEDA_API_VERSION, "ScaledObject").expect("known kind");
+            let so_api =
+                Api::<kube::api::DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &so_ar);
+            match so_api
+                .patch(so_name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {}
+                // Gone since we read it: KServe recreates it from the
+                // InferenceService's annotations, which already agree.
+                Err(kube::Error::Api(ae)) if ae.code == 404 => {}
+                Err(e) => {
+                    apply_error = Some(kube_io::IoError::Patch {
+                        kind: "ScaledObject".into(),
+                        name: so_name.clone(),
+                        source: e,
+                    });
+                }
             }
         }
     }
@@ -218,6 +247,21 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         .await?;
     }
     kube_io::publish(&ctx.recorder, &svc.object_ref(&()), &assessment.transitions).await;
+    ctx.metrics.service_scaling(
+        &ns,
+        &name,
+        scaling_metrics(svc, &plan, &assessment.conditions),
+    );
+    if let Some(decision) = &plan.scale_decision {
+        ctx.metrics
+            .scale_decided(&ns, &name, decision.reason == "ScaledUp");
+        let scaled = [Transition {
+            warning: false,
+            reason: decision.reason.to_string(),
+            message: decision.message.clone(),
+        }];
+        kube_io::publish(&ctx.recorder, &svc.object_ref(&()), &scaled).await;
+    }
 
     if let Some(e) = apply_error {
         return Err(e.into());
@@ -234,6 +278,31 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
     } else {
         Duration::from_secs(30)
     }))
+}
+
+/// The metrics view of an autoscaled service's scaling; `None` for fixed
+/// replicas.
+fn scaling_metrics(
+    svc: &AIMService,
+    plan: &plan::Plan,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<crate::metrics::ServiceScaling> {
+    if !super::render::replicas(svc).autoscaling {
+        return None;
+    }
+    let runtime = plan.runtime.clone().unwrap_or_default();
+    let hpa = conditions.iter().find(|c| c.type_ == "HPAReady");
+    let ns = svc.namespace().unwrap_or_default();
+    Some(crate::metrics::ServiceScaling {
+        isvc: aim_rules::naming::isvc_name(&svc.name_any(), &ns).unwrap_or_default(),
+        current: runtime.current_replicas.unwrap_or(0),
+        desired: runtime.desired_replicas.unwrap_or(0),
+        min: runtime.min_replicas.unwrap_or(0),
+        max: runtime.max_replicas.unwrap_or(0),
+        paused: runtime.paused == Some(true),
+        reason: hpa.map(|c| c.reason.clone()).unwrap_or_default(),
+        ready: hpa.is_some_and(|c| c.status == "True"),
+    })
 }
 
 async fn cleanup_unready_caches(
@@ -312,6 +381,7 @@ struct Fetched {
     pods: Vec<Pod>,
     pod_events: Vec<Event>,
     hpa: Option<HorizontalPodAutoscaler>,
+    scaled_object: Option<Value>,
     route: Option<Value>,
     cache: Option<CacheView>,
 }
@@ -488,6 +558,7 @@ async fn fetch(
     let mut pods = Vec::new();
     let mut pod_events = Vec::new();
     let mut hpa = None;
+    let mut scaled_object = None;
     if isvc.is_some() {
         // KServe's warnings about the InferenceService come from a watch
         // cache: listing events per reconcile makes the apiserver scan every
@@ -540,6 +611,20 @@ async fn fetch(
                 Ok(h) => hpa = h,
                 Err(e) => note(errors, "HPA", "the HorizontalPodAutoscaler", e),
             }
+            let (so_ar, _) =
+                kube_io::resource_of(KEDA_API_VERSION, "ScaledObject").expect("known kind");
+            match Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &so_ar)
+                .get_opt(&format!("{isvc_name}-predictor"))
+                .await
+            {
+                Ok(so) => {
+                    scaled_object = so.map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
+                }
+                // Without KEDA's CRD there is nothing to pause; the HPA
+                // health already says that autoscaling is not happening.
+                Err(kube::Error::Api(ae)) if ae.code == 404 => {}
+                Err(e) => note(errors, "HPA", "the ScaledObject", e),
+            }
         }
     }
 
@@ -569,6 +654,7 @@ async fn fetch(
         pods,
         pod_events,
         hpa,
+        scaled_object,
         route,
         cache,
     })
@@ -741,6 +827,9 @@ pub async fn run(
     let for_cache = dependents(store.clone());
     let store_for_pods = store.clone();
     let store_for_hpa = store.clone();
+    let store_for_scaled_objects = store.clone();
+    let (scaled_object_ar, _) =
+        kube_io::resource_of(KEDA_API_VERSION, "ScaledObject").expect("known kind");
 
     controller
         .owns_with(
@@ -853,6 +942,22 @@ pub async fn run(
                     .unwrap_or_default()
                     .to_string();
                 services_with_isvc(&store_for_hpa, hpa.namespace(), &isvc)
+            },
+        )
+        // KServe names the ScaledObject `<isvc>-predictor`; a change to it
+        // (KServe rewriting it, KEDA confirming a pause) may need the pause
+        // switch put back or the status updated.
+        .watches_with(
+            Api::<kube::api::DynamicObject>::all_with(client.clone(), &scaled_object_ar),
+            scaled_object_ar.clone(),
+            wc(),
+            move |so| {
+                let isvc = so
+                    .name_any()
+                    .strip_suffix("-predictor")
+                    .unwrap_or_default()
+                    .to_string();
+                services_with_isvc(&store_for_scaled_objects, so.namespace(), &isvc)
             },
         )
         .graceful_shutdown_on(shutdown)

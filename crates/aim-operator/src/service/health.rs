@@ -246,7 +246,15 @@ pub fn pods_health(pods: &[Pod], events: &[Event]) -> Health {
 }
 
 /// KEDA's HPA `keda-hpa-<isvc>-predictor`.
-pub fn hpa_health(hpa: Option<&HorizontalPodAutoscaler>, isvc_ready: bool) -> Health {
+///
+/// `isvc_ready_for` is how long the InferenceService has been Ready (None:
+/// not Ready). AIM Engine calls an HPA without metrics Failed as soon as the
+/// InferenceService is Ready, which is before any pod could have reported a
+/// metric; aim waits [`super::scaling::FIRST_METRICS_GRACE`] first.
+pub fn hpa_health(
+    hpa: Option<&HorizontalPodAutoscaler>,
+    isvc_ready_for: Option<std::time::Duration>,
+) -> Health {
     const C: &str = "HPA";
     let Some(hpa) = hpa else {
         return Health::new(
@@ -270,7 +278,8 @@ pub fn hpa_health(hpa: Option<&HorizontalPodAutoscaler>, isvc_ready: bool) -> He
             .unwrap_or_default()
     };
     if !is("ScalingActive", "True") {
-        return if isvc_ready {
+        let settled = isvc_ready_for.is_some_and(|d| d >= super::scaling::FIRST_METRICS_GRACE);
+        return if settled {
             Health::new(
                 C,
                 ComponentState::Failed,
@@ -388,5 +397,6 @@ pub fn runtime_status(
         min_replicas: nz(min),
         max_replicas: nz(max),
         replicas: Some(display),
+        paused: None,
     }
 }

@@ -5,6 +5,7 @@ pub mod dependents;
 pub mod health;
 pub mod plan;
 pub mod render;
+pub mod scaling;
 pub mod view;
 
 #[cfg(test)]

@@ -12,11 +12,13 @@ use aim_api::status::ResourcePhase;
 use aim_rules::selection::{self, CandidateScope, SelectionOutcome as Outcome, SelectionRequest};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::health;
 use super::render::{self, IsvcInputs};
+use super::scaling;
 use super::view::{ModelView, TemplateView};
 use crate::state::{ComponentState, ErrorCategory, Health};
 
@@ -68,9 +70,12 @@ pub struct Observed<'a> {
     pub pods: Vec<Pod>,
     pub pod_events: Vec<Event>,
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// KServe's ScaledObject `<isvc>-predictor`, when autoscaling.
+    pub scaled_object: Option<Value>,
     pub route: Option<Value>,
     pub cache: Option<CacheView>,
     pub default_scaler_address: &'a str,
+    pub now: Timestamp,
 }
 
 /// The template cache the service uses, as observed.
@@ -104,6 +109,11 @@ pub struct Plan {
     pub routing: Option<ServiceRoutingStatus>,
     pub runtime: Option<ServiceRuntimeStatus>,
     pub cache: Option<ServiceCacheStatus>,
+    /// A merge patch for the live ScaledObject (name, patch): the pause
+    /// switch, flipped.
+    pub scaled_object_patch: Option<(String, Value)>,
+    /// A scale decision of the HPA's since the last status, to publish.
+    pub scale_decision: Option<scaling::ScaleDecision>,
 }
 
 pub fn plan(obs: &Observed<'_>) -> Plan {
@@ -209,6 +219,18 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
     let template_ready = template
         .as_ref()
         .is_some_and(|t| t.phase() == Some(ResourcePhase::Ready));
+    let replicas = render::replicas(svc);
+    let paused = if replicas.autoscaling {
+        match scaling::paused(svc.annotations(), config.autoscaling.as_ref()) {
+            Ok(p) => Some(p),
+            Err(message) => {
+                plan.healths.push(scaling::invalid_pause_health(message));
+                None
+            }
+        }
+    } else {
+        Some(false)
+    };
     let may_render = template_ready && (obs.isvc.is_some() || (model_ready && cache_ready));
     if let (true, Some(model), Some(template)) = (may_render, &model, &template) {
         let env = aim_rules::env::inference_env(&config.env, &template.spec, &svc.spec.env);
@@ -230,6 +252,7 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
             default_scaler_address: obs.default_scaler_address,
             cache_volumes: volumes,
             env,
+            autoscaling_paused: paused.unwrap_or(false),
         });
         plan.owned.push(isvc);
     }
@@ -245,22 +268,59 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
         .and_then(|i| health::condition_of(i, "Ready"))
         .is_some_and(|(s, _, _)| s == "True");
 
-    let replicas = render::replicas(svc);
-    if replicas.autoscaling {
-        plan.healths
-            .push(health::hpa_health(obs.hpa.as_ref(), isvc_ready));
+    let svc_ref = format!("{ns}/{}", svc.name_any());
+    match (replicas.autoscaling, paused) {
+        (true, Some(true)) => {
+            plan.healths
+                .push(scaling::paused_health(obs.scaled_object.as_ref(), &svc_ref));
+            plan.runtime = Some(scaling::paused_runtime(
+                &obs.pods,
+                replicas.min,
+                replicas.max,
+            ));
+        }
+        (true, _) => {
+            let ready_for = isvc_ready.then(|| ready_for(obs.isvc.as_ref(), obs.now));
+            plan.healths
+                .push(health::hpa_health(obs.hpa.as_ref(), ready_for.flatten()));
+            plan.runtime = Some(health::runtime_status(obs.hpa.as_ref(), &replicas));
+            plan.scale_decision = scaling::scale_decision(
+                svc.status.as_ref().and_then(|s| s.runtime.as_ref()),
+                obs.hpa.as_ref(),
+            );
+        }
+        (false, _) => {
+            plan.runtime = Some(health::runtime_status(None, &replicas));
+        }
     }
-    plan.runtime = Some(health::runtime_status(
-        if replicas.autoscaling {
-            obs.hpa.as_ref()
-        } else {
-            None
-        },
-        &replicas,
-    ));
+    if let Some(p) = paused
+        && let Some(patch) = scaling::scaled_object_patch(obs.scaled_object.as_ref(), p)
+    {
+        plan.scaled_object_patch = Some((format!("{isvc_name}-predictor"), patch));
+    }
 
     plan_route(obs, &config, &isvc_name, &propagated, &mut plan);
     plan
+}
+
+/// How long the InferenceService has been Ready. A Ready condition without
+/// a readable transition time counts as Ready for long.
+fn ready_for(isvc: Option<&Value>, now: Timestamp) -> Option<std::time::Duration> {
+    let since = isvc?
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .get("lastTransitionTime")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let Some(since) = since else {
+        return Some(std::time::Duration::MAX);
+    };
+    Some(
+        std::time::Duration::try_from(now.duration_since(since))
+            .unwrap_or(std::time::Duration::ZERO),
+    )
 }
 
 fn resolve_model(

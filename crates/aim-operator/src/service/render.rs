@@ -70,6 +70,9 @@ pub struct IsvcInputs<'a> {
     /// Volumes of the model cache: (volume name, claim name, mount path).
     pub cache_volumes: Vec<(String, String, String)>,
     pub env: Vec<EnvVar>,
+    /// Write KEDA's pause switch: KServe copies it onto the ScaledObject it
+    /// creates.
+    pub autoscaling_paused: bool,
 }
 
 pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
@@ -127,6 +130,12 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
             "prometheus.kserve.io/port".to_string(),
             HTTP_PORT.to_string(),
         );
+        if inputs.autoscaling_paused {
+            annotations.insert(
+                aim_rules::labels::KEDA_PAUSED.to_string(),
+                "true".to_string(),
+            );
+        }
         if let Some(scaling) = &svc.spec.auto_scaling {
             predictor.insert(
                 "autoScaling".into(),

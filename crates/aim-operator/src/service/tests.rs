@@ -73,9 +73,11 @@ fn observed<'a>(svc: &'a AIMService, template: Option<TemplateView>) -> Observed
         pods: vec![],
         pod_events: vec![],
         hpa: None,
+        scaled_object: None,
         route: None,
         cache: None,
         default_scaler_address: "scaler:4318",
+        now: k8s_openapi::jiff::Timestamp::now(),
     }
 }
 
