@@ -10,11 +10,22 @@ if command -v docker-registry >/dev/null 2>&1 && command -v htpasswd >/dev/null 
 fi
 as_root=()
 [ "$(id -u)" -eq 0 ] || as_root=(sudo)
-# A fresh machine may have no package lists yet.
-if ! apt-cache policy docker-registry | grep -q 'Candidate: [0-9]'; then
-    "${as_root[@]}" apt-get update -qq
-fi
-if ! apt-cache policy docker-registry | grep -q 'Candidate: [0-9]'; then
+# Not `apt-cache … | grep -q`: grep quits at the first match, apt-cache dies
+# of SIGPIPE, and pipefail turns the match into a failure.
+offered() {
+    local policy
+    policy="$(apt-cache policy docker-registry 2>/dev/null)" || return 1
+    [[ "$policy" == *"Candidate: "[0-9]* ]]
+}
+# A fresh machine may have no package lists yet, and a mirror can fail a
+# fetch now and then (a bare CI machine once did): refresh up to three times.
+for attempt in 1 2 3; do
+    offered && break
+    "${as_root[@]}" apt-get update -qq || echo "dev/registry.sh: apt-get update failed (attempt $attempt of 3)" >&2
+    offered && break
+    sleep $((attempt * 5))
+done
+if ! offered; then
     echo "dev/registry.sh: the apt sources offer no docker-registry package (Debian's 'docker-registry'); add a Debian mirror to /etc/apt/sources.list and run again" >&2
     exit 1
 fi

@@ -275,7 +275,9 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
         Api::namespaced(client.clone(), &ns);
     let hpa_status = json!({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "status": {"currentReplicas": 2, "desiredReplicas": 3, "conditions": [
+        "status": {"currentReplicas": 2, "desiredReplicas": 3,
+            "currentMetrics": [{"type": "External", "external": {"metric": {"name": "s0-otel"}, "current": {"averageValue": "2500m"}}}],
+            "conditions": [
             {"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale"},
             {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"}]}
     });
@@ -302,6 +304,20 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(condition(&svc, "HPAReady").unwrap().1, "HPAOperational");
+    // The HPA's decision (1 desired before it existed, 3 now) is an event
+    // on the service, with the metric value behind it.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let scaled_up = await_object_list(&events, "a ScaledUp event", |e| {
+        e.reason.as_deref() == Some("ScaledUp")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("qwen-chat")
+    })
+    .await;
+    let note = scaled_up.note.unwrap_or_default();
+    assert!(note.contains("desired replicas 1 → 3"), "{note}");
+    assert!(
+        note.contains("s0-otel = 2500m per pod (target 1 per pod)"),
+        "{note}"
+    );
 
     // Back to fixed replicas: the KEDA annotations and the HPA condition go.
     apply_yaml(
@@ -1143,6 +1159,23 @@ async fn warnings_are_raised_once_per_transition() {
     let count = warnings[0].deprecated_count.unwrap_or(1)
         + warnings[0].series.as_ref().map(|s| s.count).unwrap_or(0);
     assert!(count <= 1, "the warning repeated {count} times");
+}
+
+/// Waits for an item of a list that matches.
+async fn await_object_list<K>(api: &Api<K>, what: &str, matches: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(list) = api.list(&Default::default()).await
+            && let Some(found) = list.items.into_iter().find(|k| matches(k))
+        {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 fn scaled_object_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
