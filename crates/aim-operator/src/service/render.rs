@@ -136,12 +136,16 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
                 "true".to_string(),
             );
         }
-        if let Some(scaling) = &svc.spec.auto_scaling {
-            predictor.insert(
-                "autoScaling".into(),
-                autoscaling_json(scaling, inputs.default_scaler_address),
-            );
-        }
+        let scaling = svc
+            .spec
+            .auto_scaling
+            .clone()
+            .filter(|s| !s.metrics.is_empty())
+            .unwrap_or_else(default_autoscaling);
+        predictor.insert(
+            "autoScaling".into(),
+            autoscaling_json(&scaling, inputs.default_scaler_address),
+        );
     } else {
         annotations.insert(
             "serving.kserve.io/autoscalerClass".to_string(),
@@ -201,6 +205,40 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
         "spec": {"predictor": Value::Object(predictor)},
     })
 }
+
+/// The metric a service scales on when it gives bounds but no metrics:
+/// running requests per replica, averaged over the scrape window, target 1,
+/// as in the docs' autoscaling example (seed 000). AIM Engine writes no
+/// metric here, and KServe then makes a ScaledObject with no triggers, which
+/// KEDA cannot run: `minReplicas: 1, maxReplicas: 4` alone never scaled.
+pub fn default_autoscaling() -> AutoScaling {
+    use aim_api::service::{
+        MetricTargetType, MetricsBackend, PodMetric, PodMetricSource, ScalingMetric,
+        ScalingMetricType,
+    };
+    AutoScaling {
+        metrics: vec![ScalingMetric {
+            type_: ScalingMetricType::PodMetric,
+            podmetric: Some(PodMetric {
+                metric: Some(PodMetricSource {
+                    backend: Some(MetricsBackend::Opentelemetry),
+                    server_address: None,
+                    metric_names: vec![DEFAULT_SCALING_METRIC.into()],
+                    query: Some(DEFAULT_SCALING_METRIC.into()),
+                    operation_over_time: Some("avg".into()),
+                }),
+                target: Some(MetricTarget {
+                    type_: MetricTargetType::Value,
+                    value: Some("1".into()),
+                    average_value: None,
+                    average_utilization: None,
+                }),
+            }),
+        }],
+    }
+}
+
+pub const DEFAULT_SCALING_METRIC: &str = "vllm:num_requests_running";
 
 /// Copies the service's metrics field by field, filling in the scaler
 /// address AIM Engine leaves empty (defect #9): an empty address would send

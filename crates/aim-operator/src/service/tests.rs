@@ -309,3 +309,65 @@ fn a_degraded_cache_degrades_the_service_with_its_message() {
     assert!(h.message.contains("No download progress"), "{}", h.message);
     assert!(p.delete.is_empty());
 }
+
+fn rendered_isvc(svc: &AIMService) -> serde_json::Value {
+    let p = plan(&observed(svc, Some(ready_template("t", 1))));
+    p.owned
+        .into_iter()
+        .find(|o| o["kind"] == "InferenceService")
+        .expect("an InferenceService")
+}
+
+#[test]
+fn bounds_without_metrics_scale_on_running_requests() {
+    let svc = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
+    let isvc = rendered_isvc(&svc);
+    let metric = &isvc["spec"]["predictor"]["autoScaling"]["metrics"][0]["podmetric"];
+    assert_eq!(metric["metric"]["query"], "vllm:num_requests_running");
+    assert_eq!(metric["metric"]["operationOverTime"], "avg");
+    assert_eq!(metric["metric"]["serverAddress"], "scaler:4318");
+    assert_eq!(metric["target"]["value"], "1");
+    // Given metrics are used as they are.
+    let own = service(&format!(
+        "{BASE}  maxReplicas: 4\n  autoScaling:\n    metrics:\n    - type: PodMetric\n      podmetric:\n        metric: {{backend: opentelemetry, query: \"vllm:num_requests_waiting\"}}\n        target: {{type: Value, value: \"5\"}}\n"
+    ));
+    let isvc = rendered_isvc(&own);
+    let metrics = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
+        .as_array()
+        .unwrap();
+    assert_eq!(metrics.len(), 1);
+    assert_eq!(
+        metrics[0]["podmetric"]["metric"]["query"],
+        "vllm:num_requests_waiting"
+    );
+}
+
+#[test]
+fn a_paused_service_carries_kedas_switch_on_the_inference_service() {
+    let mut svc = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
+    assert!(
+        rendered_isvc(&svc)["metadata"]["annotations"]
+            .get("autoscaling.keda.sh/paused")
+            .is_none()
+    );
+    svc.metadata.annotations = Some(
+        [(
+            "aim.eai.amd.com/autoscaling-paused".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let isvc = rendered_isvc(&svc);
+    assert_eq!(
+        isvc["metadata"]["annotations"]["autoscaling.keda.sh/paused"],
+        "true"
+    );
+    // Fixed replicas have no ScaledObject: nothing to pause.
+    let mut fixed = service(&format!("{BASE}  replicas: 2\n"));
+    fixed.metadata.annotations = svc.metadata.annotations.clone();
+    assert!(
+        rendered_isvc(&fixed)["metadata"]["annotations"]
+            .get("autoscaling.keda.sh/paused")
+            .is_none()
+    );
+}
