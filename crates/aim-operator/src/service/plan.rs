@@ -279,7 +279,12 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
                 replicas.max,
             ));
         }
-        (true, _) => {
+        // The pause switch is unreadable: its InvalidAnnotation health
+        // speaks for the HPA component this round.
+        (true, None) => {
+            plan.runtime = Some(health::runtime_status(obs.hpa.as_ref(), &replicas));
+        }
+        (true, Some(false)) => {
             let ready_for = isvc_ready.then(|| ready_for(obs.isvc.as_ref(), obs.now));
             plan.healths
                 .push(health::hpa_health(obs.hpa.as_ref(), ready_for.flatten()));

@@ -371,3 +371,20 @@ fn a_paused_service_carries_kedas_switch_on_the_inference_service() {
             .is_none()
     );
 }
+
+#[test]
+fn an_unreadable_pause_switch_is_the_hpa_components_failure() {
+    let mut svc = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
+    svc.metadata.annotations = Some(
+        [(
+            "aim.eai.amd.com/autoscaling-paused".to_string(),
+            "yes".to_string(),
+        )]
+        .into(),
+    );
+    let p = plan(&observed(&svc, Some(ready_template("t", 1))));
+    let hpa: Vec<_> = p.healths.iter().filter(|h| h.component == "HPA").collect();
+    assert_eq!(hpa.len(), 1, "one health per component: {hpa:?}");
+    assert_eq!(hpa[0].reason, "InvalidAnnotation");
+    assert_eq!(hpa[0].state, ComponentState::Failed);
+}
