@@ -760,25 +760,25 @@ async fn token_registry_refuses_out_of_scope_and_altered_tokens() {
         "a token altered after signing"
     );
 
-    // The token server itself: wrong credentials and a foreign service.
-    let wrong = bearer_token(
-        &token.server.realm,
-        SERVICE,
-        &format!("repository:{repo}:pull"),
-        USER,
-        "wrong",
-    )
-    .await;
-    assert_eq!(wrong, Err(401));
-    let foreign = bearer_token(
-        &token.server.realm,
-        "elsewhere",
-        &format!("repository:{repo}:pull"),
-        USER,
-        PASSWORD,
-    )
-    .await;
-    assert_eq!(foreign, Err(400));
+    // The token server itself: wrong credentials, a foreign service and a
+    // malformed scope, each refused with a message naming what is wrong.
+    let realm = &token.server.realm;
+    let pull = format!("repository:{repo}:pull");
+    let (status, body) = bearer_token(realm, SERVICE, &pull, USER, "wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("wrong password"), "{body}");
+    let (status, body) = bearer_token(realm, "elsewhere", &pull, USER, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("service"), "{body}");
+    let (status, body) = bearer_token(realm, SERVICE, &repo, USER, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("scope"), "{body}");
 }
 
 /// The operator's registry client on its own: labels of one image read 20

@@ -220,7 +220,7 @@ pub async fn push_authorization(registry: &str, repo: &str, auth: bool) -> Optio
         PASSWORD,
     )
     .await
-    .unwrap_or_else(|status| panic!("token for pushing to {repo}: HTTP {status}"));
+    .unwrap_or_else(|(status, body)| panic!("token for pushing to {repo}: HTTP {status}: {body}"));
     Some(format!("Bearer {token}"))
 }
 
@@ -229,15 +229,15 @@ pub fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
-/// A token for `scope` from a token server, or the HTTP status it refused
-/// with.
+/// A token for `scope` from a token server, or the HTTP status and body it
+/// refused with.
 pub async fn bearer_token(
     realm: &str,
     service: &str,
     scope: &str,
     user: &str,
     password: &str,
-) -> Result<String, u16> {
+) -> Result<String, (u16, String)> {
     let resp = http()
         .get(realm)
         .query(&[("service", service), ("scope", scope)])
@@ -245,8 +245,9 @@ pub async fn bearer_token(
         .send()
         .await
         .unwrap();
+    let status = resp.status().as_u16();
     if !resp.status().is_success() {
-        return Err(resp.status().as_u16());
+        return Err((status, resp.text().await.unwrap_or_default()));
     }
     let body: serde_json::Value = resp.json().await.unwrap();
     Ok(body["token"].as_str().expect("a token").to_string())

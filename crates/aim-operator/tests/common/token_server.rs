@@ -206,11 +206,10 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
-    let (user, password) = String::from_utf8(decoded)
+    String::from_utf8(decoded)
         .ok()?
         .split_once(':')
-        .map(|(u, p)| (u.to_string(), p.to_string()))?;
-    Some((user, password))
+        .map(|(u, p)| (u.to_string(), p.to_string()))
 }
 
 /// The error body of Docker's token specification.
