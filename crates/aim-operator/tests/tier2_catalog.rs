@@ -1,5 +1,6 @@
 //! Tier 1/2: the model catalog against a real OCI registry on loopback
-//! (`common::registry`: one anonymous instance, one with htpasswd auth).
+//! (`common::registry`: one anonymous instance, one with htpasswd auth, one
+//! with token auth and the test's own token server).
 
 mod common;
 
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 use aim_api::{AIMClusterModel, AIMClusterServiceTemplate, AIMModel, AIMServiceTemplate};
 use aim_testkit::{apply_yaml, await_object, client, namespace};
 use common::registry::{
-    PASSWORD, USER, free_port, push_image, push_manifest, put_manifest, registries,
+    PASSWORD, USER, bearer_token, free_port, push_image, push_manifest, put_manifest, registries,
+    token_registry,
 };
+use common::token_server::{SERVICE, TokenRequest};
 use common::{WAIT, operator};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
@@ -528,16 +531,272 @@ async fn gpu_availability_follows_nodes() {
     .await;
 }
 
+/// A dockerconfigjson pull secret with `user`/`password` for `registry`.
+fn pull_secret(name: &str, registry: &str, password: &str) -> String {
+    let config = json!({"auths": {registry: {"username": USER, "password": password}}});
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{config}'\n"
+    )
+}
+
+/// The token server's requests that name `repo` in a scope.
+fn token_requests_for(repo: &str) -> Vec<TokenRequest> {
+    let prefix = format!("repository:{repo}:");
+    token_registry()
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.scopes.iter().any(|s| s.starts_with(&prefix)))
+        .collect()
+}
+
+/// Bearer-token auth end to end: the registry (distribution's `auth:
+/// token`) challenges, the operator takes the pull secret's credentials to
+/// the token server, and reads the labels with the JWT it gets.
+#[tokio::test]
+async fn token_auth_reads_labels_through_the_bearer_flow() {
+    let (client, ns, api) = setup("cat-token").await;
+    let reg = &token_registry().address;
+    let repo = format!("aim/{ns}-bearer");
+    let labels = aim_labels("bearer/model");
+    push_image(reg, &repo, "1.0", &borrow(&labels), true).await;
+    apply_yaml(&client, &ns, &pull_secret("creds", reg, PASSWORD))
+        .await
+        .unwrap();
+    create_model(
+        &client,
+        &ns,
+        "bearer",
+        &format!("{reg}/{repo}:1.0"),
+        "  discovery: {createServiceTemplates: false}\n  imagePullSecrets: [{name: creds}]\n",
+    )
+    .await;
+    let m = await_model(&api, "bearer", "Ready with metadata", |m| {
+        canonical(m).is_some()
+            && m.status.as_ref().unwrap().status == Some(aim_api::status::ResourcePhase::Ready)
+    })
+    .await;
+    assert_eq!(canonical(&m).as_deref(), Some("bearer/model"));
+    let meta = m.status.as_ref().unwrap().image_metadata.clone().unwrap();
+    assert_eq!(meta.model.unwrap().recommended_deployments.len(), 2);
+    assert!(has_condition(
+        &m,
+        "ImageMetadataReady",
+        "True",
+        "ImageMetadataFound"
+    ));
+    assert!(model_condition(&m, "AuthValid").is_none_or(|(s, _, _)| s == "True"));
+    // The labels came through the token server: a token was issued to the
+    // secret's user for this repository (beyond the pushes' own).
+    let pulls: Vec<_> = token_requests_for(&repo)
+        .into_iter()
+        .filter(|r| r.scopes == [format!("repository:{repo}:pull")])
+        .collect();
+    assert!(
+        pulls
+            .iter()
+            .any(|r| r.status == 200 && r.account.as_deref() == Some(USER)),
+        "no pull token was issued for {repo}: {pulls:?}"
+    );
+}
+
+/// Credentials the token server refuses are an auth failure, as the
+/// htpasswd registry's 401 is; fixing the secret recovers the model.
+#[tokio::test]
+async fn token_auth_failures_are_reported_and_recover_when_the_secret_is_fixed() {
+    let (client, ns, api) = setup("cat-token-bad").await;
+    let reg = &token_registry().address;
+    let repo = format!("aim/{ns}-bearer");
+    let labels = aim_labels("bearer/fixed");
+    push_image(reg, &repo, "1.0", &borrow(&labels), true).await;
+    apply_yaml(&client, &ns, &pull_secret("creds", reg, "wrong"))
+        .await
+        .unwrap();
+    create_model(
+        &client,
+        &ns,
+        "bearer",
+        &format!("{reg}/{repo}:1.0"),
+        "  discovery: {createServiceTemplates: false}\n  imagePullSecrets: [{name: creds}]\n",
+    )
+    .await;
+    let m = await_model(&api, "bearer", "AuthValid=False", |m| {
+        has_condition(m, "AuthValid", "False", "AuthError")
+            && has_condition(m, "ImageMetadataReady", "False", "RegistryAuthFailed")
+    })
+    .await;
+    let message = model_condition(&m, "ImageMetadataReady").unwrap().2;
+    assert!(
+        message.contains("spec.imagePullSecrets") && message.contains(&repo),
+        "{message}"
+    );
+    assert_eq!(
+        m.status.as_ref().unwrap().status,
+        Some(aim_api::status::ResourcePhase::Failed)
+    );
+    // The refusal was the token server's, not the registry's.
+    let refused = token_requests_for(&repo);
+    assert!(
+        refused.iter().any(|r| r.status == 401
+            && r.account.as_deref() == Some(USER)
+            && r.scopes == [format!("repository:{repo}:pull")]),
+        "the token server refused no pull token for {repo}: {refused:?}"
+    );
+
+    apply_yaml(&client, &ns, &pull_secret("creds", reg, PASSWORD))
+        .await
+        .unwrap();
+    let m = await_model(&api, "bearer", "metadata after the fix", |m| {
+        canonical(m).is_some()
+            && model_condition(m, "AuthValid").is_none_or(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(canonical(&m).as_deref(), Some("bearer/fixed"));
+    assert!(has_condition(
+        &m,
+        "ImageMetadataReady",
+        "True",
+        "ImageMetadataFound"
+    ));
+}
+
+/// The registry client asks the token server for exactly the scope the
+/// registry's challenge names: pull on the repository for labels and tags,
+/// `registry:catalog:*` for the catalog; never push.
+#[tokio::test]
+async fn token_requests_carry_the_challenged_scope() {
+    use aim_operator::registry::{Credentials, Reference, Session};
+    let token = token_registry();
+    let reg = &token.address;
+    let repo = format!("aim/scope-{}", std::process::id());
+    push_image(reg, &repo, "1.0", &[("k", "v")], true).await;
+    let pushed = token_requests_for(&repo).len();
+    let creds = Credentials {
+        username: USER.into(),
+        password: PASSWORD.into(),
+    };
+    let image = Reference::parse(&format!("{reg}/{repo}:1.0")).unwrap();
+    let mut session = Session::new(reg, Some(creds.clone()), &[]);
+    assert_eq!(session.labels(&image).await.unwrap()["k"], "v");
+    let mut session = Session::new(reg, Some(creds.clone()), &[]);
+    assert_eq!(session.tags(&repo).await.unwrap(), vec!["1.0"]);
+    let mut session = Session::new(reg, Some(creds), &[]);
+    assert!(session.catalog().await.unwrap().contains(&repo));
+
+    let asked = token_requests_for(&repo);
+    let scopes: Vec<_> = asked[pushed..].iter().map(|r| r.scopes.clone()).collect();
+    let pull = vec![format!("repository:{repo}:pull")];
+    // One token per session: the labels' manifest and blob share it.
+    assert_eq!(scopes, vec![pull.clone(), pull], "{asked:?}");
+    for r in &asked[pushed..] {
+        assert_eq!(
+            (r.service.as_deref(), r.account.as_deref(), r.status),
+            (Some(SERVICE), Some(USER), 200)
+        );
+    }
+    assert!(
+        token
+            .server
+            .requests()
+            .iter()
+            .any(|r| r.scopes == ["registry:catalog:*"] && r.status == 200),
+        "no catalog token was asked for"
+    );
+}
+
+/// The registry really checks the tokens: one for another repository, or
+/// one whose claims were altered after signing, is refused. (Without this,
+/// the tests above could pass against a registry that accepts anything.)
+#[tokio::test]
+async fn token_registry_refuses_out_of_scope_and_altered_tokens() {
+    use base64::Engine as _;
+    let token = token_registry();
+    let reg = &token.address;
+    let repo = format!("aim/guarded-{}", std::process::id());
+    push_image(reg, &repo, "1.0", &[("k", "v")], true).await;
+    let manifest = format!("http://{reg}/v2/{repo}/manifests/1.0");
+    let get = |t: String| {
+        common::registry::http()
+            .get(&manifest)
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .header("authorization", format!("Bearer {t}"))
+            .send()
+    };
+    let granted = async |scope: String| {
+        bearer_token(&token.server.realm, SERVICE, &scope, USER, PASSWORD).await
+    };
+
+    let good = granted(format!("repository:{repo}:pull")).await.unwrap();
+    assert_eq!(get(good.clone()).await.unwrap().status().as_u16(), 200);
+
+    let other = granted(format!("repository:{repo}-other:pull"))
+        .await
+        .unwrap();
+    let resp = get(other.clone()).await.unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        401,
+        "a token for another repository"
+    );
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+
+    // The other repository's token, its claims rewritten to name this
+    // one: the signature no longer matches, so only a registry that skips
+    // verification would serve it.
+    let parts: Vec<&str> = other.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    claims["access"][0]["name"] = json!(repo);
+    let altered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.to_string()),
+        parts[2]
+    );
+    assert_eq!(
+        get(altered).await.unwrap().status().as_u16(),
+        401,
+        "a token altered after signing"
+    );
+
+    // The token server itself: wrong credentials, a foreign service and a
+    // malformed scope, each refused with a message naming what is wrong.
+    let realm = &token.server.realm;
+    let pull = format!("repository:{repo}:pull");
+    let (status, body) = bearer_token(realm, SERVICE, &pull, USER, "wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("wrong password"), "{body}");
+    let (status, body) = bearer_token(realm, "elsewhere", &pull, USER, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("service"), "{body}");
+    let (status, body) = bearer_token(realm, SERVICE, &repo, USER, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("scope"), "{body}");
+}
+
 /// The operator's registry client on its own: labels of one image read 20
 /// times (fresh session each time: manifest + config blob, plus the auth
-/// round trip on the htpasswd registry). Prints the latency per image; the
-/// assertions are on the labels only.
+/// round trip: one more request on the htpasswd registry, a token request
+/// on the token registry). Prints the latency per image for each auth mode;
+/// the assertions are on the labels only.
 #[tokio::test]
 async fn inspection_latency_per_image() {
     use aim_operator::registry::{Credentials, Reference, Session};
     let regs = registries();
+    let token = token_registry();
     let labels = aim_labels("latency/model");
-    for (reg, auth) in [(&regs.anonymous, false), (&regs.auth, true)] {
+    for (mode, reg, auth) in [
+        ("anonymous", &regs.anonymous, false),
+        ("htpasswd", &regs.auth, true),
+        ("token", &token.address, true),
+    ] {
         let repo = format!("aim/latency-{}", std::process::id());
         push_image(reg, &repo, "1.0", &borrow(&labels), auth).await;
         let image = Reference::parse(&format!("{reg}/{repo}:1.0")).unwrap();
@@ -556,8 +815,7 @@ async fn inspection_latency_per_image() {
             );
         }
         eprintln!(
-            "inspection latency per image ({}): {:?}",
-            if auth { "htpasswd" } else { "anonymous" },
+            "inspection latency per image ({mode}): {:?}",
             started.elapsed() / rounds
         );
     }

@@ -5,6 +5,7 @@
 
 pub mod kubelet;
 pub mod registry;
+pub mod token_server;
 
 use std::sync::OnceLock;
 use std::time::Duration;
