@@ -22,6 +22,9 @@ enum DevCommand {
     Demo(crate::demo::DemoArgs),
     /// Time the operator bringing N services to Starting, and its peak RSS.
     BenchOperator(crate::bench_operator::BenchOperatorArgs),
+    /// The pod runner: a simulator at each inference pod's address, its
+    /// readiness, and the OTel sidecar its OpenTelemetryCollector describes.
+    Pods(aim_pods::PodsArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +84,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         DevCommand::Cluster(cluster) => cluster,
         DevCommand::Demo(demo) => return crate::demo::run(demo),
         DevCommand::BenchOperator(args) => return crate::bench_operator::run(args),
+        DevCommand::Pods(args) => {
+            return tokio::runtime::Runtime::new()?.block_on(aim_pods::run(args));
+        }
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let cache = CacheDirs::discover()?;
