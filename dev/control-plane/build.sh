@@ -144,6 +144,21 @@ build_keda() {
     stamp_set keda "$v"
 }
 
+# helm, to render and install deploy/chart in the tests exactly as users do.
+build_helm() {
+    local v="$HELM_VERSION" dir
+    if stamp_ok helm "$v" && [[ -x "$bin/helm" ]]; then log "helm $v: cached"; return; fi
+    log "helm $v: building"
+    dir="$work/helm-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    go mod init aim.local/helm-build >/dev/null 2>&1
+    go mod edit -require="helm.sh/helm/v3@$v" -tool=helm.sh/helm/v3/cmd/helm
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    go build -trimpath -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$v" -o "$bin/helm.new" helm.sh/helm/v3/cmd/helm
+    mv "$bin/helm.new" "$bin/helm"
+    "$bin/helm" version --short >/dev/null || die "the helm just built does not run"
+    stamp_set helm "$v"
+}
+
 # Copies the CRD files shipped inside a module's source to $crds/<name>/.
 # Arguments: name module version then paths (files or dirs) inside the module.
 extract_crds() {
@@ -171,6 +186,7 @@ case "$what" in
         build_etcd
         build_kwok
         build_kubernetes
+        build_helm
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
         extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
@@ -188,6 +204,7 @@ case "$what" in
     kwok) build_kwok ;;
     kubernetes) build_kubernetes ;;
     keda) build_keda ;;
-    *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes or keda)" ;;
+    helm) build_helm ;;
+    *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes, keda or helm)" ;;
 esac
 log "done: binaries in $bin, CRDs in $crds"

@@ -313,7 +313,12 @@ async fn autoscaling_sets_keda_annotations_and_switching_back_removes_them() {
     })
     .await;
     let note = scaled_up.note.unwrap_or_default();
-    assert!(note.contains("desired replicas 1 → 3"), "{note}");
+    // What it was before 3 depends on whether the real HPA controller wrote
+    // its own status first (it cannot scale a Deployment that is absent).
+    assert!(
+        note.starts_with("desired replicas ") && note.contains(" → 3: "),
+        "{note}"
+    );
     assert!(
         note.contains("s0-otel = 2500m per pod (target 1 per pod)"),
         "{note}"

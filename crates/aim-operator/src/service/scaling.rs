@@ -126,8 +126,7 @@ pub struct ScaleDecision {
 }
 
 /// Compares the HPA's desired replicas with what the status last recorded.
-/// Nothing is reported without both numbers: the first observation of an
-/// HPA is not a decision.
+/// Nothing is reported before the status has recorded a runtime at all.
 pub fn scale_decision(
     previous: Option<&ServiceRuntimeStatus>,
     hpa: Option<&HorizontalPodAutoscaler>,
@@ -136,10 +135,11 @@ pub fn scale_decision(
     if before.paused == Some(true) {
         return None;
     }
-    let before = before.desired_replicas.or(before.current_replicas)?;
+    // Status omits zeros: a recorded runtime without a desired count had 0.
+    let before = before.desired_replicas.unwrap_or(0);
     let hpa = hpa?;
     let after = hpa.status.as_ref()?.desired_replicas;
-    if after == before || after == 0 && before == 0 {
+    if after == before {
         return None;
     }
     let reason = if after > before {
@@ -336,9 +336,11 @@ mod tests {
     fn no_decision_without_a_change_or_a_previous_count() {
         assert_eq!(scale_decision(Some(&runtime(3)), Some(&hpa(3))), None);
         assert_eq!(scale_decision(None, Some(&hpa(3))), None);
+        // A recorded runtime without a desired count had zero (omitempty).
         assert_eq!(
-            scale_decision(Some(&ServiceRuntimeStatus::default()), Some(&hpa(3))),
-            None
+            scale_decision(Some(&ServiceRuntimeStatus::default()), Some(&hpa(3)))
+                .map(|d| d.message.starts_with("desired replicas 0 → 3")),
+            Some(true)
         );
         assert_eq!(scale_decision(Some(&runtime(1)), None), None);
         // Resuming is not a decision of the HPA's.
