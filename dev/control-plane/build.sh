@@ -192,6 +192,7 @@ case "$what" in
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
         extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
         extract_crds kwok sigs.k8s.io/kwok "$KWOK_VERSION" $KWOK_CRD_PATHS
+        extract_crds prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_CRD_PATHS
         ;;
     crds)
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
@@ -199,6 +200,7 @@ case "$what" in
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
         extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
         extract_crds kwok sigs.k8s.io/kwok "$KWOK_VERSION" $KWOK_CRD_PATHS
+        extract_crds prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_CRD_PATHS
         ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;

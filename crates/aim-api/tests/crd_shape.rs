@@ -6,34 +6,40 @@ use std::path::PathBuf;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds")
+fn repo_dir(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
 }
 
+/// The CRDs are committed twice: `deploy/crds` for kubectl users and the
+/// Helm chart's `crds/`. Both must be exactly what the types generate.
 #[test]
 fn committed_crds_match_the_types() {
-    let dir = deploy_dir();
-    let expected = aim_api::crd_files();
-    let mut stale = Vec::new();
-    for (name, yaml) in &expected {
-        let path = dir.join(name);
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        if &committed != yaml {
-            stale.push(name.clone());
+    for relative in ["deploy/crds", "deploy/chart/crds"] {
+        let dir = repo_dir(relative);
+        let expected = aim_api::crd_files();
+        let mut stale = Vec::new();
+        for (name, yaml) in &expected {
+            let path = dir.join(name);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            if &committed != yaml {
+                stale.push(name.clone());
+            }
         }
+        let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{relative}: {e}"))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".aim.eai.amd.com.yaml"))
+            .collect();
+        let wanted: BTreeSet<String> = expected.iter().map(|(n, _)| n.clone()).collect();
+        let extra: Vec<_> = on_disk.difference(&wanted).collect();
+        assert!(
+            stale.is_empty() && extra.is_empty(),
+            "{relative} is out of date (changed: {stale:?}, extra: {extra:?}); regenerate with \
+             `cargo run -p aim -- crds --out-dir deploy/crds && cargo run -p aim -- crds --out-dir deploy/chart/crds`"
+        );
     }
-    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
-        .expect("deploy/crds exists")
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".aim.eai.amd.com.yaml"))
-        .collect();
-    let wanted: BTreeSet<String> = expected.iter().map(|(n, _)| n.clone()).collect();
-    let extra: Vec<_> = on_disk.difference(&wanted).collect();
-    assert!(
-        stale.is_empty() && extra.is_empty(),
-        "deploy/crds is out of date (changed: {stale:?}, extra: {extra:?}); \
-         regenerate with `cargo run -p aim -- crds --out-dir deploy/crds`"
-    );
 }
 
 fn crd(kind: &str) -> CustomResourceDefinition {

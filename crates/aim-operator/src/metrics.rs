@@ -31,7 +31,7 @@ pub fn error_kind(e: &kube::Error) -> &'static str {
 }
 
 /// The scaling state of one autoscaled AIMService, as its last reconcile
-/// saw it. The alert rules in deploy/monitoring read these.
+/// saw it. The alert rules in deploy/chart/files/alerts.yaml read these.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceScaling {
     pub isvc: String,

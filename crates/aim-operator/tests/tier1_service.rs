@@ -755,14 +755,13 @@ async fn deleting_a_service_collects_its_children() {
     }
 }
 
-/// The shipped ClusterRole is enough: run a second operator instance as the
+/// The chart's RBAC is enough: run a second operator instance as the
 /// `aim-operator` ServiceAccount (impersonated) and see it reconcile.
 #[tokio::test]
-async fn operator_runs_under_the_shipped_cluster_role() {
+async fn operator_runs_under_the_charts_rbac() {
     let admin = client().await;
-    let rbac =
-        std::fs::read_to_string(aim_testkit::repo_path("deploy/operator/rbac.yaml")).unwrap();
-    apply_yaml(&admin, "aim-system", &rbac).await.unwrap();
+    // The chart's RBAC, installed by the real helm.
+    aim_testkit::install_chart().await;
     let info = aim_testkit::cluster().await;
     let kc = kube::config::Kubeconfig::read_from(&info.kubeconfig).unwrap();
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -842,7 +841,7 @@ async fn operator_runs_under_the_shipped_cluster_role() {
     };
     assert!(
         !metrics.contains("error=\"forbidden\""),
-        "the shipped ClusterRole lacks a permission:\n{metrics}"
+        "the chart's RBAC lacks a permission:\n{metrics}"
     );
     let _ = stop_tx.send(());
     let _ = operator.await;

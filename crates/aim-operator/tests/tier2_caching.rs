@@ -303,18 +303,9 @@ async fn as_downloader(client: &kube::Client, ns: &str, artifact: &str, status: 
         .unwrap_or_else(|e| panic!("the downloader may patch the artifact status: {e}"));
 }
 
-/// The ClusterRole the operator binds for downloaders, from the shipped RBAC.
-async fn install_status_updater_role(client: &kube::Client) {
-    let rbac =
-        std::fs::read_to_string(aim_testkit::repo_path("deploy/operator/rbac.yaml")).unwrap();
-    let doc = rbac
-        .split("\n---\n")
-        .find(|d| {
-            d.contains("name: aim-engine-artifact-status-updater")
-                && d.contains("kind: ClusterRole\n")
-        })
-        .expect("the shipped RBAC has the status-updater ClusterRole");
-    apply_yaml(client, "aim-system", doc).await.unwrap();
+/// The ClusterRole the operator binds for downloaders, from the chart.
+async fn install_status_updater_role(_client: &kube::Client) {
+    aim_testkit::install_chart().await;
 }
 
 fn cond(

@@ -277,3 +277,64 @@ pub fn repo_path(relative: &str) -> std::path::PathBuf {
         .join("../..")
         .join(relative)
 }
+
+static CHART: OnceCell<()> = OnceCell::const_new();
+
+/// Installs `deploy/chart` into the shared cluster with the real helm, as a
+/// user would (`helm upgrade --install aim deploy/chart -n aim-system`), with
+/// every monitoring object on so they meet prometheus-operator's real CRDs.
+/// Once per test binary; the upgrade keeps it idempotent across binaries.
+/// The chart's Deployments become KWOK pods: nothing runs in them, but the
+/// RBAC, Services and monitoring objects are real.
+pub async fn install_chart() {
+    CHART
+        .get_or_init(|| async {
+            let info = cluster().await;
+            let client = client().await;
+            let namespaces: Api<Namespace> = Api::all(client);
+            for ns in ["aim-system", "keda"] {
+                let object: Namespace = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": ns}
+                }))
+                .expect("a namespace");
+                match namespaces.create(&PostParams::default(), &object).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => panic!("creating namespace {ns}: {e}"),
+                }
+            }
+            let helm = CacheDirs::discover()
+                .expect("a cache directory")
+                .binary("helm");
+            assert!(
+                helm.exists(),
+                "{} is missing: run `aim dev cluster build` (dev/test does)",
+                helm.display()
+            );
+            let out = tokio::process::Command::new(&helm)
+                .args(["upgrade", "--install", "aim"])
+                .arg(repo_path("deploy/chart"))
+                .args(["--namespace", "aim-system", "--kubeconfig"])
+                .arg(&info.kubeconfig)
+                .args([
+                    "--set",
+                    "monitoring.serviceMonitor.enabled=true",
+                    "--set",
+                    "monitoring.podMonitor.enabled=true",
+                    "--set",
+                    "monitoring.prometheusRule.enabled=true",
+                    "--set",
+                    "monitoring.dashboard.enabled=true",
+                ])
+                .output()
+                .await
+                .expect("helm runs");
+            assert!(
+                out.status.success(),
+                "helm upgrade --install failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
+}

@@ -1,4 +1,4 @@
-//! The alert rules and the Grafana dashboard in deploy/monitoring must
+//! The alert rules and the Grafana dashboard in deploy/chart/files must
 //! parse as PromQL and name only series that aim's components really
 //! export, with labels those series really carry. The exporters are the real
 //! ones: the operator's and the scaler's metric registries, and a running
@@ -146,7 +146,7 @@ fn problems(what: &str, expr: &str, known: &BTreeMap<String, BTreeSet<String>>) 
 async fn alert_rules_parse_and_name_exported_series() {
     let known = exported_series().await;
     let rules: serde_yaml::Value =
-        serde_yaml::from_str(&repo_file("deploy/monitoring/alerts.yaml")).unwrap();
+        serde_yaml::from_str(&repo_file("deploy/chart/files/alerts.yaml")).unwrap();
     let mut wrong = Vec::new();
     let mut alerts = BTreeSet::new();
     for group in rules["groups"].as_sequence().expect("groups") {
@@ -185,7 +185,7 @@ async fn alert_rules_parse_and_name_exported_series() {
 async fn dashboard_queries_parse_and_name_exported_series() {
     let known = exported_series().await;
     let dashboard: serde_json::Value =
-        serde_json::from_str(&repo_file("deploy/monitoring/dashboard.json")).unwrap();
+        serde_json::from_str(&repo_file("deploy/chart/files/dashboard.json")).unwrap();
     let mut wrong = Vec::new();
     let mut ids = BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
