@@ -13,20 +13,24 @@ use crate::request::Api;
 use crate::schedule::{self, LengthSource, RateSchedule};
 use crate::service::ServiceTarget;
 
-/// Send requests to OpenAI-compatible servers (vLLM, `aim sim`) and measure TTFT and
-/// latency as they stream.
-///
-/// Load comes in one of three shapes: an open-loop rate schedule (`--rate`), an
-/// open-loop trace replay (`--trace`), or a closed loop of clients (`--concurrency`).
-/// Open loop never waits for answers: at most `--max-in-flight` requests are out, and a
-/// request due beyond that is dropped and counted, not sent late.
-///
-/// Examples:
-///   aim load --url http://127.1.0.5:8000 --url http://127.1.0.6:8000 --rate "0s:1,30s:8,90s:1" --duration 120s
-///   aim load --service qwen-chat-predictor -n ml-team --trace azure_conv.csv --speedup 10
-///   aim load --url http://127.0.0.1:8000 --concurrency 16 --think-time 500ms --duration 60s --json-out run.json
+/// Examples shown under `aim load --help`.
+pub const EXAMPLES: &str = "\
+Load shapes (one of):
+  --rate \"0s:1,30s:8,90s:1\"   open loop, Poisson arrivals at 1/s, from 30 s 8/s, from 90 s 1/s
+  --trace FILE                open loop, a trace's arrival times and lengths (Azure CSV, Mooncake JSONL)
+  --concurrency N             closed loop, N clients each waiting for its answer
+Open loop never waits for answers: at most --max-in-flight requests are out, and a request due
+beyond that is dropped and counted, not sent late.
+
+Examples:
+  aim load --url http://127.1.0.5:8000 --url http://127.1.0.6:8000 --rate \"0s:1,30s:8,90s:1\" --duration 120s
+  aim load --service qwen-chat-predictor -n ml-team --trace azure_conv.csv --speedup 10
+  aim load --url http://127.0.0.1:8000 --concurrency 16 --think-time 500ms --duration 60s --json-out run.json";
+
+/// The flags of `aim load`: sends streamed requests to OpenAI-compatible servers (vLLM,
+/// `aim sim`) and measures TTFT and latency. See [`EXAMPLES`].
 #[derive(Debug, Clone, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES)]
 pub struct LoadArgs {
     /// Base URL of a server (e.g. http://127.1.0.5:8000); repeat for several.
     #[arg(long = "url", value_name = "URL", help_heading = "Targets")]

@@ -26,7 +26,7 @@ fn errors(errors: &BTreeMap<String, u64>) -> String {
 /// happened once stays visible after its second scrolled away.
 pub fn live_line(s: &Sample, total_errors: &BTreeMap<String, u64>) -> String {
     let mut line = format!(
-        "{:>5.0}s  sent {:>5.1}/s  done {:>5.1}/s  in flight {:>4}  ttft p50 {} p99 {}  e2e p50 {} p99 {}  endpoints {}",
+        "{:>6.1}s  sent {:>5.1}/s  done {:>5.1}/s  in flight {:>4}  ttft p50 {} p99 {}  e2e p50 {} p99 {}  endpoints {}",
         s.t,
         s.per_second(s.counts.sent),
         s.per_second(s.counts.completed),
@@ -150,7 +150,7 @@ mod tests {
         r.finished(1.2, "a", &Outcome::Failed(ErrorKind::Status(429)));
         let line = live_line(&s, &r.totals().errors);
         for wanted in [
-            "1s",
+            "1.0s",
             "sent   2.0/s",
             "done   1.0/s",
             "in flight    1",

@@ -20,7 +20,7 @@ use crate::pick::Picker;
 use crate::report;
 use crate::request::{self, Api};
 use crate::schedule::LengthSource;
-use crate::service::{self, ServiceTarget};
+use crate::service::{self, ServiceTarget, Source};
 use crate::stats::{Outcome, Recorder, Sample, Summary};
 
 /// What `--json-out` holds, and what [`execute`] returns.
@@ -223,7 +223,7 @@ async fn closed_loop(
                     sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
                     continue;
                 };
-                let (prompt_len, output_len) = sizes.next();
+                let (prompt_len, output_len) = sizes.draw();
                 let prompt = request::prompt_tokens(prompt_len, &[], client_seed ^ mix64(n));
                 n += 1;
                 let pause = match shared.request(url, &prompt, output_len).await {
@@ -248,18 +248,22 @@ async fn reporter(shared: Arc<Shared>, samples: Arc<Mutex<Vec<Sample>>>) {
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        take_sample(&shared, &samples);
+        take_sample(&shared, &samples, true);
     }
 }
 
-fn take_sample(shared: &Shared, samples: &Mutex<Vec<Sample>>) {
+/// `live`: print it too. The last, shorter interval is kept but not printed: the summary
+/// follows at once.
+fn take_sample(shared: &Shared, samples: &Mutex<Vec<Sample>>, live: bool) {
     let endpoints = lock(&shared.picker).len();
     let (sample, errors) = {
         let mut recorder = lock(&shared.recorder);
         let sample = recorder.tick(shared.now(), endpoints);
         (sample, recorder.totals().errors.clone())
     };
-    shared.console.live(&report::live_line(&sample, &errors));
+    if live {
+        shared.console.live(&report::live_line(&sample, &errors));
+    }
     lock(samples).push(sample);
 }
 
@@ -269,13 +273,21 @@ async fn follow_service(
     client: kube::Client,
     namespace: String,
     target: ServiceTarget,
+    source: Source,
 ) {
     let mut last_error: Option<String> = None;
+    let mut last_source = source;
     loop {
         sleep(Duration::from_secs_f64(target.refresh)).await;
         match service::resolve(&client, &namespace, &target).await {
-            Ok(urls) => {
+            Ok((urls, source)) => {
                 last_error = None;
+                if source != last_source {
+                    shared
+                        .console
+                        .note(&source_note(&namespace, &target.name, source));
+                    last_source = source;
+                }
                 let change = lock(&shared.picker).set(&urls);
                 if !change.is_empty() {
                     shared
@@ -292,6 +304,17 @@ async fn follow_service(
                 last_error = Some(e);
             }
         }
+    }
+}
+
+fn source_note(namespace: &str, name: &str, source: Source) -> String {
+    match source {
+        Source::EndpointSlices => {
+            format!("Service {namespace}/{name}: following its EndpointSlices")
+        }
+        Source::SelectedPods => format!(
+            "Service {namespace}/{name}: its EndpointSlices list no endpoint, so following the ready pods its selector picks (the local cluster's loopback pod IPs cannot appear in EndpointSlices)"
+        ),
     }
 }
 
@@ -358,9 +381,12 @@ pub async fn execute(
             service::check_exists(&client, &namespace, &target.name)
                 .await
                 .map_err(LoadError::Target)?;
-            let urls = service::resolve(&client, &namespace, target)
+            let (urls, source) = service::resolve(&client, &namespace, target)
                 .await
                 .map_err(LoadError::Target)?;
+            if source == Source::SelectedPods {
+                console.note(&source_note(&namespace, &target.name, source));
+            }
             if urls.is_empty() {
                 console.note(&format!(
                     "warning: Service {namespace}/{} has no ready endpoints yet; requests due before one is ready count as 'no endpoint' errors",
@@ -368,7 +394,7 @@ pub async fn execute(
                 ));
             }
             picker.set(&urls);
-            follow = Some((client, namespace, target.clone()));
+            follow = Some((client, namespace, target.clone(), source));
         }
     }
     let model = match &plan.model {
@@ -393,8 +419,14 @@ pub async fn execute(
     });
     let samples = Arc::new(Mutex::new(Vec::new()));
     let reporter = tokio::spawn(reporter(shared.clone(), samples.clone()));
-    let follower = follow.map(|(client, namespace, target)| {
-        tokio::spawn(follow_service(shared.clone(), client, namespace, target))
+    let follower = follow.map(|(client, namespace, target, source)| {
+        tokio::spawn(follow_service(
+            shared.clone(),
+            client,
+            namespace,
+            target,
+            source,
+        ))
     });
 
     match &plan.shape {
@@ -434,7 +466,7 @@ pub async fn execute(
     }
     let last_tick = lock(&samples).last().map_or(0.0, |s| s.t);
     if shared.now() - last_tick > 0.05 {
-        take_sample(&shared, &samples);
+        take_sample(&shared, &samples, false);
     }
     shared.console.end_line();
     let summary = lock(&shared.recorder).summary(shared.now());

@@ -105,7 +105,7 @@ impl RateSchedule {
                 if t >= to {
                     break;
                 }
-                let (prompt_tokens, output_tokens) = sizes.next();
+                let (prompt_tokens, output_tokens) = sizes.draw();
                 out.push(Arrival {
                     at: t,
                     prompt_tokens,
@@ -177,7 +177,7 @@ impl LengthSource {
 }
 
 impl LengthSampler {
-    pub fn next(&mut self) -> (u32, u32) {
+    pub fn draw(&mut self) -> (u32, u32) {
         match self.source {
             LengthSource::Fixed { prompt, output } => (prompt, output),
             LengthSource::Sampled(l) => l.sample(&mut self.rng),
