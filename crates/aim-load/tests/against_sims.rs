@@ -131,7 +131,8 @@ async fn open_loop_spreads_over_every_endpoint_and_measures_ttft() {
     assert_eq!(answered, scheduled as f64);
 
     // TTFT is the first token, not the end: the servers' own TTFT (simulated seconds,
-    // so divided by the time scale) bounds it from below, and the end comes much later.
+    // so divided by the time scale) bounds it from below, the client adds only the trip
+    // (a 40 ms Nagle stall would show), and the end comes much later.
     let mut server_ttft = 0.0;
     for sim in &sims {
         server_ttft += metric(sim, "vllm:time_to_first_token_seconds_sum").await;
@@ -140,7 +141,7 @@ async fn open_loop_spreads_over_every_endpoint_and_measures_ttft() {
     let client_mean_ms = s.ttft.mean_ms.expect("TTFT measured");
     assert_eq!(s.ttft.count as u64, scheduled);
     assert!(
-        client_mean_ms >= 0.9 * server_mean_ms && client_mean_ms <= server_mean_ms + 300.0,
+        client_mean_ms >= 0.9 * server_mean_ms && client_mean_ms <= server_mean_ms + 30.0,
         "client TTFT {client_mean_ms:.1} ms vs server {server_mean_ms:.1} ms"
     );
     let (ttft_p50, e2e_p50) = (s.ttft.p50_ms.unwrap(), s.e2e.p50_ms.unwrap());
