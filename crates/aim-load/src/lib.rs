@@ -66,6 +66,12 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         "{}",
         report::summary(&report.shape, &report.model, &report.summary)
     );
+    if report.interrupted {
+        println!(
+            "note: interrupted; the {} requests still out were abandoned (counted as unfinished)",
+            report.summary.unfinished
+        );
+    }
     Ok(())
 }
 

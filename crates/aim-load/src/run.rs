@@ -29,6 +29,8 @@ pub struct Report {
     pub shape: String,
     pub model: String,
     pub seed: u64,
+    /// Stopped early (Ctrl-C) rather than at the end of the load.
+    pub interrupted: bool,
     /// One per second (the last may be shorter).
     pub samples: Vec<Sample>,
     pub summary: Summary,
@@ -474,6 +476,7 @@ pub async fn execute(
         shape: plan.shape.describe(),
         model,
         seed: plan.seed,
+        interrupted: *stop_rx.borrow(),
         samples: std::mem::take(&mut *lock(&samples)),
         summary,
     };
