@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -192,6 +193,15 @@ pub async fn start(args: SimArgs, listener: TcpListener) -> anyhow::Result<Runni
         .with_state(app.clone());
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // Each token is a small write. Without TCP_NODELAY, Nagle holds a token back until
+    // the client acknowledges the previous write, and clients delay acknowledgements by
+    // up to 40 ms: the first token would wait behind the response headers. vLLM's
+    // server (asyncio) sets TCP_NODELAY on every connection too.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {

@@ -337,3 +337,40 @@ async fn version_and_models_answer() {
     assert_eq!(models["data"][0]["id"], "sim-model");
     assert_eq!(models["data"][0]["max_model_len"], 2048);
 }
+
+#[tokio::test]
+async fn each_token_leaves_as_soon_as_it_is_made() {
+    // Without TCP_NODELAY, Nagle held a small write back until the client acknowledged
+    // the previous one, and clients delay acknowledgements by up to 40 ms: on a reused
+    // connection the next response's first token waited behind that, so a streaming
+    // client saw a TTFT ~40 ms longer than the engine's, most of a 60-token stream.
+    let sim = start_sim(|_| {}).await;
+    let client = reqwest::Client::new();
+    for round in 0..4 {
+        let started = tokio::time::Instant::now();
+        let response = client
+            .post(url(&sim, "/v1/completions"))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"sim-model","prompt":"go","max_tokens":60,"ignore_eos":true,"stream":true}"#)
+            .send()
+            .await
+            .unwrap();
+        let mut stream = response.bytes_stream();
+        let mut first_token = None;
+        while let Some(chunk) = stream.next().await {
+            if first_token.is_none()
+                && String::from_utf8_lossy(&chunk.unwrap()).contains("\"text\"")
+            {
+                first_token = Some(started.elapsed());
+            }
+        }
+        let (first, total) = (first_token.expect("a token streamed"), started.elapsed());
+        // The first round also sets up the connection.
+        if round > 0 {
+            assert!(
+                first * 4 < total,
+                "round {round}: first token after {first:?} of a {total:?} stream"
+            );
+        }
+    }
+}

@@ -32,6 +32,8 @@ enum Command {
     Scaler(Box<aim_scaler::ScalerArgs>),
     /// Replay traces through the autoscaling loop on virtual time and score policies.
     Lab(Box<aim_lab::LabArgs>),
+    /// Send load to OpenAI-compatible servers (URLs or a Service's endpoints) and measure TTFT.
+    Load(Box<aim_load::LoadArgs>),
     /// Pause a service's autoscaling (cost guard): KEDA leaves its replicas alone.
     Pause(cost_guard::ServiceRef),
     /// Resume a service's autoscaling: KEDA drives its replicas again.
@@ -59,6 +61,12 @@ fn main() -> std::process::ExitCode {
             .and_then(|rt| rt.block_on(aim_operator::run(args))),
         Command::Sim(cli) => sim::run(*cli),
         Command::Lab(args) => aim_lab::run(*args).map_err(anyhow::Error::from),
+        Command::Load(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(aim_load::run(*args))
+                    .map_err(anyhow::Error::from)
+            }),
         Command::Pause(target) => cost_guard::run(target, true),
         Command::Resume(target) => cost_guard::run(target, false),
         Command::Scaler(args) => tokio::runtime::Runtime::new()
