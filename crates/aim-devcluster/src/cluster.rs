@@ -172,6 +172,8 @@ pub struct ClusterInfo {
     pub server: String,
     /// Whether this call started it (false: it was already running).
     pub started: bool,
+    /// Whether this call added KEDA to a cluster that ran without it.
+    pub keda_added: bool,
 }
 
 impl ClusterInfo {
@@ -238,7 +240,8 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
             // edited a CRD); re-applying is cheap and idempotent.
             let client = client_for(&state.kubeconfig).await?;
             install_manifests(&client, opts).await?;
-            let state = if opts.with_keda && !state.keda {
+            let keda_added = opts.with_keda && !state.keda;
+            let state = if keda_added {
                 add_keda(opts, &dir, &client, state).await?
             } else {
                 state
@@ -248,6 +251,7 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
                 kubeconfig: state.kubeconfig,
                 server: state.server,
                 started: false,
+                keda_added,
             });
         }
         // A crashed or half-started cluster: clear it away and start over.
@@ -584,6 +588,7 @@ async fn start(
         kubeconfig: kubeconfig_path,
         server,
         started: true,
+        keda_added: false,
     })
 }
 
@@ -1016,13 +1021,24 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
         return Ok(false);
     };
     stop_recorded(&state);
-    let leftovers: Vec<u16> = state
-        .ports
-        .all()
-        .iter()
-        .map(|(_, p)| *p)
-        .filter(|p| process::port_open(*p))
-        .collect();
+    // A Go process's leader thread can be a zombie (and count as stopped)
+    // while its other threads still close its sockets; on a loaded machine
+    // that takes a moment. Give the ports a few seconds to be released.
+    let open_ports = || -> Vec<u16> {
+        state
+            .ports
+            .all()
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| process::port_open(*p))
+            .collect()
+    };
+    let mut leftovers = open_ports();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !leftovers.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        leftovers = open_ports();
+    }
     let _ = std::fs::remove_file(state_path(&dir));
     let etcd = dir.join("etcd");
     if etcd.exists() {
@@ -1031,7 +1047,7 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
     if !leftovers.is_empty() {
         return Err(Error::Timeout {
             what: "releasing the cluster's ports".into(),
-            secs: 25,
+            secs: 30,
             detail: format!("ports still open: {leftovers:?}; another process may own them"),
         });
     }

@@ -144,6 +144,8 @@ async fn up(
         .context("bringing the cluster up")?;
     let verb = if info.started {
         "started"
+    } else if info.keda_added {
+        "was running; KEDA added"
     } else {
         "already running"
     };
