@@ -116,7 +116,7 @@ build_keda() {
     if stamp_ok keda "$v" && [[ -x "$bin/keda-operator" && -x "$bin/keda-adapter" ]]; then
         log "keda $v: cached"; return
     fi
-    log "keda $v: building the operator and the metrics server (about 15 minutes cold)"
+    log "keda $v: building the operator and the metrics server (about ten minutes cold)"
     dir="$work/keda-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
     modfile="$(go mod download -json "github.com/kedacore/keda/v2@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
     [[ -f "$modfile" ]] || die "could not fetch github.com/kedacore/keda/v2@$v through the Go module proxy"
