@@ -277,28 +277,26 @@ async fn otlp_load_scales_a_deployment_from_1_to_n_and_back_through_keda() {
     .await;
     let to_one = dropped.elapsed();
 
+    let load: f64 = LOAD.iter().sum();
     println!("tier-3 autoscaling loop (OTLP → aim scaler → KEDA → HPA → Deployment):");
-    println!(
-        "  ScaledObject applied → HPA {hpa_name} exists:       {:.1} s",
-        to_hpa.as_secs_f64()
-    );
-    println!(
-        "  ScaledObject applied → HPA reads the metric (0): {:.1} s",
-        to_first_read.as_secs_f64()
-    );
-    println!(
-        "  load (sum {}) → first scale-up:                {:.1} s",
-        LOAD.iter().sum::<f64>(),
-        to_first_scale_up.as_secs_f64()
-    );
-    println!(
-        "  load → {N} replicas ready:                       {:.1} s",
-        to_n.as_secs_f64()
-    );
-    println!(
-        "  load dropped → 1 replica:                      {:.1} s",
-        to_one.as_secs_f64()
-    );
+    for (step, took) in [
+        (
+            format!("ScaledObject applied → HPA {hpa_name} exists"),
+            to_hpa,
+        ),
+        (
+            "ScaledObject applied → HPA reads the metric".to_string(),
+            to_first_read,
+        ),
+        (
+            format!("load (sum {load}) → first scale-up"),
+            to_first_scale_up,
+        ),
+        (format!("load → {N} replicas ready"), to_n),
+        ("load dropped → 1 replica".to_string(), to_one),
+    ] {
+        println!("  {step:<50} {:>5.1} s", took.as_secs_f64());
+    }
     assert_eq!(max_seen, N, "never above ceil(load / target)");
 
     // The ScaledObject goes first, so KEDA stops asking before the scaler
