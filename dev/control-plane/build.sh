@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok) from upstream Go modules at pinned versions,
-# and extracts the pinned third-party CRDs from their projects' own modules.
+# kube-scheduler, kubectl, kwok, KEDA's operator and metrics server) from
+# upstream Go modules at pinned versions, and extracts the pinned third-party
+# CRDs from their projects' own modules.
 #
 # Nothing can be downloaded from release pages on our machines, so every
 # binary is compiled through the Go module proxy. Outputs go to a cache
 # outside the repository; a component is rebuilt only when its pin changes.
 #
 # Usage: dev/control-plane/build.sh            # build what is missing
+#        dev/control-plane/build.sh keda       # one component (etcd, kwok, kubernetes, keda, crds)
 #        AIM_CACHE_DIR=/some/dir dev/control-plane/build.sh
 set -euo pipefail
 
@@ -106,14 +108,15 @@ build_kwok() {
 }
 
 # KEDA's operator and metrics server (the external-metrics adapter), for the
-# tier-3 autoscaling loop. Not part of `all` yet: nothing runs them until the
-# end-to-end issue lands, and they add ~15 minutes to a cold build.
+# tier-3 autoscaling loop (`aim dev cluster up --with-keda`). Their own
+# wrapper module, like etcd's, so KEDA's dependency graph never changes what
+# the Kubernetes binaries are built with.
 build_keda() {
     local v="$KEDA_VERSION" dir modfile
     if stamp_ok keda "$v" && [[ -x "$bin/keda-operator" && -x "$bin/keda-adapter" ]]; then
         log "keda $v: cached"; return
     fi
-    log "keda $v: building the operator and the metrics server (about 15 minutes cold)"
+    log "keda $v: building the operator and the metrics server (about ten minutes cold)"
     dir="$work/keda-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
     modfile="$(go mod download -json "github.com/kedacore/keda/v2@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
     [[ -f "$modfile" ]] || die "could not fetch github.com/kedacore/keda/v2@$v through the Go module proxy"
@@ -131,7 +134,7 @@ build_keda() {
     # database has no entry for those, hence GONOSUMDB for just these two.
     go mod edit -replace=github.com/newrelic/newrelic-client-go/v2=github.com/newrelic/newrelic-client-go/v2@v2.74.1
     go mod edit -replace=github.com/solarwinds/swo-sdk-go/swov1=github.com/solarwinds/swo-sdk-go/swov1@v0.13.1
-    export GONOSUMDB=github.com/newrelic/newrelic-client-go,github.com/solarwinds/swo-sdk-go
+    local -x GONOSUMDB=github.com/newrelic/newrelic-client-go,github.com/solarwinds/swo-sdk-go
     go mod edit -require="github.com/kedacore/keda/v2@$v" \
         -tool=github.com/kedacore/keda/v2/cmd/operator -tool=github.com/kedacore/keda/v2/cmd/adapter
     go mod tidy >/dev/null 2>&1 || go mod tidy
@@ -187,6 +190,7 @@ case "$what" in
         build_kwok
         build_kubernetes
         build_helm
+        build_keda
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
         extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS

@@ -4,13 +4,16 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::{Deserialize, Serialize};
 
+use crate::keda::{self, KedaPorts};
 use crate::nodes::NodeSpec;
 use crate::{CacheDirs, Error, build, kubeconfig, pki, process};
 
@@ -37,6 +40,10 @@ pub struct ClusterOptions {
     /// Skip the (cheap when cached) build step; used when the caller already
     /// knows the binaries are current.
     pub skip_build: bool,
+    /// Also run KEDA's operator and metrics server, with the external
+    /// metrics API served through the aggregator. Added to a running
+    /// cluster that lacks them; a cluster that has them keeps them.
+    pub with_keda: bool,
 }
 
 impl ClusterOptions {
@@ -48,12 +55,22 @@ impl ClusterOptions {
             extra_manifests: Vec::new(),
             nodes: crate::default_fleet(),
             skip_build: false,
+            with_keda: false,
         }
+    }
+
+    /// These options with KEDA's operator and metrics server.
+    pub fn with_keda(mut self) -> Self {
+        self.with_keda = true;
+        self
     }
 }
 
-/// Separate default ports per cluster name let the dev cluster and the test
-/// cluster run side by side.
+/// Separate default ports per cluster name let the dev cluster, the test
+/// cluster and the clusters of parallel work trees run side by side. Other
+/// names get one of 400 slots of `PORT_COUNT` ports in 20000..26400: below
+/// the test cluster, and below the kernel's ephemeral range (32768 and up),
+/// where an outgoing connection may take any port at any moment.
 pub fn default_port_base(name: &str) -> u16 {
     match name {
         "dev" => 16440,
@@ -62,12 +79,14 @@ pub fn default_port_base(name: &str) -> u16 {
             let h = other
                 .bytes()
                 .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
-            30000 + (h % 2000) as u16 * 10
+            20000 + (h % 400) as u16 * PORT_COUNT
         }
     }
 }
 
-const PORT_COUNT: u16 = 6;
+/// Ports reserved per cluster: six for the control plane, five for KEDA,
+/// the rest spare.
+const PORT_COUNT: u16 = 16;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Ports {
@@ -91,7 +110,21 @@ impl Ports {
         }
     }
 
-    fn all(&self) -> [(&'static str, u16); PORT_COUNT as usize] {
+    /// KEDA's ports follow the control plane's. Derived rather than stored,
+    /// so a state file written before KEDA existed still reads.
+    fn keda(&self) -> KedaPorts {
+        let base = self.apiserver;
+        KedaPorts {
+            operator_grpc: base + 6,
+            operator_metrics: base + 7,
+            operator_probe: base + 8,
+            adapter: base + 9,
+            adapter_metrics: base + 10,
+        }
+    }
+
+    fn all(&self) -> [(&'static str, u16); 11] {
+        let keda = self.keda();
         [
             ("kube-apiserver", self.apiserver),
             ("etcd (client)", self.etcd_client),
@@ -99,6 +132,11 @@ impl Ports {
             ("kube-controller-manager", self.controller_manager),
             ("kube-scheduler", self.scheduler),
             ("kwok", self.kwok),
+            ("keda-operator (gRPC)", keda.operator_grpc),
+            ("keda-operator (metrics)", keda.operator_metrics),
+            ("keda-operator (probes)", keda.operator_probe),
+            ("keda-adapter", keda.adapter),
+            ("keda-adapter (metrics)", keda.adapter_metrics),
         ]
     }
 }
@@ -113,6 +151,9 @@ struct State {
     kubeconfig: PathBuf,
     server: String,
     ready: bool,
+    /// Whether KEDA's processes are among the components.
+    #[serde(default)]
+    keda: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +172,8 @@ pub struct ClusterInfo {
     pub server: String,
     /// Whether this call started it (false: it was already running).
     pub started: bool,
+    /// Whether this call added KEDA to a cluster that ran without it.
+    pub keda_added: bool,
 }
 
 impl ClusterInfo {
@@ -197,17 +240,29 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
             // edited a CRD); re-applying is cheap and idempotent.
             let client = client_for(&state.kubeconfig).await?;
             install_manifests(&client, opts).await?;
+            let keda_added = opts.with_keda && !state.keda;
+            let state = if keda_added {
+                add_keda(opts, &dir, &client, state).await?
+            } else {
+                state
+            };
             return Ok(ClusterInfo {
                 name: state.name,
                 kubeconfig: state.kubeconfig,
                 server: state.server,
                 started: false,
+                keda_added,
             });
         }
         // A crashed or half-started cluster: clear it away and start over.
         stop_recorded(&state);
     }
     clean_runtime_files(&dir)?;
+    // Before any port or build work: with binaries that were never built,
+    // the answer is a command to run, not a half-started cluster.
+    if opts.with_keda && opts.skip_build {
+        keda::binaries(&opts.cache)?;
+    }
 
     let ports = Ports::from_base(opts.port_base);
     for (component, port) in ports.all() {
@@ -227,6 +282,9 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
         tokio::task::spawn_blocking(move || build::build_control_plane(&cache))
             .await
             .expect("build task")?;
+        if opts.with_keda {
+            keda::binaries(&opts.cache)?;
+        }
     }
 
     let mut started = Started::new(&opts.name, ports, &dir);
@@ -257,6 +315,7 @@ impl Started {
                 kubeconfig: dir.join("kubeconfig"),
                 server: format!("https://127.0.0.1:{}", ports.apiserver),
                 ready: false,
+                keda: false,
             },
         }
     }
@@ -434,6 +493,10 @@ async fn start(
         // Faster than the defaults so garbage collection and namespace
         // deletion show up in tests within seconds.
         "--concurrent-gc-syncs=10".to_string(),
+        // The HPA controller re-evaluates every 5 s instead of every 15 s,
+        // so autoscaling tests see KEDA's metrics act within seconds. The
+        // rest of the HPA arithmetic (tolerance, behaviour) is upstream's.
+        "--horizontal-pod-autoscaler-sync-period=5s".to_string(),
         "--v=1".to_string(),
     ];
     launch(
@@ -514,6 +577,9 @@ async fn start(
         )
         .await?;
     create_nodes(&client, &opts.nodes, ports.kwok).await?;
+    if opts.with_keda {
+        start_keda(opts, dir, &client, started).await?;
+    }
 
     started.state.ready = true;
     write_state(dir, &started.state)?;
@@ -522,7 +588,157 @@ async fn start(
         kubeconfig: kubeconfig_path,
         server,
         started: true,
+        keda_added: false,
     })
+}
+
+/// Adds KEDA to a running cluster. If that fails only KEDA's processes
+/// are stopped: the cluster keeps running as it was.
+async fn add_keda(
+    opts: &ClusterOptions,
+    dir: &Path,
+    client: &Client,
+    state: State,
+) -> Result<State, Error> {
+    keda::binaries(&opts.cache)?;
+    let before = state.components.len();
+    let mut started = Started { state };
+    match start_keda(opts, dir, client, &mut started).await {
+        Ok(()) => {
+            write_state(dir, &started.state)?;
+            Ok(started.state)
+        }
+        Err(e) => {
+            let pids: Vec<u32> = started.state.components[before..]
+                .iter()
+                .map(|c| c.pid)
+                .collect();
+            process::stop_group(0, &pids, Duration::from_secs(20));
+            started.state.components.truncate(before);
+            started.state.keda = false;
+            let _ = write_state(dir, &started.state);
+            Err(e)
+        }
+    }
+}
+
+/// Starts KEDA's operator and metrics server and waits until the external
+/// metrics API answers through kube-apiserver's aggregator.
+async fn start_keda(
+    opts: &ClusterOptions,
+    dir: &Path,
+    client: &Client,
+    started: &mut Started,
+) -> Result<(), Error> {
+    let files = pki::PkiFiles::in_dir(&dir.join("pki"));
+    if !files.keda_cert().exists() {
+        return Err(Error::KedaCertificatesMissing {
+            cluster: opts.name.clone(),
+        });
+    }
+    let ca_pem =
+        std::fs::read_to_string(&files.ca_cert).map_err(|e| Error::io(&files.ca_cert, e))?;
+    let cluster_ports = started.state.ports;
+    let ports = cluster_ports.keda();
+    for (component, port) in &cluster_ports.all()[6..] {
+        if process::port_in_use(*port) {
+            return Err(Error::PortInUse {
+                port: *port,
+                component,
+                cluster: opts.name.clone(),
+                port_base: cluster_ports.apiserver,
+                last: cluster_ports.apiserver + PORT_COUNT - 1,
+            });
+        }
+    }
+    apply_keda_routing(client, &keda::routing_objects(&ports, &ca_pem)).await?;
+
+    let logs = dir.join("logs");
+    let kubeconfig = started.state.kubeconfig.clone();
+    let env = keda::env(&kubeconfig);
+    launch_with_env(
+        started,
+        keda::OPERATOR,
+        &opts.cache.binary(keda::OPERATOR),
+        &keda::operator_args(&ports, &files),
+        &env,
+        ports.operator_grpc,
+        &logs,
+    )?;
+    launch_with_env(
+        started,
+        keda::ADAPTER,
+        &opts.cache.binary(keda::ADAPTER),
+        &keda::adapter_args(&ports, &files, &kubeconfig),
+        &env,
+        ports.adapter,
+        &logs,
+    )?;
+    started.state.keda = true;
+    write_state(dir, &started.state)?;
+
+    wait_for(started, keda::OPERATOR, move || async move {
+        http_get_ok(ports.operator_probe, "/readyz").await
+    })
+    .await?;
+    let api_services: Api<APIService> = Api::all(client.clone());
+    wait_for(started, keda::ADAPTER, || {
+        let api_services = api_services.clone();
+        async move { api_service_available(&api_services).await }
+    })
+    .await
+}
+
+async fn apply_keda_routing(client: &Client, objects: &[serde_json::Value]) -> Result<(), Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for object in objects {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let patch = Patch::Apply(object);
+        match object["kind"].as_str().unwrap_or_default() {
+            "Namespace" => {
+                Api::<Namespace>::all(client.clone())
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            "Service" => {
+                Api::<Service>::namespaced(client.clone(), namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            "EndpointSlice" => {
+                Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            "APIService" => {
+                Api::<APIService>::all(client.clone())
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            other => {
+                return Err(Error::Manifest {
+                    origin: format!("KEDA routing object {name}"),
+                    detail: format!("unexpected kind {other:?}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The aggregator marks the APIService Available once its own request to
+/// the adapter succeeded: the whole route works.
+async fn api_service_available(api: &Api<APIService>) -> bool {
+    let Ok(Some(service)) = api.get_opt(keda::API_SERVICE).await else {
+        return false;
+    };
+    service
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True")
 }
 
 fn launch(
@@ -530,6 +746,18 @@ fn launch(
     name: &'static str,
     binary: &Path,
     args: &[String],
+    port: u16,
+    logs: &Path,
+) -> Result<(), Error> {
+    launch_with_env(started, name, binary, args, &[], port, logs)
+}
+
+fn launch_with_env(
+    started: &mut Started,
+    name: &'static str,
+    binary: &Path,
+    args: &[String],
+    env: &[(&str, String)],
     port: u16,
     logs: &Path,
 ) -> Result<(), Error> {
@@ -545,6 +773,7 @@ fn launch(
     let spawned = process::spawn(
         binary,
         args,
+        env,
         &logs.join(format!("{name}.log")),
         started.state.group,
     )?;
@@ -792,13 +1021,24 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
         return Ok(false);
     };
     stop_recorded(&state);
-    let leftovers: Vec<u16> = state
-        .ports
-        .all()
-        .iter()
-        .map(|(_, p)| *p)
-        .filter(|p| process::port_open(*p))
-        .collect();
+    // A Go process's leader thread can be a zombie (and count as stopped)
+    // while its other threads still close its sockets; on a loaded machine
+    // that takes a moment. Give the ports a few seconds to be released.
+    let open_ports = || -> Vec<u16> {
+        state
+            .ports
+            .all()
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| process::port_open(*p))
+            .collect()
+    };
+    let mut leftovers = open_ports();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !leftovers.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        leftovers = open_ports();
+    }
     let _ = std::fs::remove_file(state_path(&dir));
     let etcd = dir.join("etcd");
     if etcd.exists() {
@@ -807,7 +1047,7 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
     if !leftovers.is_empty() {
         return Err(Error::Timeout {
             what: "releasing the cluster's ports".into(),
-            secs: 25,
+            secs: 30,
             detail: format!("ports still open: {leftovers:?}; another process may own them"),
         });
     }
@@ -874,11 +1114,42 @@ mod tests {
 
     #[test]
     fn port_ranges_of_named_clusters_do_not_overlap() {
+        let disjoint = |a: u16, b: u16| a + PORT_COUNT <= b || b + PORT_COUNT <= a;
         let dev = default_port_base("dev");
         let test = default_port_base("test");
-        assert!(dev + PORT_COUNT <= test || test + PORT_COUNT <= dev);
-        let other = default_port_base("someone-else");
-        assert!(other >= 30000 && other + PORT_COUNT < 50000);
+        assert!(disjoint(dev, test));
+        // The lifecycle tests' own clusters sit at fixed bases.
+        let fixed = [dev, test, 28440, 29440];
+        for name in ["bed", "someone-else", "wt-cache", "x", "lifecycle"] {
+            let base = default_port_base(name);
+            assert!(
+                (20000..26400).contains(&base) && base + PORT_COUNT <= 26400,
+                "{name}: {base}"
+            );
+            assert!(fixed.iter().all(|&f| disjoint(base, f)), "{name}: {base}");
+        }
+        // Every slot starts on a multiple of PORT_COUNT from 20000, so two
+        // hashed names either share a base (same slot) or never overlap.
+        for name in ["a", "bb", "ccc", "bed", "test2"] {
+            assert_eq!((default_port_base(name) - 20000) % PORT_COUNT, 0);
+        }
+        // Everything stays below the ephemeral range.
+        assert!(fixed.iter().all(|&f| f + PORT_COUNT < 32768));
+    }
+
+    #[test]
+    fn every_component_has_its_own_port_inside_the_range() {
+        let ports = Ports::from_base(20000);
+        let all = ports.all();
+        let mut numbers: Vec<u16> = all.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), all.len(), "{all:?}");
+        assert!(
+            numbers
+                .iter()
+                .all(|p| (20000..20000 + PORT_COUNT).contains(p))
+        );
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! pods that become Running with an IP from a loopback pod CIDR, so that a
 //! local process can later answer at a pod's address.
 //!
+//! With [`ClusterOptions::with_keda`], KEDA's operator and metrics server
+//! (also built from their Go module) join as processes too, and the
+//! apiserver routes the external metrics API to them, so a ScaledObject
+//! drives a real HPA.
+//!
 //! A cluster outlives the command that started it: its processes live in one
 //! process group recorded in a state file, so `down` (or another test binary)
 //! can find and stop exactly them.
@@ -15,6 +20,7 @@
 mod build;
 pub use build::pins;
 mod cluster;
+mod keda;
 mod kubeconfig;
 mod nodes;
 mod paths;
@@ -76,6 +82,14 @@ pub enum Error {
         secs: u64,
         detail: String,
     },
+    #[error(
+        "KEDA is not built: {missing} missing from {bin}. Build it with `dev/control-plane/build.sh keda` (or `aim dev cluster build`, which builds every component) and run again"
+    )]
+    KedaMissing { missing: String, bin: PathBuf },
+    #[error(
+        "cluster '{cluster}' was started without KEDA certificates (by an older aim). Restart it to add KEDA: `aim dev cluster down --name {cluster}`, then up again"
+    )]
+    KedaCertificatesMissing { cluster: String },
     #[error("cannot work out a cache directory: set AIM_CACHE_DIR or HOME")]
     NoCacheDir,
     #[error("{path}: {source}")]

@@ -30,6 +30,12 @@ pub struct PkiFiles {
     pub front_proxy_client_key: PathBuf,
     pub kwok_cert: PathBuf,
     pub kwok_key: PathBuf,
+    /// KEDA reads `ca.crt`, `tls.crt` and `tls.key` from one directory
+    /// (`--cert-dir`), for the operator-adapter gRPC and the adapter's
+    /// serving certificate alike.
+    pub keda_dir: PathBuf,
+    /// Extra CAs KEDA's scalers trust (`--ca-dir`): the cluster CA.
+    pub keda_ca_dir: PathBuf,
 }
 
 impl PkiFiles {
@@ -47,7 +53,21 @@ impl PkiFiles {
             front_proxy_client_key: dir.join("front-proxy-client.key"),
             kwok_cert: dir.join("kwok.crt"),
             kwok_key: dir.join("kwok.key"),
+            keda_dir: dir.join("keda"),
+            keda_ca_dir: dir.join("keda-ca"),
         }
+    }
+
+    pub fn keda_ca(&self) -> PathBuf {
+        self.keda_dir.join("ca.crt")
+    }
+
+    pub fn keda_cert(&self) -> PathBuf {
+        self.keda_dir.join("tls.crt")
+    }
+
+    pub fn keda_key(&self) -> PathBuf {
+        self.keda_dir.join("tls.key")
     }
 }
 
@@ -96,7 +116,7 @@ fn leaf(
     common_name: &str,
     organisation: Option<&str>,
     sans: Vec<SanType>,
-    usage: ExtendedKeyUsagePurpose,
+    usages: Vec<ExtendedKeyUsagePurpose>,
 ) -> Result<(String, String), Error> {
     let mut params = base_params(common_name, organisation);
     params.subject_alt_names = sans;
@@ -104,7 +124,7 @@ fn leaf(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages;
     let key = KeyPair::generate().map_err(|e| pki_err(common_name, e))?;
     let cert = params
         .signed_by(&key, ca)
@@ -145,7 +165,7 @@ pub fn generate(dir: &Path) -> Result<GeneratedPki, Error> {
         "kube-apiserver",
         None,
         sans,
-        ExtendedKeyUsagePurpose::ServerAuth,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
     write(&files.apiserver_cert, &cert)?;
     write(&files.apiserver_key, &key)?;
@@ -157,7 +177,7 @@ pub fn generate(dir: &Path) -> Result<GeneratedPki, Error> {
         "aim-admin",
         Some("system:masters"),
         vec![],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
     )?;
     write(&files.admin_cert, &admin_cert_pem)?;
     write(&files.admin_key, &admin_key_pem)?;
@@ -175,7 +195,7 @@ pub fn generate(dir: &Path) -> Result<GeneratedPki, Error> {
         "front-proxy-client",
         None,
         vec![],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
     )?;
     write(&files.front_proxy_client_cert, &fp_cert)?;
     write(&files.front_proxy_client_key, &fp_key)?;
@@ -191,10 +211,47 @@ pub fn generate(dir: &Path) -> Result<GeneratedPki, Error> {
             SanType::IpAddress([127, 0, 0, 1].into()),
             SanType::DnsName("localhost".try_into().map_err(|e| pki_err("SAN", e))?),
         ],
-        ExtendedKeyUsagePurpose::ServerAuth,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
     write(&files.kwok_cert, &kwok_cert)?;
     write(&files.kwok_key, &kwok_key)?;
+
+    // KEDA's operator and metrics server share one certificate, as in
+    // KEDA's own deployment: the operator serves gRPC with it and demands
+    // it back from the adapter (mTLS), and the adapter serves the external
+    // metrics API with it. kube-apiserver dials the adapter's loopback
+    // address but checks the name of the APIService's Service; the
+    // adapter dials the operator by IP. Generated with every cluster so
+    // KEDA can join a running cluster later: the CA key is never kept.
+    let mut keda_sans = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    for dns in [
+        "localhost",
+        "keda-operator.keda.svc",
+        "keda-operator.keda.svc.cluster.local",
+        "keda-metrics-apiserver.keda.svc",
+        "keda-metrics-apiserver.keda.svc.cluster.local",
+    ] {
+        keda_sans.push(SanType::DnsName(
+            dns.try_into().map_err(|e| pki_err("SAN", e))?,
+        ));
+    }
+    let (keda_cert, keda_key) = leaf(
+        &ca,
+        "keda",
+        Some("aim-dev-cluster"),
+        keda_sans,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    for sub in [&files.keda_dir, &files.keda_ca_dir] {
+        std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+    }
+    write(&files.keda_ca(), &ca_pem)?;
+    write(&files.keda_cert(), &keda_cert)?;
+    write(&files.keda_key(), &keda_key)?;
+    write(&files.keda_ca_dir.join("ca.crt"), &ca_pem)?;
 
     Ok(GeneratedPki {
         files,
@@ -218,6 +275,8 @@ mod tests {
             &pki.files.admin_cert,
             &pki.files.front_proxy_client_cert,
             &pki.files.kwok_cert,
+            &pki.files.keda_cert(),
+            &pki.files.keda_ca(),
         ] {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{path:?}");

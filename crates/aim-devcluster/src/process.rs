@@ -24,30 +24,54 @@ pub struct Spawned {
 }
 
 /// Starts `binary args…` with output appended to `log`, in process group
-/// `group` (0 = lead a new group).
-pub fn spawn(binary: &Path, args: &[String], log: &Path, group: u32) -> Result<Spawned, Error> {
-    let out = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| Error::io(log, e))?;
-    let err = out.try_clone().map_err(|e| Error::io(log, e))?;
+/// `group` (0 = lead a new group), with `env` added to the environment.
+///
+/// Joining a group is only allowed from the session that owns it. A cluster
+/// started from one terminal and joined from another (KEDA added by a test
+/// to a cluster `aim dev cluster up` started) gets a group of its own for
+/// the newcomer; `down` signals every recorded pid as well as the group.
+pub fn spawn(
+    binary: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+    group: u32,
+) -> Result<Spawned, Error> {
+    match spawn_in(binary, args, env, log, group) {
+        Err(e) if group != 0 && e.raw_os_error() == Some(nix::libc::EPERM) => {
+            spawn_in(binary, args, env, log, 0)
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io(binary, e))
+    .map(|pid| Spawned {
+        pid,
+        log: log.to_path_buf(),
+    })
+}
+
+fn spawn_in(
+    binary: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+    group: u32,
+) -> std::io::Result<u32> {
+    let out = File::options().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
     let child = Command::new(binary)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .process_group(group as i32)
-        .spawn()
-        .map_err(|e| Error::io(binary, e))?;
+        .spawn()?;
     let pid = child.id();
     // The child is reaped by whoever stops the cluster (or by init once we
     // exit); holding the handle would only leave a zombie behind in tests.
     std::mem::forget(child);
-    Ok(Spawned {
-        pid,
-        log: log.to_path_buf(),
-    })
+    Ok(pid)
 }
 
 /// Whether `pid` still runs (and is not a zombie we failed to reap).
@@ -80,11 +104,14 @@ pub fn exit_status(pid: u32) -> String {
     }
 }
 
-/// Sends SIGTERM to the group, waits up to `grace` for `pids` to go, then
-/// SIGKILLs whatever is left.
+/// Sends SIGTERM to the group and to `pids`, waits up to `grace` for `pids`
+/// to go, then SIGKILLs whatever is left. Group 0 (or 1) means "no group":
+/// killpg(0) would signal the caller's own group.
 pub fn stop_group(group: u32, pids: &[u32], grace: Duration) {
-    let pg = Pid::from_raw(group as i32);
-    let _ = killpg(pg, Signal::SIGTERM);
+    let pg = (group > 1).then(|| Pid::from_raw(group as i32));
+    if let Some(pg) = pg {
+        let _ = killpg(pg, Signal::SIGTERM);
+    }
     for &pid in pids {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     }
@@ -96,7 +123,9 @@ pub fn stop_group(group: u32, pids: &[u32], grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = killpg(pg, Signal::SIGKILL);
+    if let Some(pg) = pg {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
     for &pid in pids {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }

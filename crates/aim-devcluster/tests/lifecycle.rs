@@ -140,3 +140,38 @@ fn a_failed_build_says_what_failed_and_keeps_nothing_half_built() {
         .status();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test]
+async fn with_keda_but_keda_not_built_names_the_build_command() {
+    // An empty cache: nothing built. Asking for KEDA without building must
+    // say how to build it, before any process starts or port is taken.
+    let root = std::env::temp_dir().join(format!("aim-no-keda-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut opts = ClusterOptions::new("nokeda", CacheDirs::at(&root)).with_keda();
+    opts.skip_build = true;
+    // Clear of the other lifecycle clusters (28440, 29440) and the
+    // hashed range, below the ephemeral ports.
+    opts.port_base = 27440;
+    let err = aim_devcluster::up(&opts).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::KedaMissing { .. }), "{text}");
+    assert!(
+        text.contains("keda-operator") && text.contains("dev/control-plane/build.sh keda"),
+        "{text}"
+    );
+    assert!(
+        aim_devcluster::status(&opts.cache, "nokeda")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing was started"
+    );
+
+    // Without KEDA the same cache fails on what it lacks first, etcd: the
+    // KEDA error above is about KEDA, not a generic missing binary.
+    opts.with_keda = false;
+    let err = aim_devcluster::up(&opts).await.unwrap_err();
+    assert!(!matches!(err, Error::KedaMissing { .. }), "{err}");
+    assert!(err.to_string().contains("etcd"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

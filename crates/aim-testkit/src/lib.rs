@@ -25,20 +25,38 @@ use tokio::sync::OnceCell;
 pub const TEST_MANAGER: &str = "aim-test";
 
 static CLUSTER: OnceCell<ClusterInfo> = OnceCell::const_new();
+static CLUSTER_WITH_KEDA: OnceCell<ClusterInfo> = OnceCell::const_new();
+
+fn options() -> ClusterOptions {
+    let cache = CacheDirs::discover().expect("a cache directory");
+    // AIM_TEST_CLUSTER gives parallel work trees clusters of their
+    // own: two in-process operators on one cluster would fight.
+    let name = std::env::var("AIM_TEST_CLUSTER").unwrap_or_else(|_| "test".into());
+    let mut opts = ClusterOptions::new(&name, cache);
+    opts.extra_manifests = vec![("aim CRDs".into(), aim_api::all_crds_yaml())];
+    opts
+}
 
 /// The shared test cluster, started on first use.
 pub async fn cluster() -> &'static ClusterInfo {
     CLUSTER
         .get_or_init(|| async {
-            let cache = CacheDirs::discover().expect("a cache directory");
-            // AIM_TEST_CLUSTER gives parallel work trees clusters of their
-            // own: two in-process operators on one cluster would fight.
-            let name = std::env::var("AIM_TEST_CLUSTER").unwrap_or_else(|_| "test".into());
-            let mut opts = ClusterOptions::new(&name, cache);
-            opts.extra_manifests = vec![("aim CRDs".into(), aim_api::all_crds_yaml())];
-            aim_devcluster::up(&opts)
+            aim_devcluster::up(&options())
                 .await
                 .unwrap_or_else(|e| panic!("starting the test cluster failed: {e}"))
+        })
+        .await
+}
+
+/// The shared test cluster with KEDA's operator and metrics server running
+/// (tier 3). The same cluster as [`cluster`]: KEDA joins it if it runs
+/// without, and stays for the rest of the run.
+pub async fn cluster_with_keda() -> &'static ClusterInfo {
+    CLUSTER_WITH_KEDA
+        .get_or_init(|| async {
+            aim_devcluster::up(&options().with_keda())
+                .await
+                .unwrap_or_else(|e| panic!("starting the test cluster with KEDA failed: {e}"))
         })
         .await
 }

@@ -47,9 +47,13 @@ enum ClusterCommand {
     Up {
         #[command(flatten)]
         name: ClusterName,
-        /// First of the six loopback ports the components listen on.
+        /// First of the sixteen loopback ports the components listen on.
         #[arg(long)]
         port_base: Option<u16>,
+        /// Also run KEDA's operator and metrics server, so ScaledObjects
+        /// drive real HPAs. Adds them to a running cluster that lacks them.
+        #[arg(long)]
+        with_keda: bool,
     },
     /// Stop every process of the cluster and delete its data.
     Down {
@@ -91,9 +95,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let cache = CacheDirs::discover()?;
     match cluster.command {
-        ClusterCommand::Up { name, port_base } => {
-            runtime.block_on(up(cache, &name.name, port_base))
-        }
+        ClusterCommand::Up {
+            name,
+            port_base,
+            with_keda,
+        } => runtime.block_on(up(cache, &name.name, port_base, with_keda)),
         ClusterCommand::Down { name } => {
             if aim_devcluster::down(&cache, &name.name)? {
                 println!("cluster '{}' stopped", name.name);
@@ -126,18 +132,26 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn up(cache: CacheDirs, name: &str, port_base: Option<u16>) -> anyhow::Result<()> {
+async fn up(
+    cache: CacheDirs,
+    name: &str,
+    port_base: Option<u16>,
+    with_keda: bool,
+) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let mut opts = ClusterOptions::new(name, cache.clone());
     if let Some(base) = port_base {
         opts.port_base = base;
     }
+    opts.with_keda = with_keda;
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
     let info = aim_devcluster::up(&opts)
         .await
         .context("bringing the cluster up")?;
     let verb = if info.started {
         "started"
+    } else if info.keda_added {
+        "was running; KEDA added"
     } else {
         "already running"
     };
@@ -153,6 +167,9 @@ async fn up(cache: CacheDirs, name: &str, port_base: Option<u16>) -> anyhow::Res
     println!("  export PATH={}:$PATH", cache.bin().display());
     println!("  kubectl get nodes -L amd.com/gpu.device-id");
     println!("  kubectl get crds | grep -e aim -e kserve -e keda -e gateway");
+    if with_keda {
+        println!("  kubectl get --raw /apis/external.metrics.k8s.io/v1beta1");
+    }
     println!();
     println!("Stop it with: aim dev cluster down --name {}", info.name);
     Ok(())
