@@ -130,24 +130,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 /// `90s`, `1.5m`, `250ms`, `2h` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<f64, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (text, 1.0)
-    };
-    match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v * scale),
-        _ => Err(format!(
-            "time {text:?} is not a duration like 30s, 1.5m, 250ms or 2h"
-        )),
-    }
+    // The scaler's and the policies' grammar, so a schedule reads like a
+    // trigger's window.
+    aim_policy::parse_seconds(text)
+        .ok_or_else(|| format!("time {text:?} is not a duration like 30s, 1.5m, 250ms or 2h"))
 }
 
 /// Where prompt and output lengths come from when no trace gives them.

@@ -21,7 +21,7 @@ pub mod keda;
 mod params;
 pub mod policies;
 
-pub use params::Params;
+pub use params::{Params, parse_seconds};
 pub use policies::{
     CostAware, Passthrough, Predictive, QueueBased, SloAware, StablePanic, replica_value,
 };

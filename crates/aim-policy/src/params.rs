@@ -113,6 +113,9 @@ fn parse_window(text: &str) -> Option<ScheduleWindow> {
     })
 }
 
+/// Seconds in `90s`, `1.5m`, `250ms`, `2h` or a bare number: the one
+/// duration grammar of policy knobs, trigger keys and load schedules.
+/// Negative, non-finite and absurd (≥ 10⁹ s) values are refused.
 pub fn parse_seconds(text: &str) -> Option<f64> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {

@@ -100,20 +100,8 @@ pub struct TriggerValue {
 /// Parses a duration such as "90s", "2m", "1500ms" or a plain number of
 /// seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (text, 1.0)
-    };
-    let seconds = number.trim().parse::<f64>().ok()? * scale;
-    (seconds.is_finite() && (0.0..1e9).contains(&seconds)).then(|| Duration::from_secs_f64(seconds))
+    // One duration grammar for every policy knob and trigger key.
+    aim_policy::parse_seconds(text).map(Duration::from_secs_f64)
 }
 
 fn optional_number(
