@@ -161,3 +161,26 @@ async fn helm_installs_the_chart_into_the_cluster() {
             .unwrap_or_else(|e| panic!("{kind} {ns}/{name}: {e}"));
     }
 }
+
+/// Least privilege, pinned: the operator reads secrets by name only, and
+/// nothing in the chart can list or watch them.
+#[test]
+fn no_role_may_list_or_watch_secrets() {
+    let docs = helm_template(&[]);
+    for doc in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        for rule in doc["rules"].as_sequence().into_iter().flatten() {
+            let resources = serde_yaml::to_string(&rule["resources"]).unwrap();
+            let verbs = serde_yaml::to_string(&rule["verbs"]).unwrap();
+            if resources.contains("secrets") {
+                assert!(
+                    !verbs.contains("list") && !verbs.contains("watch"),
+                    "{} may {verbs} secrets",
+                    doc["metadata"]["name"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+}
