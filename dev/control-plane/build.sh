@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, KEDA's operator and metrics server) from
+# kube-scheduler, kubectl, kwok, helm, KEDA's operator and metrics server,
+# KServe's controller and the OpenTelemetry operator) from
 # upstream Go modules at pinned versions, and extracts the pinned third-party
 # CRDs from their projects' own modules.
 #
@@ -9,7 +10,8 @@
 # outside the repository; a component is rebuilt only when its pin changes.
 #
 # Usage: dev/control-plane/build.sh            # build what is missing
-#        dev/control-plane/build.sh keda       # one component (etcd, kwok, kubernetes, keda, crds)
+#        dev/control-plane/build.sh keda       # one component (etcd, kwok, kubernetes, keda,
+#                                              # kserve, otel-operator, helm, crds)
 #        AIM_CACHE_DIR=/some/dir dev/control-plane/build.sh
 set -euo pipefail
 
@@ -147,6 +149,63 @@ build_keda() {
     stamp_set keda "$v"
 }
 
+# Repeats a module's replace directives (one-line and block form) in the
+# wrapper module: a dependency's replaces apply only in the main module.
+copy_replaces() {
+    local modfile="$1" r
+    for r in $( (sed -n 's#^replace \([^ (][^ ]*\)\( v[^ ]*\)\? => \([^ .][^ ]*\) \(v[^ ]*\)$#\1=\3@\4#p' "$modfile"
+        awk '/^replace \(/{f=1;next} f&&/^\)/{f=0} f' "$modfile" |
+            sed -n 's#^\s*\([^ ]*\)\( v[^ ]*\)\? => \([^ .][^ ]*\) \(v[^ ]*\)$#\1=\3@\4#p')); do
+        go mod edit -replace="$r"
+    done
+}
+
+# KServe's controller (cmd/manager), for the tier-3 loop with real
+# InferenceServices (`aim dev cluster up --with-kserve`): it turns an
+# InferenceService into a Deployment, a KEDA ScaledObject and an
+# OpenTelemetryCollector. Its own wrapper module, like KEDA's.
+build_kserve() {
+    local v="$KSERVE_VERSION" dir modfile
+    if stamp_ok kserve "$v" && [[ -x "$bin/kserve-manager" ]]; then log "kserve $v: cached"; return; fi
+    log "kserve $v: building the controller manager"
+    dir="$work/kserve-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    modfile="$(go mod download -json "github.com/kserve/kserve@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    [[ -f "$modfile" ]] || die "could not fetch github.com/kserve/kserve@$v through the Go module proxy"
+    go mod init aim.local/kserve-build >/dev/null 2>&1
+    go mod edit -go="$(sed -n 's/^go \(.*\)$/\1/p' "$modfile" | head -1)"
+    copy_replaces "$modfile"
+    go mod edit -require="github.com/kserve/kserve@$v" -tool=github.com/kserve/kserve/cmd/manager
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    go build -trimpath -ldflags="-s -w" -o "$bin/kserve-manager.new" github.com/kserve/kserve/cmd/manager
+    mv "$bin/kserve-manager.new" "$bin/kserve-manager"
+    stamp_set kserve "$v"
+}
+
+# The OpenTelemetry operator: KServe's OpenTelemetryCollector objects go
+# through its defaulting and validating webhooks, and it injects the
+# sidecar into the predictor pods (which the pod runner then plays).
+build_otel_operator() {
+    local v="$OTEL_OPERATOR_VERSION" dir modfile
+    local mod=github.com/open-telemetry/opentelemetry-operator
+    if stamp_ok otel-operator "$v" && [[ -x "$bin/otel-operator" ]]; then log "otel-operator $v: cached"; return; fi
+    log "otel-operator $v: building"
+    dir="$work/otel-operator-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    modfile="$(go mod download -json "$mod@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    [[ -f "$modfile" ]] || die "could not fetch $mod@$v through the Go module proxy"
+    go mod init aim.local/otel-operator-build >/dev/null 2>&1
+    go mod edit -go="$(sed -n 's/^go \(.*\)$/\1/p' "$modfile" | head -1)"
+    copy_replaces "$modfile"
+    go mod edit -require="$mod@$v" -tool="$mod"
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    # As upstream's Makefile stamps it: the version, and the collector
+    # version its default sidecar image is tagged with.
+    local pkg="$mod/internal/version" plain="${v#v}"
+    go build -trimpath -ldflags="-s -w -X $pkg.version=$plain -X $pkg.otelCol=$plain" \
+        -o "$bin/otel-operator.new" "$mod"
+    mv "$bin/otel-operator.new" "$bin/otel-operator"
+    stamp_set otel-operator "$v"
+}
+
 # helm, to render and install deploy/chart in the tests exactly as users do.
 build_helm() {
     local v="$HELM_VERSION" dir
@@ -164,11 +223,17 @@ build_helm() {
 
 # Copies the CRD files shipped inside a module's source to $crds/<name>/.
 # Arguments: name module version then paths (files or dirs) inside the module.
-extract_crds() {
-    local name="$1" mod="$2" v="$3"; shift 3
+extract_crds() { extract_into "$crds" crds "$@"; }
+# Other upstream manifests (webhook registrations, config maps) the bed
+# adapts, in $cache/manifests/<name>/.
+extract_manifests() { extract_into "$cache/manifests" manifests "$@"; }
+
+extract_into() {
+    local crds="$1" kind="$2" name="$3" mod="$4" v="$5"; shift 5
     local key="$mod@$v $*"
-    if stamp_ok "crds-$name" "$key" && [[ -d "$crds/$name" ]]; then log "crds $name: cached"; return; fi
-    log "crds $name: from $mod@$v"
+    mkdir -p "$crds"
+    if stamp_ok "$kind-$name" "$key" && [[ -d "$crds/$name" ]]; then log "$kind $name: cached"; return; fi
+    log "$kind $name: from $mod@$v"
     local dir
     dir="$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "$mod@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
     [[ -d "$dir" ]] || die "could not fetch $mod@$v through the Go module proxy"
@@ -180,7 +245,7 @@ extract_crds() {
     done
     chmod -R u+w "$crds/$name.new"
     rm -rf "$crds/$name"; mv "$crds/$name.new" "$crds/$name"
-    stamp_set "crds-$name" "$key"
+    stamp_set "$kind-$name" "$key"
 }
 
 what="${1:-all}"
@@ -191,12 +256,16 @@ case "$what" in
         build_kubernetes
         build_helm
         build_keda
+        build_kserve
+        build_otel_operator
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
         extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
         extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
         extract_crds kwok sigs.k8s.io/kwok "$KWOK_VERSION" $KWOK_CRD_PATHS
         extract_crds prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_CRD_PATHS
+        extract_manifests kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CONFIG_PATHS
+        extract_manifests otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CONFIG_PATHS
         ;;
     crds)
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
@@ -205,12 +274,16 @@ case "$what" in
         extract_crds otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CRD_PATHS
         extract_crds kwok sigs.k8s.io/kwok "$KWOK_VERSION" $KWOK_CRD_PATHS
         extract_crds prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_CRD_PATHS
+        extract_manifests kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CONFIG_PATHS
+        extract_manifests otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CONFIG_PATHS
         ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
     kubernetes) build_kubernetes ;;
     keda) build_keda ;;
+    kserve) build_kserve ;;
+    otel-operator) build_otel_operator ;;
     helm) build_helm ;;
-    *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes, keda or helm)" ;;
+    *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes, keda, kserve, otel-operator or helm)" ;;
 esac
 log "done: binaries in $bin, CRDs in $crds"

@@ -4,7 +4,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -14,7 +17,9 @@ use kube::{Client, Config};
 use serde::{Deserialize, Serialize};
 
 use crate::keda::{self, KedaPorts};
+use crate::kserve::{self, KservePorts};
 use crate::nodes::NodeSpec;
+use crate::otel::{self, OtelPorts};
 use crate::{CacheDirs, Error, build, kubeconfig, pki, process};
 
 const FIELD_MANAGER: &str = "aim-devcluster";
@@ -44,6 +49,9 @@ pub struct ClusterOptions {
     /// metrics API served through the aggregator. Added to a running
     /// cluster that lacks them; a cluster that has them keeps them.
     pub with_keda: bool,
+    /// Also run KServe's controller (with its admission webhooks) in
+    /// Standard mode. Added to a running cluster like KEDA.
+    pub with_kserve: bool,
 }
 
 impl ClusterOptions {
@@ -56,12 +64,19 @@ impl ClusterOptions {
             nodes: crate::default_fleet(),
             skip_build: false,
             with_keda: false,
+            with_kserve: false,
         }
     }
 
     /// These options with KEDA's operator and metrics server.
     pub fn with_keda(mut self) -> Self {
         self.with_keda = true;
+        self
+    }
+
+    /// These options with KServe's controller.
+    pub fn with_kserve(mut self) -> Self {
+        self.with_kserve = true;
         self
     }
 }
@@ -85,7 +100,8 @@ pub fn default_port_base(name: &str) -> u16 {
 }
 
 /// Ports reserved per cluster: six for the control plane, five for KEDA,
-/// the rest spare.
+/// two for KServe, two for the OpenTelemetry operator, and the last one
+/// where the bed expects an `aim scaler`.
 const PORT_COUNT: u16 = 16;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -123,8 +139,31 @@ impl Ports {
         }
     }
 
-    fn all(&self) -> [(&'static str, u16); 11] {
+    /// KServe's ports, and the scaler's address the bed points KServe's
+    /// objects at (the last port of the range).
+    fn kserve(&self) -> KservePorts {
+        let base = self.apiserver;
+        KservePorts {
+            webhook: base + 11,
+            probe: base + 12,
+            scaler: base + PORT_COUNT - 1,
+        }
+    }
+
+    fn otel(&self) -> OtelPorts {
+        let base = self.apiserver;
+        OtelPorts {
+            webhook: base + 13,
+            probe: base + 14,
+        }
+    }
+
+    /// Every port a process of the bed listens on. The scaler's port is
+    /// not among them: an `aim scaler` the user (or a test) runs binds it.
+    fn all(&self) -> [(&'static str, u16); 15] {
         let keda = self.keda();
+        let kserve = self.kserve();
+        let otel = self.otel();
         [
             ("kube-apiserver", self.apiserver),
             ("etcd (client)", self.etcd_client),
@@ -137,6 +176,10 @@ impl Ports {
             ("keda-operator (probes)", keda.operator_probe),
             ("keda-adapter", keda.adapter),
             ("keda-adapter (metrics)", keda.adapter_metrics),
+            ("kserve-manager (webhooks)", kserve.webhook),
+            ("kserve-manager (probes)", kserve.probe),
+            ("otel-operator (webhooks)", otel.webhook),
+            ("otel-operator (probes)", otel.probe),
         ]
     }
 }
@@ -154,6 +197,8 @@ struct State {
     /// Whether KEDA's processes are among the components.
     #[serde(default)]
     keda: bool,
+    #[serde(default)]
+    kserve: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +219,12 @@ pub struct ClusterInfo {
     pub started: bool,
     /// Whether this call added KEDA to a cluster that ran without it.
     pub keda_added: bool,
+    /// Whether this call added KServe to a cluster that ran without it.
+    pub kserve_added: bool,
+    /// Where KServe's ScaledObjects and OTel sidecars expect an `aim
+    /// scaler` (OTLP and KEDA's ExternalScaler on one port), when the
+    /// cluster runs KServe.
+    pub scaler_address: std::net::SocketAddr,
 }
 
 impl ClusterInfo {
@@ -246,12 +297,20 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
             } else {
                 state
             };
+            let kserve_added = opts.with_kserve && !state.kserve;
+            let state = if kserve_added {
+                add_kserve(opts, &dir, &client, state).await?
+            } else {
+                state
+            };
             return Ok(ClusterInfo {
                 name: state.name,
                 kubeconfig: state.kubeconfig,
                 server: state.server,
                 started: false,
                 keda_added,
+                kserve_added,
+                scaler_address: scaler_address(&state.ports),
             });
         }
         // A crashed or half-started cluster: clear it away and start over.
@@ -262,6 +321,10 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
     // the answer is a command to run, not a half-started cluster.
     if opts.with_keda && opts.skip_build {
         keda::binaries(&opts.cache)?;
+    }
+    if opts.with_kserve && opts.skip_build {
+        kserve::prerequisites(&opts.cache)?;
+        otel::prerequisites(&opts.cache)?;
     }
 
     let ports = Ports::from_base(opts.port_base);
@@ -284,6 +347,10 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
             .expect("build task")?;
         if opts.with_keda {
             keda::binaries(&opts.cache)?;
+        }
+        if opts.with_kserve {
+            kserve::prerequisites(&opts.cache)?;
+            otel::prerequisites(&opts.cache)?;
         }
     }
 
@@ -316,6 +383,7 @@ impl Started {
                 server: format!("https://127.0.0.1:{}", ports.apiserver),
                 ready: false,
                 keda: false,
+                kserve: false,
             },
         }
     }
@@ -580,6 +648,9 @@ async fn start(
     if opts.with_keda {
         start_keda(opts, dir, &client, started).await?;
     }
+    if opts.with_kserve {
+        start_kserve(opts, dir, &client, started).await?;
+    }
 
     started.state.ready = true;
     write_state(dir, &started.state)?;
@@ -589,7 +660,142 @@ async fn start(
         server,
         started: true,
         keda_added: false,
+        kserve_added: false,
+        scaler_address: scaler_address(&ports),
     })
+}
+
+fn scaler_address(ports: &Ports) -> std::net::SocketAddr {
+    ([127, 0, 0, 1], ports.kserve().scaler).into()
+}
+
+/// Adds KServe to a running cluster; on failure only its process stops.
+async fn add_kserve(
+    opts: &ClusterOptions,
+    dir: &Path,
+    client: &Client,
+    state: State,
+) -> Result<State, Error> {
+    kserve::prerequisites(&opts.cache)?;
+    otel::prerequisites(&opts.cache)?;
+    let before = state.components.len();
+    let mut started = Started { state };
+    match start_kserve(opts, dir, client, &mut started).await {
+        Ok(()) => {
+            write_state(dir, &started.state)?;
+            Ok(started.state)
+        }
+        Err(e) => {
+            let pids: Vec<u32> = started.state.components[before..]
+                .iter()
+                .map(|c| c.pid)
+                .collect();
+            process::stop_group(0, &pids, Duration::from_secs(20));
+            started.state.components.truncate(before);
+            started.state.kserve = false;
+            let _ = write_state(dir, &started.state);
+            Err(e)
+        }
+    }
+}
+
+/// Starts KServe's controller and the OpenTelemetry operator (whose
+/// webhooks KServe's collectors go through): KServe's namespace, config
+/// map and the scaler's Service first (KServe reads the config at start),
+/// then both processes, then their webhook registrations once both
+/// webhook servers answer (most fail closed, so registering them earlier
+/// would refuse every InferenceService in between).
+async fn start_kserve(
+    opts: &ClusterOptions,
+    dir: &Path,
+    client: &Client,
+    started: &mut Started,
+) -> Result<(), Error> {
+    let files = pki::PkiFiles::in_dir(&dir.join("pki"));
+    if !files.webhook_cert().exists() {
+        return Err(Error::KedaCertificatesMissing {
+            cluster: opts.name.clone(),
+        });
+    }
+    let ca_pem =
+        std::fs::read_to_string(&files.ca_cert).map_err(|e| Error::io(&files.ca_cert, e))?;
+    let cluster_ports = started.state.ports;
+    let ports = cluster_ports.kserve();
+    for (component, port) in &cluster_ports.all()[11..] {
+        if process::port_in_use(*port) {
+            return Err(Error::PortInUse {
+                port: *port,
+                component,
+                cluster: opts.name.clone(),
+                port_base: cluster_ports.apiserver,
+                last: cluster_ports.apiserver + PORT_COUNT - 1,
+            });
+        }
+    }
+    let (webhooks, config) = kserve::upstream_manifests(&opts.cache)?;
+    let otel_webhooks = otel::webhook_manifests(&opts.cache)?;
+    let mut objects = kserve::base_objects(&ports);
+    objects.push(kserve::config_map(&config, &ports)?);
+    apply_objects(client, &objects).await?;
+
+    // Both webhook servers read the bed's certificate where
+    // controller-runtime looks for it.
+    let tmpdir = dir.join("webhook-tmp");
+    let certs = kserve::cert_dir(&tmpdir);
+    std::fs::create_dir_all(&certs).map_err(|e| Error::io(&certs, e))?;
+    for (from, to) in [
+        (files.webhook_cert(), certs.join("tls.crt")),
+        (files.webhook_key(), certs.join("tls.key")),
+    ] {
+        std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+    }
+
+    let logs = dir.join("logs");
+    let kubeconfig = started.state.kubeconfig.clone();
+    let otel_ports = cluster_ports.otel();
+    launch_with_env(
+        started,
+        otel::OPERATOR,
+        &opts.cache.binary(otel::OPERATOR),
+        &otel::args(&otel_ports),
+        &otel::env(&kubeconfig, &tmpdir),
+        otel_ports.webhook,
+        &logs,
+    )?;
+    launch_with_env(
+        started,
+        kserve::MANAGER,
+        &opts.cache.binary(kserve::MANAGER),
+        &kserve::manager_args(&ports),
+        &kserve::env(&kubeconfig, &tmpdir),
+        ports.webhook,
+        &logs,
+    )?;
+    started.state.kserve = true;
+    write_state(dir, &started.state)?;
+    wait_for(started, otel::OPERATOR, move || async move {
+        http_get_ok(otel_ports.probe, "/readyz").await
+    })
+    .await?;
+    wait_for(started, kserve::MANAGER, move || async move {
+        http_get_ok(ports.probe, "/readyz").await
+    })
+    .await?;
+    let mut hooks = kserve::webhook_configurations(
+        "the OpenTelemetry operator's config/webhook/manifests.yaml",
+        &otel_webhooks,
+        otel_ports.webhook,
+        &ca_pem,
+        otel::NAME_PREFIX,
+    )?;
+    hooks.extend(kserve::webhook_configurations(
+        "KServe's config/webhook/manifests.yaml",
+        &webhooks,
+        ports.webhook,
+        &ca_pem,
+        "",
+    )?);
+    apply_objects(client, &hooks).await
 }
 
 /// Adds KEDA to a running cluster. If that fails only KEDA's processes
@@ -640,7 +846,7 @@ async fn start_keda(
         std::fs::read_to_string(&files.ca_cert).map_err(|e| Error::io(&files.ca_cert, e))?;
     let cluster_ports = started.state.ports;
     let ports = cluster_ports.keda();
-    for (component, port) in &cluster_ports.all()[6..] {
+    for (component, port) in &cluster_ports.all()[6..11] {
         if process::port_in_use(*port) {
             return Err(Error::PortInUse {
                 port: *port,
@@ -651,7 +857,7 @@ async fn start_keda(
             });
         }
     }
-    apply_keda_routing(client, &keda::routing_objects(&ports, &ca_pem)).await?;
+    apply_objects(client, &keda::routing_objects(&ports, &ca_pem)).await?;
 
     let logs = dir.join("logs");
     let kubeconfig = started.state.kubeconfig.clone();
@@ -689,7 +895,8 @@ async fn start_keda(
     .await
 }
 
-async fn apply_keda_routing(client: &Client, objects: &[serde_json::Value]) -> Result<(), Error> {
+/// Server-side applies the bed's own objects, in order.
+async fn apply_objects(client: &Client, objects: &[serde_json::Value]) -> Result<(), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for object in objects {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
@@ -716,9 +923,24 @@ async fn apply_keda_routing(client: &Client, objects: &[serde_json::Value]) -> R
                     .patch(name, &params, &patch)
                     .await?;
             }
+            "ConfigMap" => {
+                Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            "MutatingWebhookConfiguration" => {
+                Api::<MutatingWebhookConfiguration>::all(client.clone())
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            "ValidatingWebhookConfiguration" => {
+                Api::<ValidatingWebhookConfiguration>::all(client.clone())
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
             other => {
                 return Err(Error::Manifest {
-                    origin: format!("KEDA routing object {name}"),
+                    origin: format!("the bed's object {name}"),
                     detail: format!("unexpected kind {other:?}"),
                 });
             }

@@ -13,6 +13,11 @@
 //! apiserver routes the external metrics API to them, so a ScaledObject
 //! drives a real HPA.
 //!
+//! With [`ClusterOptions::with_kserve`], KServe's controller joins too
+//! (Standard deployment mode, its admission webhooks served on loopback),
+//! so an InferenceService becomes a Deployment, a ScaledObject and an
+//! OpenTelemetryCollector as in production.
+//!
 //! A cluster outlives the command that started it: its processes live in one
 //! process group recorded in a state file, so `down` (or another test binary)
 //! can find and stop exactly them.
@@ -21,8 +26,10 @@ mod build;
 pub use build::pins;
 mod cluster;
 mod keda;
+mod kserve;
 mod kubeconfig;
 mod nodes;
+mod otel;
 mod paths;
 mod pki;
 mod process;
@@ -87,9 +94,17 @@ pub enum Error {
     )]
     KedaMissing { missing: String, bin: PathBuf },
     #[error(
-        "cluster '{cluster}' was started without KEDA certificates (by an older aim). Restart it to add KEDA: `aim dev cluster down --name {cluster}`, then up again"
+        "cluster '{cluster}' was started without the certificates KEDA and KServe need (by an older aim). Restart it to add them: `aim dev cluster down --name {cluster}`, then up again"
     )]
     KedaCertificatesMissing { cluster: String },
+    #[error(
+        "{component} is not built: {missing} missing. Build it with `dev/control-plane/build.sh {target}` and `dev/control-plane/build.sh crds` (or `aim dev cluster build`, which builds every component) and run again"
+    )]
+    NotBuilt {
+        component: &'static str,
+        missing: String,
+        target: &'static str,
+    },
     #[error("cannot work out a cache directory: set AIM_CACHE_DIR or HOME")]
     NoCacheDir,
     #[error("{path}: {source}")]

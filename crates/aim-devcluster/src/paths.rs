@@ -45,6 +45,12 @@ impl CacheDirs {
         self.root.join("crds")
     }
 
+    /// Upstream manifests the bed adapts (webhook registrations, KServe's
+    /// config map), per project.
+    pub fn manifests(&self, project: &str) -> PathBuf {
+        self.root.join("manifests").join(project)
+    }
+
     pub fn cluster(&self, name: &str) -> PathBuf {
         self.root.join("clusters").join(name)
     }

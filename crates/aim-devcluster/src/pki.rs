@@ -36,6 +36,10 @@ pub struct PkiFiles {
     pub keda_dir: PathBuf,
     /// Extra CAs KEDA's scalers trust (`--ca-dir`): the cluster CA.
     pub keda_ca_dir: PathBuf,
+    /// `tls.crt` and `tls.key` of the admission webhooks served on
+    /// loopback (KServe's, the OpenTelemetry operator's), the layout
+    /// controller-runtime's webhook server reads.
+    pub webhook_dir: PathBuf,
 }
 
 impl PkiFiles {
@@ -55,6 +59,7 @@ impl PkiFiles {
             kwok_key: dir.join("kwok.key"),
             keda_dir: dir.join("keda"),
             keda_ca_dir: dir.join("keda-ca"),
+            webhook_dir: dir.join("webhooks"),
         }
     }
 
@@ -68,6 +73,14 @@ impl PkiFiles {
 
     pub fn keda_key(&self) -> PathBuf {
         self.keda_dir.join("tls.key")
+    }
+
+    pub fn webhook_cert(&self) -> PathBuf {
+        self.webhook_dir.join("tls.crt")
+    }
+
+    pub fn webhook_key(&self) -> PathBuf {
+        self.webhook_dir.join("tls.key")
     }
 }
 
@@ -253,6 +266,23 @@ pub fn generate(dir: &Path) -> Result<GeneratedPki, Error> {
     write(&files.keda_key(), &keda_key)?;
     write(&files.keda_ca_dir.join("ca.crt"), &ca_pem)?;
 
+    // Admission webhooks: kube-apiserver calls them by URL on loopback
+    // (`clientConfig.url`), verifying this certificate against the cluster
+    // CA, which the webhook configurations carry as their caBundle.
+    let (hook_cert, hook_key) = leaf(
+        &ca,
+        "aim-dev-webhooks",
+        None,
+        vec![
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::DnsName("localhost".try_into().map_err(|e| pki_err("SAN", e))?),
+        ],
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
+    std::fs::create_dir_all(&files.webhook_dir).map_err(|e| Error::io(&files.webhook_dir, e))?;
+    write(&files.webhook_cert(), &hook_cert)?;
+    write(&files.webhook_key(), &hook_key)?;
+
     Ok(GeneratedPki {
         files,
         ca_pem,
@@ -277,6 +307,7 @@ mod tests {
             &pki.files.kwok_cert,
             &pki.files.keda_cert(),
             &pki.files.keda_ca(),
+            &pki.files.webhook_cert(),
         ] {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{path:?}");

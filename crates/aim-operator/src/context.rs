@@ -24,6 +24,8 @@ pub struct Context {
     /// by a watch so reconciles read them from memory.
     pub isvc_warnings: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Event>,
     pub recorder: Recorder,
+    /// Who publishes: also for one-off recorders (see [`Context::unaggregated_recorder`]).
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     /// Serializes discovery's count-then-create among this process's
@@ -43,13 +45,25 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             isvc_warnings,
             metrics,
             settings,
             discovery_slot: tokio::sync::Mutex::new(()),
         }
+    }
+}
+
+impl Context {
+    /// A recorder with an empty cache. kube's recorder folds every event
+    /// with the same reason, action and object into the first one (a
+    /// series count), keeping the first note: a second `ScaledUp` within
+    /// its cache's lifetime would show the first decision's replicas and
+    /// metric values. Scale decisions are each their own event.
+    pub fn unaggregated_recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 }
 

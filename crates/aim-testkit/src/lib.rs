@@ -26,6 +26,7 @@ pub const TEST_MANAGER: &str = "aim-test";
 
 static CLUSTER: OnceCell<ClusterInfo> = OnceCell::const_new();
 static CLUSTER_WITH_KEDA: OnceCell<ClusterInfo> = OnceCell::const_new();
+static CLUSTER_WITH_KSERVE: OnceCell<ClusterInfo> = OnceCell::const_new();
 
 fn options() -> ClusterOptions {
     let cache = CacheDirs::discover().expect("a cache directory");
@@ -57,6 +58,19 @@ pub async fn cluster_with_keda() -> &'static ClusterInfo {
             aim_devcluster::up(&options().with_keda())
                 .await
                 .unwrap_or_else(|e| panic!("starting the test cluster with KEDA failed: {e}"))
+        })
+        .await
+}
+
+/// The shared test cluster with KEDA and KServe's controller running (the
+/// whole tier-3 loop). KServe's ScaledObjects and sidecars expect an `aim
+/// scaler` at [`ClusterInfo::scaler_address`]; a test starts one there.
+pub async fn cluster_with_kserve() -> &'static ClusterInfo {
+    CLUSTER_WITH_KSERVE
+        .get_or_init(|| async {
+            aim_devcluster::up(&options().with_keda().with_kserve())
+                .await
+                .unwrap_or_else(|e| panic!("starting the test cluster with KServe failed: {e}"))
         })
         .await
 }

@@ -54,6 +54,11 @@ enum ClusterCommand {
         /// drive real HPAs. Adds them to a running cluster that lacks them.
         #[arg(long)]
         with_keda: bool,
+        /// Also run KServe's controller (Standard mode, webhooks on
+        /// loopback): InferenceServices become Deployments, ScaledObjects
+        /// and OpenTelemetryCollectors. Implies --with-keda.
+        #[arg(long)]
+        with_kserve: bool,
     },
     /// Stop every process of the cluster and delete its data.
     Down {
@@ -99,7 +104,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             name,
             port_base,
             with_keda,
-        } => runtime.block_on(up(cache, &name.name, port_base, with_keda)),
+            with_kserve,
+        } => runtime.block_on(up(
+            cache,
+            &name.name,
+            port_base,
+            with_keda || with_kserve,
+            with_kserve,
+        )),
         ClusterCommand::Down { name } => {
             if aim_devcluster::down(&cache, &name.name)? {
                 println!("cluster '{}' stopped", name.name);
@@ -137,6 +149,7 @@ async fn up(
     name: &str,
     port_base: Option<u16>,
     with_keda: bool,
+    with_kserve: bool,
 ) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let mut opts = ClusterOptions::new(name, cache.clone());
@@ -144,14 +157,19 @@ async fn up(
         opts.port_base = base;
     }
     opts.with_keda = with_keda;
+    opts.with_kserve = with_kserve;
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
     let info = aim_devcluster::up(&opts)
         .await
         .context("bringing the cluster up")?;
     let verb = if info.started {
         "started"
+    } else if info.keda_added && info.kserve_added {
+        "was running; KEDA and KServe added"
     } else if info.keda_added {
         "was running; KEDA added"
+    } else if info.kserve_added {
+        "was running; KServe added"
     } else {
         "already running"
     };
@@ -169,6 +187,14 @@ async fn up(
     println!("  kubectl get crds | grep -e aim -e kserve -e keda -e gateway");
     if with_keda {
         println!("  kubectl get --raw /apis/external.metrics.k8s.io/v1beta1");
+    }
+    if with_kserve {
+        println!("  kubectl -n kserve get configmap inferenceservice-config -o yaml");
+        println!(
+            "KServe's ScaledObjects and sidecars expect an aim scaler at {}:",
+            info.scaler_address
+        );
+        println!("  aim scaler --listen {}", info.scaler_address);
     }
     println!();
     println!("Stop it with: aim dev cluster down --name {}", info.name);

@@ -260,7 +260,7 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
             reason: decision.reason.to_string(),
             message: decision.message.clone(),
         }];
-        kube_io::publish(&ctx.recorder, &svc.object_ref(&()), &scaled).await;
+        kube_io::publish(&ctx.unaggregated_recorder(), &svc.object_ref(&()), &scaled).await;
     }
 
     if let Some(e) = apply_error {

@@ -139,7 +139,11 @@ pub fn scale_decision(
     let before = before.desired_replicas.unwrap_or(0);
     let hpa = hpa?;
     let after = hpa.status.as_ref()?.desired_replicas;
-    if after == before {
+    // A new HPA reports 0 until its first sync; with a minimum of at least
+    // one that is no decision (seen with KEDA's HPA: a "1 → 0" event
+    // before "0 → 1").
+    let min = hpa.spec.as_ref().and_then(|s| s.min_replicas).unwrap_or(1);
+    if after == before || (after == 0 && min >= 1) {
         return None;
     }
     let reason = if after > before {
@@ -343,6 +347,8 @@ mod tests {
             Some(true)
         );
         assert_eq!(scale_decision(Some(&runtime(1)), None), None);
+        // A fresh HPA's 0 is not a decision while the minimum is above it.
+        assert_eq!(scale_decision(Some(&runtime(1)), Some(&hpa(0))), None);
         // Resuming is not a decision of the HPA's.
         let was_paused = ServiceRuntimeStatus {
             desired_replicas: Some(1),
