@@ -16,7 +16,14 @@
 //! `capacity` (requests/s one replica serves within its SLO; default the
 //! trigger's `targetValue`), `coldStart` 120s, `smoothing` 60s,
 //! `trendWindow` 300s, `season` 24h (0 turns it off), `headroom` 0.1,
-//! `scaleDownDelay` = `coldStart`, `schedule` (e.g. "08:00-18:00=4", UTC).
+//! `scaleDownDelay` = `coldStart`, `schedule` (e.g. "08:00-18:00=4", UTC),
+//! `forecastBias` 1.
+//!
+//! `forecastBias` multiplies the forecast (not the observed rate held over
+//! `scaleDownDelay`, which floors the count): 2 forecasts twice the rate the
+//! history implies, 0.5 half. It exists to measure how the policy degrades when its forecast
+//! is wrong by a known factor (reference §6.6, robustness); leave it at 1
+//! in production.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +44,7 @@ struct Knobs {
     headroom: f64,
     scale_down_delay: f64,
     schedule: Vec<ScheduleWindow>,
+    forecast_bias: f64,
 }
 
 fn knobs(metadata: &BTreeMap<String, String>) -> Result<Knobs, PolicyError> {
@@ -50,6 +58,7 @@ fn knobs(metadata: &BTreeMap<String, String>) -> Result<Knobs, PolicyError> {
         headroom: p.number("headroom", 0.1, 0.0, 10.0)?,
         scale_down_delay: p.seconds("scaleDownDelay", cold_start)?,
         schedule: p.schedule("schedule")?,
+        forecast_bias: p.number("forecastBias", 1.0, 0.0, 100.0)?,
     })
 }
 
@@ -78,7 +87,7 @@ fn around(input: &PolicyInput<'_>, at: f64, half: f64) -> Option<f64> {
 }
 
 impl Predictive {
-    /// The forecast arrival rate at `now + coldStart`.
+    /// The forecast arrival rate at `now + coldStart`, times `forecastBias`.
     pub fn forecast(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         let k = knobs(input.metadata)?;
         value(input, NAME, 0)?;
@@ -98,7 +107,7 @@ impl Predictive {
         } else {
             0.0
         };
-        Ok(level.max(trended).max(seasonal).max(0.0))
+        Ok(level.max(trended).max(seasonal).max(0.0) * k.forecast_bias)
     }
 
     pub fn desired(&self, input: &PolicyInput<'_>) -> Result<u32, PolicyError> {
@@ -252,5 +261,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("schedule") && e.contains("nine-to-five"), "{e}");
+    }
+
+    #[test]
+    fn forecast_bias_scales_the_forecast_but_not_the_observed_hold() {
+        // A flat 8 rps for ten minutes: the forecast is 8 whatever the bias.
+        let h = ramp(0.0, 600.0, 15.0, |_| 8.0);
+        let base = [
+            ("capacity", "1"),
+            ("headroom", "0"),
+            ("season", "0"),
+            ("scaleDownDelay", "0"),
+        ];
+        let with_bias = |bias: &str| {
+            let mut kv = base.to_vec();
+            kv.push(("forecastBias", bias));
+            meta(&kv)
+        };
+        let unbiased = meta(&base);
+        let input = PolicyInput {
+            now: 600.0,
+            history: &h,
+            ..PolicyInput::new(&[8.0], &unbiased)
+        };
+        let f1 = Predictive.forecast(&input).unwrap();
+        assert!((f1 - 8.0).abs() < 1e-9, "{f1}");
+        assert_eq!(Predictive.desired(&input).unwrap(), 8);
+
+        let double = with_bias("2");
+        let over = PolicyInput {
+            metadata: &double,
+            ..input
+        };
+        assert!((Predictive.forecast(&over).unwrap() - 16.0).abs() < 1e-9);
+        assert_eq!(Predictive.desired(&over).unwrap(), 16);
+
+        let half = with_bias("0.5");
+        let under = PolicyInput {
+            metadata: &half,
+            ..input
+        };
+        assert!((Predictive.forecast(&under).unwrap() - 4.0).abs() < 1e-9);
+        // The observed rate (here the present one; with a scale-down delay,
+        // its maximum over the delay) is held unbiased, so an under-forecast
+        // cannot take the pool below what the load needs right now.
+        assert_eq!(Predictive.desired(&under).unwrap(), 8);
+    }
+
+    #[test]
+    fn a_negative_forecast_bias_is_refused() {
+        let m = meta(&[("forecastBias", "-1")]);
+        let e = Predictive
+            .evaluate(&PolicyInput::new(&[1.0], &m))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("forecastBias"), "{e}");
     }
 }
