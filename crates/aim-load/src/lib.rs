@@ -32,7 +32,7 @@ pub mod stats;
 pub mod window;
 
 pub use args::{LoadArgs, Plan};
-pub use run::{Report, execute};
+pub use run::{Report, SampleObserver, execute, execute_observed};
 
 /// Everything that stops a run before or after it sends, with what to do about it.
 /// Failed requests are not errors: they are counted in the report.

@@ -106,7 +106,12 @@ struct Shared {
     timeout: Duration,
     start: Instant,
     console: Console,
+    observer: Option<SampleObserver>,
 }
+
+/// Called with every per-second sample as it is taken, for embedders that
+/// show their own live view (the demo) instead of the console line.
+pub type SampleObserver = Arc<dyn Fn(&Sample) + Send + Sync>;
 
 impl Shared {
     fn now(&self) -> f64 {
@@ -265,6 +270,9 @@ fn take_sample(shared: &Shared, samples: &Mutex<Vec<Sample>>, live: bool) {
     };
     if live {
         shared.console.live(&report::live_line(&sample, &errors));
+        if let Some(observe) = &shared.observer {
+            observe(&sample);
+        }
     }
     lock(samples).push(sample);
 }
@@ -347,6 +355,16 @@ pub async fn execute(
     kube: Option<kube::Client>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Report, LoadError> {
+    execute_observed(plan, kube, stop, None).await
+}
+
+/// [`execute`], handing each live per-second sample to `observer` too.
+pub async fn execute_observed(
+    plan: &Plan,
+    kube: Option<kube::Client>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    observer: Option<SampleObserver>,
+) -> Result<Report, LoadError> {
     // kube brings ring; reqwest is built without a TLS provider of its own.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
@@ -413,6 +431,7 @@ pub async fn execute(
         timeout: Duration::from_secs_f64(plan.timeout),
         start: Instant::now(),
         console,
+        observer,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_task = tokio::spawn(async move {

@@ -46,7 +46,9 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+    // Dropping this map (the runner's future dropped or aborted) aborts
+    // every pod's task, and with it kills its simulator (kill_on_drop).
+    let mut running: HashMap<String, PodTask> = HashMap::new();
     let mut stream = watcher::watcher(pods, watcher::Config::default().labels(ISVC_LABEL)).boxed();
     // Pods seen in the current relist, to stop the ones that vanished while
     // the watch was down.
@@ -62,7 +64,7 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
                     Some(p) if !running.contains_key(&p.uid) => {
                         tracing::info!(pod = %p.identity.pod, ip = %p.ip, "starting a simulator");
                         let task = tokio::spawn(serve_pod(client.clone(), config.clone(), p));
-                        running.insert(uid, task);
+                        running.insert(uid, PodTask(task));
                     }
                     Some(_) => {}
                     None => stop(&mut running, &uid, &pod.name_any()),
@@ -91,10 +93,18 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stop(running: &mut HashMap<String, JoinHandle<()>>, uid: &str, name: &str) {
-    if let Some(task) = running.remove(uid) {
+/// A pod's task, aborted when dropped: a plain JoinHandle would let it run on.
+struct PodTask(JoinHandle<()>);
+
+impl Drop for PodTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn stop(running: &mut HashMap<String, PodTask>, uid: &str, name: &str) {
+    if running.remove(uid).is_some() {
         tracing::info!(pod = %name, "stopping its simulator");
-        task.abort();
     }
 }
 
@@ -126,8 +136,17 @@ async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
         .build()
         .expect("an HTTP client");
 
+    // A pod that still shows Ready had a simulator from an earlier runner:
+    // this one is a restarted container, unready until its probe passes,
+    // as the kubelet would report it. Otherwise traffic would reach the
+    // address during the whole cold start.
+    if pod.ready
+        && let Err(e) = set_ready(&client, &pod, false).await
+    {
+        tracing::warn!(pod = %pod.identity.pod, error = %e, "marking the restarted pod unready failed");
+    }
     // Readiness probe: the pod turns Ready when /health answers.
-    if !pod.ready {
+    {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 tracing::error!(pod = %pod.identity.pod, %status, "the simulator exited before it was ready");
@@ -143,7 +162,7 @@ async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if let Err(e) = mark_ready(&client, &pod).await {
+        if let Err(e) = set_ready(&client, &pod, true).await {
             tracing::warn!(pod = %pod.identity.pod, error = %e, "marking the pod Ready failed");
         }
     }
@@ -158,8 +177,9 @@ async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
     drop(child);
 }
 
-/// What the kubelet writes when a readiness probe first succeeds.
-async fn mark_ready(client: &Client, pod: &ServedPod) -> Result<(), kube::Error> {
+/// What the kubelet writes when a readiness probe first succeeds (`ready`),
+/// or when a container restarts (not `ready`).
+async fn set_ready(client: &Client, pod: &ServedPod, ready: bool) -> Result<(), kube::Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.identity.namespace);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let current: Pod = api.get_status(&pod.identity.pod).await?;
@@ -167,12 +187,13 @@ async fn mark_ready(client: &Client, pod: &ServedPod) -> Result<(), kube::Error>
         .spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .map(|c| json!({"name": c.name, "ready": true, "started": true}))
+        .map(|c| json!({"name": c.name, "ready": ready, "started": true}))
         .collect();
+    let status = if ready { "True" } else { "False" };
     let patch = json!({"status": {
         "conditions": [
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
+            {"type": "Ready", "status": status, "lastTransitionTime": now},
         ],
         "containerStatuses": containers,
     }});

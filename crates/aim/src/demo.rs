@@ -1,39 +1,88 @@
-//! `aim dev demo`: the local cluster, the operator, and the seed's
-//! `qwen-chat` service progressing from Pending to Starting.
+//! `aim dev demo`: the main job. The whole autoscaling loop on this machine:
+//! the local cluster with real KServe, KEDA and the HPA controller, the
+//! operator, the scaler and the pod runner in this process, the seed's
+//! autoscaling `qwen-chat` service, a load step, the service scaling 1 → N
+//! and back to 1, live figures, and a chart of the run.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aim_api::AIMService;
 use aim_devcluster::{CacheDirs, ClusterOptions};
 use anyhow::Context;
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 
 const DEMO_NAMESPACE: &str = "ml-team";
+const SERVICE: &str = "qwen-chat";
 const MANAGER: &str = "aim-demo";
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Stop after the service reaches this status instead of running until Ctrl-C.
+    /// How long the load step lasts.
+    #[arg(long, default_value = "90s", value_parser = seconds)]
+    load_for: f64,
+    /// Clients of the closed-loop load step. Each keeps one request in
+    /// flight, and the service scales on running requests with a target of
+    /// one per replica, so this is the replica count the load asks for
+    /// (up to maxReplicas, 4).
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    /// Model-load time of each new replica (the simulator's startup delay).
+    #[arg(long, default_value = "10s", value_parser = seconds)]
+    cold_start: f64,
+    /// Where to save the chart of the run (SVG); default: the cache's demo folder.
     #[arg(long)]
-    exit_at: Option<String>,
+    chart: Option<PathBuf>,
+    /// Keep everything running after the scale-down, until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
     /// Admin address of the in-process operator.
     #[arg(long, default_value = "127.0.0.1:18081")]
     admin_address: std::net::SocketAddr,
 }
 
+fn seconds(text: &str) -> Result<f64, String> {
+    aim_policy::parse_seconds(text)
+        .filter(|s| *s > 0.0)
+        .ok_or_else(|| format!("{text:?} is not a duration like 90s or 2m"))
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(demo(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo(args))
+}
+
+/// One row of the live view, kept for the chart.
+#[derive(Clone, Debug, Default)]
+struct Row {
+    t: f64,
+    current: i32,
+    desired: i32,
+    ready_pods: usize,
+    running: f64,
+    waiting: f64,
+    load_rps: f64,
+    ttft_p50_ms: Option<f64>,
+    ttft_p99_ms: Option<f64>,
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cache = CacheDirs::discover()?;
-    let mut opts = ClusterOptions::new("dev", cache.clone());
+    let mut opts = ClusterOptions::new("dev", cache.clone())
+        .with_keda()
+        .with_kserve();
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
-    println!("==> local cluster");
+    println!("==> local cluster with KServe, KEDA and the OpenTelemetry operator");
     let info = aim_devcluster::up(&opts)
         .await
         .context("bringing the cluster up")?;
@@ -44,6 +93,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let client = info.client().await?;
 
+    // The demo's shortenings, said where they are made: the bed's HPA syncs
+    // every 5 s and KServe's scale-down stabilisation is 10 s (upstream 15 s
+    // and 300 s), and the scaler averages over 10 s (upstream 120 s).
+    println!(
+        "==> aim scaler at {} (OTLP and KEDA's ExternalScaler; 10 s averaging window for the demo, 120 s by default)",
+        info.scaler_address
+    );
+    let mut scaler_args = aim_scaler::ScalerArgs::defaults();
+    scaler_args.listen = vec![info.scaler_address];
+    scaler_args.admin_listen = "127.0.0.1:0".parse()?;
+    scaler_args.default_window = Duration::from_secs(10);
+    let scaler = aim_scaler::start(&scaler_args)
+        .await
+        .with_context(|| format!("starting the scaler at {}", info.scaler_address))?;
+
     println!(
         "==> operator (in this process; admin on http://{})",
         args.admin_address
@@ -51,12 +115,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let operator_args = aim_operator::OperatorArgs {
         admin_address: args.admin_address,
         namespace: "aim-system".into(),
-        no_leader_election: false,
+        no_leader_election: true,
         identity: Some(format!("aim-demo-{}", std::process::id())),
-        scaler_address: "aim-scaler.aim-system.svc:4318".into(),
+        scaler_address: info.scaler_address.to_string(),
     };
+    // The operator gets a client of its own, as a separate process would.
+    let operator_client = info.client().await?;
     let operator = tokio::spawn(aim_operator::run_with(
-        client.clone(),
+        operator_client,
         operator_args,
         async {
             let _ = tokio::signal::ctrl_c().await;
@@ -64,7 +130,22 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ));
 
     println!(
-        "==> namespace {DEMO_NAMESPACE}, the model and its template, then examples/seeds/aim-quick-start.yaml"
+        "==> pod runner: an `aim sim` per inference pod, {} s cold start, and the OTel sidecar KServe asked for",
+        args.cold_start
+    );
+    let runner = tokio::spawn(aim_pods::runner::run(
+        client.clone(),
+        aim_pods::runner::RunnerConfig {
+            cold_start: Duration::from_secs_f64(args.cold_start),
+            aim_binary: std::env::current_exe().context("locating the aim binary")?,
+            sim_args: vec![],
+            exporter_override: None,
+            namespace: Some(DEMO_NAMESPACE.into()),
+        },
+    ));
+
+    println!(
+        "==> namespace {DEMO_NAMESPACE}, the model and its template, then examples/seeds/aim-basic-autoscaling.yaml (min 1, max 4; running requests, avg, target 1)"
     );
     apply_all(
         &client,
@@ -82,32 +163,26 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     apply_all(
         &client,
         Some(DEMO_NAMESPACE),
-        include_str!("../../../examples/seeds/aim-quick-start.yaml"),
+        include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml"),
     )
     .await?;
 
+    let services: Api<AIMService> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let isvc = aim_rules::naming::isvc_name(SERVICE, DEMO_NAMESPACE)?;
     println!();
-    println!("kubectl -n {DEMO_NAMESPACE} get aimservice");
-    println!(
-        "{:<12} {:<10} {:<16} {:<20} {:<8}",
-        "NAME", "STATUS", "MODEL", "TEMPLATE", "REPLICAS"
-    );
-    let api: Api<AIMService> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    println!("kubectl -n {DEMO_NAMESPACE} get aimservice {SERVICE}");
     let mut last = String::new();
+    let waited = Instant::now();
     loop {
-        if operator.is_finished() {
-            return match operator.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            };
+        if operator.is_finished() || runner.is_finished() {
+            anyhow::bail!("the operator or the pod runner stopped; see the log above");
         }
-        if let Some(svc) = api.get_opt("qwen-chat").await? {
+        if let Some(svc) = services.get_opt(SERVICE).await? {
             let st = svc.status.clone().unwrap_or_default();
             let phase = st.status.map(|p| format!("{p:?}")).unwrap_or_default();
             let row = format!(
-                "{:<12} {:<10} {:<16} {:<20} {:<8}",
-                svc.name_any(),
+                "  {:<10} model {:<16} template {:<20} replicas {}",
                 phase,
                 st.resolved_model.and_then(|r| r.name).unwrap_or_default(),
                 st.resolved_template
@@ -124,21 +199,333 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     .map(|c| (c.type_.clone(), format!("{}: {}", c.reason, c.message)))
                     .collect();
                 for (ty, why) in reasons {
-                    println!("    {ty} {why}");
+                    println!("      {ty} {why}");
                 }
                 last = row;
             }
-            if args.exit_at.as_deref().is_some_and(|want| want == phase) {
-                println!();
-                println!("The InferenceService the operator wrote:");
-                println!(
-                    "  kubectl -n {DEMO_NAMESPACE} get inferenceservice -l aim.eai.amd.com/service.name=qwen-chat -o yaml"
-                );
-                return Ok(());
+            if phase == "Running" {
+                break;
             }
         }
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(300),
+            "the service did not reach Running in 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // A re-run finds the service as the last run left it: let it settle at
+    // one Ready replica first, so the figures start from the load step.
+    let settling = Instant::now();
+    loop {
+        let desired = services
+            .get(SERVICE)
+            .await?
+            .status
+            .and_then(|s| s.runtime)
+            .and_then(|r| r.desired_replicas)
+            .unwrap_or(0);
+        let ready = pods
+            .list(
+                &ListParams::default()
+                    .labels(&format!("serving.kserve.io/inferenceservice={isvc}")),
+            )
+            .await?
+            .items
+            .iter()
+            .filter(|p| is_ready(p))
+            .count();
+        if desired <= 1 && ready == 1 {
+            break;
+        }
+        if settling.elapsed() > Duration::from_secs(10)
+            && settling.elapsed().as_secs().is_multiple_of(10)
+        {
+            println!("    waiting for one Ready replica (desired {desired}, ready {ready})");
+        }
+        anyhow::ensure!(
+            settling.elapsed() < Duration::from_secs(300),
+            "the service did not settle at one Ready replica in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    println!();
+    println!(
+        "==> load step: {} clients for {} s through Service {isvc}-predictor (aim load), then none",
+        args.concurrency, args.load_for
+    );
+    let load_args = LoadCli::try_parse_from([
+        "load".to_string(),
+        "--service".into(),
+        format!("{isvc}-predictor"),
+        "--namespace".into(),
+        DEMO_NAMESPACE.into(),
+        "--concurrency".into(),
+        args.concurrency.to_string(),
+        "--duration".into(),
+        format!("{}s", args.load_for),
+        "--output-tokens".into(),
+        "200".into(),
+        "--quiet".into(),
+    ])?
+    .load;
+    let plan = load_args.plan()?;
+    let latest: Arc<Mutex<Option<aim_load::stats::Sample>>> = Arc::new(Mutex::new(None));
+    let observed = latest.clone();
+    let observer: aim_load::SampleObserver = Arc::new(move |s: &aim_load::stats::Sample| {
+        *observed.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+    });
+    let load_client = client.clone();
+    let load = tokio::spawn(async move {
+        aim_load::execute_observed(
+            &plan,
+            Some(load_client),
+            std::future::pending(),
+            Some(observer),
+        )
+        .await
+    });
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let start = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut first_up: Option<f64> = None;
+    let mut peak = 1;
+    let mut peak_at: Option<f64> = None;
+    let mut back_at_one: Option<f64> = None;
+    println!(
+        "{:>6}  {:>9}  {:>10}  {:>7}  {:>7}  {:>8}  {:>14}",
+        "t (s)", "replicas", "ready pods", "running", "waiting", "load r/s", "TTFT p50/p99"
+    );
+    loop {
+        let t = start.elapsed().as_secs_f64();
+        let svc = services.get(SERVICE).await?;
+        let runtime = svc.status.and_then(|s| s.runtime).unwrap_or_default();
+        let ready: Vec<String> = pods
+            .list(
+                &ListParams::default()
+                    .labels(&format!("serving.kserve.io/inferenceservice={isvc}")),
+            )
+            .await?
+            .items
+            .into_iter()
+            .filter(is_ready)
+            .filter_map(|p| p.status?.pod_ip)
+            .collect();
+        let (running, waiting) = queue_of(&http, &ready).await;
+        let sample = latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let load_done = load.is_finished();
+        let row = Row {
+            t,
+            current: runtime.current_replicas.unwrap_or(0),
+            desired: runtime.desired_replicas.unwrap_or(0),
+            ready_pods: ready.len(),
+            running,
+            waiting,
+            load_rps: if load_done {
+                0.0
+            } else {
+                sample
+                    .as_ref()
+                    .map(|s| s.per_second(s.counts.completed))
+                    .unwrap_or(0.0)
+            },
+            ttft_p50_ms: sample
+                .as_ref()
+                .and_then(|s| s.ttft_p50_ms)
+                .filter(|_| !load_done),
+            ttft_p99_ms: sample
+                .as_ref()
+                .and_then(|s| s.ttft_p99_ms)
+                .filter(|_| !load_done),
+        };
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        println!(
+            "{:>6.0}  {:>9}  {:>10}  {:>7.0}  {:>7.0}  {:>8.1}  {:>14}",
+            t,
+            format!("{}/{}", row.current, row.desired),
+            row.ready_pods,
+            row.running,
+            row.waiting,
+            row.load_rps,
+            format!("{}/{} ms", ms(row.ttft_p50_ms), ms(row.ttft_p99_ms))
+        );
+        if first_up.is_none() && row.desired > 1 {
+            first_up = Some(t);
+        }
+        if row.ready_pods > peak {
+            peak = row.ready_pods;
+            peak_at = Some(t);
+        }
+        let at_one = load_done && peak > 1 && row.desired == 1 && row.ready_pods == 1;
+        rows.push(row);
+        if at_one {
+            back_at_one = Some(t);
+            break;
+        }
+        if t > args.load_for + 300.0 {
+            println!("    (stopping the view: no scale-down 5 minutes after the load)");
+            break;
+        }
+        if operator.is_finished() || runner.is_finished() {
+            anyhow::bail!("the operator or the pod runner stopped; see the log above");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let report = load.await??;
+    println!();
+    println!("==> what happened");
+    let say = |what: &str, at: Option<f64>| match at {
+        Some(t) => println!("    {what:<48} {t:>6.0} s"),
+        None => println!("    {what:<48} {:>6}", "never"),
+    };
+    say("load step → first scale-up decision", first_up);
+    say(&format!("load step → {peak} replicas Ready"), peak_at);
+    say(
+        &format!("load stopped ({} s) → back to 1 replica", args.load_for),
+        back_at_one,
+    );
+    let s = &report.summary;
+    let errors = if s.counts.errors.is_empty() {
+        "no errors".to_string()
+    } else {
+        s.counts
+            .errors
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "    requests: {} completed ({errors}); TTFT p50 {} ms, p99 {} ms",
+        s.counts.completed,
+        s.ttft.p50_ms.map_or("-".into(), |v| format!("{v:.0}")),
+        s.ttft.p99_ms.map_or("-".into(), |v| format!("{v:.0}")),
+    );
+    let chart = match args.chart {
+        Some(p) => p,
+        None => {
+            let dir = cache.root.join("demo");
+            std::fs::create_dir_all(&dir)?;
+            dir.join(format!(
+                "run-{}.svg",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs()
+            ))
+        }
+    };
+    std::fs::write(&chart, chart_of(&rows, args.load_for))
+        .with_context(|| format!("writing the chart to {}", chart.display()))?;
+    println!("    chart of the run: {}", chart.display());
+
+    if args.keep_running {
+        println!();
+        println!("Everything keeps running until Ctrl-C. From another shell:");
+        println!("  eval \"$(aim dev cluster env)\"");
+        println!("  kubectl -n {DEMO_NAMESPACE} get aimsvc,isvc,scaledobject,hpa,pods");
+        println!("  aim pause {DEMO_NAMESPACE}/{SERVICE}   # the cost guard; aim resume to undo");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    scaler.shutdown().await;
+    runner.abort();
+    Ok(())
+}
+
+/// `aim load`'s flags, parsed as the command line would.
+#[derive(Parser)]
+struct LoadCli {
+    #[command(flatten)]
+    load: aim_load::LoadArgs,
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Running and waiting requests summed over the ready pods, from each
+/// simulator's own vLLM metrics.
+async fn queue_of(http: &reqwest::Client, ips: &[String]) -> (f64, f64) {
+    let mut running = 0.0;
+    let mut waiting = 0.0;
+    for ip in ips {
+        let Ok(resp) = http.get(format!("http://{ip}:8000/metrics")).send().await else {
+            continue;
+        };
+        let Ok(page) = resp.text().await else {
+            continue;
+        };
+        let Ok(families) = aim_pods::exposition::parse(&page) else {
+            continue;
+        };
+        for f in families {
+            let sum: f64 = f.samples.iter().map(|(_, v)| v).sum();
+            match f.name.as_str() {
+                "vllm:num_requests_running" => running += sum,
+                "vllm:num_requests_waiting" => waiting += sum,
+                _ => {}
+            }
+        }
+    }
+    (running, waiting)
+}
+
+fn chart_of(rows: &[Row], load_for: f64) -> String {
+    use aim_lab::chart::{Panel, Series, render};
+    let t_end = rows.last().map_or(1.0, |r| r.t);
+    let series = |label, color, step, f: &dyn Fn(&Row) -> Option<f64>| Series {
+        label,
+        color,
+        step,
+        points: rows.iter().filter_map(|r| Some((r.t, f(r)?))).collect(),
+    };
+    let panels = [
+        Panel {
+            title: "replicas",
+            series: vec![
+                series("desired (HPA)", "#d62728", true, &|r| {
+                    Some(r.desired as f64)
+                }),
+                series("ready pods", "#1f77b4", true, &|r| {
+                    Some(r.ready_pods as f64)
+                }),
+            ],
+            reference: None,
+        },
+        Panel {
+            title: "requests in the simulators",
+            series: vec![
+                series("running", "#2ca02c", false, &|r| Some(r.running)),
+                series("waiting", "#ff7f0e", false, &|r| Some(r.waiting)),
+            ],
+            reference: None,
+        },
+        Panel {
+            title: "TTFT (ms, 10 s window)",
+            series: vec![
+                series("p50", "#1f77b4", false, &|r| r.ttft_p50_ms),
+                series("p99", "#9467bd", false, &|r| r.ttft_p99_ms),
+            ],
+            reference: None,
+        },
+        Panel {
+            title: "load (completed requests/s)",
+            series: vec![series("aim load", "#7f7f7f", false, &|r| Some(r.load_rps))],
+            reference: None,
+        },
+    ];
+    render(
+        &format!("aim dev demo: qwen-chat under a {load_for:.0} s load step"),
+        t_end,
+        &panels,
+    )
 }
 
 /// The profile discovery would publish for the demo template.

@@ -168,16 +168,14 @@ spec:
     .await
     .unwrap();
 
-    let runner = tokio::spawn(aim_pods::runner::run(
-        client.clone(),
-        aim_pods::runner::RunnerConfig {
-            cold_start: Duration::from_secs(2),
-            aim_binary: env!("CARGO_BIN_EXE_aim").into(),
-            sim_args: vec![],
-            exporter_override: None,
-            namespace: Some(ns.clone()),
-        },
-    ));
+    let config = aim_pods::runner::RunnerConfig {
+        cold_start: Duration::from_secs(2),
+        aim_binary: env!("CARGO_BIN_EXE_aim").into(),
+        sim_args: vec![],
+        exporter_override: None,
+        namespace: Some(ns.clone()),
+    };
+    let mut runner = tokio::spawn(aim_pods::runner::run(client.clone(), config.clone()));
 
     // The pod runs unready (KWOK leaves readiness to the runner), then
     // turns Ready once its simulator answers after the cold start.
@@ -255,6 +253,31 @@ spec:
         admin.lines().any(|l| l == "aim_scaler_metric_names 1"),
         "the filter passes exactly one metric name:\n{admin}"
     );
+
+    // A new runner (a restart of `aim dev pods`) finds the pod Ready with no
+    // simulator behind it: it is a restarted container, unready until its
+    // new simulator answers.
+    runner.abort();
+    let _ = runner.await;
+    eventually("the old simulator to stop with its runner", || {
+        let http = http.clone();
+        let ip = ip.clone();
+        async move {
+            http.get(format!("http://{ip}:8000/health"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+    runner = tokio::spawn(aim_pods::runner::run(client.clone(), config.clone()));
+    await_object(&pods, &first_name, "unready after the restart", WAIT, |p| {
+        !is_ready(p)
+    })
+    .await;
+    await_object(&pods, &first_name, "Ready again", WAIT, is_ready).await;
 
     // A second replica gets its own simulator; deleting a pod stops its one.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);

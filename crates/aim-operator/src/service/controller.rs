@@ -57,9 +57,26 @@ impl Error {
     }
 }
 
+/// The longest one reconcile may take. Every API call has its own read
+/// timeout, yet a reconcile that never finishes freezes its service (the
+/// controller runs one reconcile per object at a time), so the whole pass is
+/// bounded too, and a timeout is an error that is retried and counted.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(90);
+
 pub async fn reconcile(svc: Arc<AIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&svc, &ctx).await;
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_inner(&svc, &ctx)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(
+                service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()),
+                "a reconcile took longer than {RECONCILE_TIMEOUT:?}; abandoned and retried"
+            );
+            Err(Error::Retry(format!(
+                "reconcile abandoned after {RECONCILE_TIMEOUT:?}"
+            )))
+        }
+    };
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if let Err(e) = &result {
         ctx.metrics.failed(CONTROLLER, e.kind());
