@@ -38,8 +38,26 @@ fn options() -> ClusterOptions {
     opts
 }
 
-/// The shared test cluster, started on first use.
+/// The tier-3 cluster's name: `<test cluster>-t3`. Real KServe and KEDA act
+/// on every InferenceService and ScaledObject they see, so they must not
+/// share a cluster with the tier-1/2 tests, which play those controllers'
+/// parts themselves (seen: KServe's webhook refusing a tier-1 example, KEDA
+/// rewriting a tier-1 test's HPA).
+fn tier3_options() -> ClusterOptions {
+    let base = options();
+    let mut opts = ClusterOptions::new(&format!("{}-t3", base.name), base.cache.clone());
+    opts.extra_manifests = base.extra_manifests;
+    opts
+}
+
+/// The shared test cluster, started on first use. In a test binary that
+/// asked for [`cluster_with_keda`] or [`cluster_with_kserve`] it is that
+/// tier-3 cluster, so helpers like [`client`] and [`install_chart`] act on
+/// the cluster the test runs in.
 pub async fn cluster() -> &'static ClusterInfo {
+    if let Some(c) = CLUSTER_WITH_KSERVE.get().or(CLUSTER_WITH_KEDA.get()) {
+        return c;
+    }
     CLUSTER
         .get_or_init(|| async {
             aim_devcluster::up(&options())
@@ -49,13 +67,13 @@ pub async fn cluster() -> &'static ClusterInfo {
         .await
 }
 
-/// The shared test cluster with KEDA's operator and metrics server running
-/// (tier 3). The same cluster as [`cluster`]: KEDA joins it if it runs
+/// The tier-3 test cluster with KEDA's operator and metrics server running.
+/// A cluster of its own (see [`tier3_options`]); KEDA joins it if it runs
 /// without, and stays for the rest of the run.
 pub async fn cluster_with_keda() -> &'static ClusterInfo {
     CLUSTER_WITH_KEDA
         .get_or_init(|| async {
-            aim_devcluster::up(&options().with_keda())
+            aim_devcluster::up(&tier3_options().with_keda())
                 .await
                 .unwrap_or_else(|e| panic!("starting the test cluster with KEDA failed: {e}"))
         })
@@ -68,7 +86,7 @@ pub async fn cluster_with_keda() -> &'static ClusterInfo {
 pub async fn cluster_with_kserve() -> &'static ClusterInfo {
     CLUSTER_WITH_KSERVE
         .get_or_init(|| async {
-            aim_devcluster::up(&options().with_keda().with_kserve())
+            aim_devcluster::up(&tier3_options().with_keda().with_kserve())
                 .await
                 .unwrap_or_else(|e| panic!("starting the test cluster with KServe failed: {e}"))
         })
