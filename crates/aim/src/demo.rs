@@ -97,11 +97,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // every 5 s and KServe's scale-down stabilisation is 10 s (upstream 15 s
     // and 300 s), and the scaler averages over 10 s (upstream 120 s).
     println!(
-        "==> aim scaler at {} (OTLP and KEDA's ExternalScaler; 10 s averaging window for the demo, 120 s by default)",
+        "==> aim scaler: OTLP from the sidecars on {}, KEDA's queries on a port of this run's own (10 s averaging window for the demo, 120 s by default)",
         info.scaler_address
     );
+    // KEDA is told a port of this run's own: it keeps one gRPC connection
+    // per scaler address, and a ScaledObject built while its connection to
+    // a stopped scaler (a previous run's) is in backoff gets an HPA without
+    // the metric, which KEDA does not rebuild.
+    let keda_address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut scaler_args = aim_scaler::ScalerArgs::defaults();
-    scaler_args.listen = vec![info.scaler_address];
+    scaler_args.listen = vec![info.scaler_address, keda_address];
     scaler_args.admin_listen = "127.0.0.1:0".parse()?;
     scaler_args.default_window = Duration::from_secs(10);
     let scaler = aim_scaler::start(&scaler_args)
@@ -117,7 +122,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         namespace: "aim-system".into(),
         no_leader_election: true,
         identity: Some(format!("aim-demo-{}", std::process::id())),
-        scaler_address: info.scaler_address.to_string(),
+        scaler_address: keda_address.to_string(),
     };
     // The operator gets a client of its own, as a separate process would.
     let operator_client = info.client().await?;
