@@ -23,6 +23,16 @@ pub struct DemoArgs {
     /// Admin address of the in-process operator.
     #[arg(long, default_value = "127.0.0.1:18081")]
     admin_address: std::net::SocketAddr,
+    /// Requests kept in flight by the load step once the service runs
+    /// (the default metric wants one replica per running request).
+    #[arg(long, default_value_t = 3)]
+    concurrency: u32,
+    /// Which local cluster (`aim dev cluster up --name`).
+    #[arg(long, default_value = "dev")]
+    cluster: String,
+    /// How long the load step lasts (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s")]
+    load_for: String,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -31,7 +41,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let cache = CacheDirs::discover()?;
-    let mut opts = ClusterOptions::new("dev", cache.clone());
+    // KEDA, KServe and the OpenTelemetry operator: the whole autoscaling loop.
+    let mut opts = ClusterOptions::new(&args.cluster, cache.clone())
+        .with_keda()
+        .with_kserve();
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
     println!("==> local cluster");
     let info = aim_devcluster::up(&opts)
@@ -44,6 +57,38 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let client = info.client().await?;
 
+    // The scaler where KServe's sidecars and ScaledObjects point on this
+    // machine (see `aim dev cluster up --with-kserve`).
+    // KEDA is told a port of this run's own: it keeps one gRPC connection
+    // per scaler address, and one to a scaler that stopped (a previous
+    // run's) sits in reconnect backoff; a ScaledObject built meanwhile gets
+    // an HPA without its metric (on CPU, by the HPA API's default), and
+    // KEDA does not rebuild it.
+    let keda_address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut scaler_args = aim_scaler::ScalerArgs::defaults();
+    scaler_args.listen = vec![info.scaler_address, keda_address];
+    scaler_args.admin_listen = "127.0.0.1:0".parse().expect("an address");
+    // The average follows a load step within seconds (upstream 120 s).
+    scaler_args.default_window = Duration::from_secs(10);
+    let scaler = aim_scaler::start(&scaler_args)
+        .await
+        .with_context(|| format!("starting the scaler at {}", info.scaler_address))?;
+    println!(
+        "==> aim scaler: OTLP from the sidecars on {}, KEDA's queries on {keda_address}",
+        info.scaler_address
+    );
+    println!("==> pod runner: an aim sim per inference pod, its sidecar into the scaler");
+    let runner = tokio::spawn(aim_pods::runner::run(
+        client.clone(),
+        aim_pods::runner::RunnerConfig {
+            cold_start: Duration::from_secs(5),
+            aim_binary: std::env::current_exe().context("locating the aim binary")?,
+            sim_args: Vec::new(),
+            exporter_override: None,
+            namespace: Some(DEMO_NAMESPACE.into()),
+        },
+    ));
+
     println!(
         "==> operator (in this process; admin on http://{})",
         args.admin_address
@@ -53,7 +98,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         namespace: "aim-system".into(),
         no_leader_election: false,
         identity: Some(format!("aim-demo-{}", std::process::id())),
-        scaler_address: "aim-scaler.aim-system.svc:4318".into(),
+        scaler_address: keda_address.to_string(),
     };
     let operator = tokio::spawn(aim_operator::run_with(
         client.clone(),
@@ -64,7 +109,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ));
 
     println!(
-        "==> namespace {DEMO_NAMESPACE}, the model and its template, then examples/seeds/aim-quick-start.yaml"
+        "==> namespace {DEMO_NAMESPACE}, the model and its template, then examples/seeds/aim-basic-autoscaling.yaml"
     );
     apply_all(
         &client,
@@ -82,7 +127,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     apply_all(
         &client,
         Some(DEMO_NAMESPACE),
-        include_str!("../../../examples/seeds/aim-quick-start.yaml"),
+        include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml"),
     )
     .await?;
 
@@ -94,7 +139,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let api: Api<AIMService> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
     let mut last = String::new();
+    let mut load: Option<tokio::task::JoinHandle<Result<aim_load::Report, aim_load::LoadError>>> =
+        None;
+    let mut peak = 1;
     loop {
+        if runner.is_finished() {
+            anyhow::bail!("the pod runner stopped: {:?}", runner.await);
+        }
         if operator.is_finished() {
             return match operator.await {
                 Ok(Ok(())) => Ok(()),
@@ -128,6 +179,43 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 }
                 last = row;
             }
+            let desired = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.runtime.as_ref())
+                .and_then(|r| r.desired_replicas)
+                .unwrap_or(0);
+            peak = peak.max(desired);
+            let isvc = if load.is_none() && phase == "Running" {
+                inference_service(&client).await?
+            } else {
+                String::new()
+            };
+            if load.is_none() && !isvc.is_empty() {
+                println!();
+                println!(
+                    "==> load step: aim load --service {isvc}-predictor -n {DEMO_NAMESPACE} --concurrency {} --duration {} (figures on stderr)",
+                    args.concurrency, args.load_for
+                );
+                load = Some(start_load(&client, &isvc, &args)?);
+            }
+            if let Some(task) = load.as_ref()
+                && task.is_finished()
+                && peak > 1
+                && desired == 1
+            {
+                println!();
+                println!("Scaled 1 → {peak} under the load and back to 1 after it. Events:");
+                println!(
+                    "  kubectl -n {DEMO_NAMESPACE} get events --field-selector reason=ScaledUp"
+                );
+                println!(
+                    "  kubectl -n {DEMO_NAMESPACE} get events --field-selector reason=ScaledDown"
+                );
+                runner.abort();
+                scaler.shutdown().await;
+                return Ok(());
+            }
             if args.exit_at.as_deref().is_some_and(|want| want == phase) {
                 println!();
                 println!("The InferenceService the operator wrote:");
@@ -139,6 +227,53 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The name of qwen-chat's InferenceService (the operator derives it).
+async fn inference_service(client: &kube::Client) -> anyhow::Result<String> {
+    let gvk = GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService");
+    let (resource, _) = pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), DEMO_NAMESPACE, &resource);
+    let list = api
+        .list(&kube::api::ListParams::default().labels("aim.eai.amd.com/service.name=qwen-chat"))
+        .await?;
+    Ok(list.items.first().map(|i| i.name_any()).unwrap_or_default())
+}
+
+/// The load step: a closed loop against the predictor's ready pods.
+fn start_load(
+    client: &kube::Client,
+    isvc: &str,
+    args: &DemoArgs,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<aim_load::Report, aim_load::LoadError>>> {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        load: aim_load::LoadArgs,
+    }
+    let predictor = format!("{isvc}-predictor");
+    let concurrency = args.concurrency.to_string();
+    let wrapper = Wrapper::try_parse_from([
+        "aim-load",
+        "--service",
+        &predictor,
+        "-n",
+        DEMO_NAMESPACE,
+        "--concurrency",
+        &concurrency,
+        "--duration",
+        &args.load_for,
+    ])
+    .context("--concurrency or --load-for")?;
+    let plan = wrapper.load.plan()?;
+    let client = client.clone();
+    Ok(tokio::spawn(async move {
+        aim_load::execute(&plan, Some(client), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    }))
 }
 
 /// The profile discovery would publish for the demo template.
