@@ -167,7 +167,7 @@ copy_replaces() {
 build_kserve() {
     local v="$KSERVE_VERSION" dir modfile
     if stamp_ok kserve "$v" && [[ -x "$bin/kserve-manager" ]]; then log "kserve $v: cached"; return; fi
-    log "kserve $v: building the controller manager"
+    log "kserve $v: building the controller manager (about five minutes cold)"
     dir="$work/kserve-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
     modfile="$(go mod download -json "github.com/kserve/kserve@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
     [[ -f "$modfile" ]] || die "could not fetch github.com/kserve/kserve@$v through the Go module proxy"
@@ -188,7 +188,7 @@ build_otel_operator() {
     local v="$OTEL_OPERATOR_VERSION" dir modfile
     local mod=github.com/open-telemetry/opentelemetry-operator
     if stamp_ok otel-operator "$v" && [[ -x "$bin/otel-operator" ]]; then log "otel-operator $v: cached"; return; fi
-    log "otel-operator $v: building"
+    log "otel-operator $v: building (about four minutes cold)"
     dir="$work/otel-operator-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
     modfile="$(go mod download -json "$mod@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
     [[ -f "$modfile" ]] || die "could not fetch $mod@$v through the Go module proxy"

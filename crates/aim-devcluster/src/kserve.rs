@@ -431,6 +431,25 @@ data:
     }
 
     #[test]
+    fn missing_pieces_name_the_build_command() {
+        let root = std::env::temp_dir().join(format!("aim-kserve-missing-{}", std::process::id()));
+        let err = prerequisites(&CacheDirs::at(&root))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kserve-manager"), "{err}");
+        assert!(err.contains("inferenceservice.yaml"), "{err}");
+        assert!(err.contains("dev/control-plane/build.sh kserve"), "{err}");
+        let err = crate::otel::prerequisites(&CacheDirs::at(&root))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("otel-operator"), "{err}");
+        assert!(
+            err.contains("dev/control-plane/build.sh otel-operator"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_scaler_service_maps_the_receiver_port_to_the_scaler_by_name() {
         let objects = base_objects(&PORTS);
         let service = &objects[1]["spec"]["ports"][0];

@@ -50,6 +50,15 @@ pub struct ScalerArgs {
     #[arg(long, env = "AIM_SCALER_FRESHNESS", default_value = "15s", value_parser = duration_arg)]
     pub freshness: Duration,
 
+    /// After a start, KEDA's metric queries are refused (UNAVAILABLE) for
+    /// this long. The store starts empty and fills as each pod's sidecar
+    /// exports (once per scrape interval, 5 s with KServe's defaults): a
+    /// sum over the pods that happened to export first would under-count
+    /// and could scale a loaded service down. KEDA counts the errors toward
+    /// its fallback and the HPA holds its replicas meanwhile. 0 turns it off.
+    #[arg(long, env = "AIM_SCALER_WARMUP", default_value = "10s", value_parser = duration_arg)]
+    pub warmup: Duration,
+
     /// operationOverTime window for triggers that set no `window` key
     /// (otel-add-on's retention, 120 s).
     #[arg(long, env = "AIM_SCALER_DEFAULT_WINDOW", default_value = "120s", value_parser = duration_arg)]

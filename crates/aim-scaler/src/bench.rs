@@ -175,6 +175,7 @@ fn bench_args() -> ScalerArgs {
     args.listen = vec!["127.0.0.1:0".parse().expect("loopback address")];
     args.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
     args.max_series = usize::MAX;
+    args.warmup = Duration::ZERO;
     // Benchmarks run longer than the default freshness.
     args.freshness = Duration::from_secs(3600);
     args.retention = Duration::from_secs(3600);

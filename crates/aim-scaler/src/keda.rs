@@ -44,10 +44,12 @@ impl KedaService {
 
     fn evaluate(&self, rpc: Rpc, reference: &ScaledObjectRef) -> Result<TriggerValue, Status> {
         let started = Instant::now();
-        let result = self.trigger(reference).and_then(|t| {
-            t.evaluate(&self.state.store, now_nanos())
-                .map_err(|e| status_for(&e, reference))
-        });
+        let result = warm(&self.state, reference)
+            .and_then(|()| self.trigger(reference))
+            .and_then(|t| {
+                t.evaluate(&self.state.store, now_nanos())
+                    .map_err(|e| status_for(&e, reference))
+            });
         self.state
             .metrics
             .record_query(rpc, started.elapsed(), result.is_ok());
@@ -55,6 +57,21 @@ impl KedaService {
             tracing::debug!(scaledobject = %reference.name, namespace = %reference.namespace, error = %status.message(), "query failed");
         }
         result
+    }
+}
+
+/// Refuses while the store may hold only some pods' series: right after a
+/// (re)start, before every sidecar's next export.
+fn warm(state: &ScalerState, reference: &ScaledObjectRef) -> Result<(), Status> {
+    match state.warming_up() {
+        None => Ok(()),
+        Some((up, warmup)) => Err(Status::unavailable(format!(
+            "ScaledObject {}/{}: the scaler started {:.1}s ago and answers after its {:.0}s warm-up (--warmup), once every pod's sidecar has exported: an empty or partial store would under-count",
+            reference.namespace,
+            reference.name,
+            up.as_secs_f64(),
+            warmup.as_secs_f64()
+        ))),
     }
 }
 
@@ -118,11 +135,18 @@ impl ExternalScaler for KedaService {
             let mut last: Option<bool> = None;
             loop {
                 let started = Instant::now();
-                let result = trigger.evaluate(&state.store, now_nanos());
-                state
-                    .metrics
-                    .record_query(Rpc::StreamIsActive, started.elapsed(), result.is_ok());
-                if let Ok(value) = result
+                // Nothing is sent while warming up; the stream re-checks
+                // every stream interval.
+                let result = state
+                    .warming_up()
+                    .is_none()
+                    .then(|| trigger.evaluate(&state.store, now_nanos()));
+                state.metrics.record_query(
+                    Rpc::StreamIsActive,
+                    started.elapsed(),
+                    result.as_ref().is_some_and(|r| r.is_ok()),
+                );
+                if let Some(Ok(value)) = result
                     && last != Some(value.active)
                 {
                     if sender

@@ -61,6 +61,7 @@ pub fn state_from_args(args: &ScalerArgs) -> ScalerState {
         args.default_window,
         args.stream_interval,
     )
+    .with_warmup(args.warmup)
 }
 
 pub fn service_router(state: Arc<ScalerState>, max_request_bytes: usize) -> Router {

@@ -32,6 +32,9 @@ pub struct ScalerState {
     pub stream_interval: Duration,
     /// Bumped after every export, waking StreamIsActive streams.
     ingested: watch::Sender<u64>,
+    /// Until when queries are refused (`--warmup`), and from when.
+    started: std::time::Instant,
+    warm_at: std::time::Instant,
     triggers: Mutex<HashMap<BTreeMap<String, String>, Arc<Trigger>>>,
 }
 
@@ -50,7 +53,22 @@ impl ScalerState {
             stream_interval,
             ingested: watch::Sender::new(0),
             triggers: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
+            warm_at: std::time::Instant::now(),
         }
+    }
+
+    /// Refuse queries for `warmup` from now (see `--warmup`).
+    pub fn with_warmup(mut self, warmup: Duration) -> Self {
+        self.started = std::time::Instant::now();
+        self.warm_at = self.started + warmup;
+        self
+    }
+
+    /// While warming up: how long the scaler has run, and the warm-up.
+    pub fn warming_up(&self) -> Option<(Duration, Duration)> {
+        let now = std::time::Instant::now();
+        (now < self.warm_at).then(|| (now - self.started, self.warm_at - self.started))
     }
 
     pub fn ingest(

@@ -297,3 +297,57 @@ async fn replicas_fed_the_same_exports_answer_the_same() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Right after a (re)start the store is empty and then holds only the pods
+/// that exported first: the scaler refuses KEDA's value queries for
+/// `--warmup`, even for a trigger whose `valueIfMissing` would otherwise
+/// answer 0, and answers normally afterwards. The metric spec is served at
+/// once (it needs no data, and KEDA needs it to build the HPA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_scaler_refuses_values_during_its_warm_up() {
+    let warmup = Duration::from_secs(2);
+    let scaler = start_scaler(|args| args.warmup = warmup).await;
+    let started = std::time::Instant::now();
+    let address = scaler.addresses[0];
+    let mut client = keda_client(address).await;
+    let mut metadata = kserve_metadata(
+        "default",
+        "huggingface-fbopt",
+        "vllm:num_requests_running",
+        "1",
+        None,
+    );
+    metadata.insert("valueIfMissing".into(), "0".into());
+    let reference = scaled_object("default", "huggingface-fbopt-predictor", metadata);
+    push(address, running("a", now(), 3.0)).await;
+
+    let spec = client.get_metric_spec(reference.clone()).await.unwrap();
+    assert_eq!(spec.into_inner().metric_specs.len(), 1);
+    let refused = keda_poll(&mut client, &reference).await.unwrap_err();
+    assert!(
+        started.elapsed() < warmup,
+        "the test was too slow to see the warm-up"
+    );
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("--warmup"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .message()
+            .contains("default/huggingface-fbopt-predictor"),
+        "{}",
+        refused.message()
+    );
+    let is_active = client.is_active(reference.clone()).await.unwrap_err();
+    assert_eq!(is_active.code(), tonic::Code::Unavailable);
+
+    tokio::time::sleep(warmup.saturating_sub(started.elapsed()) + Duration::from_millis(100)).await;
+    push(address, running("a", now(), 3.0)).await;
+    let (value, _, active) = keda_poll(&mut client, &reference).await.unwrap();
+    assert_eq!(value, 3.0);
+    assert!(active);
+    scaler.shutdown().await;
+}

@@ -139,6 +139,8 @@ async fn otlp_load_scales_a_deployment_from_1_to_n_and_back_through_keda() {
     let ns = namespace(&client, "tier3-keda").await;
 
     let mut args = aim_scaler::ScalerArgs::defaults();
+    // The figures below time KEDA and the HPA, not the scaler's warm-up.
+    args.warmup = Duration::ZERO;
     args.listen = vec!["127.0.0.1:0".parse().unwrap()];
     args.admin_listen = "127.0.0.1:0".parse().unwrap();
     let scaler = aim_scaler::start(&args).await.expect("the scaler starts");

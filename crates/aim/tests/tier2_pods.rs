@@ -100,6 +100,7 @@ async fn each_pod_gets_a_simulator_readiness_and_the_sidecar_kserve_described() 
     // The real scaler on loopback, reached through a cluster Service name
     // as the collector's exporter endpoint names it.
     let mut args = aim_scaler::ScalerArgs::defaults();
+    args.warmup = Duration::ZERO;
     args.listen = vec!["127.0.0.1:0".parse().unwrap()];
     args.admin_listen = "127.0.0.1:0".parse().unwrap();
     let scaler = aim_scaler::start(&args).await.expect("scaler starts");
