@@ -669,6 +669,18 @@ fn scaler_address(ports: &Ports) -> std::net::SocketAddr {
     ([127, 0, 0, 1], ports.kserve().scaler).into()
 }
 
+/// Stops the processes a failed join started (those after `before`) and
+/// records the cluster as it was before the join.
+fn undo_join(dir: &Path, started: &mut Started, before: usize) {
+    let pids: Vec<u32> = started.state.components[before..]
+        .iter()
+        .map(|c| c.pid)
+        .collect();
+    process::stop_group(0, &pids, Duration::from_secs(20));
+    started.state.components.truncate(before);
+    let _ = write_state(dir, &started.state);
+}
+
 /// Adds KServe to a running cluster; on failure only its process stops.
 async fn add_kserve(
     opts: &ClusterOptions,
@@ -686,14 +698,8 @@ async fn add_kserve(
             Ok(started.state)
         }
         Err(e) => {
-            let pids: Vec<u32> = started.state.components[before..]
-                .iter()
-                .map(|c| c.pid)
-                .collect();
-            process::stop_group(0, &pids, Duration::from_secs(20));
-            started.state.components.truncate(before);
             started.state.kserve = false;
-            let _ = write_state(dir, &started.state);
+            undo_join(dir, &mut started, before);
             Err(e)
         }
     }
@@ -815,14 +821,8 @@ async fn add_keda(
             Ok(started.state)
         }
         Err(e) => {
-            let pids: Vec<u32> = started.state.components[before..]
-                .iter()
-                .map(|c| c.pid)
-                .collect();
-            process::stop_group(0, &pids, Duration::from_secs(20));
-            started.state.components.truncate(before);
             started.state.keda = false;
-            let _ = write_state(dir, &started.state);
+            undo_join(dir, &mut started, before);
             Err(e)
         }
     }

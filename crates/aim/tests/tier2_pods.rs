@@ -57,6 +57,19 @@ where
     }
 }
 
+/// Waits until nothing answers at `ip`:8000 (the simulator there stopped).
+async fn until_nothing_answers(http: &reqwest::Client, ip: &str, what: &str) {
+    eventually(what, || async move {
+        http.get(format!("http://{ip}:8000/health"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+}
+
 /// KEDA's GetMetrics for the trigger KServe writes for this predictor.
 async fn keda_value(
     scaler: &mut ExternalScalerClient<tonic::transport::Channel>,
@@ -260,19 +273,7 @@ spec:
     // new simulator answers.
     runner.abort();
     let _ = runner.await;
-    eventually("the old simulator to stop with its runner", || {
-        let http = http.clone();
-        let ip = ip.clone();
-        async move {
-            http.get(format!("http://{ip}:8000/health"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_err()
-                .then_some(())
-        }
-    })
-    .await;
+    until_nothing_answers(&http, &ip, "the old simulator to stop with its runner").await;
     runner = tokio::spawn(aim_pods::runner::run(client.clone(), config.clone()));
     await_object(&pods, &first_name, "unready after the restart", WAIT, |p| {
         !is_ready(p)
@@ -309,19 +310,7 @@ spec:
         .await
         .unwrap();
     let deleted_at = Instant::now();
-    eventually("the deleted pod's simulator to stop", || {
-        let http = http.clone();
-        let ip = ip.clone();
-        async move {
-            http.get(format!("http://{ip}:8000/health"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_err()
-                .then_some(())
-        }
-    })
-    .await;
+    until_nothing_answers(&http, &ip, "the deleted pod's simulator to stop").await;
     eprintln!(
         "pod runner: cold start to Ready {cold:?}; deleted pod's simulator gone after {:?}",
         deleted_at.elapsed()
