@@ -77,9 +77,28 @@ pub struct ClusterArgs {
     /// Pod creation to Ready, seconds (T_w).
     #[arg(long, default_value_t = 100.0)]
     pub cold_start: f64,
+    /// Cold-start spread: each pod's T_w is drawn uniformly within ± this fraction.
+    #[arg(long, default_value_t = 0.1)]
+    pub cold_start_jitter: f64,
     /// Metrics scrape / OTel push interval, seconds.
     #[arg(long, default_value_t = 15.0)]
     pub scrape_interval: f64,
+    /// HPA sync period, seconds: kube-controller-manager's
+    /// --horizontal-pod-autoscaler-sync-period.
+    #[arg(long, default_value_t = 15.0)]
+    pub hpa_sync: f64,
+    /// Seconds a removed pod's in-flight requests get to finish before they are aborted.
+    #[arg(long, default_value_t = 120.0)]
+    pub drain_grace: f64,
+    /// Keep the loop running this long after the last arrival (timeline and
+    /// billing included), to watch the scale-down.
+    #[arg(long, default_value_t = 0.0)]
+    pub tail: f64,
+    /// With -f: the HPA scale-down stabilization window KServe writes into the
+    /// ScaledObject (its inferenceservice-config `autoscaler.scaleDownStabilizationWindowSeconds`,
+    /// 300 by default).
+    #[arg(long, default_value_t = 300)]
+    pub scale_down_window: u32,
     #[arg(long, default_value_t = 1)]
     pub min: u32,
     #[arg(long, default_value_t = 16)]
@@ -289,6 +308,7 @@ fn sim_config(c: &ClusterArgs) -> Result<SimConfig, LabError> {
     for (name, v) in [
         ("--cold-start", c.cold_start),
         ("--scrape-interval", c.scrape_interval),
+        ("--hpa-sync", c.hpa_sync),
         ("--ttft", c.ttft),
         ("--tpot", c.tpot),
         ("--window", c.window),
@@ -299,9 +319,32 @@ fn sim_config(c: &ClusterArgs) -> Result<SimConfig, LabError> {
             )));
         }
     }
+    for (name, v) in [("--drain-grace", c.drain_grace), ("--tail", c.tail)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(LabError::Input(format!(
+                "{name} must be 0 or more seconds, got {v}"
+            )));
+        }
+    }
+    if !(0.0..1.0).contains(&c.cold_start_jitter) {
+        return Err(LabError::Input(format!(
+            "--cold-start-jitter is a fraction of --cold-start from 0 up to (not including) 1, got {}",
+            c.cold_start_jitter
+        )));
+    }
+    if c.scale_down_window > 3600 {
+        return Err(LabError::Input(format!(
+            "--scale-down-window is at most 3600 seconds (the HPA API's limit), got {}",
+            c.scale_down_window
+        )));
+    }
     let mut cfg = SimConfig::new(profile);
     cfg.cold_start_s = c.cold_start;
+    cfg.cold_start_jitter = c.cold_start_jitter;
     cfg.scrape_interval_s = c.scrape_interval;
+    cfg.hpa_sync_s = c.hpa_sync;
+    cfg.drain_grace_s = c.drain_grace;
+    cfg.tail_s = c.tail;
     cfg.slo = Slo {
         ttft_s: c.ttft,
         tpot_s: c.tpot,
@@ -449,7 +492,8 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                     let text = std::fs::read_to_string(path).map_err(|e| {
                         LabError::Input(format!("cannot read {}: {e}", path.display()))
                     })?;
-                    let k = crate::manifest::parse(&text, a.cluster.window)?;
+                    let mut k = crate::manifest::parse(&text, a.cluster.window)?;
+                    k.set_scale_down_window(a.cluster.scale_down_window);
                     let cluster = ClusterArgs {
                         min: k.keda.spec.min_replica_count.max(1),
                         max: k.keda.spec.max_replica_count,
@@ -554,4 +598,67 @@ fn bench(a: &BenchArgs) -> Result<(), LabError> {
         walls[1] / walls[0].max(1e-9)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    }
+
+    fn cluster(args: &[&str]) -> ClusterArgs {
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
+            .unwrap()
+            .cluster
+    }
+
+    #[test]
+    fn the_loop_timings_reach_the_simulation() {
+        let cfg = sim_config(&cluster(&[
+            "--hpa-sync",
+            "5",
+            "--drain-grace",
+            "0",
+            "--cold-start",
+            "10",
+            "--cold-start-jitter",
+            "0",
+            "--scrape-interval",
+            "5",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                cfg.hpa_sync_s,
+                cfg.drain_grace_s,
+                cfg.cold_start_s,
+                cfg.cold_start_jitter,
+                cfg.scrape_interval_s
+            ),
+            (5.0, 0.0, 10.0, 0.0, 5.0)
+        );
+        let defaults = sim_config(&cluster(&[])).unwrap();
+        assert_eq!((defaults.hpa_sync_s, defaults.drain_grace_s), (15.0, 120.0));
+    }
+
+    #[test]
+    fn bad_loop_timings_name_the_flag() {
+        for (args, flag) in [
+            (&["--hpa-sync", "0"][..], "--hpa-sync"),
+            (&["--hpa-sync", "NaN"][..], "--hpa-sync"),
+            (&["--drain-grace=-1"][..], "--drain-grace"),
+            (&["--tail=-5"][..], "--tail"),
+            (&["--cold-start-jitter", "1"][..], "--cold-start-jitter"),
+            (&["--cold-start-jitter=-0.1"][..], "--cold-start-jitter"),
+            (&["--scale-down-window", "3601"][..], "--scale-down-window"),
+        ] {
+            let e = sim_config(&cluster(args)).unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
 }

@@ -57,6 +57,21 @@ impl KedaLoop {
         })
     }
 
+    /// Replaces the HPA `behavior` (as KServe's autoscaler config or a live
+    /// HPA sets it), keeping everything else of the ScaledObject.
+    pub fn set_behavior(&mut self, behavior: aim_policy::hpa::Behavior) {
+        self.keda.spec.behavior = behavior;
+        self.hpa = Hpa::new(self.keda.spec.hpa_spec());
+    }
+
+    /// KServe writes its `autoscaler.scaleDownStabilizationWindowSeconds`
+    /// into every ScaledObject it makes.
+    pub fn set_scale_down_window(&mut self, seconds: u32) {
+        let mut behavior = self.keda.spec.behavior.clone();
+        behavior.scale_down.stabilization_window_seconds = seconds;
+        self.set_behavior(behavior);
+    }
+
     /// What the scaler answers for trigger `i` now; `None` = missing data.
     fn reading(
         &mut self,

@@ -65,6 +65,10 @@ pub struct SimConfig {
     pub initial_replicas: u32,
     /// Spacing of the timeline kept for charts.
     pub sample_interval_s: f64,
+    /// The episode goes on this long after the last arrival (controller,
+    /// timeline and billing included), to watch the scale-down after a
+    /// load ends.
+    pub tail_s: f64,
 }
 
 impl SimConfig {
@@ -85,6 +89,7 @@ impl SimConfig {
             seed: 1,
             initial_replicas: 1,
             sample_interval_s: 10.0,
+            tail_s: 0.0,
         }
     }
 }
@@ -552,7 +557,7 @@ pub fn run(
 ) -> Result<RunResult, PolicyError> {
     let mut engine_cfg = EngineConfig::from_profile(cfg.profile.clone());
     engine_cfg.seed = cfg.seed;
-    let episode_end = arrivals.last().map_or(0.0, |a| a.at).ceil();
+    let episode_end = (arrivals.last().map_or(0.0, |a| a.at) + cfg.tail_s.max(0.0)).ceil();
     let hard_stop = episode_end + 1800.0;
     let mut w = World {
         cfg,

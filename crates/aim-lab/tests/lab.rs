@@ -282,3 +282,66 @@ fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later()
         direct.attainment
     );
 }
+
+/// KServe's scale-down stabilization window (`--scale-down-window`) and the
+/// HPA sync period reach the loop: the step's extra replicas go sooner
+/// with a 10 s window than with KServe's default 300 s, and a 5 s sync
+/// decides the first scale-out no later than the default 15 s.
+#[test]
+fn kserve_scale_down_window_and_hpa_sync_shape_a_manifest_run() {
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/seeds/aim-basic-autoscaling.yaml"),
+    )
+    .unwrap();
+    // The step ends at 600 s; nothing arrives afterwards.
+    let arrivals = step_load();
+    let run_with = |down_window: u32, sync: f64| {
+        let mut k = aim_lab::manifest::parse(&manifest, 30.0).unwrap();
+        k.set_scale_down_window(down_window);
+        let mut c = cfg();
+        c.hpa_sync_s = sync;
+        c.tail_s = 900.0;
+        run(
+            &c,
+            &arrivals,
+            &mut Controller::Keda(Box::new(k)),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let back_to_one = |r: &aim_lab::sim::RunResult| {
+        r.timeline
+            .iter()
+            .find(|p| p.at > 600.0 && p.spec == 1)
+            .map(|p| p.at)
+            .unwrap_or(f64::INFINITY)
+    };
+    let first_up = |r: &aim_lab::sim::RunResult| {
+        r.changes
+            .iter()
+            .find(|c| c.to > c.from)
+            .map(|c| c.at)
+            .unwrap()
+    };
+    let short = run_with(10, 5.0);
+    let long = run_with(300, 5.0);
+    assert!(
+        short.timeline.iter().map(|p| p.spec).max() >= Some(3),
+        "the step never scaled out"
+    );
+    assert!(
+        back_to_one(&short) + 200.0 < back_to_one(&long),
+        "10 s window back at 1 replica at {} s, 300 s window at {} s",
+        back_to_one(&short),
+        back_to_one(&long)
+    );
+    assert!(short.replica_seconds < long.replica_seconds);
+    let slow_sync = run_with(10, 15.0);
+    assert!(
+        first_up(&short) <= first_up(&slow_sync),
+        "5 s sync first scaled at {} s, 15 s sync at {} s",
+        first_up(&short),
+        first_up(&slow_sync)
+    );
+}
