@@ -31,6 +31,11 @@ const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// runners; two shared cores are slower still.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The bed's HPA sync period in seconds (upstream: 15): autoscaling tests
+/// and the demo see KEDA's metrics act within seconds, and the demo's lab
+/// prediction replays the same period.
+pub const HPA_SYNC_PERIOD_SECONDS: u32 = 5;
+
 /// How to bring a cluster up.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -564,7 +569,7 @@ async fn start(
         // The HPA controller re-evaluates every 5 s instead of every 15 s,
         // so autoscaling tests see KEDA's metrics act within seconds. The
         // rest of the HPA arithmetic (tolerance, behaviour) is upstream's.
-        "--horizontal-pod-autoscaler-sync-period=5s".to_string(),
+        format!("--horizontal-pod-autoscaler-sync-period={HPA_SYNC_PERIOD_SECONDS}s"),
         "--v=1".to_string(),
     ];
     launch(

@@ -216,7 +216,7 @@ fn collector_api(client: &Client, ns: &str) -> Api<DynamicObject> {
 
 /// The collector the pod's inject annotation names ("true": the only one
 /// in the namespace).
-async fn sidecar_plan(client: &Client, ns: &str, name: &str) -> Result<SidecarPlan, String> {
+pub async fn sidecar_plan(client: &Client, ns: &str, name: &str) -> Result<SidecarPlan, String> {
     let api = collector_api(client, ns);
     let object = if name == "true" {
         let list = api

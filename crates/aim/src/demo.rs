@@ -22,6 +22,12 @@ use kube::discovery::pinned_kind;
 const DEMO_NAMESPACE: &str = "ml-team";
 const SERVICE: &str = "qwen-chat";
 const MANAGER: &str = "aim-demo";
+/// The aim-engine profile every simulator runs, and the lab replays.
+const SIM_PROFILE: &str = "qwen3-32b-2xh100";
+/// The scaler's averaging window for the demo (120 s by default).
+const SCALER_WINDOW: Duration = Duration::from_secs(10);
+/// How long the live view waits for the scale-down after the load.
+const WATCH_AFTER_LOAD_S: f64 = 300.0;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -32,8 +38,17 @@ pub struct DemoArgs {
     /// flight, and the service scales on running requests with a target of
     /// one per replica, so this is the replica count the load asks for
     /// (up to maxReplicas, 4).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, conflicts_with = "rate")]
     concurrency: usize,
+    /// An open-loop load step instead: Poisson arrivals from `aim load`'s
+    /// rate schedule (e.g. "0s:0.5" or "0s:0.3,30s:0.8"), cut at --load-for.
+    /// The lab then replays the same arrivals through the same
+    /// configuration and prints its prediction beside the live figures.
+    #[arg(long, value_name = "SCHEDULE")]
+    rate: Option<String>,
+    /// Seed of the open-loop arrivals.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Model-load time of each new replica (the simulator's startup delay).
     #[arg(long, default_value = "10s", value_parser = seconds)]
     cold_start: f64,
@@ -68,6 +83,8 @@ struct Row {
     current: i32,
     desired: i32,
     ready_pods: usize,
+    /// Pods that exist and are not being deleted.
+    pods: usize,
     running: f64,
     waiting: f64,
     load_rps: f64,
@@ -108,7 +125,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut scaler_args = aim_scaler::ScalerArgs::defaults();
     scaler_args.listen = vec![info.scaler_address, keda_address];
     scaler_args.admin_listen = "127.0.0.1:0".parse()?;
-    scaler_args.default_window = Duration::from_secs(10);
+    scaler_args.default_window = SCALER_WINDOW;
     let scaler = aim_scaler::start(&scaler_args)
         .await
         .with_context(|| format!("starting the scaler at {}", info.scaler_address))?;
@@ -143,7 +160,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         aim_pods::runner::RunnerConfig {
             cold_start: Duration::from_secs_f64(args.cold_start),
             aim_binary: std::env::current_exe().context("locating the aim binary")?,
-            sim_args: vec![],
+            sim_args: vec![format!("--profile={SIM_PROFILE}")],
             exporter_override: None,
             namespace: Some(DEMO_NAMESPACE.into()),
         },
@@ -256,26 +273,42 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     println!();
-    println!(
-        "==> load step: {} clients for {} s through Service {isvc}-predictor (aim load), then none",
-        args.concurrency, args.load_for
-    );
-    let load_args = LoadCli::try_parse_from([
-        "load".to_string(),
-        "--service".into(),
-        format!("{isvc}-predictor"),
-        "--namespace".into(),
-        DEMO_NAMESPACE.into(),
-        "--concurrency".into(),
-        args.concurrency.to_string(),
-        "--duration".into(),
-        format!("{}s", args.load_for),
-        "--output-tokens".into(),
-        "200".into(),
-        "--quiet".into(),
-    ])?
+    let shape = match &args.rate {
+        Some(rate) => {
+            println!(
+                "==> load step: open loop, --rate {rate:?} (Poisson, seed {}) for {} s through Service {isvc}-predictor (aim load), then none",
+                args.seed, args.load_for
+            );
+            vec!["--rate".to_string(), rate.clone(), "--seed".into(), args.seed.to_string()]
+        }
+        None => {
+            println!(
+                "==> load step: {} clients for {} s through Service {isvc}-predictor (aim load), then none",
+                args.concurrency, args.load_for
+            );
+            vec!["--concurrency".to_string(), args.concurrency.to_string()]
+        }
+    };
+    let load_args = LoadCli::try_parse_from(
+        [
+            "load".to_string(),
+            "--service".into(),
+            format!("{isvc}-predictor"),
+            "--namespace".into(),
+            DEMO_NAMESPACE.into(),
+            "--duration".into(),
+            format!("{}s", args.load_for),
+            "--output-tokens".into(),
+            "200".into(),
+            "--quiet".into(),
+        ]
+        .into_iter()
+        .chain(shape),
+    )?
     .load;
     let plan = load_args.plan()?;
+    // Open loop: the exact arrivals `aim load` sends, for the lab to replay.
+    let arrivals = plan.shape.arrivals(plan.seed)?;
     let latest: Arc<Mutex<Option<aim_load::stats::Sample>>> = Arc::new(Mutex::new(None));
     let observed = latest.clone();
     let observer: aim_load::SampleObserver = Arc::new(move |s: &aim_load::stats::Sample| {
@@ -309,13 +342,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let t = start.elapsed().as_secs_f64();
         let svc = services.get(SERVICE).await?;
         let runtime = svc.status.and_then(|s| s.runtime).unwrap_or_default();
-        let ready: Vec<String> = pods
+        // A pod being deleted is out of its Service's endpoints and its
+        // simulator is stopped: it counts neither as Ready nor as billed.
+        let existing: Vec<Pod> = pods
             .list(
                 &ListParams::default()
                     .labels(&format!("serving.kserve.io/inferenceservice={isvc}")),
             )
             .await?
             .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let pod_count = existing.len();
+        let ready: Vec<String> = existing
             .into_iter()
             .filter(is_ready)
             .filter_map(|p| p.status?.pod_ip)
@@ -328,6 +368,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             current: runtime.current_replicas.unwrap_or(0),
             desired: runtime.desired_replicas.unwrap_or(0),
             ready_pods: ready.len(),
+            pods: pod_count,
             running,
             waiting,
             load_rps: if load_done {
@@ -371,7 +412,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             back_at_one = Some(t);
             break;
         }
-        if t > args.load_for + 300.0 {
+        if t > args.load_for + WATCH_AFTER_LOAD_S {
             println!("    (stopping the view: no scale-down 5 minutes after the load)");
             break;
         }
@@ -411,7 +452,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         s.ttft.p50_ms.map_or("-".into(), |v| format!("{v:.0}")),
         s.ttft.p99_ms.map_or("-".into(), |v| format!("{v:.0}")),
     );
-    let chart = match args.chart {
+    let chart = match args.chart.clone() {
         Some(p) => p,
         None => {
             let dir = cache.root.join("demo");
@@ -424,7 +465,45 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             ))
         }
     };
-    std::fs::write(&chart, chart_of(&rows, args.load_for))
+    let prediction = match &arrivals {
+        Some(arrivals) => {
+            println!();
+            println!(
+                "==> the lab's prediction of this run: the same {} arrivals, AIMService, HPA behaviour, {} s HPA sync, sidecar scrape interval and {} s scaler window, on virtual time",
+                arrivals.len(),
+                aim_devcluster::HPA_SYNC_PERIOD_SECONDS,
+                SCALER_WINDOW.as_secs()
+            );
+            let live_loop = live_loop(&client, &isvc, &args).await?;
+            let (lab, run) = crate::prediction::predict(&live_loop, arrivals)?;
+            let samples: Vec<crate::prediction::Sample> = rows
+                .iter()
+                .map(|r| crate::prediction::Sample {
+                    t: r.t,
+                    pods: r.pods as u32,
+                    ready: r.ready_pods as u32,
+                    desired: r.desired.max(0) as u32,
+                })
+                .collect();
+            let mut live = crate::prediction::episode(&samples, args.load_for);
+            live.completed = s.counts.completed;
+            live.failed = s.counts.errors.values().sum();
+            live.ttft_p50_ms = s.ttft.p50_ms;
+            live.ttft_p99_ms = s.ttft.p99_ms;
+            print!("{}", crate::prediction::side_by_side(&lab, &live));
+            println!(
+                "    live replica figures are read every 2 s; the lab's every 1 s. Reproduce the lab column alone with: aim lab run -f examples/seeds/aim-basic-autoscaling.yaml --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
+                live_loop.cold_start_s,
+                live_loop.hpa_sync_s,
+                live_loop.scrape_interval_s,
+                live_loop.scaler_window_s,
+                live_loop.behavior.scale_down.stabilization_window_seconds
+            );
+            Some(run)
+        }
+        None => None,
+    };
+    std::fs::write(&chart, chart_of(&rows, prediction.as_ref(), args.load_for))
         .with_context(|| format!("writing the chart to {}", chart.display()))?;
     println!("    chart of the run: {}", chart.display());
 
@@ -439,6 +518,51 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     scaler.shutdown().await;
     runner.abort();
     Ok(())
+}
+
+/// The live loop's settings, read from the cluster where they live: the
+/// HPA KEDA made (its behaviour, as KServe's autoscaler config set it) and
+/// the OpenTelemetryCollector the sidecars follow (its scrape interval).
+async fn live_loop(
+    client: &kube::Client,
+    isvc: &str,
+    args: &DemoArgs,
+) -> anyhow::Result<crate::prediction::LiveLoop> {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let hpa_name = format!("keda-hpa-{isvc}-predictor");
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), DEMO_NAMESPACE)
+        .get(&hpa_name)
+        .await
+        .with_context(|| format!("reading HPA {DEMO_NAMESPACE}/{hpa_name}"))?;
+    let behavior = crate::prediction::behavior_of(hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()));
+    let pod = Api::<Pod>::namespaced(client.clone(), DEMO_NAMESPACE)
+        .list(&ListParams::default().labels(&format!("serving.kserve.io/inferenceservice={isvc}")))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("no pod of the service is left to read its sidecar from")?;
+    let inject = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(aim_pods::pod::INJECT_ANNOTATION))
+        .cloned()
+        .context("the service's pod carries no OpenTelemetry sidecar annotation")?;
+    let sidecar = aim_pods::runner::sidecar_plan(client, DEMO_NAMESPACE, &inject)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the sidecar's collector: {e}"))?;
+    Ok(crate::prediction::LiveLoop {
+        manifest: include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml").into(),
+        behavior,
+        profile: SIM_PROFILE.into(),
+        cold_start_s: args.cold_start,
+        hpa_sync_s: f64::from(aim_devcluster::HPA_SYNC_PERIOD_SECONDS),
+        scrape_interval_s: sidecar.scrape_interval.as_secs_f64(),
+        scaler_window_s: SCALER_WINDOW.as_secs_f64(),
+        load_for_s: args.load_for,
+        watch_after_s: WATCH_AFTER_LOAD_S,
+    })
 }
 
 /// `aim load`'s flags, parsed as the command line would.
@@ -482,9 +606,20 @@ async fn queue_of(http: &reqwest::Client, ips: &[String]) -> (f64, f64) {
     (running, waiting)
 }
 
-fn chart_of(rows: &[Row], load_for: f64) -> String {
+fn chart_of(rows: &[Row], lab: Option<&aim_lab::sim::RunResult>, load_for: f64) -> String {
     use aim_lab::chart::{Panel, Series, render};
     let t_end = rows.last().map_or(1.0, |r| r.t);
+    let lab_ready = lab.map(|run| Series {
+        label: "ready (lab prediction)",
+        color: "#17becf",
+        step: true,
+        points: run
+            .timeline
+            .iter()
+            .filter(|p| p.at <= t_end)
+            .map(|p| (p.at, f64::from(p.ready)))
+            .collect(),
+    });
     let series = |label, color, step, f: &dyn Fn(&Row) -> Option<f64>| Series {
         label,
         color,
@@ -501,7 +636,10 @@ fn chart_of(rows: &[Row], load_for: f64) -> String {
                 series("ready pods", "#1f77b4", true, &|r| {
                     Some(r.ready_pods as f64)
                 }),
-            ],
+            ]
+            .into_iter()
+            .chain(lab_ready)
+            .collect(),
             reference: None,
         },
         Panel {

@@ -5,6 +5,7 @@ mod bench_operator;
 mod cost_guard;
 mod crds;
 mod demo;
+mod prediction;
 mod dev;
 mod sim;
 

@@ -1,0 +1,350 @@
+//! The lab's prediction of a demo run, beside what the live loop did: the
+//! same arrivals, the same AIMService, the HPA behaviour read from the live
+//! HPA, the bed's sync period, the sidecar's scrape interval and the
+//! scaler's window, on virtual time. Both sides are reduced to figures by
+//! the same code ([`episode`]), so the gap is the model's, not the
+//! measurement's.
+
+use aim_engine::Profile;
+use aim_lab::control::Controller;
+use aim_lab::sim::{Router, RunResult, SimConfig};
+use aim_lab::trace::Arrival;
+use aim_policy::hpa::{Behavior, PolicyKind, RatePolicy, ScalingRules, SelectPolicy};
+use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
+
+/// One look at the replica counts, live (every 2 s) or in the lab (every 1 s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the load step began.
+    pub t: f64,
+    /// Pods that exist and are not being deleted (billed), ready or not.
+    pub pods: u32,
+    pub ready: u32,
+    /// The HPA's desired replicas.
+    pub desired: u32,
+}
+
+/// What one episode (load step, then quiet) came to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    pub first_scale_up_s: Option<f64>,
+    pub peak_ready: u32,
+    pub peak_ready_at_s: Option<f64>,
+    pub back_to_one_s: Option<f64>,
+    /// ∫ (pods − 1) dt until back at one pod: what the step cost above the floor.
+    pub extra_replica_seconds: f64,
+    pub completed: u64,
+    pub failed: u64,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+}
+
+/// Replica figures of a sample series; the load stops at `load_for`.
+pub fn episode(samples: &[Sample], load_for: f64) -> Figures {
+    let mut f = Figures {
+        peak_ready: samples.first().map_or(0, |s| s.ready),
+        ..Default::default()
+    };
+    for (i, s) in samples.iter().enumerate() {
+        if f.first_scale_up_s.is_none() && s.desired > 1 {
+            f.first_scale_up_s = Some(s.t);
+        }
+        if s.ready > f.peak_ready {
+            f.peak_ready = s.ready;
+            f.peak_ready_at_s = Some(s.t);
+        }
+        if let Some(next) = samples.get(i + 1) {
+            f.extra_replica_seconds += f64::from(s.pods.saturating_sub(1)) * (next.t - s.t);
+        }
+        let scaled_out = f.peak_ready > 1;
+        if s.t >= load_for && scaled_out && s.desired == 1 && s.ready == 1 && s.pods == 1 {
+            f.back_to_one_s = Some(s.t);
+            break;
+        }
+    }
+    f
+}
+
+/// Nearest-rank percentile of `values` (unsorted), `q` in [0, 1].
+fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
+/// The lab run's figures, measured as the live run's are.
+pub fn figures_of_lab(run: &RunResult, load_for: f64) -> Figures {
+    let samples: Vec<Sample> = run
+        .timeline
+        .iter()
+        .map(|p| Sample {
+            t: p.at,
+            pods: p.provisioned,
+            ready: p.ready,
+            desired: p.spec,
+        })
+        .collect();
+    let mut f = episode(&samples, load_for);
+    let mut ttft_ms: Vec<f64> = run
+        .requests
+        .iter()
+        .filter_map(|r| r.ttft.map(|t| t * 1000.0))
+        .collect();
+    f.ttft_p50_ms = percentile(&mut ttft_ms, 0.5);
+    f.ttft_p99_ms = percentile(&mut ttft_ms, 0.99);
+    f.completed = run.requests.iter().filter(|r| r.finished).count() as u64;
+    f.failed = run.requests.len() as u64 - f.completed;
+    f
+}
+
+/// `spec.behavior` of a live HPA (after API defaulting) as the lab's HPA
+/// takes it. A direction the API left empty keeps upstream's default.
+pub fn behavior_of(live: Option<&HorizontalPodAutoscalerBehavior>) -> Behavior {
+    let defaults = Behavior::default();
+    let rules = |r: Option<&HPAScalingRules>, default: ScalingRules| {
+        let Some(r) = r else { return default };
+        ScalingRules {
+            stabilization_window_seconds: r
+                .stabilization_window_seconds
+                .map_or(default.stabilization_window_seconds, |s| s.max(0) as u32),
+            select: match r.select_policy.as_deref() {
+                Some("Min") => SelectPolicy::Min,
+                Some("Disabled") => SelectPolicy::Disabled,
+                Some("Max") => SelectPolicy::Max,
+                _ => default.select,
+            },
+            policies: match &r.policies {
+                Some(p) if !p.is_empty() => p
+                    .iter()
+                    .map(|p| RatePolicy {
+                        kind: if p.type_ == "Percent" {
+                            PolicyKind::Percent
+                        } else {
+                            PolicyKind::Pods
+                        },
+                        value: p.value.max(0) as u32,
+                        period_seconds: p.period_seconds.max(0) as u32,
+                    })
+                    .collect(),
+                _ => default.policies,
+            },
+            tolerance: r.tolerance.as_ref().and_then(|q| q.0.parse().ok()),
+        }
+    };
+    Behavior {
+        scale_up: rules(live.and_then(|b| b.scale_up.as_ref()), defaults.scale_up),
+        scale_down: rules(live.and_then(|b| b.scale_down.as_ref()), defaults.scale_down),
+    }
+}
+
+/// Everything about the live loop the lab needs to replay it.
+#[derive(Debug, Clone)]
+pub struct LiveLoop {
+    /// The AIMService manifest the demo applied.
+    pub manifest: String,
+    /// The live HPA's behaviour.
+    pub behavior: Behavior,
+    /// The aim-engine profile every simulator runs.
+    pub profile: String,
+    pub cold_start_s: f64,
+    /// kube-controller-manager's HPA sync period.
+    pub hpa_sync_s: f64,
+    /// The sidecar's scrape interval (the OpenTelemetryCollector's).
+    pub scrape_interval_s: f64,
+    /// The scaler's averaging window.
+    pub scaler_window_s: f64,
+    pub load_for_s: f64,
+    /// How long the live view watched after the load stopped.
+    pub watch_after_s: f64,
+}
+
+/// Runs the lab on the live run's arrivals with the live loop's settings.
+pub fn predict(live: &LiveLoop, arrivals: &[Arrival]) -> anyhow::Result<(Figures, RunResult)> {
+    let profile = Profile::named(&live.profile)
+        .ok_or_else(|| anyhow::anyhow!("the lab has no profile {:?}", live.profile))?;
+    let mut keda = aim_lab::manifest::parse(&live.manifest, live.scaler_window_s)?;
+    keda.set_behavior(live.behavior.clone());
+    let mut cfg = SimConfig::new(profile);
+    cfg.cold_start_s = live.cold_start_s;
+    // Every simulator waits exactly its startup delay.
+    cfg.cold_start_jitter = 0.0;
+    cfg.hpa_sync_s = live.hpa_sync_s;
+    cfg.scrape_interval_s = live.scrape_interval_s;
+    // The pod runner stops a simulator as soon as its pod is being deleted.
+    cfg.drain_grace_s = 0.0;
+    // `aim load` spreads requests round-robin over the ready endpoints.
+    cfg.router = Router::RoundRobin;
+    cfg.initial_replicas = 1;
+    cfg.sample_interval_s = 1.0;
+    let last = arrivals.last().map_or(0.0, |a| a.at);
+    cfg.tail_s = (live.load_for_s + live.watch_after_s - last).max(0.0);
+    let run = aim_lab::sim::run(&cfg, arrivals, &mut Controller::Keda(Box::new(keda)), &mut |_| {})?;
+    Ok((figures_of_lab(&run, live.load_for_s), run))
+}
+
+/// The two columns, one figure per line.
+pub fn side_by_side(lab: &Figures, live: &Figures) -> String {
+    let secs = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.0} s"));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    let rows = [
+        (
+            "load step → first scale-up decision",
+            secs(lab.first_scale_up_s),
+            secs(live.first_scale_up_s),
+        ),
+        (
+            "peak Ready replicas",
+            lab.peak_ready.to_string(),
+            live.peak_ready.to_string(),
+        ),
+        (
+            "load step → peak Ready",
+            secs(lab.peak_ready_at_s),
+            secs(live.peak_ready_at_s),
+        ),
+        (
+            "load step → back to 1 replica",
+            secs(lab.back_to_one_s),
+            secs(live.back_to_one_s),
+        ),
+        (
+            "replica-seconds above 1",
+            format!("{:.0}", lab.extra_replica_seconds),
+            format!("{:.0}", live.extra_replica_seconds),
+        ),
+        (
+            "requests completed / failed",
+            format!("{} / {}", lab.completed, lab.failed),
+            format!("{} / {}", live.completed, live.failed),
+        ),
+        ("TTFT p50", ms(lab.ttft_p50_ms), ms(live.ttft_p50_ms)),
+        ("TTFT p99", ms(lab.ttft_p99_ms), ms(live.ttft_p99_ms)),
+    ];
+    let mut out = format!("    {:<40} {:>14} {:>14}\n", "", "lab (predicted)", "live");
+    for (what, l, r) in rows {
+        out.push_str(&format!("    {what:<40} {l:>14} {r:>14}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::autoscaling::v2::HPAScalingPolicy;
+
+    fn s(t: f64, pods: u32, ready: u32, desired: u32) -> Sample {
+        Sample {
+            t,
+            pods,
+            ready,
+            desired,
+        }
+    }
+
+    #[test]
+    fn an_episode_is_read_off_its_samples() {
+        let samples = [
+            s(0.0, 1, 1, 1),
+            s(2.0, 1, 1, 1),
+            s(4.0, 3, 1, 3),
+            s(6.0, 3, 2, 3),
+            s(8.0, 3, 3, 3),
+            s(20.0, 3, 3, 1),
+            s(22.0, 1, 1, 1),
+            s(24.0, 1, 1, 1),
+        ];
+        let f = episode(&samples, 10.0);
+        assert_eq!(f.first_scale_up_s, Some(4.0));
+        assert_eq!((f.peak_ready, f.peak_ready_at_s), (3, Some(8.0)));
+        assert_eq!(f.back_to_one_s, Some(22.0));
+        // Two extra pods from 4 s to 22 s.
+        assert_eq!(f.extra_replica_seconds, 36.0);
+        // One replica before the load ends is not "back": it never left.
+        let flat = episode(&[s(0.0, 1, 1, 1), s(30.0, 1, 1, 1)], 10.0);
+        assert_eq!((flat.first_scale_up_s, flat.back_to_one_s), (None, None));
+        // Still scaled out when the view ends.
+        let stuck = episode(&samples[..6], 10.0);
+        assert_eq!(stuck.back_to_one_s, None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.5), Some(50.0));
+        assert_eq!(percentile(&mut v, 0.99), Some(99.0));
+        assert_eq!(percentile(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn a_live_behavior_becomes_the_labs() {
+        let live = HorizontalPodAutoscalerBehavior {
+            scale_down: Some(HPAScalingRules {
+                stabilization_window_seconds: Some(10),
+                select_policy: Some("Min".into()),
+                policies: Some(vec![HPAScalingPolicy {
+                    type_: "Pods".into(),
+                    value: 2,
+                    period_seconds: 30,
+                }]),
+                ..Default::default()
+            }),
+            scale_up: None,
+        };
+        let b = behavior_of(Some(&live));
+        assert_eq!(b.scale_down.stabilization_window_seconds, 10);
+        assert_eq!(b.scale_down.select, SelectPolicy::Min);
+        assert_eq!(
+            b.scale_down.policies,
+            vec![RatePolicy {
+                kind: PolicyKind::Pods,
+                value: 2,
+                period_seconds: 30
+            }]
+        );
+        assert_eq!(b.scale_up, Behavior::default().scale_up);
+        assert_eq!(behavior_of(None), Behavior::default());
+    }
+
+    /// The bed's loop on a step that needs about three replicas: the lab
+    /// scales out after the step, within the manifest's bounds, and back to
+    /// one after it.
+    #[test]
+    fn the_bed_loop_scales_a_step_out_and_back() {
+        let manifest = include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml");
+        let mut behavior = Behavior::default();
+        behavior.scale_down.stabilization_window_seconds = 10;
+        let live = LiveLoop {
+            manifest: manifest.into(),
+            behavior,
+            profile: "qwen3-32b-2xh100".into(),
+            cold_start_s: 10.0,
+            hpa_sync_s: 5.0,
+            scrape_interval_s: 5.0,
+            scaler_window_s: 10.0,
+            load_for_s: 90.0,
+            watch_after_s: 120.0,
+        };
+        // One request every 2 s, each holding a slot for ~several seconds.
+        let arrivals: Vec<Arrival> = (0..45)
+            .flat_map(|i| {
+                (0..3).map(move |k| Arrival {
+                    at: f64::from(i) * 2.0 + f64::from(k) * 0.5,
+                    prompt_tokens: 256,
+                    output_tokens: 200,
+                    hash_ids: vec![],
+                })
+            })
+            .collect();
+        let (f, run) = predict(&live, &arrivals).unwrap();
+        let up = f.first_scale_up_s.expect("never scaled out");
+        assert!(up > 0.0 && up < 30.0, "first scale-up at {up} s");
+        assert!((2..=4).contains(&f.peak_ready), "peak {}", f.peak_ready);
+        let back = f.back_to_one_s.expect("never back at one replica");
+        assert!(back > 90.0 && back < 210.0, "back at one at {back} s");
+        assert!(run.timeline.iter().all(|p| p.spec <= 4));
+        assert_eq!(f.completed + f.failed, arrivals.len() as u64);
+    }
+}
