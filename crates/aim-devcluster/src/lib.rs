@@ -35,7 +35,10 @@ mod pki;
 mod process;
 
 pub use build::{BuildOutput, build_control_plane, build_control_plane_with_env, check_go_at};
-pub use cluster::{HPA_SYNC_PERIOD_SECONDS, ClusterInfo, ClusterOptions, ClusterStatus, ComponentStatus, down, status, up};
+pub use cluster::{
+    ClusterInfo, ClusterOptions, ClusterStatus, ComponentStatus, HPA_SYNC_PERIOD_SECONDS, down,
+    status, up,
+};
 pub use nodes::{NodeSpec, default_fleet};
 pub use paths::CacheDirs;
 

@@ -85,6 +85,8 @@ struct Row {
     ready_pods: usize,
     /// Pods that exist and are not being deleted.
     pods: usize,
+    /// status.desiredReplicas of the HPA itself.
+    hpa_desired: i32,
     running: f64,
     waiting: f64,
     load_rps: f64,
@@ -279,7 +281,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 "==> load step: open loop, --rate {rate:?} (Poisson, seed {}) for {} s through Service {isvc}-predictor (aim load), then none",
                 args.seed, args.load_for
             );
-            vec!["--rate".to_string(), rate.clone(), "--seed".into(), args.seed.to_string()]
+            vec![
+                "--rate".to_string(),
+                rate.clone(),
+                "--seed".into(),
+                args.seed.to_string(),
+            ]
         }
         None => {
             println!(
@@ -325,6 +332,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .await
     });
 
+    let hpa_name = format!("keda-hpa-{isvc}-predictor");
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), DEMO_NAMESPACE);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -362,11 +372,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .collect();
         let (running, waiting) = queue_of(&http, &ready).await;
         let sample = latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let load_done = load.is_finished();
+        // An open loop's last request may be answered before --load-for
+        // ends; the step is over when both have passed.
+        let load_done = load.is_finished() && t >= args.load_for;
+        // The HPA's own desired count, without the operator's status
+        // propagation, for the comparison with the lab.
+        let hpa_desired = hpas
+            .get_opt(&hpa_name)
+            .await?
+            .and_then(|h| h.status)
+            .map_or(0, |s| s.desired_replicas);
         let row = Row {
             t,
             current: runtime.current_replicas.unwrap_or(0),
             desired: runtime.desired_replicas.unwrap_or(0),
+            hpa_desired,
             ready_pods: ready.len(),
             pods: pod_count,
             running,
@@ -482,7 +502,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     t: r.t,
                     pods: r.pods as u32,
                     ready: r.ready_pods as u32,
-                    desired: r.desired.max(0) as u32,
+                    desired: r.hpa_desired.max(0) as u32,
                 })
                 .collect();
             let mut live = crate::prediction::episode(&samples, args.load_for);
@@ -492,7 +512,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             live.ttft_p99_ms = s.ttft.p99_ms;
             print!("{}", crate::prediction::side_by_side(&lab, &live));
             println!(
-                "    live replica figures are read every 2 s; the lab's every 1 s. Reproduce the lab column alone with: aim lab run -f examples/seeds/aim-basic-autoscaling.yaml --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
+                "    live replica figures are read every 2 s (desired from the HPA's status); the lab's every 1 s. Reproduce the lab column alone with: aim lab run -f examples/seeds/aim-basic-autoscaling.yaml --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
                 live_loop.cold_start_s,
                 live_loop.hpa_sync_s,
                 live_loop.scrape_interval_s,
@@ -534,7 +554,8 @@ async fn live_loop(
         .get(&hpa_name)
         .await
         .with_context(|| format!("reading HPA {DEMO_NAMESPACE}/{hpa_name}"))?;
-    let behavior = crate::prediction::behavior_of(hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()));
+    let behavior =
+        crate::prediction::behavior_of(hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()));
     let pod = Api::<Pod>::namespaced(client.clone(), DEMO_NAMESPACE)
         .list(&ListParams::default().labels(&format!("serving.kserve.io/inferenceservice={isvc}")))
         .await?

@@ -5,8 +5,8 @@ mod bench_operator;
 mod cost_guard;
 mod crds;
 mod demo;
-mod prediction;
 mod dev;
+mod prediction;
 mod sim;
 
 use clap::{Parser, Subcommand};

@@ -136,7 +136,10 @@ pub fn behavior_of(live: Option<&HorizontalPodAutoscalerBehavior>) -> Behavior {
     };
     Behavior {
         scale_up: rules(live.and_then(|b| b.scale_up.as_ref()), defaults.scale_up),
-        scale_down: rules(live.and_then(|b| b.scale_down.as_ref()), defaults.scale_down),
+        scale_down: rules(
+            live.and_then(|b| b.scale_down.as_ref()),
+            defaults.scale_down,
+        ),
     }
 }
 
@@ -181,7 +184,12 @@ pub fn predict(live: &LiveLoop, arrivals: &[Arrival]) -> anyhow::Result<(Figures
     cfg.sample_interval_s = 1.0;
     let last = arrivals.last().map_or(0.0, |a| a.at);
     cfg.tail_s = (live.load_for_s + live.watch_after_s - last).max(0.0);
-    let run = aim_lab::sim::run(&cfg, arrivals, &mut Controller::Keda(Box::new(keda)), &mut |_| {})?;
+    let run = aim_lab::sim::run(
+        &cfg,
+        arrivals,
+        &mut Controller::Keda(Box::new(keda)),
+        &mut |_| {},
+    )?;
     Ok((figures_of_lab(&run, live.load_for_s), run))
 }
 
