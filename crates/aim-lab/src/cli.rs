@@ -1,4 +1,4 @@
-//! `aim lab run | compare | bench`.
+//! `aim lab run | compare | bench | tune-keda | fidelity`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -28,6 +28,10 @@ pub enum LabCommand {
     Bench(BenchArgs),
     /// Grid-search the seed-style KEDA knobs and pick "KEDA tuned as well as you can".
     TuneKeda(TuneArgs),
+    /// Reference §5.4 fidelity statistics: a synthetic workload next to its
+    /// source trace (dispersion vs window, per-minute peak/mean and
+    /// peak/trough, inter-arrival CV, KS distances on lengths, autocorrelation).
+    Fidelity(FidelityArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -270,6 +274,91 @@ fn tune(a: &TuneArgs) -> Result<(), LabError> {
     );
     print!("{line}");
     write(&a.out.join("selected.txt"), &line)
+}
+
+/// Here `--trace` is the source and the synthetic flags describe what is
+/// compared with it, so the two are given together: the workload's
+/// "one or the other" rule is lifted.
+#[derive(Debug, clap::Args)]
+#[command(mut_arg("trace", |a| a
+    .conflicts_with(clap::builder::Resettable::Reset)
+    .help("The source trace: Azure CSV or Mooncake JSONL (e.g. ../shared/traces/azure-llm-2023-conv.csv)")))]
+#[command(mut_arg("synthetic", |a| a
+    .help("The synthetic workload compared with the source (with the other synthetic flags)")))]
+// Without the other commands' per-seed ±0.5 s jitter: it would blur the
+// 1 s statistics that are being measured.
+#[command(mut_arg("rate_scale", |a| a
+    .help("Multiply the arrival rate of both columns (copies of each request, no jitter)")))]
+pub struct FidelityArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Seed of the synthetic workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// The fidelity table: source vs synthetic, or whichever one was given.
+fn fidelity(a: &FidelityArgs) -> Result<String, LabError> {
+    use crate::fidelity::{Comparison, Fidelity};
+    let w = &a.workload;
+    let source = match &w.trace {
+        Some(path) => {
+            let base = load(path, w.format)?;
+            if !(w.rate_scale.is_finite() && w.rate_scale > 0.0) {
+                return Err(LabError::Input(format!(
+                    "--rate-scale must be above 0, got {}",
+                    w.rate_scale
+                )));
+            }
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            Some((name, scale_rate(&base, w.rate_scale, 0)))
+        }
+        None => None,
+    };
+    let synthetic = match w.synthetic {
+        Some(kind) => {
+            let only_synthetic = WorkloadArgs {
+                trace: None,
+                ..w.clone()
+            };
+            let arrivals = workload(&only_synthetic)?(a.seed);
+            if arrivals.is_empty() {
+                return Err(LabError::Input(format!(
+                    "--synthetic {} produced no requests (--duration {} s at --mean-rps {}); raise --duration or --mean-rps",
+                    synthetic_name(kind),
+                    w.duration,
+                    w.mean_rps
+                )));
+            }
+            Some((
+                format!("synthetic {}, seed {}", synthetic_name(kind), a.seed),
+                arrivals,
+            ))
+        }
+        None => None,
+    };
+    Ok(match (source, synthetic) {
+        (Some((sl, s)), Some((yl, y))) => Comparison::new(&s, &y).markdown(&sl, &yl),
+        (Some((label, set)), None) | (None, Some((label, set))) => {
+            Fidelity::of(&set).markdown(&label)
+        }
+        (None, None) => {
+            return Err(LabError::Input(
+                "give --trace FILE (the source, e.g. ../shared/traces/azure-llm-2023-conv.csv), --synthetic diurnal|bursty|llmd-ramp, or both".into(),
+            ));
+        }
+    })
+}
+
+fn synthetic_name(kind: Synthetic) -> &'static str {
+    match kind {
+        Synthetic::Diurnal => "diurnal",
+        Synthetic::Bursty => "bursty",
+        Synthetic::LlmdRamp => "llmd-ramp",
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -538,6 +627,10 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
         }
         LabCommand::Bench(a) => bench(&a),
         LabCommand::TuneKeda(a) => tune(&a),
+        LabCommand::Fidelity(a) => {
+            print!("{}", fidelity(&a)?);
+            Ok(())
+        }
     }
 }
 
@@ -660,5 +753,123 @@ mod tests {
             let e = sim_config(&cluster(args)).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
         }
+    }
+
+    #[derive(Parser)]
+    struct FidelityCli {
+        #[command(flatten)]
+        fidelity: FidelityArgs,
+    }
+
+    fn fidelity_of(args: &[&str]) -> Result<String, LabError> {
+        let cli = FidelityCli::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
+            .map_err(|e| LabError::Input(e.to_string()))?;
+        fidelity(&cli.fidelity)
+    }
+
+    /// A three-minute Azure-format trace (two whole minutes from the first request) in the temp directory.
+    fn small_trace(name: &str) -> PathBuf {
+        let mut text = String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n");
+        for i in 0..360 {
+            text.push_str(&format!(
+                "2023-11-16 18:{:02}:{:02}.5000000,{},{}\n",
+                i / 120,
+                (i / 2) % 60,
+                100 + i,
+                10
+            ));
+        }
+        let path = std::env::temp_dir().join(format!("aim-lab-{}-{name}.csv", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn fidelity_takes_a_trace_and_a_synthetic_together() {
+        let path = small_trace("both");
+        let table = fidelity_of(&[
+            "--trace",
+            path.to_str().unwrap(),
+            "--synthetic",
+            "diurnal",
+            "--duration",
+            "600",
+            "--mean-rps",
+            "2",
+            "--seed",
+            "3",
+        ])
+        .unwrap();
+        std::fs::remove_file(&path).ok();
+        assert!(
+            table.starts_with(&format!(
+                "| statistic | {} | synthetic diurnal, seed 3 |",
+                path.file_name().unwrap().to_string_lossy()
+            )),
+            "{table}"
+        );
+        assert!(
+            table.contains("KS distance D to the source, input tokens"),
+            "{table}"
+        );
+        // Same seed, same table; another seed, another synthetic set.
+        let synthetic = |seed| {
+            fidelity_of(&["--synthetic", "bursty", "--duration", "600", "--seed", seed]).unwrap()
+        };
+        assert_eq!(synthetic("4"), synthetic("4"));
+        assert_ne!(synthetic("4"), synthetic("5"));
+    }
+
+    #[test]
+    fn fidelity_with_only_a_trace_prints_its_column() {
+        let path = small_trace("only");
+        let table = fidelity_of(&["--trace", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&path).ok();
+        let header = table.lines().next().unwrap();
+        assert_eq!(header.matches('|').count(), 3, "{table}");
+        assert!(!table.contains("KS distance"), "{table}");
+        // Two requests a second for three minutes.
+        assert!(table.contains("| requests | 360 |"), "{table}");
+        assert!(
+            table.contains("| per-minute peak / mean | 1.00 |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn bad_fidelity_input_names_the_flag() {
+        for (args, expected) in [
+            (&[][..], "--trace FILE"),
+            (&["--trace", "no-such-trace.csv"][..], "--trace"),
+            (&["--trace", "no-such-trace.csv"][..], "no-such-trace.csv"),
+            (
+                &[
+                    "--synthetic",
+                    "diurnal",
+                    "--duration",
+                    "1",
+                    "--mean-rps",
+                    "0.001",
+                ][..],
+                "--synthetic diurnal produced no requests",
+            ),
+            (
+                &["--synthetic", "diurnal", "--duration", "0"][..],
+                "--duration",
+            ),
+            (
+                &["--synthetic", "bursty", "--rate-scale", "0"][..],
+                "--rate-scale",
+            ),
+        ] {
+            let e = fidelity_of(args).unwrap_err().to_string();
+            assert!(e.contains(expected), "{args:?}: {e}");
+        }
+        let path = small_trace("scale");
+        let e = fidelity_of(&["--trace", path.to_str().unwrap(), "--rate-scale=-1"])
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_file(&path).ok();
+        assert!(e.contains("--rate-scale"), "{e}");
     }
 }

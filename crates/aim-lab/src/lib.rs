@@ -10,6 +10,7 @@
 pub mod chart;
 pub mod control;
 pub mod experiment;
+pub mod fidelity;
 pub mod manifest;
 pub mod metrics;
 pub mod oracle;
@@ -22,7 +23,7 @@ pub mod trace;
 
 mod cli;
 
-pub use cli::{BenchArgs, CompareArgs, LabArgs, LabCommand, RunArgs, TuneArgs, run};
+pub use cli::{BenchArgs, CompareArgs, FidelityArgs, LabArgs, LabCommand, RunArgs, TuneArgs, run};
 
 /// Everything that can stop a lab command, with what to do about it.
 #[derive(Debug, thiserror::Error)]
