@@ -2,6 +2,15 @@
 //! AIMService manifest before deploying it. Reads `minReplicas`,
 //! `maxReplicas`, `autoScaling.metrics` and the KEDA pause annotations;
 //! everything else in the manifest is ignored.
+//!
+//! The metrics are scored as KServe v0.16 turns them into KEDA triggers,
+//! which is not what their words say: for pod and external metrics KServe
+//! copies `target.value` into the trigger's `targetValue` (or
+//! `threshold`) and sets no `metricType`, so KEDA's default `AverageValue`
+//! applies and the HPA wants ceil(sum / value) replicas whatever
+//! `target.type` says. The lab-vs-live comparison of the demo found this:
+//! scored as a `Value` target, the seed configuration multiplied the
+//! summed metric by the ready pods and predicted a replica too many.
 
 use aim_policy::keda::{MetricType, ScaledObjectSpec, TriggerSpec};
 use aim_policy::lookup;
@@ -120,36 +129,44 @@ pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestErro
         let target = body
             .get("target")
             .ok_or_else(|| field(&format!("{path}.target"), "missing"))?;
-        let (metric_type, key) = match target.get("type").and_then(Value::as_str) {
-            Some("Value") => (MetricType::Value, "value"),
-            Some("AverageValue") => (MetricType::AverageValue, "averageValue"),
+        match target.get("type").and_then(Value::as_str) {
+            Some("Value" | "AverageValue") => {}
             other => {
                 return Err(field(
                     &format!("{path}.target.type"),
                     format!("{other:?}: use Value or AverageValue"),
                 ));
             }
+        }
+        let value = match target.get("value") {
+            Some(v) => number(v).filter(|v| *v > 0.0).ok_or_else(|| {
+                field(&format!("{path}.target.value"), "expected a number above 0")
+            })?,
+            None if target.get("averageValue").is_some() => {
+                return Err(field(
+                    &format!("{path}.target.averageValue"),
+                    "KServe v0.16 reads only target.value for pod and external metrics, so the deployed trigger's target would be 0; put the number in target.value (KEDA applies it as an average per replica)",
+                ));
+            }
+            None => return Err(field(&format!("{path}.target.value"), "missing")),
         };
-        let value = target
-            .get(key)
-            .and_then(number)
-            .filter(|v| *v > 0.0)
-            .ok_or_else(|| field(&format!("{path}.target.{key}"), "expected a number above 0"))?;
         triggers.push(Trigger {
             signals: vec![signal_of(query, &format!("{path}.metric.query"))?],
             operation,
             window_s: default_window_s,
             policy: lookup("passthrough").map_err(|e| field(&path, e.to_string()))?,
             metadata: Default::default(),
+            // KServe sets no metricType: KEDA's default.
             spec: TriggerSpec {
-                metric_type,
+                metric_type: MetricType::AverageValue,
                 target: value,
                 activation: 0.0,
             },
         });
     }
     if triggers.is_empty() {
-        // AIM's default metric (seed 000): average running requests, Value 1.
+        // aim's default metric: running requests averaged over the window,
+        // target 1, which KServe deploys as an AverageValue trigger.
         triggers.push(Trigger {
             signals: vec![Signal::Running],
             operation: Operation::Avg,
@@ -157,7 +174,7 @@ pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestErro
             policy: lookup("passthrough").map_err(|e| field("spec", e.to_string()))?,
             metadata: Default::default(),
             spec: TriggerSpec {
-                metric_type: MetricType::Value,
+                metric_type: MetricType::AverageValue,
                 target: 1.0,
                 activation: 0.0,
             },
@@ -226,8 +243,49 @@ spec:
         let t = &k.triggers[0];
         assert_eq!(
             (t.signals[0], t.operation, t.spec.metric_type, t.spec.target),
-            (Signal::Running, Operation::Avg, MetricType::Value, 1.0)
+            (
+                Signal::Running,
+                Operation::Avg,
+                MetricType::AverageValue,
+                1.0
+            )
         );
+        // Without metrics: aim's default, deployed the same way.
+        let default = parse(&SEED_000[..SEED_000.find("  autoScaling").unwrap()], 120.0).unwrap();
+        let t = &default.triggers[0];
+        assert_eq!(
+            (t.signals[0], t.operation, t.spec.metric_type, t.spec.target),
+            (
+                Signal::Running,
+                Operation::Avg,
+                MetricType::AverageValue,
+                1.0
+            )
+        );
+    }
+
+    #[test]
+    fn an_average_value_target_kserve_would_drop_is_refused() {
+        let e = parse(
+            &SEED_000
+                .replace("type: Value", "type: AverageValue")
+                .replace("value: \"1\"", "averageValue: \"4\""),
+            120.0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("spec.autoScaling.metrics[0].target.averageValue"),
+            "{e}"
+        );
+        assert!(e.contains("target.value"), "{e}");
+        // Either type with a value is deployed as an average per replica.
+        let k = parse(
+            &SEED_000.replace("type: Value", "type: AverageValue"),
+            120.0,
+        )
+        .unwrap();
+        assert_eq!(k.triggers[0].spec.metric_type, MetricType::AverageValue);
     }
 
     #[test]

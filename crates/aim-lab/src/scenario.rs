@@ -58,7 +58,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 
 /// One point of the seed-style KEDA grid: the seeds' trigger (the summed
 /// running requests, averaged over the scaler window, against a `Value`
-/// target) with the knobs a user of those seeds can turn. Named
+/// target, as written on a ScaledObject directly: through KServe the same
+/// seeds deploy as `AverageValue`, which is `keda-seed`) with the knobs a
+/// user of those seeds can turn. Named
 /// `keda-t<target>-p<pollingInterval>-c<cooldownPeriod>-s<scaleDown window>`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KedaKnobs {
@@ -200,9 +202,12 @@ pub fn build(
             let target = if name == "keda-seed" { 1.0 } else { 2.0 };
             (
                 keda_defaults(ctx),
+                // The seeds write `type: Value`, but KServe sets no
+                // metricType on the trigger, so KEDA's AverageValue applies
+                // (see manifest.rs).
                 passthrough(
                     Signal::Running,
-                    MetricType::Value,
+                    MetricType::AverageValue,
                     target,
                     ctx.window_s,
                     Operation::Avg,

@@ -168,7 +168,7 @@ fn shared_traces_parse_when_present() {
 }
 
 #[test]
-fn keda_grid_names_round_trip_and_the_seed_point_is_the_seed_config() {
+fn keda_grid_names_round_trip_and_the_grid_is_the_value_typed_seed_trigger() {
     use aim_lab::scenario::KedaKnobs;
     let knobs = KedaKnobs {
         target: 13.6,
@@ -186,14 +186,23 @@ fn keda_grid_names_round_trip_and_the_seed_point_is_the_seed_config() {
     ] {
         assert_eq!(KedaKnobs::parse(bad), None, "{bad}");
     }
-    // The grid point with the seeds' knobs runs exactly like keda-seed.
+    // The grid's trigger is a `Value` target on the summed metric, written
+    // directly on a ScaledObject; keda-seed is what KServe deploys for the
+    // seeds (KEDA's default AverageValue). With the seeds' knobs the grid
+    // point proposes ready × sum instead of sum, so it keeps more replicas.
     let arrivals = step_load();
     let go = |name: &str| {
         let mut controller = build(name, &ctx(6), &BTreeMap::new()).unwrap();
         run(&cfg(), &arrivals, &mut controller, &mut |_| {}).unwrap()
     };
-    let seed = go("keda-seed");
-    assert_eq!(go(&KedaKnobs::SEED.name()), seed);
+    let seed = go(&KedaKnobs::SEED.name());
+    let deployed = go("keda-seed");
+    assert!(
+        seed.replica_seconds > deployed.replica_seconds,
+        "Value {} vs AverageValue {}",
+        seed.replica_seconds,
+        deployed.replica_seconds
+    );
     // A larger target is a different controller: fewer replica-seconds.
     let relaxed = go("keda-t40-p30-c300-s300");
     assert!(
