@@ -240,7 +240,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     // A re-run finds the service as the last run left it: let it settle at
     // one Ready replica first, so the figures start from the load step.
+    // The pod runner re-serves a previous run's Ready pod from scratch (it
+    // marks it unready until its new simulator answers), so one Ready pod
+    // counts only once it has stayed so for a few seconds.
     let settling = Instant::now();
+    let mut steady_since: Option<Instant> = None;
     loop {
         let desired = services
             .get(SERVICE)
@@ -249,18 +253,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .and_then(|s| s.runtime)
             .and_then(|r| r.desired_replicas)
             .unwrap_or(0);
-        let ready = pods
+        let listed = pods
             .list(
                 &ListParams::default()
                     .labels(&format!("serving.kserve.io/inferenceservice={isvc}")),
             )
             .await?
-            .items
-            .iter()
-            .filter(|p| is_ready(p))
-            .count();
-        if desired <= 1 && ready == 1 {
-            break;
+            .items;
+        let ready = listed.iter().filter(|p| is_ready(p)).count();
+        if desired <= 1 && ready == 1 && listed.len() == 1 {
+            let since = *steady_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(5) {
+                break;
+            }
+        } else {
+            steady_since = None;
         }
         if settling.elapsed() > Duration::from_secs(10)
             && settling.elapsed().as_secs().is_multiple_of(10)
