@@ -171,6 +171,12 @@ pub struct CompareArgs {
     pub title: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GridMetric {
+    Value,
+    AverageValue,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct TuneArgs {
     #[command(flatten)]
@@ -184,6 +190,11 @@ pub struct TuneArgs {
     /// KEDA `pollingInterval` values, seconds.
     #[arg(long, value_delimiter = ',', default_value = "30")]
     pub polling: Vec<f64>,
+    /// The trigger's target type: `value` (ready × sum / target, only on a
+    /// ScaledObject written directly) or `average-value` (sum / target, what
+    /// KServe deploys for the seeds).
+    #[arg(long, value_enum, default_value_t = GridMetric::Value)]
+    pub metric_type: GridMetric,
     /// KEDA `cooldownPeriod` values, seconds.
     #[arg(long, value_delimiter = ',', default_value = "300")]
     pub cooldown: Vec<f64>,
@@ -235,6 +246,10 @@ fn tune(a: &TuneArgs) -> Result<(), LabError> {
             for &cooldown_s in &a.cooldown {
                 for &down_window_s in &a.down_window {
                     let knobs = crate::scenario::KedaKnobs {
+                        metric_type: match a.metric_type {
+                            GridMetric::Value => aim_policy::keda::MetricType::Value,
+                            GridMetric::AverageValue => aim_policy::keda::MetricType::AverageValue,
+                        },
                         target,
                         polling_s,
                         cooldown_s,

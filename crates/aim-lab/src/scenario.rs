@@ -57,14 +57,17 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 ];
 
 /// One point of the seed-style KEDA grid: the seeds' trigger (the summed
-/// running requests, averaged over the scaler window, against a `Value`
-/// target, as written on a ScaledObject directly: through KServe the same
-/// seeds deploy as `AverageValue`, which is `keda-seed`) with the knobs a
-/// user of those seeds can turn. Named
-/// `keda-t<target>-p<pollingInterval>-c<cooldownPeriod>-s<scaleDown window>`.
+/// running requests, averaged over the scaler window) with the knobs a
+/// user of those seeds can turn. Two families:
+/// `keda-a<target>-p<pollingInterval>-c<cooldownPeriod>-s<scaleDown window>`
+/// is an `AverageValue` target, what KServe deploys for the seeds (the
+/// point with their knobs is `keda-seed`); `keda-t…` is a `Value` target,
+/// which only a ScaledObject written directly can have.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KedaKnobs {
-    /// `target.value`: summed running requests across pods.
+    /// `Value` (ready × sum / target) or `AverageValue` (sum / target).
+    pub metric_type: MetricType,
+    /// The target on the summed running requests across pods.
     pub target: f64,
     /// `pollingInterval`, seconds.
     pub polling_s: f64,
@@ -75,8 +78,10 @@ pub struct KedaKnobs {
 }
 
 impl KedaKnobs {
-    /// What seeds 000/001 deploy: target 1, KEDA and HPA defaults.
+    /// What seeds 000/001 deploy through KServe: target 1 as
+    /// `AverageValue`, KEDA and HPA defaults.
     pub const SEED: KedaKnobs = KedaKnobs {
+        metric_type: MetricType::AverageValue,
         target: 1.0,
         polling_s: 30.0,
         cooldown_s: 300.0,
@@ -84,19 +89,27 @@ impl KedaKnobs {
     };
 
     pub fn name(&self) -> String {
+        let family = match self.metric_type {
+            MetricType::Value => "t",
+            _ => "a",
+        };
         format!(
-            "keda-t{}-p{}-c{}-s{}",
+            "keda-{family}{}-p{}-c{}-s{}",
             self.target, self.polling_s, self.cooldown_s, self.down_window_s
         )
     }
 
     /// The knobs named by [`KedaKnobs::name`], or `None` for any other name.
     pub fn parse(name: &str) -> Option<KedaKnobs> {
-        let rest = name.strip_prefix("keda-t")?;
+        let (metric_type, rest) = match name.strip_prefix("keda-t") {
+            Some(rest) => (MetricType::Value, rest),
+            None => (MetricType::AverageValue, name.strip_prefix("keda-a")?),
+        };
         let (target, rest) = rest.split_once("-p")?;
         let (polling, rest) = rest.split_once("-c")?;
         let (cooldown, window) = rest.split_once("-s")?;
         let knobs = KedaKnobs {
+            metric_type,
             target: target.parse().ok()?,
             polling_s: polling.parse().ok()?,
             cooldown_s: cooldown.parse().ok()?,
@@ -191,7 +204,7 @@ pub fn build(
                 knobs.spec(ctx),
                 passthrough(
                     Signal::Running,
-                    MetricType::Value,
+                    knobs.metric_type,
                     knobs.target,
                     ctx.window_s,
                     Operation::Avg,
@@ -301,7 +314,7 @@ pub fn build(
                     .chain([
                         "static-peak",
                         "oracle",
-                        "keda-t<target>-p<polling s>-c<cooldown s>-s<scale-down window s>",
+                        "keda-a<target>-p<polling s>-c<cooldown s>-s<scale-down window s> (AverageValue; keda-t… for Value)",
                     ])
                     .collect::<Vec<_>>()
                     .join(", "),

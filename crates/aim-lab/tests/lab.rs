@@ -168,9 +168,10 @@ fn shared_traces_parse_when_present() {
 }
 
 #[test]
-fn keda_grid_names_round_trip_and_the_grid_is_the_value_typed_seed_trigger() {
+fn keda_grid_names_round_trip_and_the_average_value_seed_point_is_keda_seed() {
     use aim_lab::scenario::KedaKnobs;
     let knobs = KedaKnobs {
+        metric_type: aim_policy::keda::MetricType::Value,
         target: 13.6,
         polling_s: 15.0,
         cooldown_s: 60.0,
@@ -178,38 +179,49 @@ fn keda_grid_names_round_trip_and_the_grid_is_the_value_typed_seed_trigger() {
     };
     assert_eq!(knobs.name(), "keda-t13.6-p15-c60-s100");
     assert_eq!(KedaKnobs::parse(&knobs.name()), Some(knobs));
+    let average = KedaKnobs {
+        metric_type: aim_policy::keda::MetricType::AverageValue,
+        ..knobs
+    };
+    assert_eq!(average.name(), "keda-a13.6-p15-c60-s100");
+    assert_eq!(KedaKnobs::parse(&average.name()), Some(average));
     for bad in [
         "keda-seed",
         "keda-t0-p30-c300-s300",
         "keda-t1-p0-c300-s0",
         "keda-tx-p30-c300-s0",
+        "keda-a0-p30-c300-s0",
+        "keda-x1-p30-c300-s0",
     ] {
         assert_eq!(KedaKnobs::parse(bad), None, "{bad}");
     }
-    // The grid's trigger is a `Value` target on the summed metric, written
-    // directly on a ScaledObject; keda-seed is what KServe deploys for the
-    // seeds (KEDA's default AverageValue). With the seeds' knobs the grid
-    // point proposes ready × sum instead of sum, so it keeps more replicas.
+    // The AverageValue grid point with the seeds' knobs runs exactly like
+    // keda-seed (what KServe deploys for the seeds).
     let arrivals = step_load();
     let go = |name: &str| {
         let mut controller = build(name, &ctx(6), &BTreeMap::new()).unwrap();
         run(&cfg(), &arrivals, &mut controller, &mut |_| {}).unwrap()
     };
-    let seed = go(&KedaKnobs::SEED.name());
     let deployed = go("keda-seed");
+    assert_eq!(KedaKnobs::SEED.name(), "keda-a1-p30-c300-s300");
+    assert_eq!(go(&KedaKnobs::SEED.name()), deployed);
+    // The Value family, written directly on a ScaledObject, proposes
+    // ready × sum instead of sum, so with the same knobs it keeps more
+    // replicas.
+    let value = go("keda-t1-p30-c300-s300");
     assert!(
-        seed.replica_seconds > deployed.replica_seconds,
+        value.replica_seconds > deployed.replica_seconds,
         "Value {} vs AverageValue {}",
-        seed.replica_seconds,
+        value.replica_seconds,
         deployed.replica_seconds
     );
     // A larger target is a different controller: fewer replica-seconds.
     let relaxed = go("keda-t40-p30-c300-s300");
     assert!(
-        relaxed.replica_seconds < seed.replica_seconds,
+        relaxed.replica_seconds < value.replica_seconds,
         "{} vs {}",
         relaxed.replica_seconds,
-        seed.replica_seconds
+        value.replica_seconds
     );
 }
 
