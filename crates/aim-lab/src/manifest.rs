@@ -240,28 +240,20 @@ spec:
         let k = parse(SEED_000, 120.0).unwrap();
         assert_eq!(k.keda.spec.min_replica_count, 1);
         assert_eq!(k.keda.spec.max_replica_count, 8);
-        let t = &k.triggers[0];
-        assert_eq!(
-            (t.signals[0], t.operation, t.spec.metric_type, t.spec.target),
-            (
-                Signal::Running,
-                Operation::Avg,
-                MetricType::AverageValue,
-                1.0
-            )
-        );
         // Without metrics: aim's default, deployed the same way.
         let default = parse(&SEED_000[..SEED_000.find("  autoScaling").unwrap()], 120.0).unwrap();
-        let t = &default.triggers[0];
-        assert_eq!(
-            (t.signals[0], t.operation, t.spec.metric_type, t.spec.target),
-            (
-                Signal::Running,
-                Operation::Avg,
-                MetricType::AverageValue,
-                1.0
-            )
-        );
+        for loop_ in [&k, &default] {
+            let t = &loop_.triggers[0];
+            assert_eq!(
+                (t.signals[0], t.operation, t.spec.metric_type, t.spec.target),
+                (
+                    Signal::Running,
+                    Operation::Avg,
+                    MetricType::AverageValue,
+                    1.0
+                )
+            );
+        }
     }
 
     #[test]

@@ -433,7 +433,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             peak = row.ready_pods;
             peak_at = Some(t);
         }
-        let at_one = load_done && peak > 1 && row.desired == 1 && row.ready_pods == 1;
+        // The same "back at one" as the lab comparison's (prediction::episode):
+        // a pod still starting counts, and so does the HPA's own count.
+        let at_one = load_done
+            && peak > 1
+            && row.desired == 1
+            && row.hpa_desired == 1
+            && row.ready_pods == 1
+            && row.pods == 1;
         rows.push(row);
         if at_one {
             back_at_one = Some(t);
