@@ -69,6 +69,12 @@ pub struct SimConfig {
     /// timeline and billing included), to watch the scale-down after a
     /// load ends.
     pub tail_s: f64,
+    /// When the first scrape and the first HPA sync fall, in seconds from
+    /// the start. `None` aligns them: the scrape at one interval, the HPA
+    /// 1 ms after it, so the HPA always reads a fresh scrape. On a live
+    /// cluster the sidecars' scrapes and the HPA's sync run at unrelated
+    /// phases, so the data the HPA reads is up to one interval old.
+    pub first_ticks: Option<(f64, f64)>,
 }
 
 impl SimConfig {
@@ -90,6 +96,7 @@ impl SimConfig {
             initial_replicas: 1,
             sample_interval_s: 10.0,
             tail_s: 0.0,
+            first_ticks: None,
         }
     }
 }
@@ -595,11 +602,15 @@ pub fn run(
         w.add_pod(true);
     }
     w.spec = initial;
+    // Aligned by default: offsets keep the order scrape → HPA → KEDA
+    // within a tick.
+    let (first_scrape, first_sync) = cfg
+        .first_ticks
+        .unwrap_or((cfg.scrape_interval_s, cfg.hpa_sync_s + 0.001));
     match controller {
         Controller::Keda(k) => {
-            w.schedule(cfg.scrape_interval_s, Event::Scrape);
-            // Offsets keep the order scrape → HPA → KEDA within a tick.
-            w.schedule(cfg.hpa_sync_s + 0.001, Event::HpaSync);
+            w.schedule(first_scrape, Event::Scrape);
+            w.schedule(first_sync, Event::HpaSync);
             w.schedule(
                 k.keda.spec.polling_interval_seconds + 0.002,
                 Event::KedaPoll,
@@ -609,9 +620,9 @@ pub fn run(
             for (i, step) in steps.iter().enumerate().skip(1) {
                 w.schedule(step.0, Event::Plan(i));
             }
-            w.schedule(cfg.scrape_interval_s, Event::Scrape);
+            w.schedule(first_scrape, Event::Scrape);
         }
-        Controller::Static(_) => w.schedule(cfg.scrape_interval_s, Event::Scrape),
+        Controller::Static(_) => w.schedule(first_scrape, Event::Scrape),
     }
     w.schedule(cfg.sample_interval_s, Event::Sample);
 

@@ -366,3 +366,41 @@ fn kserve_scale_down_window_and_hpa_sync_shape_a_manifest_run() {
         first_up(&slow_sync)
     );
 }
+
+/// `first_ticks` moves the HPA's sync phase: every replica change then
+/// falls on that phase, and without it on the aligned one (1 ms after the
+/// scrape).
+#[test]
+fn first_ticks_set_the_scrape_and_sync_phases() {
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/seeds/aim-basic-autoscaling.yaml"),
+    )
+    .unwrap();
+    let arrivals = step_load();
+    let changes_at = |first_ticks: Option<(f64, f64)>| {
+        let mut k = aim_lab::manifest::parse(&manifest, 30.0).unwrap();
+        k.set_scale_down_window(10);
+        let mut c = cfg();
+        c.hpa_sync_s = 5.0;
+        c.scrape_interval_s = 5.0;
+        c.first_ticks = first_ticks;
+        let r = run(
+            &c,
+            &arrivals,
+            &mut Controller::Keda(Box::new(k)),
+            &mut |_| {},
+        )
+        .unwrap();
+        r.changes.iter().map(|c| c.at).collect::<Vec<_>>()
+    };
+    let phase_of = |at: f64| (at % 5.0 * 1000.0).round() / 1000.0;
+    let shifted = changes_at(Some((4.0, 2.5)));
+    assert!(!shifted.is_empty(), "the step never scaled");
+    assert!(shifted.iter().all(|&at| phase_of(at) == 2.5), "{shifted:?}");
+    let aligned = changes_at(None);
+    assert!(
+        aligned.iter().all(|&at| phase_of(at) == 0.001),
+        "{aligned:?}"
+    );
+}

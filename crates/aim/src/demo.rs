@@ -509,7 +509,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 SCALER_WINDOW.as_secs()
             );
             let live_loop = live_loop(&client, &isvc, &args).await?;
-            let (lab, run) = crate::prediction::predict(&live_loop, arrivals)?;
+            let (lab, run) = crate::prediction::predict_phases(
+                &live_loop,
+                arrivals,
+                crate::prediction::PHASE_DRAWS,
+            )?;
             let samples: Vec<crate::prediction::Sample> = rows
                 .iter()
                 .map(|r| crate::prediction::Sample {
@@ -526,7 +530,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             live.ttft_p99_ms = s.ttft.p99_ms;
             print!("{}", crate::prediction::side_by_side(&lab, &live));
             println!(
-                "    live replica figures are read every 2 s (desired from the HPA's status); the lab's every 1 s. Reproduce the lab column alone with: aim lab run -f examples/seeds/aim-basic-autoscaling.yaml --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
+                "    the lab runs {} times, with the first scrape and the first HPA sync at phases spread over their periods (live they are whatever the processes' start made them). Live replica figures are read every 2 s (desired from the HPA's status); the lab's every 1 s. The aligned case from the command line: aim lab run -f examples/seeds/aim-basic-autoscaling.yaml --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
+                crate::prediction::PHASE_DRAWS,
                 live_loop.cold_start_s,
                 live_loop.hpa_sync_s,
                 live_loop.scrape_interval_s,

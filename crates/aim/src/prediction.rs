@@ -164,8 +164,44 @@ pub struct LiveLoop {
     pub watch_after_s: f64,
 }
 
-/// Runs the lab on the live run's arrivals with the live loop's settings.
-pub fn predict(live: &LiveLoop, arrivals: &[Arrival]) -> anyhow::Result<(Figures, RunResult)> {
+/// How many scrape/sync phase pairs [`predict_phases`] tries.
+pub const PHASE_DRAWS: usize = 9;
+
+/// Runs the lab on the live run's arrivals with the live loop's settings,
+/// at `draws` phases of the first scrape and the first
+/// HPA sync, spread evenly over their periods (a live cluster's phases are
+/// whatever the processes' start times made them): the range of the
+/// prediction, and the run of the middle draw for the chart.
+pub fn predict_phases(
+    live: &LiveLoop,
+    arrivals: &[Arrival],
+    draws: usize,
+) -> anyhow::Result<(Vec<Figures>, RunResult)> {
+    let draws = draws.max(1);
+    let mut figures = Vec::with_capacity(draws);
+    let mut middle = None;
+    for i in 0..draws {
+        // Two interleaved even spreads, so the pairs cover the square of
+        // (scrape phase, sync phase) rather than its diagonal.
+        let sync = (i as f64 + 0.5) / draws as f64;
+        let scrape = ((i * 5 % draws) as f64 + 0.5) / draws as f64;
+        let ticks = (scrape * live.scrape_interval_s, sync * live.hpa_sync_s);
+        let (f, run) = predict_at(live, arrivals, Some(ticks))?;
+        figures.push(f);
+        if i == draws / 2 {
+            middle = Some(run);
+        }
+    }
+    Ok((figures, middle.expect("at least one draw")))
+}
+
+/// One lab run of the live loop; `first_ticks` `None` aligns the scrape
+/// and the HPA sync (the lab's default).
+fn predict_at(
+    live: &LiveLoop,
+    arrivals: &[Arrival],
+    first_ticks: Option<(f64, f64)>,
+) -> anyhow::Result<(Figures, RunResult)> {
     let profile = Profile::named(&live.profile)
         .ok_or_else(|| anyhow::anyhow!("the lab has no profile {:?}", live.profile))?;
     let mut keda = aim_lab::manifest::parse(&live.manifest, live.scaler_window_s)?;
@@ -182,6 +218,7 @@ pub fn predict(live: &LiveLoop, arrivals: &[Arrival]) -> anyhow::Result<(Figures
     cfg.router = Router::RoundRobin;
     cfg.initial_replicas = 1;
     cfg.sample_interval_s = 1.0;
+    cfg.first_ticks = first_ticks;
     let last = arrivals.last().map_or(0.0, |a| a.at);
     cfg.tail_s = (live.load_for_s + live.watch_after_s - last).max(0.0);
     let run = aim_lab::sim::run(
@@ -193,47 +230,82 @@ pub fn predict(live: &LiveLoop, arrivals: &[Arrival]) -> anyhow::Result<(Figures
     Ok((figures_of_lab(&run, live.load_for_s), run))
 }
 
-/// The two columns, one figure per line.
-pub fn side_by_side(lab: &Figures, live: &Figures) -> String {
+/// The median of the draws' values and their range, e.g. "16 s (11–19)";
+/// draws where the figure never happened are counted.
+fn spread(values: &[Option<f64>], unit: &str) -> String {
+    let mut seen: Vec<f64> = values.iter().flatten().copied().collect();
+    let never = values.len() - seen.len();
+    let Some(median) = percentile(&mut seen, 0.5) else {
+        return "never".into();
+    };
+    let (lo, hi) = (seen[0], seen[seen.len() - 1]);
+    let mut text = if lo == hi {
+        format!("{median:.0}{unit}")
+    } else {
+        format!("{median:.0}{unit} ({lo:.0}–{hi:.0})")
+    };
+    if never > 0 {
+        text.push_str(&format!(", never in {never}"));
+    }
+    text
+}
+
+/// The two columns, one figure per line: the lab's median over its phase
+/// draws with their range, and the live run's figure.
+pub fn side_by_side(lab: &[Figures], live: &Figures) -> String {
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.0} s"));
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    let each = |f: fn(&Figures) -> Option<f64>| lab.iter().map(f).collect::<Vec<_>>();
     let rows = [
         (
             "load step → first scale-up decision",
-            secs(lab.first_scale_up_s),
+            spread(&each(|f| f.first_scale_up_s), " s"),
             secs(live.first_scale_up_s),
         ),
         (
             "peak Ready replicas",
-            lab.peak_ready.to_string(),
+            spread(&each(|f| Some(f64::from(f.peak_ready))), ""),
             live.peak_ready.to_string(),
         ),
         (
             "load step → peak Ready",
-            secs(lab.peak_ready_at_s),
+            spread(&each(|f| f.peak_ready_at_s), " s"),
             secs(live.peak_ready_at_s),
         ),
         (
             "load step → back to 1 replica",
-            secs(lab.back_to_one_s),
+            spread(&each(|f| f.back_to_one_s), " s"),
             secs(live.back_to_one_s),
         ),
         (
             "replica-seconds above 1",
-            format!("{:.0}", lab.extra_replica_seconds),
+            spread(&each(|f| Some(f.extra_replica_seconds)), ""),
             format!("{:.0}", live.extra_replica_seconds),
         ),
         (
-            "requests completed / failed",
-            format!("{} / {}", lab.completed, lab.failed),
-            format!("{} / {}", live.completed, live.failed),
+            "requests failed",
+            spread(&each(|f| Some(f.failed as f64)), ""),
+            format!("{} (of {})", live.failed, live.completed + live.failed),
         ),
-        ("TTFT p50", ms(lab.ttft_p50_ms), ms(live.ttft_p50_ms)),
-        ("TTFT p99", ms(lab.ttft_p99_ms), ms(live.ttft_p99_ms)),
+        (
+            "TTFT p50",
+            spread(&each(|f| f.ttft_p50_ms), " ms"),
+            ms(live.ttft_p50_ms),
+        ),
+        (
+            "TTFT p99",
+            spread(&each(|f| f.ttft_p99_ms), " ms"),
+            ms(live.ttft_p99_ms),
+        ),
     ];
-    let mut out = format!("    {:<40} {:>14} {:>14}\n", "", "lab (predicted)", "live");
+    let mut out = format!(
+        "    {:<38} {:>24} {:>12}\n",
+        "",
+        format!("lab, median (range of {})", lab.len()),
+        "live"
+    );
     for (what, l, r) in rows {
-        out.push_str(&format!("    {what:<40} {l:>14} {r:>14}\n"));
+        out.push_str(&format!("    {what:<38} {l:>24} {r:>12}\n"));
     }
     out
 }
@@ -276,6 +348,17 @@ mod tests {
         // Still scaled out when the view ends.
         let stuck = episode(&samples[..6], 10.0);
         assert_eq!(stuck.back_to_one_s, None);
+    }
+
+    #[test]
+    fn a_spread_is_the_median_and_range_and_counts_the_nevers() {
+        assert_eq!(
+            spread(&[Some(12.0), Some(9.0), Some(15.0)], " s"),
+            "12 s (9–15)"
+        );
+        assert_eq!(spread(&[Some(3.0), Some(3.0)], ""), "3");
+        assert_eq!(spread(&[Some(20.0), None], " s"), "20 s, never in 1");
+        assert_eq!(spread(&[None, None], " s"), "never");
     }
 
     #[test]
@@ -346,7 +429,20 @@ mod tests {
                 })
             })
             .collect();
-        let (f, run) = predict(&live, &arrivals).unwrap();
+        let (f, run) = predict_at(&live, &arrivals, None).unwrap();
+        // Unaligned phases can only make the HPA read older data: the
+        // spread of first decisions starts no earlier than the aligned one.
+        let (draws, _) = predict_phases(&live, &arrivals, 5).unwrap();
+        assert_eq!(draws.len(), 5);
+        let earliest = draws
+            .iter()
+            .filter_map(|d| d.first_scale_up_s)
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            earliest + 5.0 >= f.first_scale_up_s.unwrap(),
+            "phase draws decided at {earliest} s, aligned at {:?}",
+            f.first_scale_up_s
+        );
         let up = f.first_scale_up_s.expect("never scaled out");
         assert!(up > 0.0 && up < 30.0, "first scale-up at {up} s");
         assert!((2..=4).contains(&f.peak_ready), "peak {}", f.peak_ready);
