@@ -44,7 +44,7 @@ pub struct DemoArgs {
     /// rate schedule (e.g. "0s:0.5" or "0s:0.3,30s:0.8"), cut at --load-for.
     /// The lab then replays the same arrivals through the same
     /// configuration and prints its prediction beside the live figures.
-    #[arg(long, value_name = "SCHEDULE")]
+    #[arg(long, value_name = "SCHEDULE", value_parser = rate_schedule)]
     rate: Option<String>,
     /// Seed of the open-loop arrivals.
     #[arg(long, default_value_t = 0)]
@@ -67,6 +67,13 @@ fn seconds(text: &str) -> Result<f64, String> {
     aim_policy::parse_seconds(text)
         .filter(|s| *s > 0.0)
         .ok_or_else(|| format!("{text:?} is not a duration like 90s or 2m"))
+}
+
+/// Checks `--rate` before anything is brought up; the text goes on to
+/// `aim load` unchanged.
+fn rate_schedule(text: &str) -> Result<String, String> {
+    aim_load::schedule::RateSchedule::parse(text)?;
+    Ok(text.to_string())
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -766,4 +773,31 @@ async fn apply_all(
         .with_context(|| format!("applying {} {}", types.kind, obj.name_any()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    #[test]
+    fn a_bad_rate_is_refused_before_anything_starts() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
+        };
+        let e = parse(&["--rate", "0s:1,soon:3"]).err().unwrap().to_string();
+        assert!(e.contains("--rate") && e.contains("soon"), "{e}");
+        let e = parse(&["--rate", "0s:1", "--concurrency", "2"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let ok = parse(&["--rate", "0s:0.7", "--seed", "2"]).unwrap().demo;
+        assert_eq!((ok.rate.as_deref(), ok.seed), (Some("0s:0.7"), 2));
+    }
 }
