@@ -138,18 +138,19 @@ pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestErro
                 ));
             }
         }
-        let value = match target.get("value") {
-            Some(v) => number(v).filter(|v| *v > 0.0).ok_or_else(|| {
-                field(&format!("{path}.target.value"), "expected a number above 0")
-            })?,
-            None if target.get("averageValue").is_some() => {
-                return Err(field(
-                    &format!("{path}.target.averageValue"),
-                    "KServe v0.16 reads only target.value for pod and external metrics, so the deployed trigger's target would be 0; put the number in target.value (KEDA applies it as an average per replica)",
-                ));
-            }
-            None => return Err(field(&format!("{path}.target.value"), "missing")),
+        // aim's operator copies an averageValue-only target into `value`,
+        // the one field KServe reads (AIM Engine does not, and KServe then
+        // deploys a target of 0).
+        let key = if target.get("value").is_none() && target.get("averageValue").is_some() {
+            "averageValue"
+        } else {
+            "value"
         };
+        let value = target
+            .get(key)
+            .and_then(number)
+            .filter(|v| *v > 0.0)
+            .ok_or_else(|| field(&format!("{path}.target.{key}"), "expected a number above 0"))?;
         triggers.push(Trigger {
             signals: vec![signal_of(query, &format!("{path}.metric.query"))?],
             operation,
@@ -257,11 +258,28 @@ spec:
     }
 
     #[test]
-    fn an_average_value_target_kserve_would_drop_is_refused() {
-        let e = parse(
+    fn an_average_value_target_is_deployed_as_aims_operator_writes_it() {
+        // Only averageValue: the operator copies it into value for KServe.
+        let k = parse(
             &SEED_000
                 .replace("type: Value", "type: AverageValue")
                 .replace("value: \"1\"", "averageValue: \"4\""),
+            120.0,
+        )
+        .unwrap();
+        let t = &k.triggers[0].spec;
+        assert_eq!((t.metric_type, t.target), (MetricType::AverageValue, 4.0));
+        // Either type with a value is deployed as an average per replica.
+        let k = parse(
+            &SEED_000.replace("type: Value", "type: AverageValue"),
+            120.0,
+        )
+        .unwrap();
+        assert_eq!(k.triggers[0].spec.metric_type, MetricType::AverageValue);
+        let e = parse(
+            &SEED_000
+                .replace("type: Value", "type: AverageValue")
+                .replace("value: \"1\"", "averageValue: \"none\""),
             120.0,
         )
         .unwrap_err()
@@ -270,14 +288,6 @@ spec:
             e.contains("spec.autoScaling.metrics[0].target.averageValue"),
             "{e}"
         );
-        assert!(e.contains("target.value"), "{e}");
-        // Either type with a value is deployed as an average per replica.
-        let k = parse(
-            &SEED_000.replace("type: Value", "type: AverageValue"),
-            120.0,
-        )
-        .unwrap();
-        assert_eq!(k.triggers[0].spec.metric_type, MetricType::AverageValue);
     }
 
     #[test]

@@ -272,9 +272,15 @@ fn autoscaling_json(scaling: &AutoScaling, default_scaler: &str) -> Value {
     json!({"metrics": metrics})
 }
 
+/// A pod metric's target, copied field by field, plus one fix over AIM
+/// Engine: KServe v0.16 reads only `target.value` for pod metrics (it
+/// becomes the KEDA trigger's `targetValue`, under KEDA's default
+/// `AverageValue` type), so a target given only as `averageValue` would be
+/// deployed as 0. Copying it into `value` deploys what was asked: that
+/// average per replica.
 fn target_json(target: &MetricTarget) -> Value {
     let mut out = json!({"type": target.type_});
-    if let Some(v) = &target.value {
+    if let Some(v) = target.value.as_ref().or(target.average_value.as_ref()) {
         out["value"] = json!(v);
     }
     if let Some(v) = &target.average_value {

@@ -340,6 +340,22 @@ fn bounds_without_metrics_scale_on_running_requests() {
         metrics[0]["podmetric"]["metric"]["query"],
         "vllm:num_requests_waiting"
     );
+    assert_eq!(metrics[0]["podmetric"]["target"]["value"], "5");
+    // An AverageValue target reaches KServe through `value`, the one field
+    // it reads, and keeps its averageValue.
+    let average = service(&format!(
+        "{BASE}  maxReplicas: 4\n  autoScaling:\n    metrics:\n    - type: PodMetric\n      podmetric:\n        metric: {{backend: opentelemetry, query: \"vllm:num_requests_waiting\"}}\n        target: {{type: AverageValue, averageValue: \"3\"}}\n"
+    ));
+    let isvc = rendered_isvc(&average);
+    let target = &isvc["spec"]["predictor"]["autoScaling"]["metrics"][0]["podmetric"]["target"];
+    assert_eq!(
+        (&target["type"], &target["value"], &target["averageValue"]),
+        (
+            &serde_json::json!("AverageValue"),
+            &serde_json::json!("3"),
+            &serde_json::json!("3")
+        )
+    );
 }
 
 #[test]
