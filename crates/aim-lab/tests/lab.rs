@@ -304,22 +304,29 @@ fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later()
     );
 }
 
+/// The seeds' autoscaling qwen-chat as KServe deploys it, with a 30 s scaler
+/// window and KServe's scale-down window set to `down_window` seconds.
+fn seed_autoscaling_loop(down_window: u32) -> aim_lab::control::KedaLoop {
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/seeds/aim-basic-autoscaling.yaml"),
+    )
+    .unwrap();
+    let mut k = aim_lab::manifest::parse(&manifest, 30.0).unwrap();
+    k.set_scale_down_window(down_window);
+    k
+}
+
 /// KServe's scale-down stabilization window (`--scale-down-window`) and the
 /// HPA sync period reach the loop: the step's extra replicas go sooner
 /// with a 10 s window than with KServe's default 300 s, and a 5 s sync
 /// decides the first scale-out no later than the default 15 s.
 #[test]
 fn kserve_scale_down_window_and_hpa_sync_shape_a_manifest_run() {
-    let manifest = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/seeds/aim-basic-autoscaling.yaml"),
-    )
-    .unwrap();
     // The step ends at 600 s; nothing arrives afterwards.
     let arrivals = step_load();
     let run_with = |down_window: u32, sync: f64| {
-        let mut k = aim_lab::manifest::parse(&manifest, 30.0).unwrap();
-        k.set_scale_down_window(down_window);
+        let k = seed_autoscaling_loop(down_window);
         let mut c = cfg();
         c.hpa_sync_s = sync;
         c.tail_s = 900.0;
@@ -372,15 +379,9 @@ fn kserve_scale_down_window_and_hpa_sync_shape_a_manifest_run() {
 /// scrape).
 #[test]
 fn first_ticks_set_the_scrape_and_sync_phases() {
-    let manifest = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/seeds/aim-basic-autoscaling.yaml"),
-    )
-    .unwrap();
     let arrivals = step_load();
     let changes_at = |first_ticks: Option<(f64, f64)>| {
-        let mut k = aim_lab::manifest::parse(&manifest, 30.0).unwrap();
-        k.set_scale_down_window(10);
+        let k = seed_autoscaling_loop(10);
         let mut c = cfg();
         c.hpa_sync_s = 5.0;
         c.scrape_interval_s = 5.0;

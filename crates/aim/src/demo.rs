@@ -260,13 +260,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .and_then(|s| s.runtime)
             .and_then(|r| r.desired_replicas)
             .unwrap_or(0);
-        let listed = pods
-            .list(
-                &ListParams::default()
-                    .labels(&format!("serving.kserve.io/inferenceservice={isvc}")),
-            )
-            .await?
-            .items;
+        let listed = pods_of(&pods, &isvc).await?;
         let ready = listed.iter().filter(|p| is_ready(p)).count();
         if desired <= 1 && ready == 1 && listed.len() == 1 {
             let since = *steady_since.get_or_insert_with(Instant::now);
@@ -368,13 +362,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let runtime = svc.status.and_then(|s| s.runtime).unwrap_or_default();
         // A pod being deleted is out of its Service's endpoints and its
         // simulator is stopped: it counts neither as Ready nor as billed.
-        let existing: Vec<Pod> = pods
-            .list(
-                &ListParams::default()
-                    .labels(&format!("serving.kserve.io/inferenceservice={isvc}")),
-            )
+        let existing: Vec<Pod> = pods_of(&pods, &isvc)
             .await?
-            .items
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect();
@@ -582,10 +571,8 @@ async fn live_loop(
         .with_context(|| format!("reading HPA {DEMO_NAMESPACE}/{hpa_name}"))?;
     let behavior =
         crate::prediction::behavior_of(hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()));
-    let pod = Api::<Pod>::namespaced(client.clone(), DEMO_NAMESPACE)
-        .list(&ListParams::default().labels(&format!("serving.kserve.io/inferenceservice={isvc}")))
+    let pod = pods_of(&Api::namespaced(client.clone(), DEMO_NAMESPACE), isvc)
         .await?
-        .items
         .into_iter()
         .next()
         .context("no pod of the service is left to read its sidecar from")?;
@@ -617,6 +604,15 @@ async fn live_loop(
 struct LoadCli {
     #[command(flatten)]
     load: aim_load::LoadArgs,
+}
+
+/// The pods KServe labels as the InferenceService's.
+async fn pods_of(pods: &Api<Pod>, isvc: &str) -> Result<Vec<Pod>, kube::Error> {
+    let selector = format!("{}={isvc}", aim_pods::pod::ISVC_LABEL);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
 }
 
 fn is_ready(p: &Pod) -> bool {
