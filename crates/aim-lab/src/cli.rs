@@ -1,15 +1,15 @@
 //! `aim lab run | compare | bench | tune-keda | fidelity`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use aim_engine::Profile;
 
 use crate::experiment::{Entry, Setup, compare};
 use crate::sim::{Router, SimConfig, Slo};
-use crate::synth::{Envelope, Lengths, enveloped_gamma, llmd_ramp};
-use crate::trace::{Arrival, TraceFormat, load, scale_rate};
+use crate::synth::{Adversarial, Envelope, Lengths, enveloped_gamma, llmd_ramp};
+use crate::trace::{Arrival, TraceFormat, block_bootstrap, load, scale_rate, slice};
 use crate::{LabError, report};
 
 #[derive(Debug, clap::Args)]
@@ -22,12 +22,15 @@ pub struct LabArgs {
 pub enum LabCommand {
     /// Score one policy (or an AIMService manifest's autoscaling) on a workload.
     Run(RunArgs),
-    /// Score several policies on the same workload, with the oracle and static peak.
+    /// Score several policies on the same workload, with the hindsight plan, static peak and lower bound.
     Compare(CompareArgs),
     /// Lab speed: simulated time over wall time on a trace.
     Bench(BenchArgs),
     /// Grid-search the seed-style KEDA knobs and pick "KEDA tuned as well as you can".
     TuneKeda(TuneArgs),
+    /// Grid-search one aim policy's knobs the same way, and pick its
+    /// cheapest setting that reaches the goal.
+    TunePolicy(TunePolicyArgs),
     /// Reference §5.4 fidelity statistics: a synthetic workload next to its
     /// source trace (dispersion vs window, per-minute peak/mean and
     /// peak/trough, inter-arrival CV, KS distances on lengths, autocorrelation).
@@ -42,11 +45,43 @@ pub enum Synthetic {
     Bursty,
     /// llm-d's staged ramp: 2 → 10 → 1 rps, 4000/1000 tokens.
     LlmdRamp,
+    /// Adversarial: a sudden 4× step up at a third of --duration, down at two thirds.
+    Step,
+    /// Adversarial: 30 s bursts at 4× every 300 s, shorter than a cold start.
+    ShortBursts,
+    /// Adversarial: a whole day's shape compressed into --duration.
+    CompressedDay,
+    /// Adversarial: linear ramps between plateaus, up in two stages and down in two.
+    PlateauRamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resample {
+    Block,
+    Jitter,
+}
+
+fn span(text: &str) -> Result<(f64, f64), String> {
+    let (from, to) = text
+        .split_once(':')
+        .ok_or_else(|| format!("--span takes FROM:TO in seconds, e.g. 1800:3600, got {text:?}"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+    };
+    match (parse(from), parse(to)) {
+        (Some(f), Some(t)) if t > f => Ok((f, t)),
+        _ => Err(format!(
+            "--span takes FROM:TO with 0 ≤ FROM < TO seconds, e.g. 1800:3600, got {text:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadArgs {
-    /// A trace file: Azure CSV or Mooncake JSONL (e.g. ../shared/traces/azure-llm-2023-conv.csv).
+    /// A trace file: Azure CSV or Mooncake JSONL (e.g. traces/azure-llm-2023-conv.csv).
     #[arg(long, conflicts_with = "synthetic")]
     pub trace: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -57,6 +92,16 @@ pub struct WorkloadArgs {
     /// Multiply the arrival rate (copies of each request, ±0.5 s), keeping time uncompressed.
     #[arg(long, default_value_t = 1.0)]
     pub rate_scale: f64,
+    /// Only this part of the workload, FROM:TO in seconds (e.g. 0:1800 to
+    /// tune on the first half-hour, 1800:3600 to score on the second).
+    #[arg(long, value_parser = span)]
+    pub span: Option<(f64, f64)>,
+    /// How seeds after the first resample a trace: `block` is a local block
+    /// bootstrap (60 s blocks, each drawn from its ±2 neighbours); `jitter`
+    /// only shifts each request by up to ±0.5 s, as every seed of a trace
+    /// does. Seed 1 is the trace as recorded (with that jitter).
+    #[arg(long, value_enum, default_value_t = Resample::Block)]
+    pub resample: Resample,
     /// Synthetic: length of the episode in seconds.
     #[arg(long, default_value_t = 7200.0)]
     pub duration: f64,
@@ -118,6 +163,11 @@ pub struct ClusterArgs {
     /// Seeds (arrival jitter, cold-start jitter); ≥ 5 gives confidence intervals worth reading.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
+    /// Pre-roll before the scored episode, seconds: the workload's first
+    /// WARMUP seconds mirrored in time run through the loop first, so
+    /// engines, metrics and controllers start scoring warm. 0 starts cold.
+    #[arg(long, default_value_t = 600.0)]
+    pub warmup: f64,
     /// Scaler query window, seconds (aim-scaler's default).
     #[arg(long, default_value_t = 120.0)]
     pub window: f64,
@@ -226,19 +276,7 @@ fn grid_target(text: &str, in_flight: f64) -> Result<f64, LabError> {
 }
 
 fn tune(a: &TuneArgs) -> Result<(), LabError> {
-    let capacity = match a.cluster.capacity_rps {
-        Some(rps) => crate::oracle::Capacity {
-            rps,
-            in_flight: a.cluster.capacity_in_flight.unwrap_or(rps * 10.0),
-        },
-        None => {
-            eprintln!("measuring c* ...");
-            crate::experiment::measure_capacity(
-                &sim_config(&a.cluster)?,
-                &workload(&a.workload)?(1),
-            )
-        }
-    };
+    let capacity = measured_capacity(&a.workload, &a.cluster)?;
     let mut entries = Vec::new();
     for t in &a.targets {
         let target = grid_target(t, capacity.in_flight)?;
@@ -291,13 +329,142 @@ fn tune(a: &TuneArgs) -> Result<(), LabError> {
     write(&a.out.join("selected.txt"), &line)
 }
 
+#[derive(Debug, clap::Args)]
+pub struct TunePolicyArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The policy scenario to tune: aibrix, queue, slo, predictive, cost, keda-tuned.
+    #[arg(long)]
+    pub policy: String,
+    /// One knob and its values, KEY=V1,V2,…; repeat for a grid (every
+    /// combination is run). `xK` values mean K × the in-flight requests one
+    /// replica holds at c*.
+    #[arg(long = "grid", value_parser = key_value)]
+    pub grid: Vec<(String, String)>,
+    /// Selection: the cheapest setting with at least this mean SLO
+    /// attainment (percent); if none reaches it, the best attainment.
+    #[arg(long, default_value_t = 99.0)]
+    pub goal: f64,
+    #[arg(long, default_value = "lab-out")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+fn measured_capacity(
+    w: &WorkloadArgs,
+    c: &ClusterArgs,
+) -> Result<crate::capacity::Capacity, LabError> {
+    Ok(match c.capacity_rps {
+        Some(rps) => crate::capacity::Capacity {
+            rps,
+            in_flight: c.capacity_in_flight.unwrap_or(rps * 10.0),
+        },
+        None => {
+            eprintln!("measuring c* ...");
+            crate::experiment::measure_capacity(&sim_config(c)?, &workload(w)?(1))
+        }
+    })
+}
+
+/// Every combination of the grid's values, as `policy[k=v;…]` labels.
+fn grid_labels(
+    policy: &str,
+    grid: &[(String, String)],
+    in_flight: f64,
+) -> Result<Vec<String>, LabError> {
+    let mut labels = vec![Vec::<String>::new()];
+    for (key, values) in grid {
+        let mut next = Vec::new();
+        for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            let v = if v.starts_with('x') {
+                format!("{}", grid_target(v, in_flight)?)
+            } else {
+                v.to_owned()
+            };
+            for l in &labels {
+                let mut l = l.clone();
+                l.push(format!("{key}={v}"));
+                next.push(l);
+            }
+        }
+        if next.is_empty() {
+            return Err(LabError::Input(format!(
+                "--grid {key}= has no values; write KEY=V1,V2"
+            )));
+        }
+        labels = next;
+    }
+    Ok(labels
+        .into_iter()
+        .map(|l| {
+            if l.is_empty() {
+                policy.to_owned()
+            } else {
+                format!("{policy}[{}]", l.join(";"))
+            }
+        })
+        .collect())
+}
+
+fn tune_policy(a: &TunePolicyArgs) -> Result<(), LabError> {
+    let capacity = measured_capacity(&a.workload, &a.cluster)?;
+    let labels = grid_labels(&a.policy, &a.grid, capacity.in_flight)?;
+    // Fail on a bad knob before hours of runs, naming it.
+    let ctx = crate::scenario::Context {
+        capacity: capacity.clone(),
+        cold_start_s: a.cluster.cold_start,
+        min: a.cluster.min,
+        max: a.cluster.max,
+        window_s: a.cluster.window,
+        ttft_s: a.cluster.ttft,
+        tpot_s: a.cluster.tpot,
+    };
+    for l in &labels {
+        crate::scenario::build(l, &ctx, &BTreeMap::new())?;
+    }
+    let cluster = ClusterArgs {
+        capacity_rps: Some(capacity.rps),
+        capacity_in_flight: Some(capacity.in_flight),
+        ..a.cluster.clone()
+    };
+    let title = a
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("{} grid", a.policy));
+    let entries: Vec<Entry> = labels.iter().cloned().map(Entry::Named).collect();
+    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.out, &title)?;
+    let candidates: Vec<_> = outcome
+        .rows
+        .iter()
+        .filter(|r| labels.contains(&r.name))
+        .cloned()
+        .collect();
+    let chosen = crate::experiment::select_cheapest(&candidates, a.goal / 100.0)
+        .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
+    let mean = |f: fn(&crate::score::Score) -> f64| {
+        chosen.scores.iter().map(f).sum::<f64>() / chosen.scores.len().max(1) as f64
+    };
+    let line = format!(
+        "selected: {} ({:.2} % attainment, {:.2} GPU-hours; rule: fewest GPU-hours at ≥ {} % mean attainment, else best attainment)\n",
+        chosen.name,
+        mean(|s| s.attainment) * 100.0,
+        mean(|s| s.gpu_hours),
+        a.goal
+    );
+    print!("{line}");
+    write(&a.out.join("selected.txt"), &line)
+}
+
 /// Here `--trace` is the source and the synthetic flags describe what is
 /// compared with it, so the two are given together: the workload's
 /// "one or the other" rule is lifted.
 #[derive(Debug, clap::Args)]
 #[command(mut_arg("trace", |a| a
     .conflicts_with(clap::builder::Resettable::Reset)
-    .help("The source trace: Azure CSV or Mooncake JSONL (e.g. ../shared/traces/azure-llm-2023-conv.csv)")))]
+    .help("The source trace: Azure CSV or Mooncake JSONL (e.g. traces/azure-llm-2023-conv.csv)")))]
 #[command(mut_arg("synthetic", |a| a
     .help("The synthetic workload compared with the source (with the other synthetic flags)")))]
 // Without the other commands' per-seed ±0.5 s jitter: it would blur the
@@ -362,7 +529,7 @@ fn fidelity(a: &FidelityArgs) -> Result<String, LabError> {
         }
         (None, None) => {
             return Err(LabError::Input(
-                "give --trace FILE (the source, e.g. ../shared/traces/azure-llm-2023-conv.csv), --synthetic diurnal|bursty|llmd-ramp, or both".into(),
+                "give --trace FILE (the source, e.g. traces/azure-llm-2023-conv.csv), --synthetic diurnal|bursty|llmd-ramp, or both".into(),
             ));
         }
     })
@@ -373,12 +540,16 @@ fn synthetic_name(kind: Synthetic) -> &'static str {
         Synthetic::Diurnal => "diurnal",
         Synthetic::Bursty => "bursty",
         Synthetic::LlmdRamp => "llmd-ramp",
+        Synthetic::Step => "step",
+        Synthetic::ShortBursts => "short-bursts",
+        Synthetic::CompressedDay => "compressed-day",
+        Synthetic::PlateauRamp => "plateau-ramp",
     }
 }
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value = "../shared/traces/azure-llm-2023-conv.csv")]
+    #[arg(long, default_value = "traces/azure-llm-2023-conv.csv")]
     pub trace: PathBuf,
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -423,7 +594,11 @@ fn sim_config(c: &ClusterArgs) -> Result<SimConfig, LabError> {
             )));
         }
     }
-    for (name, v) in [("--drain-grace", c.drain_grace), ("--tail", c.tail)] {
+    for (name, v) in [
+        ("--drain-grace", c.drain_grace),
+        ("--tail", c.tail),
+        ("--warmup", c.warmup),
+    ] {
         if !(v.is_finite() && v >= 0.0) {
             return Err(LabError::Input(format!(
                 "{name} must be 0 or more seconds, got {v}"
@@ -449,6 +624,7 @@ fn sim_config(c: &ClusterArgs) -> Result<SimConfig, LabError> {
     cfg.hpa_sync_s = c.hpa_sync;
     cfg.drain_grace_s = c.drain_grace;
     cfg.tail_s = c.tail;
+    cfg.warmup_s = c.warmup;
     cfg.slo = Slo {
         ttft_s: c.ttft,
         tpot_s: c.tpot,
@@ -466,12 +642,25 @@ fn workload(w: &WorkloadArgs) -> Result<Box<dyn Fn(u64) -> Vec<Arrival>>, LabErr
         )));
     }
     let scale = w.rate_scale;
-    match (&w.trace, w.synthetic) {
+    let base: Box<dyn Fn(u64) -> Vec<Arrival>> = match (&w.trace, w.synthetic) {
         (Some(path), _) => {
-            let base = load(path, w.format)?;
-            Ok(Box::new(move |seed| scale_rate(&base, scale, seed)))
+            let trace = load(path, w.format)?;
+            Box::new(move |_| trace.clone())
         }
-        (None, Some(Synthetic::LlmdRamp)) => Ok(Box::new(move |seed| scale_rate(&llmd_ramp(seed), scale, 0))),
+        (None, Some(Synthetic::LlmdRamp)) => Box::new(llmd_ramp),
+        (None, Some(kind @ (Synthetic::Step | Synthetic::ShortBursts | Synthetic::CompressedDay | Synthetic::PlateauRamp))) => {
+            let shape = match kind {
+                Synthetic::Step => Adversarial::Step,
+                Synthetic::ShortBursts => Adversarial::ShortBursts,
+                Synthetic::CompressedDay => Adversarial::CompressedDay,
+                _ => Adversarial::PlateauRamp,
+            };
+            let (mean, duration, lengths) = (w.mean_rps, w.duration, w.lengths);
+            if !(duration > 0.0 && mean > 0.0) {
+                return Err(LabError::Input("--duration and --mean-rps must be above 0".into()));
+            }
+            Box::new(move |seed| shape.arrivals(mean, duration, lengths, seed))
+        }
         (None, Some(kind)) => {
             let env = Envelope { mean_rps: w.mean_rps, peak_to_trough: w.peak_to_trough, period_s: w.period };
             let cv = if kind == Synthetic::Bursty { 3.0 } else { 1.1 };
@@ -479,14 +668,30 @@ fn workload(w: &WorkloadArgs) -> Result<Box<dyn Fn(u64) -> Vec<Arrival>>, LabErr
             if !(duration > 0.0 && w.mean_rps > 0.0 && w.peak_to_trough >= 1.0 && w.period > 0.0) {
                 return Err(LabError::Input("--duration, --mean-rps and --period must be above 0 and --peak-to-trough at least 1".into()));
             }
-            Ok(Box::new(move |seed| scale_rate(&enveloped_gamma(env, duration, cv, lengths, seed), scale, 0)))
+            Box::new(move |seed| enveloped_gamma(env, duration, cv, lengths, seed))
         }
-        (None, None) => Err(LabError::Input("give a workload: --trace ../shared/traces/azure-llm-2023-conv.csv, or --synthetic diurnal|bursty|llmd-ramp".into())),
-    }
+        (None, None) => return Err(LabError::Input("give a workload: --trace traces/azure-llm-2023-conv.csv, or --synthetic diurnal|bursty|llmd-ramp|step|short-bursts|compressed-day|plateau-ramp".into())),
+    };
+    let (span, resample, synthetic) = (w.span, w.resample, w.synthetic.is_some());
+    Ok(Box::new(move |seed| {
+        let mut arrivals = base(seed);
+        if let Some((from, to)) = span {
+            arrivals = slice(&arrivals, from, to);
+        }
+        // Synthetic workloads are drawn anew for every seed already.
+        let jitter_seed = if synthetic { 0 } else { seed };
+        arrivals = scale_rate(&arrivals, scale, jitter_seed);
+        if seed > 1 && !synthetic && resample == Resample::Block {
+            arrivals = block_bootstrap(&arrivals, 60.0, 2, seed);
+        }
+        arrivals
+    }))
 }
 
-/// A one-line progress bar on stderr.
+/// A one-line progress bar on stderr when it is a terminal; through a pipe
+/// or into a log, one plain line per finished run instead of redrawn frames.
 fn progress_bar(total_runs: u64) -> impl FnMut(&str, u64, f64) {
+    let terminal = std::io::stderr().is_terminal();
     let mut done_runs = 0u64;
     let mut last_name = String::new();
     let mut last_seed = 0;
@@ -495,9 +700,15 @@ fn progress_bar(total_runs: u64) -> impl FnMut(&str, u64, f64) {
         if name != last_name || seed != last_seed {
             if !last_name.is_empty() && seed != 0 {
                 done_runs += 1;
+                if !terminal {
+                    eprintln!("done {last_name} seed {last_seed} ({done_runs}/{total_runs})");
+                }
             }
             last_name = name.to_owned();
             last_seed = seed;
+        }
+        if !terminal {
+            return;
         }
         let overall = ((done_runs as f64 + fraction) / total_runs.max(1) as f64).min(1.0);
         let cells = (overall * 30.0) as i64;
@@ -539,12 +750,12 @@ fn run_compare(
         seeds: cluster.seeds.max(1),
         overrides: meta.iter().cloned().collect::<BTreeMap<_, _>>(),
         workload: &*make,
-        capacity: cluster.capacity_rps.map(|rps| crate::oracle::Capacity {
+        capacity: cluster.capacity_rps.map(|rps| crate::capacity::Capacity {
             rps,
             in_flight: cluster.capacity_in_flight.unwrap_or(rps * 10.0),
         }),
     };
-    let total = (entries.len() as u64 + 2) * setup.seeds;
+    let total = (entries.len() as u64 + 3) * setup.seeds;
     let outcome = compare(&setup, &entries, &mut progress_bar(total))?;
     eprintln!();
     std::fs::create_dir_all(out).map_err(|e| LabError::Output {
@@ -553,13 +764,16 @@ fn run_compare(
     })?;
     let table = report::table(&outcome);
     let header = format!(
-        "## {title}\n\nc* = {:.3} requests/s per replica ({:.1} in flight); peak need {} replicas; oracle starts {}; {} seed(s); T_w {} s; SLO TTFT ≤ {} s, TPOT ≤ {} s.\n\n",
+        "## {title}\n\nc* = {:.3} requests/s per replica ({:.1} in flight); peak need {} replicas; lower bound {:.2} GPU-hours at 99 %; hindsight plan {} steps ({} search runs); {} seed(s); T_w {} s; pre-roll {} s; SLO TTFT ≤ {} s, TPOT ≤ {} s.\n\n",
         outcome.capacity.rps,
         outcome.capacity.in_flight,
         outcome.peak_need,
-        outcome.oracle_plan.starts,
+        report::bound_gpu_hours(&outcome),
+        outcome.hindsight_plan.steps.len(),
+        outcome.hindsight_plan.trials,
         setup.seeds,
         sim.cold_start_s,
+        sim.warmup_s,
         sim.slo.ttft_s,
         sim.slo.tpot_s
     );
@@ -642,6 +856,7 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
         }
         LabCommand::Bench(a) => bench(&a),
         LabCommand::TuneKeda(a) => tune(&a),
+        LabCommand::TunePolicy(a) => tune_policy(&a),
         LabCommand::Fidelity(a) => {
             print!("{}", fidelity(&a)?);
             Ok(())
@@ -656,11 +871,11 @@ fn bench(a: &BenchArgs) -> Result<(), LabError> {
     let sim = sim_config(&a.cluster)?;
     let arrivals = load(&a.trace, None)?;
     let span = arrivals.last().map_or(0.0, |x| x.at);
-    let capacity = crate::oracle::Capacity {
+    let capacity = crate::capacity::Capacity {
         rps: a.cluster.capacity_rps.unwrap_or(1.0),
         in_flight: a.cluster.capacity_in_flight.unwrap_or(8.0),
     };
-    let peak = *crate::oracle::need(&arrivals, capacity.rps, a.cluster.min, a.cluster.max)
+    let peak = *crate::capacity::need(&arrivals, capacity.rps, a.cluster.min, a.cluster.max)
         .iter()
         .max()
         .unwrap_or(&1);

@@ -1,5 +1,5 @@
 //! Who decides the replica count: a static pool, a precomputed plan (the
-//! oracle), or KEDA + HPA with triggers that may run an aim policy — the
+//! hindsight plan), or KEDA + HPA with triggers that may run an aim policy — the
 //! same `aim_policy` code the live scaler runs.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -10,11 +10,12 @@ use aim_policy::{Policy, PolicyError, PolicyInput, Sample};
 
 use crate::metrics::{Operation, Pipeline, Signal};
 
-/// One KEDA trigger served by our scaler: the queried signals, reduced over
-/// the window, handed to the policy.
+/// One KEDA trigger served by our scaler: the queried signal, reduced over
+/// the window, handed to the policy. One signal, because a live trigger's
+/// query returns one value.
 #[derive(Clone)]
 pub struct Trigger {
-    pub signals: Vec<Signal>,
+    pub signal: Signal,
     pub operation: Operation,
     pub window_s: f64,
     pub policy: &'static dyn Policy,
@@ -25,7 +26,7 @@ pub struct Trigger {
 impl std::fmt::Debug for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trigger")
-            .field("signals", &self.signals)
+            .field("signal", &self.signal)
             .field("policy", &self.policy.name())
             .field("metadata", &self.metadata)
             .finish_non_exhaustive()
@@ -81,13 +82,10 @@ impl KedaLoop {
         ready: u32,
     ) -> Result<Option<f64>, PolicyError> {
         let t = &self.triggers[i];
-        let mut values = Vec::with_capacity(t.signals.len());
-        for &s in &t.signals {
-            match pipeline.query(s, t.operation, t.window_s, now) {
-                Some(v) => values.push(v),
-                None => return Ok(None),
-            }
-        }
+        let Some(value) = pipeline.query(t.signal, t.operation, t.window_s, now) else {
+            return Ok(None);
+        };
+        let values = [value];
         let history = self.history[i].make_contiguous();
         let input = PolicyInput {
             values: &values,
@@ -108,14 +106,12 @@ impl KedaLoop {
             if self.keep[i] <= 0.0 {
                 continue;
             }
-            let values: Option<Vec<f64>> = t
-                .signals
-                .iter()
-                .map(|&s| pipeline.query(s, t.operation, t.window_s, now))
-                .collect();
-            if let Some(values) = values {
+            if let Some(value) = pipeline.query(t.signal, t.operation, t.window_s, now) {
                 let h = &mut self.history[i];
-                h.push_back(Sample { at: now, values });
+                h.push_back(Sample {
+                    at: now,
+                    values: vec![value],
+                });
                 while h.front().is_some_and(|s| s.at < now - self.keep[i]) {
                     h.pop_front();
                 }

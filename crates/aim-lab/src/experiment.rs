@@ -1,12 +1,14 @@
 //! Runs several configurations on the same workload over several seeds,
-//! with the oracle and static-peak rows, and keeps seed 1's timelines for
-//! the charts.
+//! with the hindsight and static-peak rows and the lower bound, and keeps
+//! seed 1's timelines for the charts.
 
 use std::collections::BTreeMap;
 
 use crate::LabError;
+use crate::bound::{Bound, lower_bound};
+use crate::capacity::{self, Capacity};
 use crate::control::Controller;
-use crate::oracle::{self, Capacity, Plan};
+use crate::hindsight::{self, HindsightPlan, SearchConfig};
 use crate::scenario::{self, Context};
 use crate::score::{Score, score};
 use crate::sim::{RunResult, SimConfig, run};
@@ -40,9 +42,18 @@ pub struct Row {
 pub struct Outcome {
     pub rows: Vec<Row>,
     pub capacity: Capacity,
-    pub oracle_plan: Plan,
+    /// Seed 1's hindsight plan, for the charts.
+    pub hindsight_plan: HindsightPlan,
+    /// The lower bound of each seed's workload.
+    pub bounds: Vec<Bound>,
     pub peak_need: u32,
 }
+
+/// The attainment every bound and hindsight plan is held to.
+pub const TARGET: f64 = 0.99;
+
+/// Seconds between the hindsight plan's decisions.
+pub const HINDSIGHT_INTERVAL_S: f64 = 60.0;
 
 pub struct Setup<'a> {
     pub sim: SimConfig,
@@ -63,12 +74,23 @@ pub struct Setup<'a> {
 /// fraction); when none does, the one with the best mean attainment
 /// (fewer GPU-hours breaking ties).
 pub fn select_tuned(rows: &[Row], goal: f64) -> Option<&Row> {
+    let grid: Vec<Row> = rows
+        .iter()
+        .filter(|r| scenario::KedaKnobs::parse(&r.name).is_some())
+        .cloned()
+        .collect();
+    let name = select_cheapest(&grid, goal)?.name.clone();
+    rows.iter().find(|r| r.name == name)
+}
+
+/// The same rule over any rows.
+pub fn select_cheapest(rows: &[Row], goal: f64) -> Option<&Row> {
     let mean = |row: &Row, f: fn(&crate::score::Score) -> f64| {
         row.scores.iter().map(f).sum::<f64>() / row.scores.len().max(1) as f64
     };
     let grid: Vec<(&Row, f64, f64)> = rows
         .iter()
-        .filter(|r| scenario::KedaKnobs::parse(&r.name).is_some() && !r.scores.is_empty())
+        .filter(|r| !r.scores.is_empty())
         .map(|r| (r, mean(r, |s| s.attainment), mean(r, |s| s.gpu_hours)))
         .collect();
     let cheapest_at_goal = grid
@@ -87,10 +109,11 @@ pub fn select_tuned(rows: &[Row], goal: f64) -> Option<&Row> {
 pub fn measure_capacity(sim: &SimConfig, arrivals: &[Arrival]) -> Capacity {
     let stride = (arrivals.len() / 3000).max(1);
     let mix: Vec<Arrival> = arrivals.iter().step_by(stride).cloned().collect();
-    oracle::capacity(sim, &mix, 0.99)
+    capacity::capacity(sim, &mix, 0.99)
 }
 
-/// Runs every entry (plus `oracle` and `static-peak`) for every seed.
+/// Runs every entry (plus `hindsight` and `static-peak`) for every seed,
+/// and computes each seed's lower bound.
 pub fn compare(
     setup: &Setup<'_>,
     entries: &[Entry],
@@ -119,11 +142,9 @@ pub fn compare(
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut order: Vec<String> = entries.iter().map(|e| e.label().to_owned()).collect();
     order.push("static-peak".into());
-    order.push("oracle".into());
-    let mut oracle_plan = Plan {
-        provisioned: vec![],
-        starts: 0,
-    };
+    order.push("hindsight".into());
+    let mut first_plan = None;
+    let mut bounds = Vec::new();
     let mut peak_need = 0;
     for seed in 1..=setup.seeds {
         let arrivals = if seed == 1 {
@@ -131,34 +152,45 @@ pub fn compare(
         } else {
             (setup.workload)(seed)
         };
-        let need = oracle::need(&arrivals, capacity.rps, setup.min, setup.max);
-        // Plan with the slowest cold start the jitter allows, so planned
-        // replicas are ready in time.
-        let plan = oracle::plan(
-            &need,
-            setup.sim.cold_start_s * (1.0 + setup.sim.cold_start_jitter),
-        );
+        let need = capacity::need(&arrivals, capacity.rps, setup.min, setup.max);
         let peak = need.iter().copied().max().unwrap_or(setup.min);
         let mut sim = setup.sim.clone();
         sim.seed = seed;
-        // Everyone starts warm with what the oracle has warm at t = 0 (the
-        // layers needed within the first T_w), so no row skips a cold start
-        // the others pay for.
-        sim.initial_replicas = plan
-            .provisioned
+        // Every row starts with the replicas the first minute needs; the
+        // pre-roll then lets each controller settle before scoring.
+        sim.initial_replicas = need
             .first()
             .copied()
             .unwrap_or(setup.min)
             .clamp(setup.min.max(1), setup.max);
+        let end = (arrivals.last().map_or(0.0, |a| a.at) + sim.tail_s).ceil();
+        bounds.push(lower_bound(&sim, &arrivals, end, setup.min, TARGET));
+        progress("hindsight search", seed, 0.0);
+        let plan = hindsight::search(
+            &sim,
+            &arrivals,
+            SearchConfig {
+                interval_s: HINDSIGHT_INTERVAL_S,
+                target: TARGET,
+                min: setup.min,
+                max: setup.max,
+                initial: sim.initial_replicas,
+            },
+            &mut |f| progress("hindsight search", seed, f),
+        )?;
         for name in &order {
             let mut controller = match name.as_str() {
                 "static-peak" => Controller::Static(peak),
-                "oracle" => Controller::Plan(plan.steps()),
+                "hindsight" => plan.controller(),
                 _ => match entries.iter().find(|e| e.label() == name) {
                     Some(Entry::Manifest(_, c)) => c.clone(),
                     _ => scenario::build(name, &ctx, &setup.overrides)?,
                 },
             };
+            let mut sim = sim.clone();
+            if name == "static-peak" {
+                sim.initial_replicas = peak;
+            }
             let result = run(&sim, &arrivals, &mut controller, &mut |f| {
                 progress(name, seed, f)
             })?;
@@ -171,14 +203,18 @@ pub fn compare(
             row.scores.push(s);
         }
         if seed == 1 {
-            oracle_plan = plan;
+            first_plan = Some(plan);
             peak_need = peak;
         }
     }
     Ok(Outcome {
         rows: order.iter().filter_map(|n| rows.remove(n)).collect(),
         capacity,
-        oracle_plan,
+        hindsight_plan: first_plan.unwrap_or(HindsightPlan {
+            steps: vec![(0.0, setup.min)],
+            trials: 0,
+        }),
+        bounds,
         peak_need,
     })
 }

@@ -1,19 +1,21 @@
 //! The lab: the whole autoscaling loop — trace → router → replicas
 //! (aim-engine) → metrics pipeline → KEDA + HPA or aim policies → pods
-//! with cold start — on virtual time, scored against a perfect-foresight
-//! oracle. The policies and the HPA/KEDA arithmetic are `aim_policy`'s,
+//! with cold start — on virtual time, scored against a proven lower bound
+//! and a hindsight plan found by search. The policies and the HPA/KEDA arithmetic are `aim_policy`'s,
 //! the replica model is `aim_engine`'s: the same code the scaler and the
 //! simulator run on the wall clock.
 //!
 //! Entry points for the `aim` binary: [`LabArgs`] and [`run`].
 
+pub mod bound;
+pub mod capacity;
 pub mod chart;
 pub mod control;
 pub mod experiment;
 pub mod fidelity;
+pub mod hindsight;
 pub mod manifest;
 pub mod metrics;
-pub mod oracle;
 pub mod report;
 pub mod scenario;
 pub mod score;

@@ -152,7 +152,7 @@ pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestErro
             .filter(|v| *v > 0.0)
             .ok_or_else(|| field(&format!("{path}.target.{key}"), "expected a number above 0"))?;
         triggers.push(Trigger {
-            signals: vec![signal_of(query, &format!("{path}.metric.query"))?],
+            signal: signal_of(query, &format!("{path}.metric.query"))?,
             operation,
             window_s: default_window_s,
             policy: lookup("passthrough").map_err(|e| field(&path, e.to_string()))?,
@@ -169,7 +169,7 @@ pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestErro
         // aim's default metric: running requests averaged over the window,
         // target 1, which KServe deploys as an AverageValue trigger.
         triggers.push(Trigger {
-            signals: vec![Signal::Running],
+            signal: Signal::Running,
             operation: Operation::Avg,
             window_s: default_window_s,
             policy: lookup("passthrough").map_err(|e| field("spec", e.to_string()))?,
@@ -246,7 +246,7 @@ spec:
         for loop_ in [&k, &default] {
             let t = &loop_.triggers[0];
             assert_eq!(
-                (t.signals[0], t.operation, t.spec.metric_type, t.spec.target),
+                (t.signal, t.operation, t.spec.metric_type, t.spec.target),
                 (
                     Signal::Running,
                     Operation::Avg,

@@ -1,7 +1,11 @@
 //! The metrics pipeline between the replicas and the scaler: pods are
 //! scraped (or push over OTel) every `scrape_interval`; the scaler only ever
 //! sees those snapshots, so its view lags the truth by up to one interval
-//! plus its query window — the trigger lag of reference §2.7.
+//! plus its query window.
+//!
+//! Every [`Signal`] is something a live deployment exports today, and
+//! [`Signal::live_query`] names the scaler query that returns it: a policy
+//! in the lab sees exactly one value per trigger, as a live trigger does.
 
 use std::collections::VecDeque;
 
@@ -12,16 +16,45 @@ pub enum Signal {
     Running,
     /// `sum(vllm:num_requests_waiting)`.
     Waiting,
-    /// Running plus waiting.
+    /// Running plus waiting: one query, the sum of the two gauges' sums.
     InFlight,
     /// `avg(vllm:kv_cache_usage_perc)`.
     KvUsage,
-    /// Requests/s over the last minute (`rate(vllm:request_success_total[1m])`-like, counted at arrival).
-    ArrivalRate,
-    /// p90 TTFT over the last minute, seconds.
+    /// Finished requests per second over the last minute: the rate of
+    /// vLLM's `vllm:request_success_total` counter. vLLM counts no
+    /// arrivals, so this is the nearest live rate; it trails arrivals by a
+    /// request's duration and saturates at what the replicas can finish.
+    SuccessRate,
+    /// p90 TTFT over the last minute, seconds, as vLLM measures it (from
+    /// when the engine received the request).
     TtftP90,
     /// p90 TPOT over the last minute, seconds.
     TpotP90,
+}
+
+impl Signal {
+    /// The scaler trigger that returns this signal live: `metricQuery`,
+    /// `operationOverTime` when it is not the trigger's own.
+    pub fn live_query(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Signal::Running => ("sum(vllm:num_requests_running)", None),
+            Signal::Waiting => ("sum(vllm:num_requests_waiting)", None),
+            Signal::InFlight => (
+                "sum(vllm:num_requests_running) + sum(vllm:num_requests_waiting)",
+                None,
+            ),
+            Signal::KvUsage => ("avg(vllm:kv_cache_usage_perc)", None),
+            Signal::SuccessRate => ("sum(vllm:request_success_total)", Some("rate")),
+            Signal::TtftP90 => (
+                "histogram_quantile(0.9, vllm:time_to_first_token_seconds)",
+                Some("rate"),
+            ),
+            Signal::TpotP90 => (
+                "histogram_quantile(0.9, vllm:time_per_output_token_seconds)",
+                Some("rate"),
+            ),
+        }
+    }
 }
 
 /// How the scaler reduces the scrapes inside its window (`operationOverTime`).
@@ -39,7 +72,7 @@ pub struct Scrape {
     pub running: f64,
     pub waiting: f64,
     pub kv_usage: f64,
-    pub arrival_rate: f64,
+    pub success_rate: f64,
     pub ttft_p90: f64,
     pub tpot_p90: f64,
 }
@@ -51,7 +84,7 @@ impl Scrape {
             Signal::Waiting => self.waiting,
             Signal::InFlight => self.running + self.waiting,
             Signal::KvUsage => self.kv_usage,
-            Signal::ArrivalRate => self.arrival_rate,
+            Signal::SuccessRate => self.success_rate,
             Signal::TtftP90 => self.ttft_p90,
             Signal::TpotP90 => self.tpot_p90,
         }
@@ -60,10 +93,11 @@ impl Scrape {
 
 /// Windows of raw observations from which scrapes are built, and the
 /// scrapes the scaler holds.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Pipeline {
     scrapes: VecDeque<Scrape>,
     arrivals: VecDeque<f64>,
+    successes: VecDeque<f64>,
     ttfts: VecDeque<(f64, f64)>,
     tpots: VecDeque<(f64, f64)>,
     /// How long the scaler keeps scrapes (its longest query window).
@@ -94,6 +128,22 @@ impl Pipeline {
         self.arrivals.push_back(at);
     }
 
+    /// A request finished (vLLM's `request_success_total` counts it).
+    pub fn success(&mut self, at: f64) {
+        self.successes.push_back(at);
+    }
+
+    /// Arrivals per second over the last minute, as a gateway's request
+    /// counter would give it (no vLLM metric counts arrivals).
+    pub fn arrival_rate(&self, now: f64) -> f64 {
+        let seen = self
+            .arrivals
+            .iter()
+            .rev()
+            .take_while(|&&t| t > now - LATENCY_WINDOW);
+        seen.count() as f64 / LATENCY_WINDOW.min(now).max(1e-9)
+    }
+
     pub fn first_token(&mut self, at: f64, ttft: f64) {
         self.ttfts.push_back((at, ttft));
     }
@@ -108,6 +158,13 @@ impl Pipeline {
         while self.arrivals.front().is_some_and(|&t| t <= from) {
             self.arrivals.pop_front();
         }
+        while self.successes.front().is_some_and(|&t| t <= from) {
+            self.successes.pop_front();
+        }
+        // A rate over a window longer than the time seen so far divides by
+        // the time seen: the pipeline starts at 0, and a rate that divided
+        // by the full minute at t = 15 s would read a quarter of the load.
+        let seen = LATENCY_WINDOW.min(now).max(1e-9);
         while self.ttfts.front().is_some_and(|p| p.0 <= from) {
             self.ttfts.pop_front();
         }
@@ -119,7 +176,7 @@ impl Pipeline {
             running,
             waiting,
             kv_usage,
-            arrival_rate: self.arrivals.len() as f64 / LATENCY_WINDOW,
+            success_rate: self.successes.len() as f64 / seen,
             ttft_p90: p90(self.ttfts.iter().map(|p| p.1)),
             tpot_p90: p90(self.tpots.iter().map(|p| p.1)),
         });
@@ -195,14 +252,28 @@ mod tests {
     fn rates_and_latency_percentiles_use_the_last_minute() {
         let mut p = Pipeline::new(300.0);
         for k in 0..120 {
-            p.arrival(f64::from(k));
+            p.success(f64::from(k));
         }
         for k in 0..10 {
             p.first_token(100.0, f64::from(k));
         }
         p.scrape(119.5, 0.0, 0.0, 0.0);
         let s = p.last().unwrap();
-        assert!((s.arrival_rate - 1.0).abs() < 0.02, "{}", s.arrival_rate);
+        assert!((s.success_rate - 1.0).abs() < 0.02, "{}", s.success_rate);
         assert_eq!(s.ttft_p90, 8.0);
+    }
+
+    #[test]
+    fn an_early_rate_divides_by_the_time_seen_not_the_whole_window() {
+        // One request a second from the start: at 15 s the rate is 1/s,
+        // not 15/60.
+        let mut p = Pipeline::new(300.0);
+        for k in 0..15 {
+            p.success(f64::from(k) + 0.5);
+            p.arrival(f64::from(k) + 0.5);
+        }
+        p.scrape(15.0, 0.0, 0.0, 0.0);
+        assert!((p.last().unwrap().success_rate - 1.0).abs() < 1e-9);
+        assert!((p.arrival_rate(15.0) - 1.0).abs() < 1e-9);
     }
 }

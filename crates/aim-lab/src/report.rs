@@ -4,7 +4,6 @@ use std::fmt::Write;
 
 use crate::chart::{PALETTE, Panel, Series, render};
 use crate::experiment::{Outcome, Row};
-use crate::oracle::STEP_S;
 use crate::score::{Estimate, estimate};
 
 fn est(row: &Row, f: impl Fn(&crate::score::Score) -> f64) -> Estimate {
@@ -23,8 +22,15 @@ fn pm(e: Estimate, scale: f64, digits: usize) -> String {
     }
 }
 
+/// The lower bound's GPU-hours, averaged over seeds.
+pub fn bound_gpu_hours(outcome: &Outcome) -> f64 {
+    let n = outcome.bounds.len().max(1) as f64;
+    outcome.bounds.iter().map(|b| b.gpu_hours).sum::<f64>() / n
+}
+
 /// A Markdown table: attainment, TTFT percentiles, GPU-hours and their
-/// ratios to the oracle and static peak, scale events and flaps.
+/// ratios to the lower bound, the hindsight plan and static peak, scale
+/// events and flaps.
 pub fn table(outcome: &Outcome) -> String {
     let gpu = |name: &str| {
         outcome
@@ -34,21 +40,25 @@ pub fn table(outcome: &Outcome) -> String {
             .map(|r| est(r, |s| s.gpu_hours).mean)
             .unwrap_or(f64::NAN)
     };
-    let (oracle, peak) = (gpu("oracle"), gpu("static-peak"));
+    let (bound, hindsight, peak) = (
+        bound_gpu_hours(outcome),
+        gpu("hindsight"),
+        gpu("static-peak"),
+    );
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| policy | SLO attainment % | TTFT ok % | TPOT ok % | TTFT p50 / p90 / p99 s | GPU-hours | × oracle | × static peak | avg replicas | scale events | flaps |"
+        "| policy | SLO attainment % | TTFT ok % | TPOT ok % | TTFT p50 / p90 / p99 s | GPU-hours | × bound | × hindsight | × static peak | avg replicas | scale events | flaps |"
     );
     let _ = writeln!(
         s,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in &outcome.rows {
         let g = est(row, |s| s.gpu_hours);
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
             row.name,
             pm(est(row, |s| s.attainment), 100.0, 2),
             est(row, |s| s.ttft_attainment).mean * 100.0,
@@ -57,7 +67,8 @@ pub fn table(outcome: &Outcome) -> String {
             est(row, |s| s.ttft_p90).mean,
             est(row, |s| s.ttft_p99).mean,
             pm(g, 1.0, 2),
-            g.mean / oracle,
+            g.mean / bound,
+            g.mean / hindsight,
             g.mean / peak,
             est(row, |s| s.avg_replicas).mean,
             est(row, |s| s.scale_events as f64).mean,
@@ -67,19 +78,22 @@ pub fn table(outcome: &Outcome) -> String {
     s
 }
 
-/// Per-configuration chart: load, replicas (with the oracle's plan), queue
+/// Per-configuration chart: load, replicas (with the hindsight plan), queue
 /// depth and p90 TTFT over time, for seed 1.
 pub fn policy_chart(outcome: &Outcome, row: &Row, ttft_slo: f64) -> String {
     let tl = &row.example.timeline;
     let pts = |f: &dyn Fn(&crate::sim::TimelinePoint) -> f64| {
         tl.iter().map(|p| (p.at, f(p))).collect::<Vec<_>>()
     };
-    let oracle: Vec<(f64, f64)> = outcome
-        .oracle_plan
-        .provisioned
+    let hindsight: Vec<(f64, f64)> = outcome
+        .hindsight_plan
+        .steps
         .iter()
-        .enumerate()
-        .map(|(k, &n)| (k as f64 * STEP_S, f64::from(n)))
+        .map(|&(t, n)| (t, f64::from(n)))
+        .chain(std::iter::once((
+            row.example.episode_end,
+            f64::from(outcome.hindsight_plan.at(row.example.episode_end)),
+        )))
         .collect();
     let panels = [
         Panel {
@@ -108,9 +122,9 @@ pub fn policy_chart(outcome: &Outcome, row: &Row, ttft_slo: f64) -> String {
                     step: true,
                 },
                 Series {
-                    label: "oracle",
+                    label: "hindsight plan",
                     color: PALETTE[7],
-                    points: oracle,
+                    points: hindsight,
                     step: true,
                 },
             ],

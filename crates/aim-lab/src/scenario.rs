@@ -9,9 +9,9 @@ use aim_policy::hpa::{Behavior, PolicyKind, RatePolicy};
 use aim_policy::keda::{MetricType, ScaledObjectSpec, TriggerSpec};
 use aim_policy::{PolicyError, lookup};
 
+use crate::capacity::Capacity;
 use crate::control::{Controller, KedaLoop, Trigger};
 use crate::metrics::{Operation, Signal};
-use crate::oracle::Capacity;
 
 /// What a configuration may be tuned from: measured per-replica capacity,
 /// the cold start, and the bounds.
@@ -47,11 +47,11 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("queue", "aim queue policy"),
     (
         "slo",
-        "aim SLO-aware policy (llm-d law + leading queue floor)",
+        "aim SLO-aware policy on p90 TTFT (llm-d law), with an in-flight floor as a second trigger",
     ),
     (
         "predictive",
-        "aim predictive policy (trend + season, pre-warm by cold start)",
+        "aim predictive policy on the finished-request rate (trend + season, pre-warm by cold start)",
     ),
     ("cost", "aim cost-aware policy (sloWeight 0.5)"),
 ];
@@ -157,11 +157,11 @@ pub fn follow_policy_behavior() -> Behavior {
 
 fn policy_trigger(
     name: &str,
-    signals: Vec<Signal>,
+    signal: Signal,
     metadata: BTreeMap<String, String>,
 ) -> Result<Trigger, PolicyError> {
     Ok(Trigger {
-        signals,
+        signal,
         operation: Operation::LastOne,
         window_s: 30.0,
         policy: lookup(name)?,
@@ -174,9 +174,47 @@ fn policy_trigger(
     })
 }
 
+/// Splits `name[key=value;key=value]` into the scenario and its own
+/// metadata overrides, so one comparison can hold several settings of one
+/// policy (a tuning grid).
+pub fn split_params(label: &str) -> Result<(&str, BTreeMap<String, String>), PolicyError> {
+    let Some((name, rest)) = label.split_once('[') else {
+        return Ok((label, BTreeMap::new()));
+    };
+    let bad = |reason: &str| PolicyError::InvalidParameter {
+        policy: "lab",
+        key: label.to_owned(),
+        value: rest.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let inner = rest
+        .strip_suffix(']')
+        .ok_or_else(|| bad("write NAME[key=value;key=value], closed by ']'"))?;
+    let mut params = BTreeMap::new();
+    for pair in inner.split(';').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad("each parameter is key=value, separated by ';'"))?;
+        params.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok((name, params))
+}
+
 /// Builds the controller for a named scenario, plus any `key=value`
-/// metadata overrides for policy triggers.
+/// metadata overrides for policy triggers. The name may carry its own
+/// overrides as `name[key=value;…]`, which win over `overrides`.
 pub fn build(
+    label: &str,
+    ctx: &Context,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Controller, PolicyError> {
+    let (name, own) = split_params(label)?;
+    let mut merged = overrides.clone();
+    merged.extend(own);
+    build_named(name, ctx, &merged)
+}
+
+fn build_named(
     name: &str,
     ctx: &Context,
     overrides: &BTreeMap<String, String>,
@@ -185,7 +223,7 @@ pub fn build(
     let passthrough =
         |signal, metric_type, target, window_s, operation| -> Result<Trigger, PolicyError> {
             Ok(Trigger {
-                signals: vec![signal],
+                signal,
                 operation,
                 window_s,
                 policy: lookup("passthrough")?,
@@ -197,18 +235,18 @@ pub fn build(
                 },
             })
         };
-    let (spec, trigger) = match name {
+    let (spec, triggers) = match name {
         grid if KedaKnobs::parse(grid).is_some() => {
             let knobs = KedaKnobs::parse(grid).unwrap_or(KedaKnobs::SEED);
             (
                 knobs.spec(ctx),
-                passthrough(
+                vec![passthrough(
                     Signal::Running,
                     knobs.metric_type,
                     knobs.target,
                     ctx.window_s,
                     Operation::Avg,
-                )?,
+                )?],
             )
         }
         "keda-seed" | "keda-seed-2" => {
@@ -218,13 +256,13 @@ pub fn build(
                 // The seeds write `type: Value`, but KServe sets no
                 // metricType on the trigger, so KEDA's AverageValue applies
                 // (see manifest.rs).
-                passthrough(
+                vec![passthrough(
                     Signal::Running,
                     MetricType::AverageValue,
                     target,
                     ctx.window_s,
                     Operation::Avg,
-                )?,
+                )?],
             )
         }
         "keda-tuned" => {
@@ -241,13 +279,13 @@ pub fn build(
                 .unwrap_or((c.in_flight * 0.8).max(1.0));
             (
                 spec,
-                passthrough(
+                vec![passthrough(
                     Signal::InFlight,
                     MetricType::AverageValue,
                     target,
                     30.0,
                     Operation::Avg,
-                )?,
+                )?],
             )
         }
         "aibrix" => {
@@ -257,33 +295,22 @@ pub fn build(
             spec.behavior = follow_policy_behavior();
             (
                 spec,
-                policy_trigger("stable-panic", vec![Signal::InFlight], m)?,
+                vec![policy_trigger("stable-panic", Signal::InFlight, m)?],
             )
         }
-        "queue" | "slo" | "predictive" | "cost" => {
+        "queue" | "predictive" | "cost" => {
             let t_w = format!("{}s", ctx.cold_start_s);
-            let (policy, signals, mut m) = match name {
+            let (signal, mut m) = match name {
                 "queue" => (
-                    "queue",
-                    vec![Signal::InFlight],
+                    Signal::InFlight,
                     meta(&[
                         ("perReplica", format!("{:.3}", c.in_flight)),
                         ("headroom", "0.15".into()),
                         ("scaleDownDelay", t_w),
                     ]),
                 ),
-                "slo" => (
-                    "slo",
-                    vec![Signal::TtftP90, Signal::TpotP90, Signal::InFlight],
-                    meta(&[
-                        ("ttft", format!("{}s", ctx.ttft_s)),
-                        ("tpot", format!("{}s", ctx.tpot_s)),
-                        ("perReplica", format!("{:.3}", c.in_flight)),
-                    ]),
-                ),
                 "predictive" => (
-                    "predictive",
-                    vec![Signal::ArrivalRate],
+                    Signal::SuccessRate,
                     meta(&[
                         ("capacity", format!("{:.4}", c.rps)),
                         ("coldStart", t_w),
@@ -291,8 +318,7 @@ pub fn build(
                     ]),
                 ),
                 _ => (
-                    "cost",
-                    vec![Signal::InFlight],
+                    Signal::InFlight,
                     meta(&[
                         ("perReplica", format!("{:.3}", c.in_flight)),
                         ("coldStart", t_w),
@@ -303,7 +329,36 @@ pub fn build(
             m.extend(overrides.clone());
             let mut spec = keda_defaults(ctx);
             spec.behavior = follow_policy_behavior();
-            (spec, policy_trigger(policy, signals, m)?)
+            (spec, vec![policy_trigger(name, signal, m)?])
+        }
+        "slo" => {
+            // Live, one trigger passes one value, so the latency law and its
+            // leading queue floor are two triggers of one ScaledObject: the
+            // HPA scales to the larger of their counts.
+            let mut m = meta(&[
+                ("ttft", format!("{}s", ctx.ttft_s)),
+                ("tpot", format!("{}s", ctx.tpot_s)),
+            ]);
+            m.extend(overrides.clone());
+            let per_replica = overrides
+                .get("perReplica")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(c.in_flight);
+            let mut spec = keda_defaults(ctx);
+            spec.behavior = follow_policy_behavior();
+            (
+                spec,
+                vec![
+                    policy_trigger("slo", Signal::TtftP90, m)?,
+                    passthrough(
+                        Signal::InFlight,
+                        MetricType::AverageValue,
+                        per_replica,
+                        30.0,
+                        Operation::LastOne,
+                    )?,
+                ],
+            )
         }
         other => {
             return Err(PolicyError::Unknown {
@@ -313,7 +368,7 @@ pub fn build(
                     .map(|s| s.0)
                     .chain([
                         "static-peak",
-                        "oracle",
+                        "hindsight",
                         "keda-a<target>-p<polling s>-c<cooldown s>-s<scale-down window s> (AverageValue; keda-t… for Value)",
                     ])
                     .collect::<Vec<_>>()
@@ -321,8 +376,5 @@ pub fn build(
             });
         }
     };
-    Ok(Controller::Keda(Box::new(KedaLoop::new(
-        spec,
-        vec![trigger],
-    )?)))
+    Ok(Controller::Keda(Box::new(KedaLoop::new(spec, triggers)?)))
 }

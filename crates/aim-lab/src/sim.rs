@@ -75,6 +75,13 @@ pub struct SimConfig {
     /// cluster the sidecars' scrapes and the HPA's sync run at unrelated
     /// phases, so the data the HPA reads is up to one interval old.
     pub first_ticks: Option<(f64, f64)>,
+    /// Seconds of pre-roll before the scored episode: the first `warmup_s`
+    /// of the workload, mirrored in time (t ↦ −t), run through the same
+    /// loop before t = 0. Engines, the metrics pipeline, rate estimates and
+    /// the controller's memory then start the scored episode in the
+    /// workload's own steady state instead of empty. Nothing that happens
+    /// before t = 0 is scored or billed. 0 starts cold, as a live run does.
+    pub warmup_s: f64,
 }
 
 impl SimConfig {
@@ -97,6 +104,7 @@ impl SimConfig {
             sample_interval_s: 10.0,
             tail_s: 0.0,
             first_ticks: None,
+            warmup_s: 0.0,
         }
     }
 }
@@ -116,7 +124,12 @@ pub fn gpus_for(profile: &Profile) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RequestOutcome {
     pub arrival: f64,
+    /// Arrival to first token, wherever the request waited: a gateway's
+    /// queue, the router, or the engine's own queue.
     pub ttft: Option<f64>,
+    /// Seconds the request was held before an engine took it (0 when it
+    /// was dispatched on arrival).
+    pub held: f64,
     pub tpot: Option<f64>,
     pub finished: bool,
     pub aborted: bool,
@@ -169,6 +182,7 @@ enum Phase {
     Gone,
 }
 
+#[derive(Clone)]
 struct Pod {
     created: f64,
     gone_at: Option<f64>,
@@ -203,6 +217,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+#[derive(Clone)]
 struct World<'a> {
     cfg: &'a SimConfig,
     engine_cfg: EngineConfig,
@@ -398,6 +413,7 @@ impl<'a> World<'a> {
             request = request.with_block_hashes(hashes);
         }
         let now = Duration::from_nanos(ns(self.now));
+        self.requests[id as usize].held = (self.now - a.at).max(0.0);
         let p = &mut self.pods[pod];
         if p.engine.submit(request, now).is_ok() {
             p.outstanding += 1;
@@ -444,9 +460,12 @@ impl<'a> World<'a> {
 
     fn step_end(&mut self, i: usize) {
         let firsts = std::mem::take(&mut self.pods[i].first_tokens);
-        for (id, ttft) in firsts {
-            self.requests[id as usize].ttft = Some(ttft);
-            self.pipeline.first_token(self.now, ttft);
+        for (id, engine_ttft) in firsts {
+            // vLLM's TTFT histogram starts when the engine receives the
+            // request; what the user feels starts at arrival.
+            let r = &mut self.requests[id as usize];
+            r.ttft = Some(r.held + engine_ttft);
+            self.pipeline.first_token(self.now, engine_ttft);
         }
         let finished = std::mem::take(&mut self.pods[i].finished);
         for (id, ttft, tpot, aborted) in finished {
@@ -467,12 +486,15 @@ impl<'a> World<'a> {
         if r.finished || r.aborted {
             return;
         }
-        r.ttft = r.ttft.or(ttft);
+        r.ttft = r.ttft.or(ttft.map(|t| r.held + t));
         r.tpot = tpot;
         r.finished = !aborted;
         r.aborted = aborted;
         if let Some(t) = tpot {
             self.pipeline.finished(self.now, t);
+        }
+        if !aborted {
+            self.pipeline.success(self.now);
         }
         self.pods[pod].outstanding -= 1;
         self.outstanding_total -= 1;
@@ -554,110 +576,246 @@ impl<'a> World<'a> {
     }
 }
 
-/// Runs one episode. `progress` receives the simulated fraction of the
-/// trace span now and then.
-pub fn run(
-    cfg: &SimConfig,
-    arrivals: &[Arrival],
-    controller: &mut Controller,
-    progress: &mut dyn FnMut(f64),
-) -> Result<RunResult, PolicyError> {
-    let mut engine_cfg = EngineConfig::from_profile(cfg.profile.clone());
-    engine_cfg.seed = cfg.seed;
-    let episode_end = (arrivals.last().map_or(0.0, |a| a.at) + cfg.tail_s.max(0.0)).ceil();
-    let hard_stop = episode_end + 1800.0;
-    let mut w = World {
-        cfg,
-        engine_cfg,
-        pods: Vec::new(),
-        heap: BinaryHeap::new(),
-        seq: 0,
-        now: 0.0,
-        rng: Rng::new(cfg.seed ^ 0xc01d_57a7),
-        gateway: VecDeque::new(),
-        arrivals,
-        requests: arrivals
-            .iter()
-            .map(|a| RequestOutcome {
-                arrival: a.at,
-                output_tokens: a.output_tokens,
-                ..Default::default()
-            })
-            .collect(),
-        assigned: vec![u32::MAX; arrivals.len()],
-        pipeline: Pipeline::new(3600.0),
-        rr: 0,
-        spec: 0,
-        changes: Vec::new(),
-        clipped: 0,
-        outstanding_total: arrivals.len(),
-        sample_arrivals: 0,
-    };
-    let initial = match controller {
-        Controller::Static(n) => *n,
-        Controller::Plan(steps) => steps.first().map_or(cfg.initial_replicas, |s| s.1),
-        Controller::Keda(_) => cfg.initial_replicas,
-    };
-    for _ in 0..initial {
-        w.add_pod(true);
-    }
-    w.spec = initial;
-    // Aligned by default: offsets keep the order scrape → HPA → KEDA
-    // within a tick.
-    let (first_scrape, first_sync) = cfg
-        .first_ticks
-        .unwrap_or((cfg.scrape_interval_s, cfg.hpa_sync_s + 0.001));
-    match controller {
-        Controller::Keda(k) => {
-            w.schedule(first_scrape, Event::Scrape);
-            w.schedule(first_sync, Event::HpaSync);
-            w.schedule(
-                k.keda.spec.polling_interval_seconds + 0.002,
-                Event::KedaPoll,
-            );
-        }
-        Controller::Plan(steps) => {
-            for (i, step) in steps.iter().enumerate().skip(1) {
-                w.schedule(step.0, Event::Plan(i));
-            }
-            w.schedule(first_scrape, Event::Scrape);
-        }
-        Controller::Static(_) => w.schedule(first_scrape, Event::Scrape),
-    }
-    w.schedule(cfg.sample_interval_s, Event::Sample);
+/// The workload as the loop replays it: the pre-roll (the first
+/// `warmup_s` of the workload mirrored in time) followed by the workload,
+/// both shifted so the pre-roll starts at 0 on the run's internal clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    pub arrivals: Vec<Arrival>,
+    /// Arrivals before this index are pre-roll: replayed, never scored.
+    pub scored_from: usize,
+    /// Internal time of the scored episode's t = 0.
+    pub offset: f64,
+}
 
-    let mut timeline = Vec::new();
-    let mut next_arrival = 0usize;
-    let mut next_report = 0.0;
-    loop {
-        let heap_next = w.heap.peek().map(|Reverse((t, _, _))| *t);
-        let arrival_next = arrivals.get(next_arrival).map(|a| ns(a.at));
-        let take_arrival = match (arrival_next, heap_next) {
-            (Some(a), Some(h)) => a <= h,
-            (Some(_), None) => true,
-            (None, _) => false,
+impl Replay {
+    pub fn new(arrivals: &[Arrival], warmup_s: f64) -> Replay {
+        let offset = warmup_s.max(0.0);
+        let mut out: Vec<Arrival> = arrivals
+            .iter()
+            .filter(|a| a.at > 0.0 && a.at <= offset)
+            .map(|a| Arrival {
+                at: offset - a.at,
+                ..a.clone()
+            })
+            .collect();
+        out.reverse();
+        let scored_from = out.len();
+        out.extend(arrivals.iter().map(|a| Arrival {
+            at: a.at + offset,
+            ..a.clone()
+        }));
+        Replay {
+            arrivals: out,
+            scored_from,
+            offset,
+        }
+    }
+}
+
+/// A run in progress. It can be advanced to a time and cloned, so a search
+/// can try several futures from one state (see `hindsight`).
+#[derive(Clone)]
+pub struct Sim<'a> {
+    w: World<'a>,
+    controller: Controller,
+    timeline: Vec<TimelinePoint>,
+    next_arrival: usize,
+    /// Internal time at which billing and the timeline stop.
+    episode_end: f64,
+    hard_stop: f64,
+    scored_from: usize,
+    offset: f64,
+}
+
+impl<'a> Sim<'a> {
+    /// Sets up a run of `replay` under `controller`. Plan steps are in
+    /// episode time (t = 0 is the end of the pre-roll); the plan's first
+    /// count holds through the pre-roll.
+    pub fn new(cfg: &'a SimConfig, replay: &'a Replay, controller: Controller) -> Sim<'a> {
+        let arrivals = &replay.arrivals[..];
+        let mut engine_cfg = EngineConfig::from_profile(cfg.profile.clone());
+        engine_cfg.seed = cfg.seed;
+        let episode_end =
+            (arrivals.last().map_or(replay.offset, |a| a.at) + cfg.tail_s.max(0.0)).ceil();
+        let mut w = World {
+            cfg,
+            engine_cfg,
+            pods: Vec::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0.0,
+            rng: Rng::new(cfg.seed ^ 0xc01d_57a7),
+            gateway: VecDeque::new(),
+            arrivals,
+            requests: arrivals
+                .iter()
+                .map(|a| RequestOutcome {
+                    arrival: a.at,
+                    output_tokens: a.output_tokens,
+                    ..Default::default()
+                })
+                .collect(),
+            assigned: vec![u32::MAX; arrivals.len()],
+            pipeline: Pipeline::new(3600.0),
+            rr: 0,
+            spec: 0,
+            changes: Vec::new(),
+            clipped: 0,
+            outstanding_total: arrivals.len(),
+            sample_arrivals: 0,
         };
-        if take_arrival {
-            w.now = arrivals[next_arrival].at;
-            w.pipeline.arrival(w.now);
-            w.sample_arrivals += 1;
-            w.dispatch(next_arrival as u64);
-            next_arrival += 1;
-            continue;
-        }
-        let Some(Reverse((t, _, event))) = w.heap.pop() else {
-            break;
+        let initial = match &controller {
+            Controller::Static(n) => *n,
+            Controller::Plan(steps) => steps.first().map_or(cfg.initial_replicas, |s| s.1),
+            Controller::Keda(_) => cfg.initial_replicas,
         };
-        w.now = t as f64 / NS;
-        if w.now > hard_stop
-            || (next_arrival == arrivals.len() && w.outstanding_total == 0 && w.now > episode_end)
-        {
-            break;
+        for _ in 0..initial {
+            w.add_pod(true);
         }
-        if w.now >= next_report {
-            progress((w.now / episode_end.max(1.0)).min(1.0));
-            next_report = w.now + episode_end.max(1.0) / 50.0;
+        w.spec = initial;
+        // Aligned by default: offsets keep the order scrape → HPA → KEDA
+        // within a tick.
+        let (first_scrape, first_sync) = cfg
+            .first_ticks
+            .unwrap_or((cfg.scrape_interval_s, cfg.hpa_sync_s + 0.001));
+        w.schedule(first_scrape, Event::Scrape);
+        match &controller {
+            Controller::Keda(k) => {
+                w.schedule(first_sync, Event::HpaSync);
+                w.schedule(
+                    k.keda.spec.polling_interval_seconds + 0.002,
+                    Event::KedaPoll,
+                );
+            }
+            Controller::Plan(steps) => {
+                for (i, step) in steps.iter().enumerate().skip(1) {
+                    w.schedule(step.0 + replay.offset, Event::Plan(i));
+                }
+            }
+            Controller::Static(_) => {}
         }
+        w.schedule(cfg.sample_interval_s, Event::Sample);
+        Sim {
+            w,
+            controller,
+            timeline: Vec::new(),
+            next_arrival: 0,
+            episode_end,
+            hard_stop: episode_end + 1800.0,
+            scored_from: replay.scored_from,
+            offset: replay.offset,
+        }
+    }
+
+    /// Episode time now (negative during the pre-roll).
+    pub fn now(&self) -> f64 {
+        self.w.now - self.offset
+    }
+
+    /// Sets the replica count now, as a plan step would.
+    pub fn command(&mut self, replicas: u32) {
+        self.w.set_spec(replicas);
+    }
+
+    /// The replica count the loop asks for now.
+    pub fn spec(&self) -> u32 {
+        self.w.spec
+    }
+
+    /// Outcomes so far of the scored requests (episode-time arrivals).
+    pub fn outcomes(&self) -> impl Iterator<Item = RequestOutcome> + '_ {
+        self.w.requests[self.scored_from..]
+            .iter()
+            .map(|r| RequestOutcome {
+                arrival: r.arrival - self.offset,
+                ..*r
+            })
+    }
+
+    /// Outcomes so far of the scored requests that arrived in episode
+    /// time `[from, to)`.
+    pub fn outcomes_between(
+        &self,
+        from: f64,
+        to: f64,
+    ) -> impl Iterator<Item = RequestOutcome> + '_ {
+        let scored = &self.w.requests[self.scored_from..];
+        let lo = scored.partition_point(|r| r.arrival - self.offset < from);
+        let hi = scored.partition_point(|r| r.arrival - self.offset < to);
+        scored[lo..hi].iter().map(|r| RequestOutcome {
+            arrival: r.arrival - self.offset,
+            ..*r
+        })
+    }
+
+    /// Whether every request that arrived in episode time `[from, to)` is done.
+    pub fn settled_between(&self, from: f64, to: f64) -> bool {
+        self.outcomes_between(from, to)
+            .all(|r| r.finished || r.aborted)
+    }
+
+    /// Runs the loop until episode time `until` (or the end of the run).
+    /// Returns false once the run is over.
+    pub fn advance(
+        &mut self,
+        until: f64,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<bool, PolicyError> {
+        let until = ns(until + self.offset);
+        let span = self.episode_end.max(1.0);
+        let mut next_report = self.w.now;
+        loop {
+            let heap_next = self.w.heap.peek().map(|Reverse((t, _, _))| *t);
+            let arrival_next = self.w.arrivals.get(self.next_arrival).map(|a| ns(a.at));
+            let take_arrival = match (arrival_next, heap_next) {
+                (Some(a), Some(h)) => a <= h,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            let next = if take_arrival {
+                arrival_next
+            } else {
+                heap_next
+            };
+            match next {
+                Some(t) if t > until => return Ok(true),
+                None => return Ok(false),
+                _ => {}
+            }
+            if take_arrival {
+                let w = &mut self.w;
+                w.now = w.arrivals[self.next_arrival].at;
+                w.pipeline.arrival(w.now);
+                w.sample_arrivals += 1;
+                w.dispatch(self.next_arrival as u64);
+                self.next_arrival += 1;
+                continue;
+            }
+            let Some(Reverse((t, _, event))) = self.w.heap.pop() else {
+                return Ok(false);
+            };
+            self.w.now = t as f64 / NS;
+            let now = self.w.now;
+            if now > self.hard_stop
+                || (self.next_arrival == self.w.arrivals.len()
+                    && self.w.outstanding_total == 0
+                    && now > self.episode_end)
+            {
+                self.w.heap.clear();
+                return Ok(false);
+            }
+            if now >= next_report {
+                progress((now / span).min(1.0));
+                next_report = now + span / 50.0;
+            }
+            self.handle(event)?;
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), PolicyError> {
+        let cfg = self.w.cfg;
+        let w = &mut self.w;
         match event {
             Event::StepEnd(i) => w.step_end(i),
             Event::PodReady(i) => {
@@ -672,7 +830,7 @@ pub fn run(
                 w.schedule(w.now + cfg.scrape_interval_s, Event::Scrape);
             }
             Event::HpaSync => {
-                if let Controller::Keda(k) = controller {
+                if let Controller::Keda(k) = &mut self.controller {
                     let (existing, ready) = w.counts();
                     if let Some(n) = k.sync(&w.pipeline, w.now, w.spec, existing, ready)? {
                         w.set_spec(n);
@@ -681,7 +839,7 @@ pub fn run(
                 w.schedule(w.now + cfg.hpa_sync_s, Event::HpaSync);
             }
             Event::KedaPoll => {
-                if let Controller::Keda(k) = controller {
+                if let Controller::Keda(k) = &mut self.controller {
                     let (_, ready) = w.counts();
                     if let Some(n) = k.poll(&w.pipeline, w.now, w.spec, ready)? {
                         w.set_spec(n);
@@ -693,51 +851,93 @@ pub fn run(
                 }
             }
             Event::Plan(i) => {
-                if let Controller::Plan(steps) = controller {
+                if let Controller::Plan(steps) = &self.controller {
                     let n = steps[i].1;
                     w.set_spec(n);
                 }
             }
             Event::Sample => {
-                w.sample(&mut timeline);
-                if w.now < episode_end {
+                w.sample(&mut self.timeline);
+                if w.now < self.episode_end {
                     w.schedule(w.now + cfg.sample_interval_s, Event::Sample);
                 }
             }
         }
+        Ok(())
     }
-    progress(1.0);
-    let replica_seconds = w
-        .pods
-        .iter()
-        .map(|p| (p.gone_at.unwrap_or(episode_end).min(episode_end) - p.created).max(0.0))
-        .sum();
-    // TTFT over time for the charts, from the requests themselves.
-    let mut by_time: Vec<(f64, f64)> = w
-        .requests
-        .iter()
-        .filter_map(|r| r.ttft.map(|t| (r.arrival + t, t)))
-        .collect();
-    by_time.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut lo = 0;
-    let mut hi = 0;
-    for point in &mut timeline {
-        while hi < by_time.len() && by_time[hi].0 <= point.at {
-            hi += 1;
+
+    /// Runs to the end and reports the scored episode: requests from
+    /// t = 0, billing over [0, end], timeline and changes in episode time.
+    pub fn finish(mut self, progress: &mut dyn FnMut(f64)) -> Result<RunResult, PolicyError> {
+        while self.advance(f64::INFINITY, progress)? {}
+        progress(1.0);
+        let (offset, end) = (self.offset, self.episode_end);
+        let replica_seconds = self
+            .w
+            .pods
+            .iter()
+            .map(|p| {
+                let gone = p.gone_at.unwrap_or(end).min(end);
+                (gone - p.created.max(offset)).max(0.0)
+            })
+            .sum();
+        let requests: Vec<RequestOutcome> = self.outcomes().collect();
+        let mut timeline: Vec<TimelinePoint> = self
+            .timeline
+            .iter()
+            .filter(|p| p.at > offset)
+            .map(|p| TimelinePoint {
+                at: p.at - offset,
+                ..*p
+            })
+            .collect();
+        let changes = self
+            .w
+            .changes
+            .iter()
+            .filter(|c| c.at >= offset)
+            .map(|c| ScaleChange {
+                at: c.at - offset,
+                ..*c
+            })
+            .collect();
+        // TTFT over time for the charts, from the requests themselves.
+        let mut by_time: Vec<(f64, f64)> = requests
+            .iter()
+            .filter_map(|r| r.ttft.map(|t| (r.arrival + t, t)))
+            .collect();
+        by_time.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut lo, mut hi) = (0, 0);
+        for point in &mut timeline {
+            while hi < by_time.len() && by_time[hi].0 <= point.at {
+                hi += 1;
+            }
+            while lo < hi && by_time[lo].0 <= point.at - 60.0 {
+                lo += 1;
+            }
+            point.ttft_p90 = p90(by_time[lo..hi].iter().map(|p| p.1));
         }
-        while lo < hi && by_time[lo].0 <= point.at - 60.0 {
-            lo += 1;
-        }
-        point.ttft_p90 = p90(by_time[lo..hi].iter().map(|p| p.1));
+        Ok(RunResult {
+            requests,
+            timeline,
+            changes,
+            replica_seconds,
+            gpus_per_replica: self.w.cfg.gpus_per_replica,
+            episode_end: end - offset,
+            clipped_prompts: self.w.clipped,
+            simulated_until: self.w.now - offset,
+        })
     }
-    Ok(RunResult {
-        requests: w.requests,
-        timeline,
-        changes: w.changes,
-        replica_seconds,
-        gpus_per_replica: cfg.gpus_per_replica,
-        episode_end,
-        clipped_prompts: w.clipped,
-        simulated_until: w.now,
-    })
+}
+
+/// Runs one episode, with `cfg.warmup_s` of pre-roll before it.
+/// `progress` receives the simulated fraction of the run now and then.
+pub fn run(
+    cfg: &SimConfig,
+    arrivals: &[Arrival],
+    controller: &mut Controller,
+    progress: &mut dyn FnMut(f64),
+) -> Result<RunResult, PolicyError> {
+    let replay = Replay::new(arrivals, cfg.warmup_s);
+    Sim::new(cfg, &replay, controller.clone()).finish(progress)
 }

@@ -162,6 +162,105 @@ pub fn llmd_ramp(seed: u64) -> Vec<Arrival> {
     out
 }
 
+/// Workloads built to break autoscalers rather than to imitate a trace:
+/// each is a rate shape λ(t) over the episode, scaled so its mean is the
+/// asked rate, with Poisson arrivals (thinning) and the asked lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Adversarial {
+    /// A sudden 4× step up at a third of the episode, and down at two thirds.
+    Step,
+    /// 30 s bursts at 4× the base rate every 300 s: shorter than a cold start.
+    ShortBursts,
+    /// A whole day (night trough, morning rise, midday dip, evening peak)
+    /// compressed into the episode.
+    CompressedDay,
+    /// Linear ramps between plateaus: up in two stages, then down in two.
+    PlateauRamp,
+}
+
+impl Adversarial {
+    /// The shape at `x` = t / duration, before scaling to the mean.
+    fn shape(self, x: f64, duration_s: f64) -> f64 {
+        match self {
+            Adversarial::Step => {
+                if (1.0 / 3.0..2.0 / 3.0).contains(&x) {
+                    4.0
+                } else {
+                    1.0
+                }
+            }
+            Adversarial::ShortBursts => {
+                if (x * duration_s).rem_euclid(300.0) >= 270.0 {
+                    4.0
+                } else {
+                    1.0
+                }
+            }
+            Adversarial::CompressedDay => {
+                let phase = 2.0 * std::f64::consts::PI * x;
+                (1.0 - 0.55 * phase.cos() - 0.25 * (2.0 * phase).cos()).max(0.05)
+            }
+            Adversarial::PlateauRamp => {
+                const KNOTS: [(f64, f64); 9] = [
+                    (0.0, 0.3),
+                    (0.1, 0.3),
+                    (0.2, 1.0),
+                    (0.35, 1.0),
+                    (0.45, 1.8),
+                    (0.6, 1.8),
+                    (0.7, 0.8),
+                    (0.85, 0.8),
+                    (1.0, 0.3),
+                ];
+                let i = KNOTS
+                    .partition_point(|k| k.0 <= x)
+                    .clamp(1, KNOTS.len() - 1);
+                let ((x0, y0), (x1, y1)) = (KNOTS[i - 1], KNOTS[i]);
+                y0 + (y1 - y0) * ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
+            }
+        }
+    }
+
+    /// The arrivals: mean `mean_rps` over `duration_s`, drawn from `seed`.
+    pub fn arrivals(
+        self,
+        mean_rps: f64,
+        duration_s: f64,
+        lengths: Lengths,
+        seed: u64,
+    ) -> Vec<Arrival> {
+        const GRID: usize = 3600;
+        let grid: Vec<f64> = (0..GRID)
+            .map(|k| self.shape((k as f64 + 0.5) / GRID as f64, duration_s))
+            .collect();
+        let mean_shape = grid.iter().sum::<f64>() / GRID as f64;
+        let peak_shape = grid.iter().copied().fold(0.0, f64::max);
+        let scale = mean_rps / mean_shape;
+        let max_rate = peak_shape * scale;
+        let mut rng = Rng::new(seed ^ 0xad5e_0003);
+        let mut out = Vec::new();
+        let mut t = 0.0;
+        loop {
+            t += gamma_unit_mean(1.0, &mut rng) / max_rate;
+            if t >= duration_s {
+                return out;
+            }
+            // Thinning: keep a candidate with probability λ(t) / λ_max.
+            let keep = self.shape(t / duration_s, duration_s) * scale / max_rate;
+            if rng.next_f64() >= keep {
+                continue;
+            }
+            let (prompt_tokens, output_tokens) = lengths.sample(&mut rng);
+            out.push(Arrival {
+                at: t,
+                prompt_tokens,
+                output_tokens,
+                hash_ids: Vec::new(),
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +315,38 @@ mod tests {
         inputs.sort_unstable();
         let median = f64::from(inputs[10_000]);
         assert!((median - 1020.0).abs() < 40.0, "{median}");
+    }
+
+    fn rate_between(a: &[Arrival], from: f64, to: f64) -> f64 {
+        a.iter().filter(|x| x.at >= from && x.at < to).count() as f64 / (to - from)
+    }
+
+    #[test]
+    fn adversarial_shapes_have_the_asked_mean_and_their_shape() {
+        let d = 3600.0;
+        for kind in [
+            Adversarial::Step,
+            Adversarial::ShortBursts,
+            Adversarial::CompressedDay,
+            Adversarial::PlateauRamp,
+        ] {
+            let a = kind.arrivals(4.0, d, Lengths::Conversation, 7);
+            let mean = a.len() as f64 / d;
+            assert!((mean - 4.0).abs() < 0.25, "{kind:?}: mean {mean}");
+            assert_eq!(
+                a,
+                kind.arrivals(4.0, d, Lengths::Conversation, 7),
+                "reproducible"
+            );
+        }
+        let step = Adversarial::Step.arrivals(4.0, d, Lengths::Conversation, 1);
+        let ratio = rate_between(&step, 1300.0, 2300.0) / rate_between(&step, 0.0, 1100.0);
+        assert!((3.0..5.0).contains(&ratio), "step ratio {ratio}");
+        let bursts = Adversarial::ShortBursts.arrivals(4.0, d, Lengths::Conversation, 1);
+        let (inside, outside): (Vec<_>, Vec<_>) =
+            bursts.iter().partition(|x| x.at.rem_euclid(300.0) >= 270.0);
+        let ratio = (inside.len() as f64 / 360.0) / (outside.len() as f64 / 3240.0);
+        assert!((3.0..5.0).contains(&ratio), "burst ratio {ratio}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum TraceError {
     #[error("{source_name}: the trace has no requests")]
     Empty { source_name: String },
     #[error(
-        "cannot read trace {path}: {reason}. Traces live in ../shared/traces/ (relative to the repository root); pass --trace with a path that exists"
+        "cannot read trace {path}: {reason}. The traces this project ships are in traces/ at the repository root; pass --trace with a path that exists"
     )]
     Io { path: String, reason: String },
     #[error(
@@ -251,9 +251,101 @@ pub fn scale_rate(arrivals: &[Arrival], factor: f64, seed: u64) -> Vec<Arrival> 
     out
 }
 
+/// The arrivals in `[from, to)`, re-based so `from` is 0: a part of a
+/// trace to tune on and another to score on.
+pub fn slice(arrivals: &[Arrival], from: f64, to: f64) -> Vec<Arrival> {
+    arrivals
+        .iter()
+        .filter(|a| a.at >= from && a.at < to)
+        .map(|a| Arrival {
+            at: a.at - from,
+            ..a.clone()
+        })
+        .collect()
+}
+
+/// A local block bootstrap (Paparoditis & Politis): time is cut into
+/// `block_s` blocks, and each block is replaced by a block drawn uniformly
+/// from its `reach` neighbours on either side (itself included), its
+/// arrivals shifted into place. The slow shape of the trace (trend, daily
+/// cycle) stays; which bursts fall where, and how many, is resampled, so
+/// seeds carry the variance of the arrival process rather than a jitter.
+pub fn block_bootstrap(
+    arrivals: &[Arrival],
+    block_s: f64,
+    reach: usize,
+    seed: u64,
+) -> Vec<Arrival> {
+    let Some(last) = arrivals.last() else {
+        return Vec::new();
+    };
+    let blocks = (last.at / block_s).floor() as usize + 1;
+    let mut starts = vec![0usize; blocks + 1];
+    for (k, start) in starts.iter_mut().enumerate() {
+        *start = arrivals.partition_point(|a| a.at < k as f64 * block_s);
+    }
+    let mut rng = aim_engine::rng::Rng::new(seed ^ 0xb007_5a3b);
+    let mut out = Vec::with_capacity(arrivals.len());
+    for i in 0..blocks {
+        let lo = i.saturating_sub(reach);
+        let hi = (i + reach).min(blocks - 1);
+        let j = lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize;
+        let shift = (i as f64 - j as f64) * block_s;
+        out.extend(arrivals[starts[j]..starts[j + 1]].iter().map(|a| Arrival {
+            at: a.at + shift,
+            ..a.clone()
+        }));
+    }
+    out.sort_by(|a, b| a.at.total_cmp(&b.at));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(times: &[f64]) -> Vec<Arrival> {
+        times
+            .iter()
+            .map(|&t| Arrival {
+                at: t,
+                prompt_tokens: 1,
+                output_tokens: 1,
+                hash_ids: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slice_is_rebased() {
+        let s = slice(&at(&[1.0, 5.0, 9.0, 12.0]), 5.0, 12.0);
+        assert_eq!(s.iter().map(|a| a.at).collect::<Vec<_>>(), vec![0.0, 4.0]);
+    }
+
+    #[test]
+    fn the_bootstrap_keeps_the_trend_and_resamples_the_bursts() {
+        // Load rising block by block (k arrivals in block k): every block
+        // of the resample comes from within ±1 block, so its load stays
+        // within ±1 of the original, and seeds differ.
+        let mut times = Vec::new();
+        for k in 0..20 {
+            for j in 0..k {
+                times.push(f64::from(k) * 10.0 + f64::from(j) * 0.1);
+            }
+        }
+        let trace = at(&times);
+        let a = block_bootstrap(&trace, 10.0, 1, 1);
+        let b = block_bootstrap(&trace, 10.0, 1, 2);
+        assert_ne!(a, b);
+        for k in 0..19 {
+            let n = a
+                .iter()
+                .filter(|x| (x.at / 10.0).floor() as usize == k)
+                .count();
+            assert!(n.abs_diff(k) <= 1, "block {k}: {n}");
+        }
+        assert!(a.windows(2).all(|w| w[0].at <= w[1].at));
+    }
 
     #[test]
     fn azure_rows_become_offsets() {

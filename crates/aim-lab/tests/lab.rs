@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aim_engine::Profile;
+use aim_lab::capacity::Capacity;
 use aim_lab::control::Controller;
-use aim_lab::oracle::Capacity;
 use aim_lab::scenario::{Context, build};
 use aim_lab::score::score;
 use aim_lab::sim::{SimConfig, run};
@@ -145,15 +145,8 @@ fn synthetic_fixture_loads_and_runs() {
 }
 
 #[test]
-fn shared_traces_parse_when_present() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
-    if !dir.exists() {
-        eprintln!(
-            "SKIPPED: {} is absent; the licensed traces live outside the repository (see ../shared/traces/README.md)",
-            dir.display()
-        );
-        return;
-    }
+fn shipped_traces_parse() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../traces");
     for (file, rows) in [
         ("azure-llm-2023-code.csv", 8_819),
         ("azure-llm-2023-conv.csv", 19_366),
@@ -260,8 +253,8 @@ fn tuned_keda_is_the_cheapest_grid_point_at_the_goal_else_the_best() {
 #[test]
 fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later() {
     use aim_lab::sim::Router;
-    // Five times what one replica serves, for two minutes, on one warm replica;
-    // three more are created at t = 0 and are Ready about a minute later.
+    // Far more than one replica serves, for two minutes, on one warm
+    // replica; three more are created at t = 0 and are Ready a minute later.
     let burst = enveloped_gamma(
         Envelope {
             mean_rps: 40.0,
@@ -277,7 +270,9 @@ fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later()
         let mut c = SimConfig::new(Profile::qwen3_32b_2xh100());
         c.cold_start_s = 60.0;
         c.router = router;
-        let mut plan = Controller::Plan(vec![(0.0, 4)]);
+        // The first step's count is warm at t = 0; the second, at the same
+        // instant, creates three cold pods.
+        let mut plan = Controller::Plan(vec![(0.0, 1), (0.0, 4)]);
         let result = run(&c, &burst, &mut plan, &mut |_| {}).unwrap();
         assert!(
             result.requests.iter().all(|r| r.finished),
@@ -289,7 +284,7 @@ fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later()
     let gateway = go(Router::GatewayQueue);
     // Behind a plain least-outstanding router the first minute's queue stays
     // on the first replica; the gateway holds it and hands it out as the
-    // new replicas become Ready.
+    // new replicas become Ready. TTFT counts the time held at the gateway.
     assert!(
         gateway.ttft_p99 < direct.ttft_p99,
         "p99 TTFT gateway {} vs direct {}",
@@ -297,11 +292,13 @@ fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later()
         direct.ttft_p99
     );
     assert!(
-        gateway.attainment > direct.attainment,
-        "attainment gateway {} vs direct {}",
-        gateway.attainment,
-        direct.attainment
+        gateway.ttft_p90 < direct.ttft_p90,
+        "p90 TTFT gateway {} vs direct {}",
+        gateway.ttft_p90,
+        direct.ttft_p90
     );
+    // Below saturation the same gateway only adds waiting: whether it pays
+    // is a question for the lab's tables, not a given.
 }
 
 /// The seeds' autoscaling qwen-chat as KServe deploys it, with a 30 s scaler
@@ -403,5 +400,54 @@ fn first_ticks_set_the_scrape_and_sync_phases() {
     assert!(
         aligned.iter().all(|&at| phase_of(at) == 0.001),
         "{aligned:?}"
+    );
+}
+
+/// Latency counts from arrival wherever a request waits: 2,000 requests in
+/// 10 s on one pinned replica miss their TTFT whether they queue inside
+/// vLLM (routed directly) or at a flow-controlling gateway in front of it.
+#[test]
+fn a_queue_anywhere_costs_time_to_first_token() {
+    use aim_lab::sim::Router;
+    let flood: Vec<Arrival> = (0..2000)
+        .map(|k| Arrival {
+            at: f64::from(k) * 0.005,
+            prompt_tokens: 1000,
+            output_tokens: 200,
+            hash_ids: vec![],
+        })
+        .collect();
+    let go = |router| {
+        let mut c = SimConfig::new(Profile::qwen3_32b_2xh100());
+        c.router = router;
+        let result = run(&c, &flood, &mut Controller::Static(1), &mut |_| {}).unwrap();
+        (score(&result, c.slo, c.cold_start_s), result)
+    };
+    let (direct, _) = go(Router::LeastOutstanding);
+    let (gateway, held) = go(Router::GatewayQueue);
+    let longest_hold = held.requests.iter().map(|r| r.held).fold(0.0, f64::max);
+    assert!(
+        longest_hold > 30.0,
+        "the gateway held requests for {longest_hold} s at most"
+    );
+    for (name, s) in [("direct", direct), ("gateway", gateway)] {
+        assert!(
+            s.ttft_p99 > 30.0,
+            "{name}: TTFT p99 {} s on one replica",
+            s.ttft_p99
+        );
+        assert!(
+            s.ttft_attainment < 0.5,
+            "{name}: {} TTFT-ok",
+            s.ttft_attainment
+        );
+    }
+    // Holding at the gateway only moves the wait; it cannot make one
+    // replica faster.
+    assert!(
+        gateway.ttft_p99 > 0.5 * direct.ttft_p99,
+        "gateway p99 {} vs direct {}",
+        gateway.ttft_p99,
+        direct.ttft_p99
     );
 }

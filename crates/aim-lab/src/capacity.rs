@@ -1,13 +1,16 @@
-//! The perfect-foresight lower bound of reference §6.3.
+//! What one replica can take, and what a workload needs of them:
 //!
 //! 1. Per-replica capacity c*: the highest constant Poisson rate one replica
 //!    serves at ≥ 99 % attainment with the trace's own length mix,
-//!    measured by bisection in the lab itself.
+//!    measured by bisection in the lab itself. Policies are tuned from it.
 //! 2. need(t) every 10 s: the load in a centred 60 s window ÷ c*, rounded
-//!    up and clamped to the bounds.
-//! 3. Per layer k: the intervals where need ≥ k, gaps shorter than T_w
-//!    merged (idling is cheaper than restarting), each started T_w early.
-//!    Replicas are interchangeable, so this is optimal.
+//!    up and clamped to the bounds (the static-peak row and the replicas
+//!    every row starts with).
+//!
+//! Neither is a bound: c* is measured under constant Poisson load, and a
+//! burstier or smoother workload needs more or less. The bound is
+//! [`crate::bound`]; the best plan found with hindsight is
+//! [`crate::hindsight`].
 
 use aim_engine::rng::Rng;
 
@@ -99,105 +102,9 @@ pub fn need(arrivals: &[Arrival], c: f64, min: u32, max: u32) -> Vec<u32> {
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    /// Replicas that should exist (warming included) on each 10 s step.
-    pub provisioned: Vec<u32>,
-    /// Replica starts after t = 0.
-    pub starts: usize,
-}
-
-impl Plan {
-    pub fn replica_seconds(&self) -> f64 {
-        self.provisioned
-            .iter()
-            .map(|&n| f64::from(n) * STEP_S)
-            .sum()
-    }
-
-    /// The plan as controller steps (changes only).
-    pub fn steps(&self) -> Vec<(f64, u32)> {
-        let mut out: Vec<(f64, u32)> = Vec::new();
-        for (k, &n) in self.provisioned.iter().enumerate() {
-            if out.last().is_none_or(|l| l.1 != n) {
-                out.push((k as f64 * STEP_S, n));
-            }
-        }
-        out
-    }
-}
-
-/// The layered T_w-aware oracle. Layers warm at t = 0 start for free.
-pub fn plan(need: &[u32], cold_start_s: f64) -> Plan {
-    let steps = need.len();
-    let lead = (cold_start_s / STEP_S).ceil() as usize;
-    let top = need.iter().copied().max().unwrap_or(0);
-    let mut provisioned = vec![0u32; steps];
-    let mut starts = 0;
-    for k in 1..=top {
-        // Intervals [a, b) where need ≥ k.
-        let mut intervals: Vec<(usize, usize)> = Vec::new();
-        let mut i = 0;
-        while i < steps {
-            if need[i] >= k {
-                let a = i;
-                while i < steps && need[i] >= k {
-                    i += 1;
-                }
-                match intervals.last_mut() {
-                    // A gap shorter than T_w: keep the replica idle instead.
-                    Some(last) if a - last.1 < lead => last.1 = i,
-                    _ => intervals.push((a, i)),
-                }
-            } else {
-                i += 1;
-            }
-        }
-        for (a, b) in intervals {
-            let start = a.saturating_sub(lead);
-            if a > 0 {
-                starts += 1;
-            }
-            for p in &mut provisioned[if a == 0 { 0 } else { start }..b] {
-                *p += 1;
-            }
-        }
-    }
-    Plan {
-        provisioned,
-        starts,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layers_merge_short_gaps_and_lead_by_cold_start() {
-        // Need: 1 throughout, 2 on steps 20..30 and 33..40, 3 on 60..62.
-        let mut need = vec![1u32; 80];
-        need[20..30].fill(2);
-        need[33..40].fill(2);
-        need[60..62].fill(3);
-        let p = plan(&need, 100.0);
-        // Layer 2: gap 30..33 (3 steps) < 10 → merged; starts at 10.
-        assert_eq!(p.provisioned[9], 1);
-        assert_eq!(p.provisioned[10], 2);
-        assert_eq!(p.provisioned[31], 2);
-        // Layers 2 and 3 each start once for the spike at 60 (gap 40..60 ≥ 10).
-        assert_eq!(p.provisioned[50], 3);
-        assert_eq!(p.provisioned[62], 1);
-        assert_eq!(p.starts, 3);
-        // Never below need.
-        assert!(need.iter().zip(&p.provisioned).all(|(n, p)| p >= n));
-    }
-
-    #[test]
-    fn zero_cold_start_is_need_itself() {
-        let need = vec![1, 3, 2, 2, 5, 1];
-        assert_eq!(plan(&need, 0.0).provisioned, need);
-    }
 
     #[test]
     fn need_follows_the_windowed_rate() {
