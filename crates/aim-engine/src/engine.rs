@@ -12,6 +12,7 @@
 //!    all computed at the end samples one token.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use crate::config::{ConfigError, EngineConfig};
@@ -92,12 +93,43 @@ impl Seq {
     }
 }
 
+/// Hashes request ids for the per-step lookups. Ids are chosen by the
+/// caller and not adversarial here (the engine is a model, not a server
+/// facing clients), so a multiplicative hash does: it is several times
+/// cheaper than the default SipHash, and every step looks each batched
+/// request up three times.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ (id >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type SeqMap = HashMap<RequestId, Seq, BuildHasherDefault<IdHasher>>;
+
 /// One vLLM replica. Pure: no I/O, no clock, no threads; see the crate docs for the contract.
 #[derive(Debug, Clone)]
 pub struct Engine {
     config: EngineConfig,
     kv: KvCache,
-    seqs: HashMap<RequestId, Seq>,
+    seqs: SeqMap,
+    /// Whether every token gets an event, or only each request's first
+    /// (a caller that only scores TTFT and completions saves the rest).
+    every_token_event: bool,
+    /// Scratch for the batch being built (kept to avoid a per-step allocation).
+    batch: Vec<(RequestId, u32)>,
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     busy_until: Duration,
@@ -111,7 +143,9 @@ impl Engine {
             kv: KvCache::new(config.num_gpu_blocks),
             rng: Rng::new(config.seed),
             config,
-            seqs: HashMap::new(),
+            seqs: SeqMap::default(),
+            every_token_event: true,
+            batch: Vec::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             busy_until: Duration::ZERO,
@@ -120,6 +154,13 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// With `false`, steps report a [`EventKind::Token`] only for each
+    /// request's first token; completions still carry every timing. The
+    /// engine's behaviour is the same either way.
+    pub fn set_every_token_event(&mut self, every: bool) {
+        self.every_token_event = every;
     }
 
     /// Requests waiting for a place in the batch (including preempted ones).
@@ -291,13 +332,16 @@ impl Engine {
             events: Vec::new(),
         };
         let mut budget = self.config.max_num_batched_tokens;
-        let mut batch: Vec<(RequestId, u32)> = Vec::with_capacity(self.running.len());
+        // The batch buffer is reused across steps: one allocation per engine.
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
 
         self.schedule_running(started, &mut budget, &mut batch, &mut out);
         if out.preemptions == 0 || batch.is_empty() {
             self.schedule_waiting(started, &mut budget, &mut batch, &mut out);
         }
         if batch.is_empty() {
+            self.batch = batch;
             // Only possible when every candidate is blocked; nothing advances time.
             return if out.events.is_empty() {
                 None
@@ -306,19 +350,11 @@ impl Engine {
             };
         }
 
-        for &(id, tokens) in &batch {
-            let seq = &self.seqs[&id];
-            if seq.is_decoding() {
-                out.shape.decode_seqs += 1;
-                out.shape.decode_kv_tokens += u64::from(seq.known_tokens());
-            } else {
-                out.shape.prefill_tokens += tokens;
-            }
-        }
         out.duration = self.jittered(self.config.profile.step_duration(out.shape));
         out.ended = started + out.duration;
         self.busy_until = out.ended;
         self.complete_batch(&batch, &mut out);
+        self.batch = batch;
         Some(out)
     }
 
@@ -357,8 +393,12 @@ impl Engine {
             if !fits {
                 break;
             }
-            let new = self.kv.allocate(need).expect("checked free blocks");
-            self.seqs.get_mut(&id).expect("running").blocks.extend(new);
+            let seq = self.seqs.get_mut(&id).expect("running");
+            add_to_shape(&mut out.shape, seq, tokens);
+            if need > 0 {
+                let new = self.kv.allocate(need).expect("checked free blocks");
+                seq.blocks.extend(new);
+            }
             batch.push((id, tokens));
             *budget -= tokens;
             i += 1;
@@ -429,6 +469,7 @@ impl Engine {
             seq.blocks = hit;
             seq.blocks.extend(new);
             seq.computed = hit_tokens;
+            add_to_shape(&mut out.shape, seq, tokens);
             out.events.push(Event {
                 at: now,
                 request: id,
@@ -468,15 +509,17 @@ impl Engine {
             seq.last_token = Some(at);
             out.generation_tokens += 1;
             let since_arrival = at.saturating_sub(seq.arrival);
-            out.events.push(Event {
-                at,
-                request: id,
-                kind: EventKind::Token {
-                    index,
-                    gap,
-                    since_arrival,
-                },
-            });
+            if index == 0 || self.every_token_event {
+                out.events.push(Event {
+                    at,
+                    request: id,
+                    kind: EventKind::Token {
+                        index,
+                        gap,
+                        since_arrival,
+                    },
+                });
+            }
             if seq.generated >= seq.planned_output {
                 finished.push(id);
             }
@@ -493,6 +536,17 @@ impl Engine {
         // One pass keeps admission order for the survivors, in O(running).
         let seqs = &self.seqs;
         self.running.retain(|id| seqs.contains_key(id));
+    }
+}
+
+/// Adds a scheduled request to the step's shape: a decode is one sequence
+/// reading its whole context, anything else is `tokens` of prefill.
+fn add_to_shape(shape: &mut StepShape, seq: &Seq, tokens: u32) {
+    if seq.is_decoding() {
+        shape.decode_seqs += 1;
+        shape.decode_kv_tokens += u64::from(seq.known_tokens());
+    } else {
+        shape.prefill_tokens += tokens;
     }
 }
 

@@ -308,3 +308,50 @@ fn jitter_is_reproducible_for_a_seed_and_differs_across_seeds() {
     assert_eq!(durations(1), durations(1));
     assert_ne!(durations(1), durations(2));
 }
+
+/// Leaving out the later tokens' events changes nothing the engine does:
+/// the same steps, the same first tokens and the same completions.
+#[test]
+fn first_token_events_only_change_nothing_but_the_events() {
+    let load = |engine: &mut Engine| {
+        for id in 0..40u64 {
+            let request = Request::new(id, 20 + (id as u32 * 37) % 200, 1 + (id as u32 * 13) % 60);
+            engine
+                .submit(request, Duration::from_millis(id * 3))
+                .unwrap();
+        }
+    };
+    let mut every = tiny(|c| c.step_jitter = 0.2);
+    let mut firsts = tiny(|c| c.step_jitter = 0.2);
+    firsts.set_every_token_event(false);
+    load(&mut every);
+    load(&mut firsts);
+    let (a, b) = (
+        run_to_idle(&mut every, Duration::ZERO),
+        run_to_idle(&mut firsts, Duration::ZERO),
+    );
+    assert_eq!(a.len(), b.len());
+    let keep = |s: &StepOutcome| -> Vec<_> {
+        s.events
+            .iter()
+            .filter(|e| !matches!(e.kind, EventKind::Token { index, .. } if index > 0))
+            .cloned()
+            .collect()
+    };
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.ended, x.shape, x.generation_tokens),
+            (y.ended, y.shape, y.generation_tokens)
+        );
+        assert_eq!(keep(x), y.events);
+    }
+    let later_tokens = |steps: &[StepOutcome]| {
+        steps
+            .iter()
+            .flat_map(|s| &s.events)
+            .filter(|e| matches!(e.kind, EventKind::Token { index, .. } if index > 0))
+            .count()
+    };
+    assert!(later_tokens(&a) > 100);
+    assert_eq!(later_tokens(&b), 0);
+}

@@ -378,3 +378,74 @@ fn build_named(
     };
     Ok(Controller::Keda(Box::new(KedaLoop::new(spec, triggers)?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            capacity: Capacity {
+                rps: 1.5,
+                in_flight: 12.0,
+            },
+            cold_start_s: 100.0,
+            min: 1,
+            max: 16,
+            window_s: 120.0,
+            ttft_s: 3.0,
+            tpot_s: 0.1,
+        }
+    }
+
+    #[test]
+    fn a_name_carries_its_own_parameters() {
+        let (name, params) = split_params("queue[headroom=0.3; perReplica=20]").unwrap();
+        assert_eq!(name, "queue");
+        assert_eq!(params["headroom"], "0.3");
+        assert_eq!(params["perReplica"], "20");
+        assert_eq!(split_params("queue").unwrap().1.len(), 0);
+    }
+
+    #[test]
+    fn its_parameters_reach_the_policy_and_bad_ones_are_named() {
+        let Controller::Keda(k) = build("queue[headroom=0.4]", &ctx(), &BTreeMap::new()).unwrap()
+        else {
+            panic!("a policy row is a KEDA loop");
+        };
+        assert_eq!(k.triggers[0].metadata["headroom"], "0.4");
+        let err = build("queue[headroom=-1]", &ctx(), &BTreeMap::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("headroom"), "{err}");
+        let err = build("queue[headroom=0.4", &ctx(), &BTreeMap::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("closed by ']'"), "{err}");
+    }
+
+    /// A live trigger's query returns one value: every lab trigger reads
+    /// one signal, and the slo row's floor is a second trigger.
+    #[test]
+    fn every_policy_row_reads_what_a_live_trigger_can() {
+        for name in ["aibrix", "queue", "slo", "predictive", "cost", "keda-tuned"] {
+            let Controller::Keda(k) = build(name, &ctx(), &BTreeMap::new()).unwrap() else {
+                panic!("{name} is a KEDA loop");
+            };
+            for t in &k.triggers {
+                let (query, _) = t.signal.live_query();
+                assert!(query.contains("vllm:"), "{name}: {query}");
+            }
+        }
+        let Controller::Keda(slo) = build("slo", &ctx(), &BTreeMap::new()).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(slo.triggers.len(), 2);
+        let Controller::Keda(p) = build("predictive", &ctx(), &BTreeMap::new()).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(p.triggers[0].signal, Signal::SuccessRate);
+    }
+}
