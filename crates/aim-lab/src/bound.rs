@@ -11,12 +11,20 @@
 //!    included) are at least the busy time of all steps run in it.
 //! 2. **Work of a request.** A request with `p` prompt tokens and `o`
 //!    output tokens needs its uncached prompt tokens prefilled (β1 each)
-//!    and `o − 1` decode steps (its first token comes with the prefill).
-//!    A step decodes at most `B = min(max_num_seqs, max_num_batched_tokens)`
-//!    sequences, so a decode token costs at least `β2 + β0 / B` of busy
-//!    time: `w = β1·p_uncached + (o − 1)·(β2 + β0/B)`. β3 is dropped (it
-//!    only adds). A prompt block counts as cached when any earlier request
+//!    and `o − 1` decode steps (its first token comes with the prefill),
+//!    β2 each. A prompt block counts as cached when any earlier request
 //!    carried the same block hash, the most caching any replica could do.
+//!    β3 is dropped (it only adds). The fixed β0 of a step is shared by the
+//!    sequences it decodes, and a step is limited twice: it decodes at most
+//!    `B = min(max_num_seqs, max_num_batched_tokens)` sequences, and their
+//!    KV blocks fit in the cache's `C` blocks, a sequence at context `c`
+//!    holding at least `c / block_size` blocks of its own (prompt blocks
+//!    with a prefix hash may be shared, so they are not counted). So for any λ in [0, 1],
+//!    `β0 ≥ β0·(λ·b/B + (1 − λ)·Σ blocks/C)`, and each decode step of a
+//!    request can be charged `β0·(λ/B + (1 − λ)·c/(block_size·C))`. Summed
+//!    over its decode steps (context `p + 1 … p + o − 1`), that is the
+//!    request's share of β0. Every λ gives a valid bound; the lab tries
+//!    0, ½ and 1.
 //! 3. **Deadlines.** A request that meets its SLO got its first token by
 //!    `arrival + TTFT` and its last by `arrival + TTFT + (o − 1)·TPOT` (the
 //!    mean TPOT is at most the SLO). All its work lies between its arrival
@@ -62,13 +70,17 @@ fn clipped(limit: u32, a: &Arrival) -> (u32, u32) {
     (prompt, output)
 }
 
-/// Busy seconds each request needs at least, in arrival order.
-pub fn work(cfg: &SimConfig, arrivals: &[Arrival]) -> Vec<f64> {
+/// Busy seconds each request needs at least, in arrival order, with the
+/// step's fixed cost shared by the weight `lambda` (see the module docs).
+pub fn work(cfg: &SimConfig, arrivals: &[Arrival], lambda: f64) -> Vec<f64> {
     let p = &cfg.profile;
-    let batch = p.max_num_seqs.min(p.max_num_batched_tokens).max(1);
-    let per_decode_s = (p.per_decode_seq_us + p.step_base_us / f64::from(batch)) * 1e-6;
+    let engine = EngineConfig::from_profile(p.clone());
+    let batch = f64::from(p.max_num_seqs.min(p.max_num_batched_tokens).max(1));
+    let kv_tokens = f64::from(engine.block_size) * f64::from(engine.num_gpu_blocks.max(1));
+    let base_s = p.step_base_us * 1e-6;
+    let per_decode_s = p.per_decode_seq_us * 1e-6;
     let per_prefill_s = p.per_prefill_token_us * 1e-6;
-    let limit = EngineConfig::from_profile(p.clone()).max_request_tokens();
+    let limit = engine.max_request_tokens();
     let mut seen: HashSet<u64> = HashSet::new();
     arrivals
         .iter()
@@ -86,7 +98,20 @@ pub fn work(cfg: &SimConfig, arrivals: &[Arrival]) -> Vec<f64> {
                 }
             }
             let uncached = prompt - cached.min(prompt);
-            per_prefill_s * f64::from(uncached) + per_decode_s * f64::from(output - 1)
+            let steps = f64::from(output - 1);
+            // Σ over decode steps of the context only this request can
+            // hold, p + j for j = 1 … o − 1. Prompt blocks that carry a
+            // prefix hash may be shared with other requests, so they are
+            // left out.
+            let private_prompt = if a.hash_ids.is_empty() {
+                f64::from(prompt)
+            } else {
+                0.0
+            };
+            let context_sum = steps * private_prompt + steps * (steps + 1.0) / 2.0;
+            let shared_base =
+                base_s * (lambda * steps / batch + (1.0 - lambda) * context_sum / kv_tokens);
+            per_prefill_s * f64::from(uncached) + per_decode_s * steps + shared_base
         })
         .collect()
 }
@@ -100,44 +125,46 @@ pub fn lower_bound(
     min: u32,
     target: f64,
 ) -> Bound {
-    let w = work(cfg, arrivals);
     let limit = EngineConfig::from_profile(cfg.profile.clone()).max_request_tokens();
     let floor = f64::from(min) * episode_end;
-    let mut largest = w.clone();
-    largest.sort_by(|a, b| b.total_cmp(a));
     let misses = ((1.0 - target).max(0.0) * arrivals.len() as f64).floor() as usize;
-    let forgiven: f64 = largest.iter().take(misses).sum();
     let mut best = Bound {
         replica_seconds: floor,
         gpu_hours: 0.0,
         window_s: episode_end,
     };
-    for window in WINDOWS_S {
-        let windows = (episode_end / window).ceil().max(1.0) as usize;
-        let mut inside = vec![0.0f64; windows];
-        for (a, &wi) in arrivals.iter().zip(&w) {
-            let (_, output) = clipped(limit, a);
-            let deadline = a.at + cfg.slo.ttft_s + f64::from(output - 1) * cfg.slo.tpot_s;
-            let k = (a.at / window).floor() as usize;
-            if k < windows && deadline < (k + 1) as f64 * window {
-                inside[k] += wi;
+    for lambda in [0.0, 0.5, 1.0] {
+        let w = work(cfg, arrivals, lambda);
+        let mut largest = w.clone();
+        largest.sort_by(|a, b| b.total_cmp(a));
+        let forgiven: f64 = largest.iter().take(misses).sum();
+        for window in WINDOWS_S {
+            let windows = (episode_end / window).ceil().max(1.0) as usize;
+            let mut inside = vec![0.0f64; windows];
+            for (a, &wi) in arrivals.iter().zip(&w) {
+                let (_, output) = clipped(limit, a);
+                let deadline = a.at + cfg.slo.ttft_s + f64::from(output - 1) * cfg.slo.tpot_s;
+                let k = (a.at / window).floor() as usize;
+                if k < windows && deadline < (k + 1) as f64 * window {
+                    inside[k] += wi;
+                }
             }
-        }
-        let total: f64 = inside
-            .iter()
-            .enumerate()
-            .map(|(k, &wk)| {
-                let len = (episode_end - k as f64 * window).min(window);
-                wk.max(f64::from(min) * len)
-            })
-            .sum();
-        let bound = (total - forgiven).max(floor);
-        if bound > best.replica_seconds {
-            best = Bound {
-                replica_seconds: bound,
-                gpu_hours: 0.0,
-                window_s: window,
-            };
+            let total: f64 = inside
+                .iter()
+                .enumerate()
+                .map(|(k, &wk)| {
+                    let len = (episode_end - k as f64 * window).min(window);
+                    wk.max(f64::from(min) * len)
+                })
+                .sum();
+            let bound = (total - forgiven).max(floor);
+            if bound > best.replica_seconds {
+                best = Bound {
+                    replica_seconds: bound,
+                    gpu_hours: 0.0,
+                    window_s: window,
+                };
+            }
         }
     }
     best.gpu_hours = best.replica_seconds * f64::from(cfg.gpus_per_replica) / 3600.0;
@@ -164,9 +191,14 @@ mod tests {
     #[test]
     fn work_counts_prefill_and_decode_at_the_best_batch() {
         let cfg = SimConfig::new(Profile::llama_3_1_8b_h100());
-        let w = work(&cfg, &[arrival(0.0, 1000, 101)]);
+        let w = work(&cfg, &[arrival(0.0, 1000, 101)], 1.0);
         // 1000 × 17.25 µs + 100 × (6.00 + 5753 / 1024) µs.
         let expect = 1000.0 * 17.25e-6 + 100.0 * (6.0 + 5753.0 / 1024.0) * 1e-6;
+        assert!((w[0] - expect).abs() < 1e-12, "{} vs {expect}", w[0]);
+        // Charged by KV share instead: contexts 1001 … 1100 of 29,205 × 16 tokens.
+        let w = work(&cfg, &[arrival(0.0, 1000, 101)], 0.0);
+        let share = (100.0 * 1000.0 + 100.0 * 101.0 / 2.0) / (29_205.0 * 16.0);
+        let expect = 1000.0 * 17.25e-6 + 100.0 * 6.0e-6 + 5753.0e-6 * share;
         assert!((w[0] - expect).abs() < 1e-12, "{} vs {expect}", w[0]);
     }
 
@@ -177,7 +209,7 @@ mod tests {
             hash_ids: hashes,
             ..arrival(0.0, 1024, 1)
         };
-        let w = work(&cfg, &[with(vec![1, 2]), with(vec![1, 3])]);
+        let w = work(&cfg, &[with(vec![1, 2]), with(vec![1, 3])], 1.0);
         assert!((w[1] - w[0] / 2.0).abs() < 1e-12);
     }
 

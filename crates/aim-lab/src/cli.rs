@@ -160,9 +160,14 @@ pub struct ClusterArgs {
     pub tpot: f64,
     #[arg(long, value_enum, default_value_t = Router::LeastOutstanding)]
     pub router: Router,
-    /// Seeds (arrival jitter, cold-start jitter); ≥ 5 gives confidence intervals worth reading.
+    /// Seeds (arrival resampling, cold-start jitter); ≥ 5 gives confidence intervals worth reading.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
+    /// The first seed. Synthetic workloads draw new arrivals per seed, so
+    /// tuning on seeds 1–5 and scoring on 6–10 (--first-seed 6) is a
+    /// held-out evaluation.
+    #[arg(long, default_value_t = 1)]
+    pub first_seed: u64,
     /// Pre-roll before the scored episode, seconds: the workload's first
     /// WARMUP seconds mirrored in time run through the loop first, so
     /// engines, metrics and controllers start scoring warm. 0 starts cold.
@@ -177,6 +182,10 @@ pub struct ClusterArgs {
     /// With --capacity-rps: requests in flight per replica at that rate.
     #[arg(long, requires = "capacity_rps")]
     pub capacity_in_flight: Option<f64>,
+    /// Skip the hindsight plan's search and row (tuning grids, where only
+    /// the grid's own rows are compared).
+    #[arg(long)]
+    pub no_hindsight: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -340,7 +349,7 @@ pub struct TunePolicyArgs {
     pub policy: String,
     /// One knob and its values, KEY=V1,V2,…; repeat for a grid (every
     /// combination is run). `xK` values mean K × the in-flight requests one
-    /// replica holds at c*.
+    /// replica holds at c*, `cK` values K × c* in requests/s.
     #[arg(long = "grid", value_parser = key_value)]
     pub grid: Vec<(String, String)>,
     /// Selection: the cheapest setting with at least this mean SLO
@@ -370,17 +379,30 @@ fn measured_capacity(
 }
 
 /// Every combination of the grid's values, as `policy[k=v;…]` labels.
+/// `xK` is K × the in-flight requests one replica holds at c*, `cK` is
+/// K × c* (requests/s).
 fn grid_labels(
     policy: &str,
     grid: &[(String, String)],
-    in_flight: f64,
+    capacity: &crate::capacity::Capacity,
 ) -> Result<Vec<String>, LabError> {
     let mut labels = vec![Vec::<String>::new()];
     for (key, values) in grid {
         let mut next = Vec::new();
         for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
             let v = if v.starts_with('x') {
-                format!("{}", grid_target(v, in_flight)?)
+                format!("{}", grid_target(v, capacity.in_flight)?)
+            } else if let Some(k) = v.strip_prefix('c') {
+                let k: f64 = k
+                    .parse()
+                    .ok()
+                    .filter(|k: &f64| k.is_finite() && *k > 0.0)
+                    .ok_or_else(|| {
+                        LabError::Input(format!(
+                            "--grid {key}: expected a number, xK or cK, got {v:?}"
+                        ))
+                    })?;
+                format!("{:.4}", k * capacity.rps)
             } else {
                 v.to_owned()
             };
@@ -411,7 +433,7 @@ fn grid_labels(
 
 fn tune_policy(a: &TunePolicyArgs) -> Result<(), LabError> {
     let capacity = measured_capacity(&a.workload, &a.cluster)?;
-    let labels = grid_labels(&a.policy, &a.grid, capacity.in_flight)?;
+    let labels = grid_labels(&a.policy, &a.grid, &capacity)?;
     // Fail on a bad knob before hours of runs, naming it.
     let ctx = crate::scenario::Context {
         capacity: capacity.clone(),
@@ -752,8 +774,10 @@ fn run_compare(
         max: cluster.max,
         window_s: cluster.window,
         seeds: cluster.seeds.max(1),
+        first_seed: cluster.first_seed.max(1),
         overrides: meta.iter().cloned().collect::<BTreeMap<_, _>>(),
         workload: &*make,
+        hindsight: !cluster.no_hindsight,
         capacity: cluster.capacity_rps.map(|rps| crate::capacity::Capacity {
             rps,
             in_flight: cluster.capacity_in_flight.unwrap_or(rps * 10.0),

@@ -61,11 +61,15 @@ pub struct Setup<'a> {
     pub max: u32,
     pub window_s: f64,
     pub seeds: u64,
+    /// Seeds run are `first_seed ..= first_seed + seeds − 1`.
+    pub first_seed: u64,
     pub overrides: BTreeMap<String, String>,
     /// Arrivals for a seed.
     pub workload: &'a dyn Fn(u64) -> Vec<Arrival>,
     /// Measured c* to reuse instead of measuring it again.
     pub capacity: Option<Capacity>,
+    /// Search and run the hindsight plan (a tuning grid can skip it).
+    pub hindsight: bool,
 }
 
 /// The grid rule for "KEDA tuned as well as you can": among the rows that
@@ -119,7 +123,9 @@ pub fn compare(
     entries: &[Entry],
     progress: &mut dyn FnMut(&str, u64, f64),
 ) -> Result<Outcome, LabError> {
-    let first = (setup.workload)(1);
+    let first_seed = setup.first_seed.max(1);
+    let last_seed = first_seed + setup.seeds.max(1) - 1;
+    let first = (setup.workload)(first_seed);
     if first.is_empty() {
         return Err(LabError::Input("the workload has no requests".into()));
     }
@@ -146,8 +152,8 @@ pub fn compare(
     let mut first_plan = None;
     let mut bounds = Vec::new();
     let mut peak_need = 0;
-    for seed in 1..=setup.seeds {
-        let arrivals = if seed == 1 {
+    for seed in first_seed..=last_seed {
+        let arrivals = if seed == first_seed {
             first.clone()
         } else {
             (setup.workload)(seed)
@@ -166,19 +172,29 @@ pub fn compare(
         let end = (arrivals.last().map_or(0.0, |a| a.at) + sim.tail_s).ceil();
         bounds.push(lower_bound(&sim, &arrivals, end, setup.min, TARGET));
         progress("hindsight search", seed, 0.0);
-        let plan = hindsight::search(
-            &sim,
-            &arrivals,
-            SearchConfig {
-                interval_s: HINDSIGHT_INTERVAL_S,
-                target: TARGET,
-                min: setup.min,
-                max: setup.max,
-                initial: sim.initial_replicas,
-            },
-            &mut |f| progress("hindsight search", seed, f),
-        )?;
+        let plan = if setup.hindsight {
+            hindsight::search(
+                &sim,
+                &arrivals,
+                SearchConfig {
+                    interval_s: HINDSIGHT_INTERVAL_S,
+                    target: TARGET,
+                    min: setup.min,
+                    max: setup.max,
+                    initial: sim.initial_replicas,
+                },
+                &mut |f| progress("hindsight search", seed, f),
+            )?
+        } else {
+            HindsightPlan {
+                steps: vec![(0.0, sim.initial_replicas)],
+                trials: 0,
+            }
+        };
         for name in &order {
+            if name == "hindsight" && !setup.hindsight {
+                continue;
+            }
             let mut controller = match name.as_str() {
                 "static-peak" => Controller::Static(peak),
                 "hindsight" => plan.controller(),
@@ -202,7 +218,7 @@ pub fn compare(
             });
             row.scores.push(s);
         }
-        if seed == 1 {
+        if seed == first_seed {
             first_plan = Some(plan);
             peak_need = peak;
         }

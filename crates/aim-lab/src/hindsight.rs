@@ -41,7 +41,8 @@ pub struct SearchConfig {
     pub initial: u32,
 }
 
-/// A plan: `(episode time, replicas)` steps, the first at 0.
+/// A plan: `(episode time, replicas)` steps, the first at the start of the
+/// pre-roll (a negative time when there is one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HindsightPlan {
     pub steps: Vec<(f64, u32)>,
@@ -84,17 +85,19 @@ pub fn search(
 ) -> Result<HindsightPlan, PolicyError> {
     let replay = Replay::new(arrivals, cfg.warmup_s);
     let initial = search.initial.clamp(search.min, search.max);
-    let mut sim = Sim::new(cfg, &replay, Controller::Plan(vec![(0.0, initial)]));
-    sim.advance(0.0, &mut |_| {})?;
+    // The pre-roll is planned too, so the scored episode starts from a
+    // state the plan chose rather than from a backlog it inherited.
+    let start = -replay.offset;
+    let mut sim = Sim::new(cfg, &replay, Controller::Plan(vec![(start, initial)]));
     let slowest_start = cfg.cold_start_s * (1.0 + cfg.cold_start_jitter);
     let lead = (slowest_start / search.interval_s).ceil();
     let reach = (lead + 1.0) * search.interval_s;
     let end = arrivals.last().map_or(0.0, |a| a.at);
     // Long enough for any request that is served at all to finish.
     let settle_limit = 600.0;
-    let mut steps = vec![(0.0, initial)];
+    let mut steps = vec![(start, initial)];
     let mut trials = 0usize;
-    let mut t = 0.0;
+    let mut t = start;
     while t <= end {
         let (from, to) = (t, t + reach);
         let mut try_count = |n: u32| -> Result<f64, PolicyError> {
@@ -140,7 +143,7 @@ pub fn search(
         }
         t += search.interval_s;
         sim.advance(t, &mut |_| {})?;
-        progress((t / end.max(1.0)).min(1.0));
+        progress(((t - start) / (end - start).max(1.0)).min(1.0));
     }
     Ok(HindsightPlan { steps, trials })
 }

@@ -89,7 +89,7 @@ pub fn policy_chart(outcome: &Outcome, row: &Row, ttft_slo: f64) -> String {
         .hindsight_plan
         .steps
         .iter()
-        .map(|&(t, n)| (t, f64::from(n)))
+        .map(|&(t, n)| (t.max(0.0), f64::from(n)))
         .chain(std::iter::once((
             row.example.episode_end,
             f64::from(outcome.hindsight_plan.at(row.example.episode_end)),

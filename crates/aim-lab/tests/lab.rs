@@ -451,3 +451,37 @@ fn a_queue_anywhere_costs_time_to_first_token() {
         direct.ttft_p99
     );
 }
+
+/// With a pre-roll the scored episode starts in the workload's steady
+/// state, and nothing before t = 0 is scored or billed.
+#[test]
+fn the_pre_roll_starts_every_row_warm_and_is_neither_scored_nor_billed() {
+    let load = enveloped_gamma(
+        Envelope {
+            mean_rps: 12.0,
+            peak_to_trough: 1.0,
+            period_s: 1.0,
+        },
+        600.0,
+        1.0,
+        Lengths::Conversation,
+        11,
+    );
+    let mut warm = cfg();
+    warm.warmup_s = 300.0;
+    warm.sample_interval_s = 1.0;
+    let pool = run(&warm, &load, &mut Controller::Static(3), &mut |_| {}).unwrap();
+    assert_eq!(
+        pool.requests.len(),
+        load.len(),
+        "only the episode's requests are scored"
+    );
+    assert!((pool.requests[0].arrival - load[0].at).abs() < 1e-9);
+    // Three replicas billed from t = 0, not from the start of the pre-roll.
+    assert!((pool.replica_seconds - 3.0 * pool.episode_end).abs() < 1e-6);
+
+    // Every sample of the episode is at t > 0, and the pre-roll's requests
+    // were served (they kept the engines busy) without being counted.
+    assert!(pool.timeline.iter().all(|p| p.at > 0.0));
+    assert!(pool.requests.iter().all(|r| r.finished));
+}
