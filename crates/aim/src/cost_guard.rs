@@ -1,4 +1,4 @@
-//! `aim pause` / `aim resume`: the cost guard of seed 003, on one service.
+//! `aim pause` / `aim resume`: the cost guard, on one service.
 
 use anyhow::Context as _;
 

@@ -3,6 +3,11 @@
 //! operator, the scaler and the pod runner in this process, the seed's
 //! autoscaling `qwen-chat` service, a load step, the service scaling 1 → N
 //! and back to 1, live figures, and a chart of the run.
+//!
+//! It stops what it started: the in-process parts always, and the local
+//! cluster too unless it was already running when the demo began (then it
+//! is someone else's and stays), also on Ctrl-C. `--keep-running` holds
+//! everything until Ctrl-C first.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +24,8 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 
+/// The local cluster the demo runs on.
+const CLUSTER: &str = "dev";
 const DEMO_NAMESPACE: &str = "ml-team";
 const SERVICE: &str = "qwen-chat";
 const MANAGER: &str = "aim-demo";
@@ -55,7 +62,9 @@ pub struct DemoArgs {
     /// Where to save the chart of the run (SVG); default: the cache's demo folder.
     #[arg(long)]
     chart: Option<PathBuf>,
-    /// Keep everything running after the scale-down, until Ctrl-C.
+    /// Keep everything running after the scale-down, until Ctrl-C. Without
+    /// it (and after Ctrl-C) the demo stops the local cluster it started; a
+    /// cluster that was already running is left as it was.
     #[arg(long)]
     keep_running: bool,
     /// Admin address of the in-process operator.
@@ -101,10 +110,45 @@ struct Row {
     ttft_p99_ms: Option<f64>,
 }
 
+/// Runs the demo, then stops what it started, whether it ended, failed or
+/// was interrupted.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cache = CacheDirs::discover()?;
-    let mut opts = ClusterOptions::new("dev", cache.clone())
+    let already_up = matches!(
+        aim_devcluster::status(&cache, CLUSTER).await,
+        Ok(Some(status)) if status.running
+    );
+    // The in-process operator listens for Ctrl-C too, and a listener turns
+    // off the default exit on SIGINT: without this the demo would go on.
+    let outcome = tokio::select! {
+        outcome = live(args, cache.clone()) => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            println!();
+            println!("==> interrupted");
+            Ok(())
+        }
+    };
+    println!();
+    if already_up {
+        println!(
+            "==> the local cluster '{CLUSTER}' was running before the demo and stays up (namespace {DEMO_NAMESPACE} holds the service); stop it with `aim dev cluster down`"
+        );
+    } else {
+        println!("==> stopping the local cluster the demo started (aim dev cluster down)");
+        let down_cache = cache.clone();
+        match tokio::task::spawn_blocking(move || aim_devcluster::down(&down_cache, CLUSTER)).await
+        {
+            Ok(Ok(_)) => println!("    stopped; `aim dev cluster up` before the demo keeps one up"),
+            Ok(Err(e)) => println!("    could not stop it ({e}); run `aim dev cluster down`"),
+            Err(e) => println!("    could not stop it ({e}); run `aim dev cluster down`"),
+        }
+    }
+    outcome
+}
+
+async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut opts = ClusterOptions::new(CLUSTER, cache.clone())
         .with_keda()
         .with_kserve();
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
@@ -556,7 +600,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     if args.keep_running {
         println!();
-        println!("Everything keeps running until Ctrl-C. From another shell:");
+        println!(
+            "Everything keeps running until Ctrl-C (then the demo stops what it started). From another shell:"
+        );
         println!("  eval \"$(aim dev cluster env)\"");
         println!("  kubectl -n {DEMO_NAMESPACE} get aimsvc,isvc,scaledobject,hpa,pods");
         println!("  aim pause {DEMO_NAMESPACE}/{SERVICE}   # the cost guard; aim resume to undo");

@@ -6,6 +6,8 @@ mod cost_guard;
 mod crds;
 mod demo;
 mod dev;
+#[cfg(test)]
+mod doc_commands;
 mod prediction;
 mod sim;
 
