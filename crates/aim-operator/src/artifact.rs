@@ -1,4 +1,4 @@
-//! The AIMArtifact controller (reference §3.5): one model's weights on a
+//! The AIMArtifact controller, as AIM Engine v0.2.1 runs it: one model's weights on a
 //! persistent volume. It grants the downloader the right to report its own
 //! progress (a RoleBinding), finds the size when the spec does not give it
 //! (a check-size Job), creates the volume sized to the model plus headroom,
@@ -225,7 +225,8 @@ pub fn parse_check_size(output: &str) -> Result<u64, String> {
     Ok(size)
 }
 
-/// What a failed download's log says went wrong (reference §3.5).
+/// What a failed download's log says went wrong (AIM Engine reads the
+/// same lines from the download Job's pod).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownloadFailure {
     AuthError,
@@ -473,7 +474,7 @@ fn job_labels(artifact: &AIMArtifact, component: &str) -> Value {
 }
 
 /// Job pods carry the Job's labels plus the controller's name label
-/// (never `managed-by`: the pods are the Job's, reference §1.4).
+/// (never `managed-by`: the pods are the Job's, not the operator's).
 fn pod_labels(artifact: &AIMArtifact, job_labels: &Value) -> Value {
     let mut out = job_labels.clone();
     out[labels::Controller::Artifact.name_label()] = json!(artifact.name_any());

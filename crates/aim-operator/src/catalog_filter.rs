@@ -1,4 +1,4 @@
-//! AIMClusterModelSource filters (reference §3.6), pure: what a filter asks
+//! AIMClusterModelSource filters, pure: what a filter asks
 //! the registry for, which tags its version constraints keep, and the image
 //! URI of a match. `crate::model_source` lists catalogs and tags and
 //! creates the AIMClusterModels.

@@ -1,4 +1,4 @@
-//! The discovery Job (reference §4.2), pure parts: the Job a template gets,
+//! The discovery Job (AIM Engine's template auto-creation), pure parts: the Job a template gets,
 //! the parse of its pod's `dry-run --format=json` log into `status.profile`
 //! and `status.modelSources`, the spec hash, the retry backoff and the
 //! decision what to do next (`assess`). The template controller does the
@@ -120,7 +120,7 @@ fn enum_of<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
     value.and_then(|v| serde_json::from_value(json!(v.to_lowercase())).ok())
 }
 
-/// Parses a discovery pod's log (§4.2).
+/// Parses a discovery pod's log.
 pub fn parse_output(log: &str) -> Result<Discovered, ParseError> {
     let array = last_array(log).ok_or(ParseError::NoJsonArray)?;
     let first = array.into_iter().next().ok_or(ParseError::Empty)?;
@@ -295,8 +295,8 @@ fn evicted(pods: &[Pod]) -> bool {
     })
 }
 
-/// Decides what a template without inline sources does next (§3.3/§4.2,
-/// with the fixes: a parse failure is a condition, `Discovered` turns True).
+/// Decides what a template without inline sources does next (as AIM Engine
+/// does, with two fixes: a parse failure is a condition, `Discovered` turns True).
 pub fn assess(seen: &DiscoverySeen<'_>) -> DiscoveryAssessment {
     // A changed spec is a new question: earlier failures do not count.
     let mut state = match seen.previous {

@@ -1,4 +1,4 @@
-//! Image config labels to `ImageMetadata` (reference §4.1). Pure: the
+//! Image config labels to `ImageMetadata`, as AIM Engine reads them. Pure: the
 //! registry client hands over the label map, this turns it into metadata or
 //! a typed error naming the label and the fix.
 

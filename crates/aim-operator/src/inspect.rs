@@ -1,4 +1,4 @@
-//! Image inspection for the model controllers (reference §4.1): pull
+//! Image inspection for the model controllers (a registry query, no Job): pull
 //! secrets, then the registry, then the labels. Every failure class gets its
 //! own condition reason and error category; the model requeues with a
 //! backoff, so each recovers by itself once fixed.

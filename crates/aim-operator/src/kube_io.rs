@@ -81,7 +81,7 @@ fn dynamic_api(
 }
 
 /// Adds a controller's labels (`managed-by`, `aim.eai.amd.com/<ctrl>.name`)
-/// to a planned object where it has none of its own (reference §1.4).
+/// to a planned object where it has none of its own.
 pub fn with_controller_labels(
     mut object: Value,
     controller: aim_rules::labels::Controller,

@@ -1,4 +1,4 @@
-//! AIMModel and AIMClusterModel controllers (reference §3.2): metadata, the
+//! AIMModel and AIMClusterModel controllers: metadata, the
 //! templates a model offers, and their aggregate health. Metadata comes from
 //! `spec.imageMetadata` (air-gapped mode), from the cached
 //! `status.imageMetadata`, or from the registry (`crate::inspect`); it is

@@ -1,4 +1,4 @@
-//! AIMClusterModelSource controller (reference §3.6): list a registry's
+//! AIMClusterModelSource controller: list a registry's
 //! repositories and tags, keep those that pass the source's filters, and
 //! create one AIMClusterModel per match, up to `maxModels`.
 //!
@@ -175,7 +175,7 @@ impl DiscoveredImage {
         catalog_filter::image_uri(&self.registry, &self.repository, &self.tag)
     }
 
-    /// The model name of §1.3: `[repository, tag]`, hashed over registry,
+    /// The model name AIM Engine derives: `[repository, tag]`, hashed over registry,
     /// repository and tag (6 hex characters).
     pub fn model_name(&self) -> String {
         aim_rules::naming::derived_name(
@@ -896,7 +896,7 @@ async fn reconcile_inner(
         }
     }
     if let Some(e) = &apply_failure {
-        // As the state engine does for any controller (reference §1.2).
+        // As the state engine does for any controller.
         conditions::set(
             &mut assessment.conditions,
             NewCondition::new(

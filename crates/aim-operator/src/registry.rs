@@ -1,6 +1,6 @@
 //! A small OCI distribution (v2) client: enough to read an image's config
-//! labels (reference §4.1) and list a registry's repositories and tags
-//! (§3.6). Anonymous access, basic auth and the bearer-token challenge;
+//! labels and list a registry's repositories and tags
+//! (for AIMClusterModelSource). Anonymous access, basic auth and the bearer-token challenge;
 //! credentials come from `imagePullSecrets` (dockerconfigjson).
 //!
 //! **Plain HTTP.** HTTPS is used unless the registry is marked insecure.

@@ -1,4 +1,4 @@
-//! Fetching and merging the runtime config a resource names (§1.6).
+//! Fetching and merging the runtime config a resource names.
 
 use aim_api::common::{ResolvedReference, Scope};
 use aim_api::{AIMClusterRuntimeConfig, AIMRuntimeConfig};

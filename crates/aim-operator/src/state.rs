@@ -2,11 +2,13 @@
 //! "may we apply children?" out. Pure; the controllers feed it what they
 //! observed and write what it returns.
 //!
-//! It follows AIM Engine's pipeline (reference §1.2) with the documented
+//! It follows AIM Engine's reconcile pipeline (pause check, runtime config,
+//! fetch, observe, plan, conditions, apply, events, status) with the documented
 //! fixes: component conditions of features that are no longer assessed are
-//! removed instead of lingering (defect #18), every condition carries the
+//! removed instead of lingering (AIM Engine keeps them forever), every condition carries the
 //! generation it was computed from, and a Warning event is raised once per
-//! transition into an error state rather than on every reconcile (#19).
+//! transition into an error state rather than on every reconcile (as AIM
+//! Engine does).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 

@@ -1,6 +1,6 @@
 //! AIMServiceTemplate and AIMClusterServiceTemplate controllers: resolve the
 //! model, check that the cluster has the GPUs, and publish the template's
-//! profile (reference §3.3). Templates with inline model sources are ready
+//! profile. Templates with inline model sources are ready
 //! as soon as model and hardware are; discovered profiles come from a
 //! discovery job (the catalog work), so such templates wait for it.
 
@@ -332,7 +332,7 @@ pub fn plan(
         status.hardware_summary = hardware.as_ref().map(aim_rules::gpu::hardware_summary);
         if let Some(found) = verdict.found {
             // The image knows the GPUs it was profiled for: its count and
-            // model win over the spec, as in AIM (§3.3 decoration).
+            // model win over the spec, as in AIM Engine.
             let meta = found.profile.metadata.clone().unwrap_or_default();
             let mut resolved = hardware.clone().unwrap_or_default();
             let mut gpu = resolved.gpu.clone().unwrap_or_default();

@@ -1,4 +1,4 @@
-//! The AIMTemplateCache controller (reference §3.4): one AIMArtifact per
+//! The AIMTemplateCache controller: one AIMArtifact per
 //! model source of the template, matched or created, and a status that is
 //! as good as the worst artifact. A Shared cache takes only unowned
 //! artifacts and creates them unowned, so they outlive it; a Dedicated one
@@ -75,7 +75,7 @@ fn artifact_env(
     env
 }
 
-/// The artifact name of a source (§1.3): the URI, hashed with what makes
+/// The artifact name of a source (AIM Engine's derived name): the URI, hashed with what makes
 /// two downloads differ (env, storage class, and for Dedicated the cache).
 pub fn artifact_name(cache: &AIMTemplateCache, source: &ModelSource) -> String {
     let env = artifact_env(cache, source);
@@ -111,8 +111,8 @@ fn rank(p: ResourcePhase) -> u8 {
     }
 }
 
-/// The artifact serving `source` for this cache, if any (§3.4 matching,
-/// with mode isolation: Shared caches never use a Dedicated cache's
+/// The artifact serving `source` for this cache, if any (AIM Engine's
+/// matching, with mode isolation: Shared caches never use a Dedicated cache's
 /// artifacts and the reverse).
 fn matching<'a>(
     cache: &AIMTemplateCache,

@@ -580,7 +580,8 @@ async fn routing_writes_the_route_and_the_path() {
     )
     .await;
 
-    // Routing off: the route and its stale condition both go (defect #18).
+    // Routing off: the route and its stale condition both go (AIM Engine
+    // keeps an old HTTPRouteReady=False forever).
     apply_yaml(&client, &ns, "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: qwen-chat, labels: {team: Research}}\nspec:\n  model: {name: m}\n  template: {name: t}\n  routing: {enabled: false}\n").await.unwrap();
     await_object(
         &api,
@@ -678,7 +679,8 @@ async fn a_missing_runtime_config_fails_and_a_namespace_false_overrides_the_clus
     assert!(c.2.contains("team-config"));
 
     // Cluster config turns routing on with a gateway; the namespace config
-    // of the same name switches it off again (defect #14).
+    // of the same name switches it off again (AIM Engine lets
+    // only non-zero namespace values win).
     let cluster_name = format!("cfg-{ns}");
     apply_yaml(&client, &ns, &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMClusterRuntimeConfig\nmetadata: {{name: {cluster_name}}}\nspec:\n  routing: {{enabled: true, gatewayRef: {{name: gw}}}}\n")).await.unwrap();
     apply_yaml(&client, &ns, &format!("apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMRuntimeConfig\nmetadata: {{name: {cluster_name}}}\nspec:\n  routing: {{enabled: false}}\n")).await.unwrap();
@@ -700,7 +702,7 @@ async fn a_missing_runtime_config_fails_and_a_namespace_false_overrides_the_clus
     assert_eq!(
         resolved.scope,
         Some(aim_api::common::Scope::Merged),
-        "status.resolvedRuntimeConfig is written (defect #5)"
+        "status.resolvedRuntimeConfig is written (AIM Engine never sets it)"
     );
 }
 
@@ -1137,7 +1139,7 @@ async fn recommended_deployments_become_owned_templates_with_gpu_availability() 
 }
 
 /// A failure raises one Warning event per transition, not one per reconcile
-/// (defect #19), even when the service is reconciled again and again.
+/// (AIM Engine emits one per reconcile), even when the service is reconciled again and again.
 #[tokio::test]
 async fn warnings_are_raised_once_per_transition() {
     let (client, ns, api) = setup("events").await;
@@ -1197,7 +1199,7 @@ fn annotation(o: &DynamicObject, key: &str) -> Option<String> {
     o.metadata.annotations.as_ref()?.get(key).cloned()
 }
 
-/// The cost guard of seed 003: a runtime config can make autoscaled
+/// The cost guard: a runtime config can make autoscaled
 /// services start paused; `aim pause`/`aim resume` (the library call behind
 /// them) flip KEDA's switch on the live ScaledObject; status says so; a bad
 /// annotation value is refused by name and rewrites nothing.

@@ -1,4 +1,4 @@
-//! Tier 2: template discovery (reference §3.3, §4.2) against the real
+//! Tier 2: template discovery against the real
 //! control plane. The operator creates discovery Jobs; the real job
 //! controller runs them as KWOK pods. The test plays the image: it gives the
 //! pod the `dry-run --format=json` output through KWOK's pod-logs feature
@@ -149,9 +149,10 @@ fn condition<'a>(
         .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
 
-/// The happy path: the Job follows the reference, its output (read through
+/// The happy path: the Job is AIM Engine's, its output (read through
 /// the logs API) becomes the template's profile and model sources, and
-/// `Discovered` turns True (AIM leaves it False: §7 #12).
+/// `Discovered` turns True (AIM Engine overwrites it to False in the same
+/// reconcile).
 #[tokio::test]
 async fn discovery_output_becomes_the_template_profile() {
     let (client, ns) = setup("disc-ok").await;
@@ -163,7 +164,7 @@ async fn discovery_output_becomes_the_template_profile() {
         .unwrap();
     let job = job_of(&client, &ns, "dummy-lat").await;
 
-    // The Job as §4.2 describes it.
+    // The Job as AIM Engine makes it.
     let labels = job.labels();
     assert_eq!(labels["app.kubernetes.io/name"], "aim-discovery");
     assert_eq!(labels["app.kubernetes.io/component"], "discovery");

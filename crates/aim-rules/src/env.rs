@@ -1,5 +1,5 @@
 //! Environment variable lists: the merge rule every env list follows, and
-//! the InferenceService env of §3.1.6.
+//! the InferenceService env AIM Engine renders.
 
 use aim_api::template::AIMServiceTemplateSpec;
 use k8s_openapi::api::core::v1::EnvVar;
@@ -87,7 +87,7 @@ fn literal(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// The env of the InferenceService's `kserve-container` (§3.1.6), built in
+/// The env of the InferenceService's `kserve-container`, built in
 /// this order and then sorted by name (a stable sort):
 ///
 /// 1. `AIM_CACHE_PATH=/workspace/cache`, `VLLM_ENABLE_METRICS=true`;

@@ -1,5 +1,5 @@
-//! GPU detection from node labels (spec §4.3) and the template's GPU
-//! component (§3.3): which AMD GPU models a cluster has, whether a
+//! GPU detection from node labels and the template's GPU
+//! component: which AMD GPU models a cluster has, whether a
 //! template's hardware can run there, its node affinity and its
 //! `hardwareSummary`.
 
@@ -311,7 +311,7 @@ pub fn requires_gpu(hardware: &HardwareRequirements) -> bool {
     })
 }
 
-/// The outcome of the template's GPU check (§3.3).
+/// The outcome of the template's GPU check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuAvailability {
     /// The hardware needs a GPU and the cluster has a fitting one.

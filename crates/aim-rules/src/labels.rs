@@ -1,4 +1,4 @@
-//! Well-known labels, annotations and finalizers (spec §1.4), and label
+//! Well-known labels, annotations and finalizers, and label
 //! propagation from parents to the children they create.
 //!
 //! The keys are fixed by AIM Engine: an operator swap must find and adopt

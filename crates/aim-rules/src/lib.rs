@@ -6,10 +6,10 @@
 //! the rules apart means each one is tested on its own (tier 0) and the
 //! controllers stay thin.
 //!
-//! Behaviour follows the AIM Engine v0.2.1 specification
-//! (`reference/aim-engine.md`), except where AIM Engine's code disagrees with
-//! its documentation: there the documentation wins and the defect is fixed.
-//! Each such fix is marked `FIX #n` with the defect's number from §7.
+//! Behaviour follows AIM Engine v0.2.1 (amd-enterprise-ai/aim-engine), except
+//! where its code disagrees with its own documentation: there the
+//! documentation wins. Each such place is marked `FIX:` and says what AIM
+//! Engine does instead.
 
 pub mod env;
 pub mod gpu;

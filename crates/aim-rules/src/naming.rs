@@ -1,4 +1,4 @@
-//! Derived object names (spec §1.3).
+//! Derived object names, as AIM Engine derives them.
 //!
 //! Every child the operator creates is named `part1-part2-…-<hash>`: the
 //! parts say what the object is, and the hash over its identifying inputs
@@ -64,7 +64,7 @@ pub fn sanitize(part: &str) -> String {
 }
 
 /// [`sanitize`] without the `part` fallback: the result may be empty. Path
-/// segments (§3.1.7) use this, since an empty segment is simply dropped.
+/// segments use this, since an empty segment is simply dropped.
 pub fn sanitize_label(value: &str) -> String {
     let mapped: String = value
         .to_lowercase()
@@ -193,7 +193,7 @@ pub fn hash_inputs(inputs: &[Value], hash_len: usize) -> String {
     hex[..hash_len.min(hex.len())].to_string()
 }
 
-/// `GenerateDerivedName` (§1.3): sanitize each part, hash the inputs, then
+/// `GenerateDerivedName` (AIM Engine's): sanitize each part, hash the inputs, then
 /// fit the result into `max_len` by cutting the currently longest part one
 /// character at a time (the first of equally long parts; trailing `-`
 /// trimmed after each cut) until `parts + "-" + hash` fits.
@@ -281,7 +281,7 @@ pub struct ImageParts {
     /// The path after the registry, without tag or digest (no implicit
     /// `library/` is added for Docker Hub).
     pub repository: String,
-    /// The last path component, sanitized (§1.3 notes).
+    /// The last path component, sanitized.
     pub name: String,
     /// The tag, else the first 6 hex characters of the digest, else
     /// `latest`; sanitized (so `0.8.5` becomes `0-8-5`). When an image has

@@ -1,11 +1,11 @@
-//! The HTTPRoute path prefix of a service (spec §3.1.7).
+//! The HTTPRoute path prefix of a service.
 //!
 //! A `pathTemplate` such as `/{.metadata.namespace}/chat/{.metadata.name}`
 //! is rendered against the AIMService object (as JSON). The docs promise
 //! that the path is lowercased, URL-encoded and at most 200 characters, and
 //! that a label or field that does not exist degrades the service. AIM
 //! Engine's code instead falls back silently to `/<namespace>/<uid>`
-//! (defect #1); here every problem is a [`PathTemplateError`] that names the
+//! and still creates the route; here every problem is a [`PathTemplateError`] that names the
 //! expression and what to change, and the controller reports it as
 //! [`REASON_PATH_TEMPLATE_INVALID`] and creates no route.
 //!
@@ -27,7 +27,7 @@
 //!    200-character limit checked once more. A path with no segment left is
 //!    an error: a route on `/` would capture the whole gateway.
 //!
-//! On URL encoding (defect #2): the docs say segments are URL-encoded, the
+//! On URL encoding: the docs say segments are URL-encoded, the
 //! code only sanitizes. Both hold here: each segment is percent-encoded
 //! (every byte outside RFC 3986's unreserved set `A-Z a-z 0-9 - . _ ~`
 //! becomes `%XX`), but a sanitized segment consists of `[a-z0-9-]` only, so

@@ -1,4 +1,4 @@
-//! Runtime-config resolution (spec §1.6): the AIMClusterRuntimeConfig and
+//! Runtime-config resolution: the AIMClusterRuntimeConfig and
 //! the AIMRuntimeConfig of the same name merged into one spec, and a
 //! service's inline settings laid on top.
 //!
@@ -10,7 +10,7 @@
 //!   fields are cleared in the result.
 //! - **Scalars** (`routing.enabled`, `storage.pvcHeadroomPercent`,
 //!   `labelPropagation.enabled`, `model.autoDiscovery`, …): the overlay's
-//!   value wins whenever it is set. FIX #14: AIM Engine lets a namespace
+//!   value wins whenever it is set. FIX: AIM Engine lets a namespace
 //!   value win only when it is non-zero, so `false` and `0` could not
 //!   override the cluster's `true` and `20`; the docs say a namespace config
 //!   overrides any cluster field, and here it does.
@@ -30,7 +30,7 @@
 //! Note that the CRD defaults `storage.pvcHeadroomPercent` to 10 and
 //! `labelPropagation.enabled` to `false` whenever their parent object is
 //! present, so a stored namespace config that sets `storage` or
-//! `labelPropagation` at all carries these values, and under FIX #14 they
+//! `labelPropagation` at all carries these values, and with that fix they
 //! override the cluster's.
 
 use aim_api::runtime_config::{
@@ -122,7 +122,7 @@ pub fn overlay(mut base: RuntimeConfigSpec, top: &RuntimeConfigSpec) -> RuntimeC
 /// rules, so the service wins wherever it sets a value.
 ///
 /// `routing.annotations` merge per key with the service winning. AIM Engine
-/// ignores the service's annotations (defect #6); the docs say they merge.
+/// ignores the service's annotations; the docs say they merge.
 pub fn apply_service_inline(
     merged: RuntimeConfigSpec,
     service: &AIMServiceSpec,

@@ -1,4 +1,4 @@
-//! Template auto-selection (spec §3.1.4): which template a service without
+//! Template auto-selection: which template a service without
 //! `template.name` runs.
 //!
 //! The caller gathers the candidates (the namespaced templates in the
@@ -15,7 +15,7 @@
 //!    candidate's when that is > 0;
 //! 5. keep candidates without a GPU model or whose model is in the cluster;
 //! 6. if any namespaced candidate remains, drop the cluster ones;
-//! 7. FIX #4: if the model's `defaultServiceTemplate` names a remaining
+//! 7. FIX: if the model's `defaultServiceTemplate` names a remaining
 //!    candidate, it is selected. AIM Engine ignores the field; the docs say
 //!    it picks the template. It only chooses among templates that passed
 //!    every filter, so it can never select one that is not Ready, not
@@ -24,13 +24,13 @@
 //! 8. rank, lower is better, lexicographically: profile type (optimized <
 //!    preview < unoptimized), GPU, metric (latency < throughput < unset),
 //!    precision (fp4 < int4 < fp8 < int8 < fp16 < bf16 < fp32 < others).
-//!    GPU rank, FIX #17: MI355X < MI350X < MI325X < MI300X < MI250X <
+//!    GPU rank, FIX: MI355X < MI350X < MI325X < MI300X < MI250X <
 //!    MI210 < anything else. AIM Engine does not list MI350X and MI355X, so
 //!    they ranked below MI210; the docs treat them like the other Instinct
 //!    parts, and as the newest parts they rank first.
 //!
 //! A tie for the best rank is [`SelectionOutcome::Ambiguous`] with the tied
-//! names (FIX #3: AIM Engine computed `TemplateSelectionAmbiguous` but
+//! names (FIX: AIM Engine computed `TemplateSelectionAmbiguous` but
 //! reported `TemplateNotFound`).
 //!
 //! Steps 3–5 report which filter removed the last candidates, so that the
@@ -52,7 +52,8 @@ pub const REASON_TEMPLATE_NOT_READY: &str = "TemplateNotReady";
 pub const REASON_TEMPLATE_SELECTION_AMBIGUOUS: &str = "TemplateSelectionAmbiguous";
 pub const REASON_RESOLVED: &str = "Resolved";
 
-/// GPU models by preference, newest first (FIX #17).
+/// GPU models by preference, newest first (AIM Engine ranks MI350X and
+/// MI355X below MI210).
 pub const GPU_PREFERENCE: &[&str] = &["MI355X", "MI350X", "MI325X", "MI300X", "MI250X", "MI210"];
 
 /// Which kind a candidate is.
@@ -697,7 +698,7 @@ mod tests {
         assert_eq!(c.metric, Some(Metric::Latency));
         assert_eq!(c.precision, Some(Precision::Fp8));
 
-        // The spec's GPU model wins over the profile's (§3.1.4).
+        // The spec's GPU model wins over the profile's, as in AIM Engine.
         let mut spec = t.spec.clone();
         spec.hardware.as_mut().unwrap().gpu.as_mut().unwrap().model = Some("MI325X".into());
         let cl = AIMClusterServiceTemplate {

@@ -1,5 +1,5 @@
 //! `aim sim fidelity`: closed-loop concurrency sweeps of a profile on virtual time, beside the
-//! published vLLM measurements for the same model and hardware (reference §4.2).
+//! published vLLM measurements for the same model and hardware.
 //!
 //! Runs the engine model directly (no HTTP, no wall clock), so the figures are exactly
 //! reproducible for a seed and take well under a second.
@@ -58,7 +58,7 @@ pub struct SweepPoint {
 type Published = (u32, f64, f64, f64, f64);
 
 /// Llama-3.1-8B-Instruct on 1×H100-80GB, vLLM 0.21.0, "short chat" closed-loop sweep
-/// (yobitelcomm concurrency-sweep recipe, reference §4.2).
+/// (the "concurrency-sweep" recipe published on yobitelcomm.github.io, 2026-05-16).
 pub const LLAMA_8B_H100_SWEEP: &[Published] = &[
     (1, 14.0, 15.0, 6.5, 122.0),
     (4, 22.8, 32.2, 6.6, 580.0),

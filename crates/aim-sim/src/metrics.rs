@@ -1,6 +1,7 @@
 //! vLLM V1's `vllm:` metrics, derived from engine events and written in the Prometheus text
 //! format with vLLM's names, types, labels (`model_name`, `engine`) and bucket boundaries
-//! (reference §2.2). Values are observed where vLLM observes them (§2.4): TTFT and ITL when
+//! (vLLM's `vllm/v1/metrics/loggers.py`). Values are observed where vLLM observes them
+//! (`vllm/v1/metrics/stats.py`): TTFT and ITL when
 //! tokens appear, the per-request histograms when a request finishes, gauges every step.
 
 use std::fmt::Write;

@@ -1,4 +1,4 @@
-//! Response bodies in vLLM's shapes (reference §2.7): whole responses and stream chunks.
+//! Response bodies in vLLM's shapes (its OpenAI-compatible server): whole responses and stream chunks.
 
 use aim_engine::FinishReason;
 use serde_json::{Value, json};

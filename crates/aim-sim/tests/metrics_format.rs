@@ -1,5 +1,5 @@
 //! `/metrics` read by an independent Prometheus text-format parser and checked against the
-//! vLLM V1 metric table (reference §2.2): names, types, labels and bucket boundaries, and
+//! vLLM V1 metric table (`vllm/v1/metrics/loggers.py`): names, types, labels and bucket boundaries, and
 //! values that reflect what the engine did.
 
 mod common;

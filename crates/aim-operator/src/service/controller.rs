@@ -233,7 +233,8 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         Phase::Progressing | Phase::Starting => ServicePhase::Starting,
         Phase::Degraded => ServicePhase::Degraded,
         Phase::Failed => ServicePhase::Failed,
-        // AIM Engine's enum has no NotAvailable (defect #11): a service
+        // The CRD's phase enum has no NotAvailable (AIM Engine writes it
+        // anyway and the apiserver refuses the status): a service
         // whose hardware is absent is waiting for it.
         Phase::Pending | Phase::NotAvailable => ServicePhase::Pending,
     };

@@ -80,7 +80,8 @@ pub fn depends_on(svc: &AIMService, changed: &Changed<'_>) -> bool {
                             || resolved_template == Some(name)
                     }
                     // Auto-selection: any template of the service's model
-                    // may change the choice (defect #20).
+                    // may change the choice (AIM Engine only wakes services that name
+                    // the template, so auto-selecting ones miss new templates).
                     None => {
                         spec.model.name.as_deref() == Some(model_name)
                             || resolved_model == Some(model_name)

@@ -1,5 +1,5 @@
 //! Health of the children a service observes: the InferenceService, its
-//! pods, KEDA's HPA and the HTTPRoute (reference §3.1.6–3.1.8).
+//! pods, KEDA's HPA and the HTTPRoute.
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Pod};

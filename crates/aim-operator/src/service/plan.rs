@@ -22,7 +22,7 @@ use super::scaling;
 use super::view::{ModelView, TemplateView};
 use crate::state::{ComponentState, ErrorCategory, Health};
 
-/// The runtime config lookup for the service (§1.6).
+/// The runtime config lookup for the service.
 #[derive(Clone, Debug)]
 pub enum ConfigLookup {
     /// Merged cluster + namespace config, and what it resolved to.
@@ -526,7 +526,8 @@ fn resolve_template(
 
     let chosen: TemplateView = if let Some(name) = explicit {
         // With overrides the service runs a derived template; it is created
-        // from the named base when it does not exist yet (fixes defect #13).
+        // from the named base when it does not exist yet (AIM Engine looks the
+        // derived name up, finds nothing and waits forever).
         if let Some(derived) = &obs.templates.explicit_derived {
             derived.clone()
         } else if let Some(base) = &obs.templates.explicit_base {
@@ -740,7 +741,7 @@ fn candidate_of(t: &TemplateView) -> selection::Candidate {
 }
 
 /// A namespaced copy of `base` with the service's overrides, owned by the
-/// service (§3.1.4).
+/// service.
 fn derived_template(
     svc: &AIMService,
     base: &TemplateView,
@@ -803,7 +804,7 @@ fn derived_template(
 pub const MAX_CACHE_RETRIES: i32 = 1;
 
 /// The cache component. Templates without model sources need no cache
-/// (AIM Engine would wait forever, §3.1.5); the others wait for a Ready
+/// (AIM Engine would wait forever); the others wait for a Ready
 /// AIMTemplateCache, planned here when missing.
 fn cache_health(
     obs: &Observed<'_>,
@@ -844,7 +845,8 @@ fn cache_health(
             true
         }
         Some(cache) if cache.phase == Some(ResourcePhase::Failed) => {
-            // One retry per service (defect #8). The retry recreates the
+            // One retry per service, as AIM Engine's types promise and its code
+            // never does. The retry recreates the
             // failed artifacts, not the cache: a Shared cache may serve
             // other services, which must not lose it (or their Ready
             // artifacts) because this one retries. The cache controller
@@ -1102,7 +1104,8 @@ fn plan_route(
         Some(template) => match aim_rules::path_template::render(template, &service_json) {
             Ok(path) => path,
             Err(e) => {
-                // The docs' behaviour (defect #1): degrade, say why, no route.
+                // The docs' behaviour: degrade, say why, no route (AIM Engine
+                // falls back silently to /<namespace>/<uid>).
                 plan.healths.push(Health::new(
                     "HTTPRoute",
                     ComponentState::Degraded,

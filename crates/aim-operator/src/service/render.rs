@@ -1,5 +1,5 @@
 //! Rendering of the objects a service owns: the KServe InferenceService and
-//! the Gateway API HTTPRoute (reference §3.1.6 and §3.1.7). KServe and
+//! the Gateway API HTTPRoute. KServe and
 //! Gateway API objects are plain JSON here: we write a handful of fields and
 //! depend on neither project's Go types.
 
@@ -63,7 +63,7 @@ pub struct IsvcInputs<'a> {
     pub model: &'a ModelView,
     pub template: &'a TemplateView,
     pub runtime_config: &'a RuntimeConfigSpec,
-    /// Labels the service's children inherit (propagation, §1.4).
+    /// Labels the service's children inherit (label propagation).
     pub propagated_labels: BTreeMap<String, String>,
     /// The scaler address written when a metric names none.
     pub default_scaler_address: &'a str,
@@ -208,7 +208,7 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
 
 /// The metric a service scales on when it gives bounds but no metrics:
 /// running requests per replica, averaged over the scrape window, target 1,
-/// as in the docs' autoscaling example (seed 000). AIM Engine writes no
+/// as in the docs' autoscaling example. AIM Engine writes no
 /// metric here, and KServe then makes a ScaledObject with no triggers, which
 /// KEDA cannot run: `minReplicas: 1, maxReplicas: 4` alone never scaled.
 pub fn default_autoscaling() -> AutoScaling {
@@ -241,7 +241,7 @@ pub fn default_autoscaling() -> AutoScaling {
 pub const DEFAULT_SCALING_METRIC: &str = "vllm:num_requests_running";
 
 /// Copies the service's metrics field by field, filling in the scaler
-/// address AIM Engine leaves empty (defect #9): an empty address would send
+/// address AIM Engine leaves empty: an empty address would send
 /// KEDA to KServe's own default rather than to aim's scaler.
 fn autoscaling_json(scaling: &AutoScaling, default_scaler: &str) -> Value {
     let metrics: Vec<Value> = scaling

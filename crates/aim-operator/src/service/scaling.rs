@@ -1,5 +1,5 @@
 //! The autoscaling cost guard and the scale decisions the operator reports
-//! (seed 003 "Ships paused", seed 004 §7). Pure: the controller fetches the
+//! (services ship paused when the runtime config says so). Pure: the controller fetches the
 //! ScaledObject and the HPA, this module decides what to write and say.
 //!
 //! Pausing is KEDA's own switch, `autoscaling.keda.sh/paused` on the

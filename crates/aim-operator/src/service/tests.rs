@@ -151,7 +151,7 @@ fn explicit_template_with_overrides_derives_one_from_the_base() {
         .owned
         .iter()
         .find(|o| o["kind"] == "AIMServiceTemplate")
-        .expect("a derived template (defect #13)");
+        .expect("a derived template from an explicit template with overrides");
     assert_eq!(derived["spec"]["precision"], "fp16");
     assert_eq!(
         derived["metadata"]["labels"]["aim.eai.amd.com/origin"],

@@ -22,7 +22,7 @@
 //! `forecastBias` multiplies the forecast (not the observed rate held over
 //! `scaleDownDelay`, which floors the count): 2 forecasts twice the rate the
 //! history implies, 0.5 half. It exists to measure how the policy degrades when its forecast
-//! is wrong by a known factor (reference §6.6, robustness); leave it at 1
+//! is wrong by a known factor (a 2x rate misprediction is the usual robustness test); leave it at 1
 //! in production.
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@
 //! * `headroom` — 0.1: spare fraction on top of the need;
 //! * `scaleDownDelay` — 120s: roughly one cold start. Keeping an idle
 //!   replica for one warm-up time is the 2-competitive ski-rental choice
-//!   (reference §6.3.4); the HPA's 300 s is longer than it needs to be;
+//!   when the cost of a replica-second is what counts; the HPA's 300 s is longer than it needs to be;
 //! * `queueWeight` — 1.0: with a second value (waiting requests), waiting
 //!   requests count this many times, so a queue that forms scales earlier
 //!   than the same number of running requests would.

@@ -1,4 +1,4 @@
-//! SLO-aware: llm-d's latency control law (reference §3.2) with a leading
+//! SLO-aware: llm-d's latency control law (llm-d's autoscaling documentation) with a leading
 //! queue floor, which llm-d names as its own next step.
 //!
 //! Signal `s = min(clamp, max(TTFT/ttft, TPOT/tpot))`, averaged over
