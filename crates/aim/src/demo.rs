@@ -251,7 +251,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     let waited = Instant::now();
     loop {
         if operator.is_finished() || runner.is_finished() {
-            anyhow::bail!("the operator or the pod runner stopped; see the log above");
+            return Err(stopped(operator, runner).await);
         }
         if let Some(svc) = services.get_opt(SERVICE).await? {
             let st = svc.status.clone().unwrap_or_default();
@@ -491,7 +491,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
             break;
         }
         if operator.is_finished() || runner.is_finished() {
-            anyhow::bail!("the operator or the pod runner stopped; see the log above");
+            return Err(stopped(operator, runner).await);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -610,7 +610,28 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     }
     scaler.shutdown().await;
     runner.abort();
+    // Its watches would only complain while the cluster is taken down.
+    operator.abort();
     Ok(())
+}
+
+/// Why the in-process operator or pod runner ended early: its error, or
+/// that it returned (a watch that ended), so the demo's failure names it.
+async fn stopped(
+    operator: tokio::task::JoinHandle<anyhow::Result<()>>,
+    runner: tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Error {
+    let (name, task, other) = if operator.is_finished() {
+        ("the operator", operator, runner)
+    } else {
+        ("the pod runner", runner, operator)
+    };
+    other.abort();
+    match task.await {
+        Ok(Ok(())) => anyhow::anyhow!("{name} stopped early without an error"),
+        Ok(Err(e)) => e.context(format!("{name} stopped")),
+        Err(e) => anyhow::anyhow!("{name} stopped: {e}"),
+    }
 }
 
 /// The live loop's settings, read from the cluster where they live: the
