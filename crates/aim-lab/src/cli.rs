@@ -31,7 +31,7 @@ pub enum LabCommand {
     /// Grid-search one aim policy's knobs the same way, and pick its
     /// cheapest setting that reaches the goal.
     TunePolicy(TunePolicyArgs),
-    /// Reference §5.4 fidelity statistics: a synthetic workload next to its
+    /// Trace-fidelity statistics: a synthetic workload next to its
     /// source trace (dispersion vs window, per-minute peak/mean and
     /// peak/trough, inter-arrival CV, KS distances on lengths, autocorrelation).
     Fidelity(FidelityArgs),

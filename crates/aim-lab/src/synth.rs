@@ -1,12 +1,13 @@
-//! Synthetic workloads (reference §5.4): a rate envelope λ(t), Gamma
+//! Synthetic workloads: a rate envelope λ(t), Gamma
 //! renewal arrivals inside it, and fitted length distributions; plus the
-//! llm-d staged-ramp episode (reference §3.2).
+//! llm-d staged-ramp episode (llm-d's published autoscaling benchmark),
+//! and the adversarial shapes.
 
 use aim_engine::rng::Rng;
 
 use crate::trace::Arrival;
 
-/// Log-normal fits to the Azure 2023 hours (reference §5.3): the median is
+/// Log-normal fits to the Azure 2023 hours (their published percentiles): the median is
 /// the p50 and σ follows from mean = median·exp(σ²/2). Clipped at the
 /// observed maxima.
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
