@@ -219,36 +219,48 @@ pub fn build(
     // so the HPA never goes below what the queue needs whatever the
     // policy's own signal says (live: two triggers of one ScaledObject).
     let floor = merged.remove("floor");
+    let wait_floor = merged.remove("waitFloor");
     let controller = build_named(name, ctx, &merged)?;
-    let Some(floor) = floor else {
+    if floor.is_none() && wait_floor.is_none() {
         return Ok(controller);
-    };
-    let per_replica = floor
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .ok_or_else(|| PolicyError::InvalidParameter {
-            policy: "lab",
-            key: "floor".into(),
-            value: floor.clone(),
-            reason: "in-flight requests per replica, a number above 0".into(),
-        })?;
+    }
     let Controller::Keda(k) = controller else {
         return Ok(controller);
     };
+    let per_replica = |key: &str, text: &str| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| PolicyError::InvalidParameter {
+                policy: "lab",
+                key: key.into(),
+                value: text.to_owned(),
+                reason: "requests per replica, a number above 0".into(),
+            })
+    };
     let mut triggers = k.triggers.clone();
-    triggers.push(Trigger {
-        signal: Signal::InFlight,
-        operation: Operation::LastOne,
-        window_s: 30.0,
-        policy: lookup("passthrough")?,
-        metadata: BTreeMap::new(),
-        spec: TriggerSpec {
-            metric_type: MetricType::AverageValue,
-            target: per_replica,
-            activation: 0.0,
-        },
-    });
+    // `waitFloor=N`: the same on waiting requests only. Waiting is zero
+    // until the replicas are full, so this trigger is silent in normal
+    // operation and takes over in overload, where a rate signal saturates
+    // at what the replicas can finish.
+    for (key, text, signal) in [
+        ("floor", floor, Signal::InFlight),
+        ("waitFloor", wait_floor, Signal::Waiting),
+    ] {
+        let Some(text) = text else { continue };
+        triggers.push(Trigger {
+            signal,
+            operation: Operation::LastOne,
+            window_s: 30.0,
+            policy: lookup("passthrough")?,
+            metadata: BTreeMap::new(),
+            spec: TriggerSpec {
+                metric_type: MetricType::AverageValue,
+                target: per_replica(key, &text)?,
+                activation: 0.0,
+            },
+        });
+    }
     Ok(Controller::Keda(Box::new(KedaLoop::new(
         k.keda.spec.clone(),
         triggers,
@@ -519,6 +531,16 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("floor"), "{err}");
+        let Controller::Keda(k) =
+            build("predictive[waitFloor=5]", &ctx(), &BTreeMap::new()).unwrap()
+        else {
+            panic!("a policy row is a KEDA loop");
+        };
+        assert_eq!(
+            (k.triggers[1].signal, k.triggers[1].spec.target),
+            (Signal::Waiting, 5.0)
+        );
+        assert!(!k.triggers[0].metadata.contains_key("waitFloor"));
     }
 
     #[test]
