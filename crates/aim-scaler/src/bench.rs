@@ -62,9 +62,13 @@ pub struct BenchArgs {
     /// Scrapes (points per series) in each timed ingest pass.
     #[arg(long, default_value_t = 6)]
     pub rounds: usize,
-    /// Points per series when a size is filled (memory figure).
+    /// Points per series when a store is filled.
     #[arg(long, default_value_t = 4)]
     pub fill_points: usize,
+    /// Series behind the memory figure, measured first, in a fresh
+    /// process heap (later figures free memory the allocator reuses).
+    #[arg(long, default_value_t = 100_000)]
+    pub memory_series: usize,
     /// GetMetrics calls per latency figure.
     #[arg(long, default_value_t = 2000)]
     pub queries: usize,
@@ -90,6 +94,7 @@ impl Default for BenchArgs {
             pods_per_request: vec![100, 1],
             rounds: 6,
             fill_points: 4,
+            memory_series: 100_000,
             queries: 2000,
             flood: 1_000_000,
             flood_base: 10_000,
@@ -118,10 +123,15 @@ pub struct Latency {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+pub struct MemoryFigure {
+    pub series: usize,
+    pub points_per_series: usize,
+    pub rss_bytes_per_series: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SizeFigure {
     pub series: usize,
-    pub rss_bytes_per_series: f64,
-    pub points_per_series_at_rss: usize,
     /// Points per second the background ingest achieved while the
     /// latencies were taken (target: series / 5 s).
     pub background_points_per_second: f64,
@@ -139,6 +149,7 @@ pub struct FloodFigure {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
+    pub memory: MemoryFigure,
     pub ingest: Vec<IngestFigure>,
     /// GetMetrics on a metric with a single series: the RPC floor.
     pub rpc_floor_p50_us: f64,
@@ -534,7 +545,6 @@ async fn measure_size(args: &BenchArgs, series: usize) -> anyhow::Result<SizeFig
     let running = crate::server::start(&bench_args()).await?;
     let state = running.state.clone();
     let layout = Layout::new(args, series);
-    let before = resident_bytes();
     let filler = {
         let state = state.clone();
         let layout = layout.clone();
@@ -542,12 +552,7 @@ async fn measure_size(args: &BenchArgs, series: usize) -> anyhow::Result<SizeFig
         tokio::task::spawn_blocking(move || fill(&state, &layout, points))
     };
     filler.await?;
-    let after = resident_bytes();
     let stored = state.store.series_count();
-    let rss_per_series = match (before, after) {
-        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / stored.max(1) as f64,
-        _ => f64::NAN,
-    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -566,8 +571,6 @@ async fn measure_size(args: &BenchArgs, series: usize) -> anyhow::Result<SizeFig
     running.shutdown().await;
     Ok(SizeFigure {
         series: stored,
-        rss_bytes_per_series: rss_per_series,
-        points_per_series_at_rss: args.fill_points.max(1),
         background_points_per_second: sent.load(Ordering::Relaxed) as f64 / elapsed,
         latency,
     })
@@ -651,8 +654,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resident memory growth per series while a fresh store fills.
+fn measure_memory(args: &BenchArgs) -> MemoryFigure {
+    let state = state_from_args(&bench_args());
+    let layout = Layout::new(args, args.memory_series);
+    let before = resident_bytes();
+    fill(&state, &layout, args.fill_points);
+    let after = resident_bytes();
+    let series = state.store.series_count();
+    MemoryFigure {
+        series,
+        points_per_series: args.fill_points.max(1),
+        rss_bytes_per_series: match (before, after) {
+            (Some(b), Some(a)) => a.saturating_sub(b) as f64 / series.max(1) as f64,
+            _ => f64::NAN,
+        },
+    }
+}
+
 pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.ingest_series > 0, "--ingest-series must be positive");
+    let memory = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || measure_memory(&args)).await?
+    };
     let mut ingest = Vec::new();
     for &shape in &args.pods_per_request {
         let args = args.clone();
@@ -669,6 +694,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         None
     };
     Ok(BenchReport {
+        memory,
         ingest,
         rpc_floor_p50_us,
         sizes,
@@ -721,19 +747,17 @@ fn print_table(r: &BenchReport) {
             f.flood_seconds, f.flood_series_per_second
         );
     }
-    println!();
-    println!(
-        "{:<28} {:>16} {:>16}",
-        "series", "RSS B/series", "ingest pts/s"
-    );
     for s in &r.sizes {
         println!(
-            "{:<28} {:>16.0} {:>16.0}",
-            format!("{} ({} points each)", s.series, s.points_per_series_at_rss),
-            s.rss_bytes_per_series,
-            s.background_points_per_second
+            "  at {}: background ingest {:.0} points/s",
+            s.series, s.background_points_per_second
         );
     }
+    println!();
+    println!(
+        "memory: {:.0} bytes of RSS per series ({} series, {} points each)",
+        r.memory.rss_bytes_per_series, r.memory.series, r.memory.points_per_series
+    );
 }
 
 #[cfg(test)]
@@ -750,12 +774,14 @@ mod tests {
             pods_per_request: vec![10, 1],
             rounds: 2,
             fill_points: 2,
+            memory_series: 100,
             queries: 20,
             flood: 300,
             flood_base: 50,
             ..BenchArgs::default()
         };
         let report = measure(&args).await.unwrap();
+        assert_eq!(report.memory.series, 100);
         assert_eq!(report.ingest.len(), 2);
         assert!(report.ingest.iter().all(|f| f.points_per_cpu_second > 0.0));
         assert_eq!(report.sizes[0].series, 200);
