@@ -526,14 +526,18 @@ fn background_ingest(
     })
 }
 
+/// `points` scrapes of every series, a scrape interval apart and ending
+/// at the time each request is sent: a fill slower than the query window
+/// (an old store at 1M series) must not leave the first series without a
+/// point in the window.
 fn fill(state: &ScalerState, layout: &Layout, points: usize) {
-    let now = now_nanos();
-    for round in 0..points.max(1) {
-        let time = now - (points.max(1) - round) as u64 * SCRAPE;
+    let points = points.max(1);
+    for round in 0..points {
+        let back = (points - 1 - round) as u64 * SCRAPE;
         for_each_request(
             layout,
             100,
-            || time,
+            || now_nanos() - back,
             |request| {
                 state.ingest(&request, Transport::Grpc);
             },
