@@ -42,6 +42,17 @@ impl LogNormal {
 }
 
 impl Lengths {
+    /// A request arriving at `at` with lengths drawn from this mix.
+    pub fn arrival(self, at: f64, rng: &mut Rng) -> Arrival {
+        let (prompt_tokens, output_tokens) = self.sample(rng);
+        Arrival {
+            at,
+            prompt_tokens,
+            output_tokens,
+            hash_ids: Vec::new(),
+        }
+    }
+
     pub fn sample(self, rng: &mut Rng) -> (u32, u32) {
         match self {
             Lengths::Conversation => (
@@ -118,13 +129,7 @@ pub fn enveloped_gamma(
         if t >= duration_s {
             return out;
         }
-        let (prompt_tokens, output_tokens) = lengths.sample(&mut rng);
-        out.push(Arrival {
-            at: t,
-            prompt_tokens,
-            output_tokens,
-            hash_ids: Vec::new(),
-        });
+        out.push(lengths.arrival(t, &mut rng));
     }
 }
 
@@ -251,13 +256,7 @@ impl Adversarial {
             if rng.next_f64() >= keep {
                 continue;
             }
-            let (prompt_tokens, output_tokens) = lengths.sample(&mut rng);
-            out.push(Arrival {
-                at: t,
-                prompt_tokens,
-                output_tokens,
-                hash_ids: Vec::new(),
-            });
+            out.push(lengths.arrival(t, &mut rng));
         }
     }
 }
