@@ -1,5 +1,5 @@
 //! Events the engine reports. Every vLLM metric is a function of these, computed the way
-//! vLLM's `stats.py` does (reference §2.4), so the simulator and the lab agree by construction.
+//! vLLM's `stats.py` (vllm/v1/metrics/stats.py) does, so the simulator and the lab agree by construction.
 
 use std::time::Duration;
 

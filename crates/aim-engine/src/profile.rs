@@ -1,7 +1,7 @@
 //! Latency profiles: how long one engine step takes, and how big the KV cache is.
 //!
 //! A step's duration is linear in what the step does, as in the BLIS "blackbox" fits
-//! (reference §4.1):
+//! (the BLIS simulator's published per-model coefficients):
 //!
 //! ```text
 //! step = β0 + β1 · prefill tokens + β2 · decoding sequences + β3 · KV tokens read by decodes
@@ -29,7 +29,8 @@ pub struct Profile {
     pub per_kv_token_us: f64,
     /// KV-cache capacity in blocks.
     pub num_gpu_blocks: u32,
-    /// Scheduler defaults vLLM would pick on this hardware (reference §2.5).
+    /// Scheduler defaults vLLM would pick on this hardware (its engine arguments'
+    /// defaults for a large GPU: 1,024 sequences, 8,192 batched tokens).
     pub max_num_seqs: u32,
     pub max_num_batched_tokens: u32,
     /// Context window of the model.
@@ -146,7 +147,7 @@ mod tests {
 
     #[test]
     fn published_worked_examples_hold() {
-        // Reference §4.1: single-stream step ≈ 5.76 ms, 64 decodes ≈ 6.14 ms, 1,000-token prefill ≈ 23 ms.
+        // BLIS's worked examples: single-stream step ≈ 5.76 ms, 64 decodes ≈ 6.14 ms, 1,000-token prefill ≈ 23 ms.
         let p = Profile::llama_3_1_8b_h100();
         let ms = |shape| p.step_duration(shape).as_secs_f64() * 1e3;
         let one = ms(StepShape {

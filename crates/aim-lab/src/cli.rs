@@ -31,7 +31,7 @@ pub enum LabCommand {
     /// Grid-search one aim policy's knobs the same way, and pick its
     /// cheapest setting that reaches the goal.
     TunePolicy(TunePolicyArgs),
-    /// Reference §5.4 fidelity statistics: a synthetic workload next to its
+    /// Trace-fidelity statistics: a synthetic workload next to its
     /// source trace (dispersion vs window, per-minute peak/mean and
     /// peak/trough, inter-arrival CV, KS distances on lengths, autocorrelation).
     Fidelity(FidelityArgs),
@@ -270,6 +270,22 @@ pub struct TuneArgs {
     pub title: Option<String>,
 }
 
+/// Prints the row a tuning grid chose and writes it to `selected.txt`,
+/// where `dev/lab-tables` reads it.
+fn report_selected(chosen: &crate::experiment::Row, goal: f64, out: &Path) -> Result<(), LabError> {
+    let mean = |f: fn(&crate::score::Score) -> f64| {
+        chosen.scores.iter().map(f).sum::<f64>() / chosen.scores.len().max(1) as f64
+    };
+    let line = format!(
+        "selected: {} ({:.2} % attainment, {:.2} GPU-hours; rule: fewest GPU-hours at ≥ {goal} % mean attainment, else best attainment)\n",
+        chosen.name,
+        mean(|s| s.attainment) * 100.0,
+        mean(|s| s.gpu_hours),
+    );
+    print!("{line}");
+    write(&out.join("selected.txt"), &line)
+}
+
 /// A grid target: a number, or `xK` = K × `in_flight` (one decimal).
 fn grid_target(text: &str, in_flight: f64) -> Result<f64, LabError> {
     let bad = || LabError::Input(format!("--targets: expected a number or xK, got {text:?}"));
@@ -324,18 +340,7 @@ fn tune(a: &TuneArgs) -> Result<(), LabError> {
     let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.out, &title)?;
     let chosen = crate::experiment::select_tuned(&outcome.rows, a.goal / 100.0)
         .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
-    let mean = |f: fn(&crate::score::Score) -> f64| {
-        chosen.scores.iter().map(f).sum::<f64>() / chosen.scores.len().max(1) as f64
-    };
-    let line = format!(
-        "selected: {} ({:.2} % attainment, {:.2} GPU-hours; rule: fewest GPU-hours at ≥ {} % mean attainment, else best attainment)\n",
-        chosen.name,
-        mean(|s| s.attainment) * 100.0,
-        mean(|s| s.gpu_hours),
-        a.goal
-    );
-    print!("{line}");
-    write(&a.out.join("selected.txt"), &line)
+    report_selected(chosen, a.goal, &a.out)
 }
 
 #[derive(Debug, clap::Args)]
@@ -466,18 +471,7 @@ fn tune_policy(a: &TunePolicyArgs) -> Result<(), LabError> {
         .collect();
     let chosen = crate::experiment::select_cheapest(&candidates, a.goal / 100.0)
         .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
-    let mean = |f: fn(&crate::score::Score) -> f64| {
-        chosen.scores.iter().map(f).sum::<f64>() / chosen.scores.len().max(1) as f64
-    };
-    let line = format!(
-        "selected: {} ({:.2} % attainment, {:.2} GPU-hours; rule: fewest GPU-hours at ≥ {} % mean attainment, else best attainment)\n",
-        chosen.name,
-        mean(|s| s.attainment) * 100.0,
-        mean(|s| s.gpu_hours),
-        a.goal
-    );
-    print!("{line}");
-    write(&a.out.join("selected.txt"), &line)
+    report_selected(chosen, a.goal, &a.out)
 }
 
 /// Here `--trace` is the source and the synthetic flags describe what is

@@ -1,4 +1,4 @@
-//! Trace fidelity (reference §5.4 step 5): the statistics that say whether a
+//! Trace fidelity: the statistics that say whether a
 //! synthetic workload stresses an autoscaler the way its source trace does.
 //!
 //! An autoscaler sees arrivals through windows (a scrape interval, a query
@@ -84,7 +84,7 @@ fn quantile(sorted: &[u32], q: f64) -> u32 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// The §5.4 statistics of one set of arrivals.
+/// The fidelity statistics of one set of arrivals.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fidelity {
     pub requests: usize,

@@ -25,6 +25,12 @@ pub enum Signal {
     /// arrivals, so this is the nearest live rate; it trails arrivals by a
     /// request's duration and saturates at what the replicas can finish.
     SuccessRate,
+    /// Arrivals per second over the last minute, as a gateway in front of
+    /// the pods would count them. No vLLM metric counts arrivals and aim
+    /// has no gateway yet, so no live trigger can read this: it exists to
+    /// measure what such a component would be worth, and no default row
+    /// uses it.
+    ArrivalRate,
     /// p90 TTFT over the last minute, seconds, as vLLM measures it (from
     /// when the engine received the request).
     TtftP90,
@@ -34,9 +40,11 @@ pub enum Signal {
 
 impl Signal {
     /// The scaler trigger that returns this signal live: `metricQuery`,
-    /// `operationOverTime` when it is not the trigger's own.
-    pub fn live_query(self) -> (&'static str, Option<&'static str>) {
-        match self {
+    /// `operationOverTime` when it is not the trigger's own. `None` when no
+    /// live deployment exports it today.
+    pub fn live_query(self) -> Option<(&'static str, Option<&'static str>)> {
+        Some(match self {
+            Signal::ArrivalRate => return None,
             Signal::Running => ("sum(vllm:num_requests_running)", None),
             Signal::Waiting => ("sum(vllm:num_requests_waiting)", None),
             Signal::InFlight => (
@@ -53,7 +61,7 @@ impl Signal {
                 "histogram_quantile(0.9, vllm:time_per_output_token_seconds)",
                 Some("rate"),
             ),
-        }
+        })
     }
 }
 
@@ -73,6 +81,7 @@ pub struct Scrape {
     pub waiting: f64,
     pub kv_usage: f64,
     pub success_rate: f64,
+    pub arrival_rate: f64,
     pub ttft_p90: f64,
     pub tpot_p90: f64,
 }
@@ -85,6 +94,7 @@ impl Scrape {
             Signal::InFlight => self.running + self.waiting,
             Signal::KvUsage => self.kv_usage,
             Signal::SuccessRate => self.success_rate,
+            Signal::ArrivalRate => self.arrival_rate,
             Signal::TtftP90 => self.ttft_p90,
             Signal::TpotP90 => self.tpot_p90,
         }
@@ -177,6 +187,7 @@ impl Pipeline {
             waiting,
             kv_usage,
             success_rate: self.successes.len() as f64 / seen,
+            arrival_rate: self.arrivals.len() as f64 / seen,
             ttft_p90: p90(self.ttfts.iter().map(|p| p.1)),
             tpot_p90: p90(self.tpots.iter().map(|p| p.1)),
         });

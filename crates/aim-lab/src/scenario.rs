@@ -54,6 +54,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "aim predictive policy on the finished-request rate (trend + season, pre-warm by cold start)",
     ),
     ("cost", "aim cost-aware policy (sloWeight 0.5)"),
+    (
+        "passthrough",
+        "plain KEDA (AverageValue) on one signal: passthrough[signal=success-rate;target=6;window=60;operation=avg;downWindow=300]",
+    ),
 ];
 
 /// One point of the seed-style KEDA grid: the seeds' trigger (the summed
@@ -211,7 +215,56 @@ pub fn build(
     let (name, own) = split_params(label)?;
     let mut merged = overrides.clone();
     merged.extend(own);
-    build_named(name, ctx, &merged)
+    // `floor=N`: a second trigger on in-flight requests at N per replica,
+    // so the HPA never goes below what the queue needs whatever the
+    // policy's own signal says (live: two triggers of one ScaledObject).
+    let floor = merged.remove("floor");
+    let wait_floor = merged.remove("waitFloor");
+    let controller = build_named(name, ctx, &merged)?;
+    if floor.is_none() && wait_floor.is_none() {
+        return Ok(controller);
+    }
+    let Controller::Keda(k) = controller else {
+        return Ok(controller);
+    };
+    let per_replica = |key: &str, text: &str| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| PolicyError::InvalidParameter {
+                policy: "lab",
+                key: key.into(),
+                value: text.to_owned(),
+                reason: "requests per replica, a number above 0".into(),
+            })
+    };
+    let mut triggers = k.triggers.clone();
+    // `waitFloor=N`: the same on waiting requests only. Waiting is zero
+    // until the replicas are full, so this trigger is silent in normal
+    // operation and takes over in overload, where a rate signal saturates
+    // at what the replicas can finish.
+    for (key, text, signal) in [
+        ("floor", floor, Signal::InFlight),
+        ("waitFloor", wait_floor, Signal::Waiting),
+    ] {
+        let Some(text) = text else { continue };
+        triggers.push(Trigger {
+            signal,
+            operation: Operation::LastOne,
+            window_s: 30.0,
+            policy: lookup("passthrough")?,
+            metadata: BTreeMap::new(),
+            spec: TriggerSpec {
+                metric_type: MetricType::AverageValue,
+                target: per_replica(key, &text)?,
+                activation: 0.0,
+            },
+        });
+    }
+    Ok(Controller::Keda(Box::new(KedaLoop::new(
+        k.keda.spec.clone(),
+        triggers,
+    )?)))
 }
 
 fn build_named(
@@ -262,6 +315,58 @@ fn build_named(
                     target,
                     ctx.window_s,
                     Operation::Avg,
+                )?],
+            )
+        }
+        "passthrough" => {
+            // Plain KEDA on any one signal: isolates what a signal is worth
+            // from what a policy does with it.
+            let bad = |key: &str, value: &str, reason: &str| PolicyError::InvalidParameter {
+                policy: "passthrough",
+                key: key.into(),
+                value: value.into(),
+                reason: reason.into(),
+            };
+            let get = |key: &str, default: &str| {
+                overrides
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| default.to_owned())
+            };
+            let signal_name = get("signal", "running");
+            let signal = <Signal as clap::ValueEnum>::from_str(&signal_name, true).map_err(|_| {
+                bad(
+                    "signal",
+                    &signal_name,
+                    "one of running, waiting, in-flight, kv-usage, success-rate, ttft-p90, tpot-p90",
+                )
+            })?;
+            let op_name = get("operation", "avg");
+            let operation = <Operation as clap::ValueEnum>::from_str(&op_name, true)
+                .map_err(|_| bad("operation", &op_name, "one of last-one, avg, max"))?;
+            let number = |key: &str, default: &str| -> Result<f64, PolicyError> {
+                let text = get(key, default);
+                let text = text.trim_end_matches('s');
+                text.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| bad(key, text, "a number of 0 or more"))
+            };
+            let target = number("target", "1")?;
+            if target <= 0.0 {
+                return Err(bad("target", &target.to_string(), "must be above 0"));
+            }
+            let mut spec = keda_defaults(ctx);
+            spec.behavior.scale_down.stabilization_window_seconds =
+                number("downWindow", "300")?.round() as u32;
+            (
+                spec,
+                vec![passthrough(
+                    signal,
+                    MetricType::AverageValue,
+                    target,
+                    number("window", &ctx.window_s.to_string())?,
+                    operation,
                 )?],
             )
         }
@@ -327,6 +432,19 @@ fn build_named(
                 ),
             };
             m.extend(overrides.clone());
+            // `signal=…` swaps the policy's input, for experiments that
+            // isolate what a signal is worth.
+            let signal = match m.remove("signal") {
+                Some(text) => <Signal as clap::ValueEnum>::from_str(&text, true).map_err(|_| {
+                    PolicyError::InvalidParameter {
+                        policy: "lab",
+                        key: "signal".into(),
+                        value: text.clone(),
+                        reason: "one of running, waiting, in-flight, kv-usage, success-rate, arrival-rate, ttft-p90, tpot-p90".into(),
+                    }
+                })?,
+                None => signal,
+            };
             let mut spec = keda_defaults(ctx);
             spec.behavior = follow_policy_behavior();
             (spec, vec![policy_trigger(name, signal, m)?])
@@ -399,6 +517,33 @@ mod tests {
     }
 
     #[test]
+    fn a_floor_is_a_second_trigger_on_in_flight_requests() {
+        let Controller::Keda(k) = build("predictive[floor=40]", &ctx(), &BTreeMap::new()).unwrap()
+        else {
+            panic!("a policy row is a KEDA loop");
+        };
+        assert_eq!(k.triggers.len(), 2);
+        assert_eq!(k.triggers[1].signal, Signal::InFlight);
+        assert_eq!(k.triggers[1].spec.target, 40.0);
+        assert!(!k.triggers[0].metadata.contains_key("floor"));
+        let err = build("queue[floor=zero]", &ctx(), &BTreeMap::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("floor"), "{err}");
+        let Controller::Keda(k) =
+            build("predictive[waitFloor=5]", &ctx(), &BTreeMap::new()).unwrap()
+        else {
+            panic!("a policy row is a KEDA loop");
+        };
+        assert_eq!(
+            (k.triggers[1].signal, k.triggers[1].spec.target),
+            (Signal::Waiting, 5.0)
+        );
+        assert!(!k.triggers[0].metadata.contains_key("waitFloor"));
+    }
+
+    #[test]
     fn a_name_carries_its_own_parameters() {
         let (name, params) = split_params("queue[headroom=0.3; perReplica=20]").unwrap();
         assert_eq!(name, "queue");
@@ -435,7 +580,7 @@ mod tests {
                 panic!("{name} is a KEDA loop");
             };
             for t in &k.triggers {
-                let (query, _) = t.signal.live_query();
+                let (query, _) = t.signal.live_query().expect("a live signal");
                 assert!(query.contains("vllm:"), "{name}: {query}");
             }
         }

@@ -1,4 +1,5 @@
-//! Scores of one run (reference §6.2) and their spread over seeds.
+//! Scores of one run (SLO attainment counted from arrival, GPU-hours from
+//! pod creation, scale events and flaps) and their spread over seeds.
 
 use crate::sim::{RunResult, Slo};
 

@@ -1,12 +1,13 @@
-//! Synthetic workloads (reference §5.4): a rate envelope λ(t), Gamma
+//! Synthetic workloads: a rate envelope λ(t), Gamma
 //! renewal arrivals inside it, and fitted length distributions; plus the
-//! llm-d staged-ramp episode (reference §3.2).
+//! llm-d staged-ramp episode (llm-d's published autoscaling benchmark),
+//! and the adversarial shapes.
 
 use aim_engine::rng::Rng;
 
 use crate::trace::Arrival;
 
-/// Log-normal fits to the Azure 2023 hours (reference §5.3): the median is
+/// Log-normal fits to the Azure 2023 hours (their published percentiles): the median is
 /// the p50 and σ follows from mean = median·exp(σ²/2). Clipped at the
 /// observed maxima.
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -41,6 +42,17 @@ impl LogNormal {
 }
 
 impl Lengths {
+    /// A request arriving at `at` with lengths drawn from this mix.
+    pub fn arrival(self, at: f64, rng: &mut Rng) -> Arrival {
+        let (prompt_tokens, output_tokens) = self.sample(rng);
+        Arrival {
+            at,
+            prompt_tokens,
+            output_tokens,
+            hash_ids: Vec::new(),
+        }
+    }
+
     pub fn sample(self, rng: &mut Rng) -> (u32, u32) {
         match self {
             Lengths::Conversation => (
@@ -117,13 +129,7 @@ pub fn enveloped_gamma(
         if t >= duration_s {
             return out;
         }
-        let (prompt_tokens, output_tokens) = lengths.sample(&mut rng);
-        out.push(Arrival {
-            at: t,
-            prompt_tokens,
-            output_tokens,
-            hash_ids: Vec::new(),
-        });
+        out.push(lengths.arrival(t, &mut rng));
     }
 }
 
@@ -250,13 +256,7 @@ impl Adversarial {
             if rng.next_f64() >= keep {
                 continue;
             }
-            let (prompt_tokens, output_tokens) = lengths.sample(&mut rng);
-            out.push(Arrival {
-                at: t,
-                prompt_tokens,
-                output_tokens,
-                hash_ids: Vec::new(),
-            });
+            out.push(lengths.arrival(t, &mut rng));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Turns an OTLP `ExportMetricsServiceRequest` into store points. Pure:
 //! the transports decode, this converts, the store keeps.
 
-use crate::labels::{LabelSet, normalize_metric_name};
+use crate::labels::{canonicalize_pairs, normalize_metric_name_cow};
 use crate::store::{
     AppendOutcome, DistributionPoint, Nanos, PointData, ScalarPoint, SeriesKind, Store, Temporality,
 };
@@ -149,14 +149,25 @@ fn attribute_text(value: Option<&AnyValue>) -> Cow<'_, str> {
     }
 }
 
-fn labels(resource: &[(String, String)], attributes: &[KeyValue]) -> LabelSet {
-    let resource = resource
-        .iter()
-        .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str())));
-    let point = attributes
-        .iter()
-        .map(|kv| (kv.key.as_str(), attribute_text(kv.value.as_ref())));
-    LabelSet::from_pairs(resource.chain(point))
+/// Resource labels of one `ResourceMetrics`, borrowed from the request.
+type Resource<'a> = [(&'a str, Cow<'a, str>)];
+
+/// Builds a point's labels in canonical order into `scratch` (reused from
+/// point to point), borrowing the request's text: a point of a series the
+/// store already holds then costs no allocation at all.
+fn labels<'a>(
+    scratch: &mut Vec<(&'a str, Cow<'a, str>)>,
+    resource: &Resource<'a>,
+    attributes: &'a [KeyValue],
+) {
+    scratch.clear();
+    scratch.extend(resource.iter().map(|(k, v)| (*k, v.clone())));
+    scratch.extend(
+        attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), attribute_text(kv.value.as_ref()))),
+    );
+    canonicalize_pairs(scratch);
 }
 
 fn temporality(value: i32) -> Temporality {
@@ -177,36 +188,59 @@ pub fn ingest(
     received: Nanos,
 ) -> IngestReport {
     let mut report = IngestReport::default();
+    let mut scratch = Vec::new();
     for resource_metrics in &request.resource_metrics {
-        let resource: Vec<(String, String)> = resource_metrics
+        let resource: Vec<(&str, Cow<'_, str>)> = resource_metrics
             .resource
             .iter()
             .flat_map(|r| r.attributes.iter())
             .filter(|kv| config.resource_attributes.contains(&kv.key))
-            .map(|kv| {
-                (
-                    kv.key.clone(),
-                    kv.value.as_ref().map(render_any_value).unwrap_or_default(),
-                )
-            })
+            .map(|kv| (kv.key.as_str(), attribute_text(kv.value.as_ref())))
             .collect();
         for scope in &resource_metrics.scope_metrics {
             for metric in &scope.metrics {
-                ingest_metric(store, metric, &resource, received, &mut report);
+                let mut ctx = PointContext {
+                    store,
+                    resource: &resource,
+                    received,
+                    scratch: &mut scratch,
+                };
+                ingest_metric(&mut ctx, metric, &mut report);
             }
         }
     }
     report
 }
 
-fn ingest_metric(
-    store: &Store,
-    metric: &Metric,
-    resource: &[(String, String)],
+/// What every point of one `ResourceMetrics` shares.
+struct PointContext<'a, 's> {
+    store: &'a Store,
+    resource: &'s Resource<'a>,
     received: Nanos,
+    scratch: &'s mut Vec<(&'a str, Cow<'a, str>)>,
+}
+
+impl<'a> PointContext<'a, '_> {
+    fn append(
+        &mut self,
+        name: &str,
+        attributes: &'a [KeyValue],
+        kind: &SeriesKind,
+        point: PointData,
+    ) -> AppendOutcome {
+        labels(self.scratch, self.resource, attributes);
+        self.store
+            .append_pairs(name, self.scratch, kind, point, self.received)
+    }
+}
+
+fn ingest_metric<'a>(
+    ctx: &mut PointContext<'a, '_>,
+    metric: &'a Metric,
     report: &mut IngestReport,
 ) {
-    let name = normalize_metric_name(&metric.name);
+    let received = ctx.received;
+    let name = normalize_metric_name_cow(&metric.name);
     // A metric with no data is skipped on its own; otel-add-on aborted the
     // rest of the request instead.
     let Some(data) = &metric.data else { return };
@@ -221,13 +255,11 @@ fn ingest_metric(
         Data::Gauge(gauge) => {
             for p in &gauge.data_points {
                 scalar(
-                    store,
+                    ctx,
                     &name,
                     &SeriesKind::Gauge,
-                    resource,
                     p,
                     time_or_now(p.time_unix_nano),
-                    received,
                     report,
                 );
             }
@@ -238,16 +270,7 @@ fn ingest_metric(
                 monotonic: sum.is_monotonic,
             };
             for p in &sum.data_points {
-                scalar(
-                    store,
-                    &name,
-                    &kind,
-                    resource,
-                    p,
-                    time_or_now(p.time_unix_nano),
-                    received,
-                    report,
-                );
+                scalar(ctx, &name, &kind, p, time_or_now(p.time_unix_nano), report);
             }
         }
         Data::Histogram(histogram) => {
@@ -285,13 +308,8 @@ fn ingest_metric(
                     buckets: p.bucket_counts.clone().into_boxed_slice(),
                     quantiles: Box::new([]),
                 };
-                let outcome = store.append(
-                    &name,
-                    labels(resource, &p.attributes),
-                    &kind,
-                    PointData::Distribution(point),
-                    received,
-                );
+                let outcome =
+                    ctx.append(&name, &p.attributes, &kind, PointData::Distribution(point));
                 report.count(outcome, &name);
             }
         }
@@ -311,12 +329,11 @@ fn ingest_metric(
                     buckets: Box::new([]),
                     quantiles: Box::new([]),
                 };
-                let outcome = store.append(
+                let outcome = ctx.append(
                     &name,
-                    labels(resource, &p.attributes),
+                    &p.attributes,
                     &SeriesKind::Summary,
                     PointData::Distribution(point),
-                    received,
                 );
                 report.count(outcome, &name);
             }
@@ -339,12 +356,11 @@ fn ingest_metric(
                         .map(|q| (q.quantile, q.value))
                         .collect(),
                 };
-                let outcome = store.append(
+                let outcome = ctx.append(
                     &name,
-                    labels(resource, &p.attributes),
+                    &p.attributes,
                     &SeriesKind::Summary,
                     PointData::Distribution(point),
-                    received,
                 );
                 report.count(outcome, &name);
             }
@@ -352,15 +368,12 @@ fn ingest_metric(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scalar(
-    store: &Store,
+fn scalar<'a>(
+    ctx: &mut PointContext<'a, '_>,
     name: &str,
     kind: &SeriesKind,
-    resource: &[(String, String)],
-    p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint,
+    p: &'a opentelemetry_proto::tonic::metrics::v1::NumberDataPoint,
     time: Nanos,
-    received: Nanos,
     report: &mut IngestReport,
 ) {
     if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
@@ -389,13 +402,7 @@ fn scalar(
         start: p.start_time_unix_nano,
         value,
     };
-    let outcome = store.append(
-        name,
-        labels(resource, &p.attributes),
-        kind,
-        PointData::Scalar(point),
-        received,
-    );
+    let outcome = ctx.append(name, &p.attributes, kind, PointData::Scalar(point));
     report.count(outcome, name);
 }
 

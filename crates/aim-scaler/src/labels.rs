@@ -10,6 +10,34 @@ pub fn normalize_metric_name(name: &str) -> String {
     name.replace(['.', '/'], "_")
 }
 
+/// [`normalize_metric_name`] without an allocation when the name is
+/// already normal, which vLLM's names always are: ingest calls this once
+/// per metric per export, and with one pod per export that is per point.
+pub fn normalize_metric_name_cow(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['.', '/']) {
+        std::borrow::Cow::Owned(normalize_metric_name(name))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// Sorts pairs by key in place and drops duplicate keys, the later pair
+/// winning: the canonical order [`LabelSet`] keeps, produced without
+/// allocating so ingest can look a series up before building anything.
+pub fn canonicalize_pairs<K: AsRef<str>, V>(pairs: &mut Vec<(K, V)>) {
+    // Stable sort keeps input order among equal keys; `dedup_by` hands the
+    // later duplicate first, and swapping it into the kept slot makes the
+    // last occurrence win.
+    pairs.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    pairs.dedup_by(|later, kept| {
+        let same = later.0.as_ref() == kept.0.as_ref();
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+}
+
 /// A label set sorted by key. Sorting makes two sets with the same pairs
 /// equal and hash the same whatever order the exporter sent them in.
 #[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -25,18 +53,30 @@ impl LabelSet {
             .into_iter()
             .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
             .collect();
-        // Stable sort keeps insertion order among equal keys; `dedup_by`
-        // hands the later duplicate first, and swapping it into the kept
-        // slot makes the last occurrence win.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        pairs.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
+        canonicalize_pairs(&mut pairs);
         LabelSet(pairs.into_boxed_slice())
+    }
+
+    /// A set from pairs already in canonical order (see
+    /// [`canonicalize_pairs`]); the store uses it to share one allocation
+    /// per distinct key and value among all series that carry it.
+    pub(crate) fn from_canonical(pairs: Box<[(Arc<str>, Arc<str>)]>) -> Self {
+        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+        LabelSet(pairs)
+    }
+
+    /// Whether this set holds exactly `pairs` (canonical order).
+    pub fn eq_pairs<K: AsRef<str>, V: AsRef<str>>(&self, pairs: &[(K, V)]) -> bool {
+        self.0.len() == pairs.len()
+            && self
+                .0
+                .iter()
+                .zip(pairs)
+                .all(|((k, v), (pk, pv))| **k == *pk.as_ref() && **v == *pv.as_ref())
+    }
+
+    pub(crate) fn arc_pairs(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.0
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

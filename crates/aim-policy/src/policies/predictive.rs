@@ -12,7 +12,10 @@
 //! from `coldStart` before their window opens, so the replicas are warm on
 //! time.
 //!
-//! Value: `[arrival rate, requests/s]`. Knobs and defaults:
+//! Value: `[request rate, requests/s]`. vLLM counts no arrivals, so live
+//! this is the finished-request rate (`sum(vllm:request_success_total)`
+//! with `operationOverTime: rate`), or a gateway's request counter where a
+//! gateway runs in front of the pods. Knobs and defaults:
 //! `capacity` (requests/s one replica serves within its SLO; default the
 //! trigger's `targetValue`), `coldStart` 120s, `smoothing` 60s,
 //! `trendWindow` 300s, `season` 24h (0 turns it off), `headroom` 0.1,

@@ -3,7 +3,6 @@
 
 use super::parse::{Aggregation, Query};
 use super::window::{Operation, bucket_counts, quantile_from_buckets, reduce};
-use crate::labels::LabelSet;
 use crate::store::{
     DistributionPoint, NANOS_PER_SECOND, Nanos, Samples, ScalarPoint, Series, SeriesKind, Store,
 };
@@ -88,28 +87,49 @@ enum Component {
     Sum,
 }
 
+/// Evaluates every term of the query with the request's operation, window
+/// and quantile, and adds the values. A term without data makes the whole
+/// query miss data: a partial sum would understate demand.
 pub fn evaluate(store: &Store, request: &EvalRequest<'_>) -> Result<Evaluation, EvalError> {
-    let query = request.query;
+    let first = evaluate_term(store, request.query, request)?;
+    if request.query.plus.is_empty() {
+        return Ok(first);
+    }
+    let mut total = first;
+    for term in &request.query.plus {
+        let next = evaluate_term(store, term, request)?;
+        total.value += next.value;
+        // The terms usually describe the same pods (running + waiting), so
+        // the pods behind the sum are the most any term saw, not the total.
+        total.series = total.series.max(next.series);
+    }
+    Ok(total)
+}
+
+fn evaluate_term(
+    store: &Store,
+    query: &Query,
+    request: &EvalRequest<'_>,
+) -> Result<Evaluation, EvalError> {
     let quantile = query.quantile.or(request.quantile);
     let from = request.now.saturating_sub(request.window);
     let mut selection = Selection::new(quantile);
 
-    let mut visit = store.visit_metric(&query.metric, request.now, |labels, series| {
-        if matches(query, labels) {
-            selection.take(series, Component::Whole, from);
-        }
+    let mut visit = store.select(&query.metric, &query.matchers, request.now, |_, series| {
+        selection.take(series, Component::Whole, from);
     });
+    let mut selected_name = query.metric.as_str();
     if !visit.known {
         // otel-add-on exposes histograms as `<name>_count` and `<name>_sum`;
         // keep those names working on top of the full histogram.
         for (suffix, component) in [("_count", Component::Count), ("_sum", Component::Sum)] {
             if let Some(base) = query.metric.strip_suffix(suffix) {
-                visit = store.visit_metric(base, request.now, |labels, series| {
+                selected_name = base;
+                visit = store.select(base, &query.matchers, request.now, |_, series| {
                     if matches!(
                         series.kind,
                         SeriesKind::Histogram { .. } | SeriesKind::Summary
-                    ) && matches(query, labels)
-                    {
+                    ) {
                         selection.take(series, component, from);
                     }
                 });
@@ -121,14 +141,17 @@ pub fn evaluate(store: &Store, request: &EvalRequest<'_>) -> Result<Evaluation, 
     if !visit.known {
         return Err(EvalError::UnknownMetric { metric });
     }
-    if visit.fresh == 0 {
-        return Err(EvalError::AllSeriesStale { metric });
-    }
     if selection.matched == 0 {
+        // Only now is it worth counting every fresh series of the name:
+        // the index visited just the selected ones.
+        let fresh = store.fresh_count(selected_name, request.now);
+        if fresh == 0 {
+            return Err(EvalError::AllSeriesStale { metric });
+        }
         return Err(EvalError::NoMatchingSeries {
             metric,
             selector: selector_text(query),
-            fresh: visit.fresh,
+            fresh,
         });
     }
     if let Some(kind) = selection.unsupported_kind {
@@ -150,7 +173,7 @@ pub fn evaluate(store: &Store, request: &EvalRequest<'_>) -> Result<Evaluation, 
             no_samples,
         ),
         _ => {
-            let per_series: Vec<f64> = selection
+            let mut per_series: Vec<f64> = selection
                 .scalars
                 .iter()
                 .filter_map(|(points, temporality)| reduce(request.operation, points, *temporality))
@@ -158,6 +181,10 @@ pub fn evaluate(store: &Store, request: &EvalRequest<'_>) -> Result<Evaluation, 
             if per_series.is_empty() {
                 return Err(no_samples());
             }
+            // Series are visited in the order the index holds them, which
+            // depends on arrival order; adding in value order instead gives
+            // replicas fed the same data bit-identical sums.
+            per_series.sort_unstable_by(f64::total_cmp);
             Ok(Evaluation {
                 value: aggregate(query.aggregation, &per_series),
                 series: per_series.len(),
@@ -334,13 +361,6 @@ fn histogram_quantile(
         value,
         series: contributing,
     })
-}
-
-fn matches(query: &Query, labels: &LabelSet) -> bool {
-    query
-        .matchers
-        .iter()
-        .all(|m| m.matches(labels.get(&m.label)))
 }
 
 fn selector_text(query: &Query) -> String {

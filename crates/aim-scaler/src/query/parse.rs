@@ -3,7 +3,8 @@
 //! Grammar (whitespace allowed between all tokens):
 //!
 //! ```text
-//! query     = quantile | aggregate | selector
+//! query     = term ("+" term)*
+//! term      = quantile | aggregate | selector
 //! quantile  = ("histogram_quantile" | "quantile") "(" number "," (aggregate | selector) ")"
 //! aggregate = ("sum" | "avg" | "min" | "max" | "count") "(" selector ")"
 //! selector  = metric ("{" [matcher ("," matcher)* [","]] "}")*
@@ -118,6 +119,19 @@ pub struct Query {
     pub matchers: Vec<Matcher>,
     /// From `histogram_quantile(q, ...)`.
     pub quantile: Option<f64>,
+    /// Further terms added to this one with `+`
+    /// (`sum(running) + sum(waiting)`), each a single term (their own
+    /// `plus` is empty). Each is evaluated like a query of its own and the
+    /// values added.
+    pub plus: Vec<Query>,
+}
+
+impl Query {
+    /// This query's terms in order: itself (its own selector) and each
+    /// added one.
+    pub fn terms(&self) -> impl Iterator<Item = &Query> {
+        std::iter::once(self).chain(self.plus.iter())
+    }
 }
 
 impl fmt::Display for Query {
@@ -136,6 +150,9 @@ impl fmt::Display for Query {
         f.write_str("})")?;
         if self.quantile.is_some() {
             f.write_str(")")?;
+        }
+        for term in &self.plus {
+            write!(f, " + {term}")?;
         }
         Ok(())
     }
@@ -260,6 +277,19 @@ impl<'a> Parser<'a> {
     }
 
     fn query(&mut self) -> Result<Query, ParseError> {
+        let mut query = self.term()?;
+        loop {
+            self.skip_ws();
+            if self.peek() != Some('+') {
+                return Ok(query);
+            }
+            self.bump();
+            let term = self.term()?;
+            query.plus.push(term);
+        }
+    }
+
+    fn term(&mut self) -> Result<Query, ParseError> {
         self.skip_ws();
         let start = self.pos;
         let word = self.word();
@@ -351,6 +381,7 @@ impl<'a> Parser<'a> {
             metric,
             matchers,
             quantile: None,
+            plus: Vec::new(),
         })
     }
 
@@ -572,6 +603,24 @@ mod tests {
     }
 
     #[test]
+    fn sum_of_terms() {
+        let q = parse_query(
+            "sum(vllm:num_requests_running{namespace='ns'})+ avg(w) + histogram_quantile(0.9, sum(h))",
+        )
+        .unwrap();
+        assert_eq!(q.metric, "vllm:num_requests_running");
+        assert_eq!(q.plus.len(), 2);
+        assert_eq!(q.plus[0].aggregation, Aggregation::Avg);
+        assert_eq!(q.plus[0].metric, "w");
+        assert_eq!(q.plus[1].quantile, Some(0.9));
+        assert!(q.plus.iter().all(|t| t.plus.is_empty()));
+        let terms: Vec<&str> = q.terms().map(|t| t.metric.as_str()).collect();
+        assert_eq!(terms, ["vllm:num_requests_running", "w", "h"]);
+        // A term's own quantile stays with it.
+        assert_eq!(q.quantile, None);
+    }
+
+    #[test]
     fn absent_label_never_matches() {
         let q = parse_query(r#"m{a="x", b!="y"}"#).unwrap();
         assert!(!q.matchers[0].matches(None));
@@ -587,6 +636,8 @@ mod tests {
             "histogram_quantile(0.9, max(h{d!~\"z\"}))",
             // Found by fuzzing: control characters and backslashes in values.
             "m{a=~\"x|`\r\0y\\\\d\", b=\"tab\tnl\nq'\"}",
+            "sum(vllm:num_requests_running) + sum(vllm:num_requests_waiting{a=\"b\"})",
+            "histogram_quantile(0.5, h) + max(g) + c",
         ] {
             let q = parse_query(text).unwrap();
             assert_eq!(parse_query(&q.to_string()).unwrap(), q, "{text} -> {q}");
@@ -616,6 +667,9 @@ mod tests {
                 "quantile must be a number from 0 to 1",
             ),
             ("sum(m{a=\"é\"} x", 13, "expected ')'"),
+            ("sum(a) +", 8, "expected a metric name"),
+            ("sum(a) + + sum(b)", 9, "expected a metric name"),
+            ("sum(a) - sum(b)", 7, "unexpected '-' after the end"),
         ];
         for (text, position, message) in cases {
             let err = parse_query(text).expect_err(text);

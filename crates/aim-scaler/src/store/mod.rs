@@ -8,9 +8,13 @@ pub use series::{
     DistributionPoint, Nanos, Ring, Samples, ScalarPoint, Series, SeriesKind, Temporality, Timed,
 };
 
+mod index;
+
 use crate::labels::LabelSet;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use crate::query::Matcher;
+use foldhash::fast::FixedState;
+use index::MetricIndex;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -71,17 +75,22 @@ pub enum AppendOutcome {
 pub struct Visit {
     /// Series of this name exist at all (fresh or not).
     pub known: bool,
-    /// Series of this name visited because they are fresh.
+    /// Series visited: fresh ones (for [`Store::select`], fresh ones the
+    /// matchers selected).
     pub fresh: usize,
 }
 
+type FastMap<K, V> = hashbrown::HashMap<K, V, FixedState>;
+
 #[derive(Default)]
 struct Shard {
-    by_name: HashMap<Arc<str>, HashMap<LabelSet, Series>>,
+    by_name: FastMap<Arc<str>, MetricIndex>,
 }
 
 /// Sharded by hash of (name, labels) so concurrent exports of different
-/// pods rarely contend for one lock.
+/// pods rarely contend for one lock. Within a shard each metric name has
+/// an inverted index from label pairs to its series, so a query reads the
+/// series it selects and not every pod exporting the same name.
 pub struct Store {
     config: StoreConfig,
     shards: Box<[RwLock<Shard>]>,
@@ -89,6 +98,22 @@ pub struct Store {
 }
 
 const SHARDS: usize = 16;
+
+/// A fixed seed: shard placement is an internal detail, but a deterministic
+/// one makes benchmarks repeatable.
+const HASH_STATE: FixedState = FixedState::with_seed(0x6169_6d5f_7363_616c);
+
+/// Identity hash of a series from its name and canonical label pairs,
+/// computed from borrowed text so a known series costs no allocation.
+fn series_hash<K: AsRef<str>, V: AsRef<str>>(name: &str, pairs: &[(K, V)]) -> u64 {
+    let mut hasher = HASH_STATE.build_hasher();
+    name.hash(&mut hasher);
+    for (k, v) in pairs {
+        k.as_ref().hash(&mut hasher);
+        v.as_ref().hash(&mut hasher);
+    }
+    hasher.finish()
+}
 
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
@@ -107,11 +132,9 @@ impl Store {
         self.series_count.load(Ordering::Relaxed)
     }
 
-    fn shard_for(&self, name: &str, labels: &LabelSet) -> &RwLock<Shard> {
-        // A fixed-key hasher: shard placement is an internal detail, but a
-        // deterministic one makes benchmarks repeatable.
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((name, labels));
-        &self.shards[(hash as usize) % self.shards.len()]
+    fn shard_at(&self, hash: u64) -> &RwLock<Shard> {
+        // The high bits pick the shard; the table inside uses the low ones.
+        &self.shards[((hash >> 40) as usize) % self.shards.len()]
     }
 
     /// Stores one point. `received` is this scaler's clock at arrival; it
@@ -125,26 +148,42 @@ impl Store {
         point: PointData,
         received: Nanos,
     ) -> AppendOutcome {
+        self.append_pairs(name, labels.arc_pairs(), kind, point, received)
+    }
+
+    /// [`Store::append`] for labels given as pairs in canonical order
+    /// (sorted by key, keys unique: see `labels::canonicalize_pairs`).
+    /// Nothing is allocated unless the series is new.
+    pub fn append_pairs<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        name: &str,
+        pairs: &[(K, V)],
+        kind: &SeriesKind,
+        point: PointData,
+        received: Nanos,
+    ) -> AppendOutcome {
         let oldest_kept = received.saturating_sub(self.config.retention);
         if point.time() < oldest_kept {
             return AppendOutcome::RejectedTooOld;
         }
         let capacity = self.config.max_points_per_series;
+        let hash = series_hash(name, pairs);
         let mut shard = self
-            .shard_for(name, &labels)
+            .shard_at(hash)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let by_labels = match shard.by_name.get_mut(name) {
-            Some(by_labels) => by_labels,
+        let index = match shard.by_name.get_mut(name) {
+            Some(index) => index,
             None => shard.by_name.entry(Arc::from(name)).or_default(),
         };
-        let series = match by_labels.get_mut(&labels) {
-            Some(series) => series,
+        let series = match index.find(hash, pairs) {
+            Some(id) => index.series_mut(id),
             None => {
                 if !self.reserve_series() {
                     return AppendOutcome::RejectedSeriesCap;
                 }
-                by_labels.entry(labels).or_insert_with(|| new_series(kind))
+                let id = index.insert(hash, pairs, new_series(kind));
+                index.series_mut(id)
             }
         };
         if series.kind != *kind || !samples_fit(&series.samples, &point) {
@@ -182,7 +221,9 @@ impl Store {
         now.saturating_sub(series.last_seen) <= self.config.freshness
     }
 
-    /// Calls `visit` for every fresh series of `name`.
+    /// Calls `visit` for every fresh series of `name`: a full scan, for
+    /// callers that want everything (tests, tools). Queries use
+    /// [`Store::select`].
     pub fn visit_metric(
         &self,
         name: &str,
@@ -192,18 +233,54 @@ impl Store {
         let mut result = Visit::default();
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
-            let Some(by_labels) = shard.by_name.get(name) else {
+            let Some(index) = shard.by_name.get(name) else {
                 continue;
             };
-            result.known |= !by_labels.is_empty();
-            for (labels, series) in by_labels {
+            result.known |= !index.is_empty();
+            index.for_each(|labels, series| {
                 if self.is_fresh(series, now) {
                     result.fresh += 1;
                     visit(labels, series);
                 }
-            }
+            });
         }
         result
+    }
+
+    /// Calls `visit` for every fresh series of `name` that all `matchers`
+    /// accept, reading only the series the index points at: equality
+    /// matchers intersect their postings, and the others filter that
+    /// result. Returns whether the name is known and how many series were
+    /// visited.
+    pub fn select(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        now: Nanos,
+        mut visit: impl FnMut(&LabelSet, &Series),
+    ) -> Visit {
+        let mut result = Visit::default();
+        let mut scratch = index::Scratch::default();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            let Some(index) = shard.by_name.get(name) else {
+                continue;
+            };
+            result.known |= !index.is_empty();
+            index.select(matchers, &mut scratch, |labels, series| {
+                if self.is_fresh(series, now) {
+                    result.fresh += 1;
+                    visit(labels, series);
+                }
+            });
+        }
+        result
+    }
+
+    /// Fresh series of `name`, matching or not; only error messages need
+    /// it, so it may scan.
+    pub fn fresh_count(&self, name: &str, now: Nanos) -> usize {
+        self.visit_metric(name, now, |_, _| {}).fresh
     }
 
     /// Names of all metrics with at least one series.
@@ -227,29 +304,79 @@ impl Store {
 
     /// Removes series that went stale and points past retention. Returns
     /// how many series were removed.
+    ///
+    /// Each shard is first read under its read lock to find the few series
+    /// needing work, and only those are touched under the write lock, so a
+    /// sweep over a million series does not stall queries for the length
+    /// of a full scan.
     pub fn sweep(&self, now: Nanos) -> usize {
         let oldest_kept = now.saturating_sub(self.config.retention);
         let mut removed = 0;
         for shard in self.shards.iter() {
+            let work: Vec<(Arc<str>, Vec<index::SeriesId>)> = {
+                let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+                shard
+                    .by_name
+                    .iter()
+                    .filter_map(|(name, index)| {
+                        let mut ids = Vec::new();
+                        index.for_each_id(|id, _, series| {
+                            if !self.is_fresh(series, now)
+                                || series
+                                    .samples
+                                    .oldest_time()
+                                    .is_some_and(|t| t < oldest_kept)
+                            {
+                                ids.push(id);
+                            }
+                        });
+                        (!ids.is_empty()).then(|| (name.clone(), ids))
+                    })
+                    .collect()
+            };
+            if work.is_empty() {
+                continue;
+            }
             let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
-            shard.by_name.retain(|_, by_labels| {
-                by_labels.retain(|_, series| {
-                    let keep = self.is_fresh(series, now);
-                    if keep {
+            for (name, ids) in work {
+                let Some(index) = shard.by_name.get_mut(&*name) else {
+                    continue;
+                };
+                // Re-checked under the write lock: a point may have arrived
+                // since the read pass.
+                let mut stale = Vec::new();
+                for id in ids {
+                    let Some(series) = index.get_mut(id) else {
+                        continue;
+                    };
+                    if self.is_fresh(series, now) {
                         match &mut series.samples {
                             Samples::Scalar(ring) => ring.evict_before(oldest_kept),
                             Samples::Distribution(ring) => ring.evict_before(oldest_kept),
                         }
                     } else {
-                        removed += 1;
+                        stale.push(id);
                     }
-                    keep
-                });
-                !by_labels.is_empty()
-            });
+                }
+                removed += index.remove(&stale);
+                if index.is_empty() {
+                    shard.by_name.remove(&*name);
+                }
+            }
         }
         self.series_count.fetch_sub(removed, Ordering::Relaxed);
         removed
+    }
+
+    /// Checks the index against its series (tests only).
+    #[cfg(test)]
+    fn check_index(&self) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap();
+            for index in shard.by_name.values() {
+                index.check();
+            }
+        }
     }
 }
 
@@ -432,6 +559,128 @@ mod tests {
         });
         assert_eq!(seen, vec![(sum, 1)]);
         assert_eq!(store.series_count(), 1);
+    }
+
+    #[test]
+    fn index_follows_inserts_sweeps_and_compaction() {
+        let store = store(100_000);
+        let t = 100 * S;
+        // Enough series to cross the compaction threshold in a shard.
+        for i in 0..80_000 {
+            let labels = LabelSet::from_pairs([
+                ("pod", format!("p{i}")),
+                ("deployment", format!("d{}", i % 10)),
+            ]);
+            let time = if i < 1_000 { t + 5 * S } else { t };
+            store.append(
+                "m",
+                labels,
+                &SeriesKind::Gauge,
+                gauge_point(time, 1.0),
+                time,
+            );
+        }
+        store.check_index();
+        // All but the first thousand go stale.
+        assert_eq!(store.sweep(t + 12 * S), 79_000);
+        store.check_index();
+        let query = crate::query::parse_query(r#"m{deployment="d3"}"#).unwrap();
+        let visit = store.select("m", &query.matchers, t + 12 * S, |labels, _| {
+            assert_eq!(labels.get("deployment"), Some("d3"))
+        });
+        assert_eq!(visit.fresh, 100);
+        // Freed slots are reused by new series and the index stays sound.
+        for i in 0..500 {
+            let labels =
+                LabelSet::from_pairs([("pod", format!("n{i}")), ("deployment", "d3".into())]);
+            store.append(
+                "m",
+                labels,
+                &SeriesKind::Gauge,
+                gauge_point(t + 12 * S, 1.0),
+                t + 12 * S,
+            );
+        }
+        store.check_index();
+        let visit = store.select("m", &query.matchers, t + 12 * S, |_, _| {});
+        assert_eq!(visit.fresh, 600);
+        assert_eq!(store.sweep(t + 100 * S), 1_500);
+        assert_eq!(store.series_count(), 0);
+        assert!(store.metric_names().is_empty());
+    }
+
+    mod prop {
+        use super::*;
+        use crate::query::parse_query;
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+        const VALUES: [&str; 4] = ["x", "y", "z", ""];
+
+        /// A label set over a small alphabet, so series and matchers
+        /// collide often; `None` leaves a key out.
+        fn label_set() -> impl Strategy<Value = Vec<(usize, usize)>> {
+            proptest::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..4)
+        }
+
+        fn matcher_text() -> impl Strategy<Value = String> {
+            let ops = prop_oneof![Just("="), Just("!="), Just("=~"), Just("!~")];
+            let values = prop_oneof![
+                Just("x"),
+                Just("y"),
+                Just(""),
+                Just("x|y"),
+                Just(".*"),
+                Just(".+"),
+                Just("q")
+            ];
+            (0..KEYS.len() + 1, ops, values).prop_map(|(k, op, v)| {
+                let key = KEYS.get(k).copied().unwrap_or("e");
+                format!("{key}{op}\"{v}\"")
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn indexed_select_equals_a_full_scan(
+                series in proptest::collection::vec((label_set(), 0u64..3, 0usize..2), 0..60),
+                sweep_at in proptest::option::of(0u64..30),
+                matchers in proptest::collection::vec(matcher_text(), 0..4),
+            ) {
+                let store = store(1_000);
+                let t = 100 * S;
+                for (pairs, age, name) in &series {
+                    let labels = LabelSet::from_pairs(pairs.iter().map(|&(k, v)| (KEYS[k], VALUES[v])));
+                    // Arrivals spread over 20 s so freshness cuts some.
+                    let at = t + age * 10 * S;
+                    let name = ["m", "other"][*name];
+                    store.append(name, labels, &SeriesKind::Gauge, gauge_point(at, 1.0), at);
+                }
+                if let Some(s) = sweep_at {
+                    store.sweep(t + s * S);
+                }
+                store.check_index();
+                let query = parse_query(&format!("m{{{}}}", matchers.join(", "))).unwrap();
+                for now in [t + 5 * S, t + 15 * S, t + 25 * S, t + 40 * S] {
+                    let mut indexed = Vec::new();
+                    let visit = store.select("m", &query.matchers, now, |labels, _| {
+                        indexed.push(labels.clone())
+                    });
+                    let mut scanned = Vec::new();
+                    let all = store.visit_metric("m", now, |labels, _| {
+                        if query.matchers.iter().all(|m| m.matches(labels.get(&m.label))) {
+                            scanned.push(labels.clone());
+                        }
+                    });
+                    indexed.sort();
+                    scanned.sort();
+                    prop_assert_eq!(&indexed, &scanned);
+                    prop_assert_eq!(visit.known, all.known);
+                    prop_assert_eq!(visit.fresh, indexed.len());
+                }
+            }
+        }
     }
 
     #[test]

@@ -147,6 +147,11 @@ impl<P: Timed> Ring<P> {
         self.points.len()
     }
 
+    /// Timestamp of the oldest point kept.
+    pub fn oldest_time(&self) -> Option<Nanos> {
+        self.points.front().map(Timed::time)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
@@ -172,6 +177,13 @@ impl Samples {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn oldest_time(&self) -> Option<Nanos> {
+        match self {
+            Samples::Scalar(ring) => ring.oldest_time(),
+            Samples::Distribution(ring) => ring.oldest_time(),
+        }
     }
 }
 
