@@ -388,3 +388,36 @@ pub async fn install_chart() {
         })
         .await;
 }
+
+/// Serves Debian's `docker-registry` (installed by `dev/registry.sh`) with
+/// `config` on loopback `port`, logging to `dir/log`, and waits until it
+/// listens. A watcher shell stops it when this test process exits, so no
+/// registry outlives the tests that started it.
+pub fn serve_registry(dir: &std::path::Path, config: &std::path::Path, port: u16) {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let script = format!(
+        "docker-registry serve '{}' >'{}' 2>&1 & r=$!; while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 1; done; kill $r 2>/dev/null",
+        config.display(),
+        dir.join("log").display(),
+        std::process::id()
+    );
+    let mut watcher = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    // Reaped when the registry stops (never before this process exits).
+    std::thread::spawn(move || watcher.wait());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "docker-registry did not listen on {port}; log: {}",
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

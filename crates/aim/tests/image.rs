@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aim_devcluster::CacheDirs;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -61,29 +61,7 @@ fn start_registry(dir: &Path) -> String {
         ),
     )
     .unwrap();
-    let script = format!(
-        "docker-registry serve '{}' >'{}' 2>&1 & r=$!; while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 1; done; kill $r 2>/dev/null",
-        config.display(),
-        dir.join("log").display(),
-        std::process::id()
-    );
-    let mut watcher = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sh starts");
-    std::thread::spawn(move || watcher.wait());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "docker-registry did not listen on {port}: {}",
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    aim_testkit::serve_registry(dir, &config, port);
     format!("127.0.0.1:{port}")
 }
 

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::Digest as _;
@@ -78,30 +77,7 @@ pub fn start_registry(dir: &std::path::Path, port: u16, auth: RegistryAuth<'_>) 
     }
     let cfg = dir.join("config.yml");
     std::fs::write(&cfg, config).unwrap();
-    let script = format!(
-        "docker-registry serve '{}' >'{}' 2>&1 & r=$!; while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 1; done; kill $r 2>/dev/null",
-        cfg.display(),
-        dir.join("log").display(),
-        std::process::id()
-    );
-    let mut watcher = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sh starts");
-    // Reaped when the registry stops (never before this process exits).
-    std::thread::spawn(move || watcher.wait());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "docker-registry did not listen on {port}; log: {}",
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    aim_testkit::serve_registry(dir, &cfg, port);
 }
 
 fn require_tools() {
