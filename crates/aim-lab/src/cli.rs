@@ -260,7 +260,14 @@ pub struct TuneArgs {
     /// HPA `behavior.scaleDown.stabilizationWindowSeconds` values.
     #[arg(long, value_delimiter = ',', default_value = "0,100,300")]
     pub down_window: Vec<u32>,
-    /// Selection: the cheapest grid point with at least this mean SLO
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// How a tuning grid picks its row, and where it writes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectArgs {
+    /// Selection: the cheapest setting with at least this mean SLO
     /// attainment (percent); if none reaches it, the best attainment.
     #[arg(long, default_value_t = 99.0)]
     pub goal: f64,
@@ -336,11 +343,11 @@ fn tune(a: &TuneArgs) -> Result<(), LabError> {
         capacity_in_flight: Some(capacity.in_flight),
         ..a.cluster.clone()
     };
-    let title = a.title.clone().unwrap_or_else(|| "KEDA grid".into());
-    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.out, &title)?;
-    let chosen = crate::experiment::select_tuned(&outcome.rows, a.goal / 100.0)
+    let title = a.select.title.clone().unwrap_or_else(|| "KEDA grid".into());
+    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.select.out, &title)?;
+    let chosen = crate::experiment::select_tuned(&outcome.rows, a.select.goal / 100.0)
         .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
-    report_selected(chosen, a.goal, &a.out)
+    report_selected(chosen, a.select.goal, &a.select.out)
 }
 
 #[derive(Debug, clap::Args)]
@@ -357,14 +364,8 @@ pub struct TunePolicyArgs {
     /// replica holds at c*, `cK` values K × c* in requests/s.
     #[arg(long = "grid", value_parser = key_value)]
     pub grid: Vec<(String, String)>,
-    /// Selection: the cheapest setting with at least this mean SLO
-    /// attainment (percent); if none reaches it, the best attainment.
-    #[arg(long, default_value_t = 99.0)]
-    pub goal: f64,
-    #[arg(long, default_value = "lab-out")]
-    pub out: PathBuf,
-    #[arg(long)]
-    pub title: Option<String>,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 fn measured_capacity(
@@ -458,20 +459,21 @@ fn tune_policy(a: &TunePolicyArgs) -> Result<(), LabError> {
         ..a.cluster.clone()
     };
     let title = a
+        .select
         .title
         .clone()
         .unwrap_or_else(|| format!("{} grid", a.policy));
     let entries: Vec<Entry> = labels.iter().cloned().map(Entry::Named).collect();
-    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.out, &title)?;
+    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.select.out, &title)?;
     let candidates: Vec<_> = outcome
         .rows
         .iter()
         .filter(|r| labels.contains(&r.name))
         .cloned()
         .collect();
-    let chosen = crate::experiment::select_cheapest(&candidates, a.goal / 100.0)
+    let chosen = crate::experiment::select_cheapest(&candidates, a.select.goal / 100.0)
         .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
-    report_selected(chosen, a.goal, &a.out)
+    report_selected(chosen, a.select.goal, &a.select.out)
 }
 
 /// Here `--trace` is the source and the synthetic flags describe what is
