@@ -397,7 +397,12 @@ fn grid_labels(
         let mut next = Vec::new();
         for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
             let v = if v.starts_with('x') {
-                format!("{}", grid_target(v, capacity.in_flight)?)
+                let value = grid_target(v, capacity.in_flight).map_err(|_| {
+                    LabError::Input(format!(
+                        "--grid {key}: expected a number, xK or cK, got {v:?}"
+                    ))
+                })?;
+                format!("{value}")
             } else if let Some(k) = v.strip_prefix('c') {
                 let k: f64 = k
                     .parse()
@@ -1010,9 +1015,50 @@ mod tests {
             (&["--cold-start-jitter", "1"][..], "--cold-start-jitter"),
             (&["--cold-start-jitter=-0.1"][..], "--cold-start-jitter"),
             (&["--scale-down-window", "3601"][..], "--scale-down-window"),
+            (&["--warmup=-1"][..], "--warmup"),
         ] {
             let e = sim_config(&cluster(args)).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_span_names_the_flag_and_the_form() {
+        assert_eq!(span("1800:3600"), Ok((1800.0, 3600.0)));
+        for bad in ["1800", "3600:1800", "a:b", "-5:10", "10:10"] {
+            let e = span(bad).unwrap_err();
+            assert!(e.contains("--span") && e.contains("FROM:TO"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_grid_names_the_knob() {
+        let capacity = crate::capacity::Capacity {
+            rps: 2.0,
+            in_flight: 10.0,
+        };
+        let grid = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let labels = grid_labels("queue", &grid("perReplica", "x0.5,c1,4"), &capacity).unwrap();
+        assert_eq!(
+            labels,
+            vec![
+                "queue[perReplica=5]",
+                "queue[perReplica=2.0000]",
+                "queue[perReplica=4]"
+            ]
+        );
+        for (key, values) in [
+            ("perReplica", ""),
+            ("capacity", "cfast"),
+            ("perReplica", "xbig"),
+        ] {
+            let e = grid_labels("queue", &grid(key, values), &capacity)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(key) || e.contains("--targets"),
+                "{key}={values}: {e}"
+            );
         }
     }
 

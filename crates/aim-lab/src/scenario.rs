@@ -544,6 +544,30 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_passthrough_signal_or_target_is_named() {
+        for (label, key) in [
+            ("passthrough[signal=latency]", "signal"),
+            ("passthrough[operation=median]", "operation"),
+            ("passthrough[target=0]", "target"),
+            ("predictive[signal=arrivals]", "signal"),
+        ] {
+            let e = build(label, &ctx(), &BTreeMap::new())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(key), "{label}: {e}");
+        }
+        assert!(
+            build(
+                "passthrough[signal=success-rate;target=6]",
+                &ctx(),
+                &BTreeMap::new()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn a_name_carries_its_own_parameters() {
         let (name, params) = split_params("queue[headroom=0.3; perReplica=20]").unwrap();
         assert_eq!(name, "queue");
