@@ -94,6 +94,12 @@ pub enum PolicyError {
     },
     #[error("unknown policy '{name}'; known policies: {known}")]
     Unknown { name: String, known: String },
+    #[error("policy '{policy}' has no parameter '{key}'; its parameters are: {known}")]
+    UnknownParameter {
+        policy: &'static str,
+        key: String,
+        known: String,
+    },
 }
 
 /// A scaling policy. Implementations must be deterministic functions of
@@ -111,6 +117,47 @@ pub trait Policy: Send + Sync {
         let _ = metadata;
         Ok(0.0)
     }
+    /// The metadata keys the policy reads, for validating a manifest
+    /// before anything is deployed.
+    fn parameters(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Checks a policy's parameters as a manifest gives them, before they are
+/// deployed: every key must be one the policy reads (a typo would
+/// otherwise leave the default silently in force) and every value must
+/// parse. `extra_keys` are keys the caller accepts beside the policy's own
+/// (the scaler's trigger keys).
+pub fn check_parameters(
+    policy: &'static dyn Policy,
+    params: &BTreeMap<String, String>,
+    extra_keys: &[&str],
+) -> Result<(), PolicyError> {
+    let known = policy.parameters();
+    if let Some(key) = params
+        .keys()
+        .find(|k| !known.contains(&k.as_str()) && !extra_keys.contains(&k.as_str()))
+    {
+        let mut names: Vec<&str> = known.iter().chain(extra_keys).copied().collect();
+        names.sort_unstable();
+        return Err(PolicyError::UnknownParameter {
+            policy: policy.name(),
+            key: key.clone(),
+            known: if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            },
+        });
+    }
+    policy.history_seconds(params)?;
+    // Knobs read only while evaluating (capacities default to the
+    // trigger's target) are checked by one evaluation on neutral input.
+    let values = [0.0; 3];
+    policy
+        .evaluate(&PolicyInput::new(&values, params))
+        .map(|_| ())
 }
 
 /// The policy used when a trigger names none.
@@ -164,6 +211,49 @@ mod tests {
             "cost",
         ] {
             assert_eq!(lookup(name).unwrap().name(), name);
+        }
+    }
+
+    #[test]
+    fn parameters_are_checked_by_name_and_value() {
+        let mut params = BTreeMap::new();
+        params.insert("season".to_string(), "1d".to_string());
+        let predictive = lookup("predictive").unwrap();
+        assert_eq!(check_parameters(predictive, &params, &[]), Ok(()));
+        params.insert("headrom".to_string(), "0.2".to_string());
+        let err = check_parameters(predictive, &params, &["quantile"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'headrom'"), "{err}");
+        assert!(err.contains("headroom"), "{err}");
+        assert!(err.contains("quantile"), "{err}");
+        params.remove("headrom");
+        assert_eq!(check_parameters(predictive, &params, &["quantile"]), Ok(()));
+        params.insert("capacity".to_string(), "lots".to_string());
+        let err = check_parameters(predictive, &params, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'capacity' = 'lots'"), "{err}");
+        let err = check_parameters(lookup("passthrough").unwrap(), &params, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its parameters are: none"), "{err}");
+    }
+
+    #[test]
+    fn every_parameter_a_policy_lists_is_one_it_reads() {
+        // A listed key with a nonsense value must be refused: otherwise the
+        // list names a key the policy ignores.
+        for policy in registered() {
+            for key in policy.parameters() {
+                let mut params = BTreeMap::new();
+                params.insert(key.to_string(), "nonsense".to_string());
+                assert!(
+                    check_parameters(policy, &params, &[]).is_err(),
+                    "{} ignores '{key}'",
+                    policy.name()
+                );
+            }
         }
     }
 

@@ -97,6 +97,19 @@ impl Policy for CostAware {
         NAME
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "price",
+            "sloWeight",
+            "coldStart",
+            "idleToZero",
+            "spotFraction",
+            "spotRisk",
+            "spotPrice",
+            "perReplica",
+        ]
+    }
+
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         Ok(replica_value(self.desired(input)?, input.target))
     }

@@ -10,6 +10,10 @@ impl Policy for Passthrough {
         "passthrough"
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         input
             .values

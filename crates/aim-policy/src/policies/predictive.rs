@@ -140,6 +140,20 @@ impl Policy for Predictive {
         NAME
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "coldStart",
+            "smoothing",
+            "trendWindow",
+            "season",
+            "headroom",
+            "scaleDownDelay",
+            "schedule",
+            "forecastBias",
+            "capacity",
+        ]
+    }
+
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         Ok(replica_value(self.desired(input)?, input.target))
     }

@@ -49,6 +49,10 @@ impl Policy for QueueBased {
         NAME
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &["perReplica", "headroom", "scaleDownDelay", "queueWeight"]
+    }
+
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         Ok(replica_value(self.desired(input)?, input.target))
     }

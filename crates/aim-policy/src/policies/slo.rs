@@ -115,6 +115,18 @@ impl Policy for SloAware {
         NAME
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "ttft",
+            "tpot",
+            "up",
+            "down",
+            "clamp",
+            "smoothing",
+            "perReplica",
+        ]
+    }
+
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         Ok(replica_value(self.desired(input)?, input.target))
     }

@@ -92,6 +92,17 @@ impl Policy for StablePanic {
         NAME
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "perReplica",
+            "stableWindow",
+            "panicWindow",
+            "panicThreshold",
+            "maxScaleUpRate",
+            "maxScaleDownRate",
+        ]
+    }
+
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         Ok(replica_value(self.desired(input)?, input.target))
     }
