@@ -46,7 +46,7 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// A duration such as "90s", "2m", "1h", "1500ms" or plain seconds.
+    /// A duration such as "90s", "2m", "1h", "1d", "1500ms" or plain seconds.
     pub fn seconds(&self, key: &str, default: f64) -> Result<f64, PolicyError> {
         let Some(text) = self.raw(key) else {
             return Ok(default);
@@ -55,7 +55,7 @@ impl<'a> Params<'a> {
             self.invalid(
                 key,
                 text,
-                "expected a duration such as \"90s\", \"2m\", \"1h\" or a number of seconds",
+                "expected a duration such as \"90s\", \"2m\", \"1h\", \"1d\" or a number of seconds",
             )
         })
     }
@@ -126,6 +126,9 @@ pub fn parse_seconds(text: &str) -> Option<f64> {
         (n, 60.0)
     } else if let Some(n) = text.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = text.strip_suffix('d') {
+        // Seasons are written in days.
+        (n, 86_400.0)
     } else {
         (text, 1.0)
     };
@@ -172,6 +175,8 @@ mod tests {
         let p = Params::new("x", &m);
         assert_eq!(p.seconds("a", 1.0).unwrap(), 120.0);
         assert_eq!(p.seconds("missing", 7.0).unwrap(), 7.0);
+        assert_eq!(parse_seconds("1d"), Some(86_400.0));
+        assert_eq!(parse_seconds("0.5d"), Some(43_200.0));
         let s = p.schedule("s").unwrap();
         assert_eq!(s.len(), 2);
         assert!(
