@@ -6,6 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
+use std::collections::BTreeMap;
 
 use crate::common::{HardwareRequirements, ModelSource, ResolvedReference, RuntimeParameters};
 use crate::runtime_config::{RoutingConfig, StorageConfig};
@@ -189,6 +190,115 @@ impl AIMServiceSpec {
 pub struct AutoScaling {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<ScalingMetric>,
+    /// aim extension: the scaling policy the scaler applies to every
+    /// metric. With this or `behavior` set, the operator writes the KEDA
+    /// ScaledObject itself (KServe cannot carry either).
+    pub policy: Option<ScalingPolicy>,
+    /// aim extension: the HPA's scaling behaviour for this service,
+    /// instead of KServe's cluster-wide stabilisation windows.
+    pub behavior: Option<ScalingBehavior>,
+}
+
+impl AutoScaling {
+    /// Whether any aim extension is set: then the operator, not KServe,
+    /// owns the ScaledObject.
+    pub fn uses_extensions(&self) -> bool {
+        self.policy.is_some() || self.behavior.is_some()
+    }
+}
+
+/// The policies `aim scaler` implements. See the scaler's documentation for
+/// each one's parameters.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// The metric unchanged: plain KEDA arithmetic.
+    #[default]
+    Passthrough,
+    /// Capacity per replica with headroom, held for a scale-down delay.
+    Queue,
+    /// A latency control law on a TTFT quantile.
+    Slo,
+    /// Cost-aware: utilisation and keep-alive set by an SLO-vs-cost weight.
+    Cost,
+    /// Trend and seasonal forecast at now + cold start.
+    Predictive,
+    /// Knative-style stable and panic windows.
+    StablePanic,
+}
+
+impl PolicyName {
+    /// The name the scaler's `policy` trigger key takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::Passthrough => "passthrough",
+            PolicyName::Queue => "queue",
+            PolicyName::Slo => "slo",
+            PolicyName::Cost => "cost",
+            PolicyName::Predictive => "predictive",
+            PolicyName::StablePanic => "stable-panic",
+        }
+    }
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ScalingPolicy {
+    pub name: PolicyName,
+    /// The policy's parameters and the scaler's own trigger keys
+    /// (`quantile`, `window`, `activationThreshold`, `valueIfMissing`,
+    /// `clampMin`, `clampMax`), as strings: `season: "1d"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+/// The HPA v2 `behavior` block, per service.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingBehavior {
+    pub scale_up: Option<ScalingRules>,
+    pub scale_down: Option<ScalingRules>,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Seconds of past recommendations the HPA considers: it scales up to
+    /// the lowest, or down to the highest, of them.
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: Option<i32>,
+    /// Which rate policy wins when several apply: `Max` (the default),
+    /// `Min`, or `Disabled` to forbid this direction.
+    pub select_policy: Option<SelectPolicy>,
+    /// Rate limits: at most `value` pods (or percent) per `periodSeconds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<RatePolicy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SelectPolicy {
+    Max,
+    Min,
+    Disabled,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RatePolicyType {
+    Pods,
+    Percent,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RatePolicy {
+    #[serde(rename = "type")]
+    pub type_: RatePolicyType,
+    #[schemars(range(min = 1))]
+    pub value: i32,
+    #[schemars(range(min = 1, max = 1800))]
+    pub period_seconds: i32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]

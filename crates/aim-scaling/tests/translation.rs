@@ -1,0 +1,275 @@
+//! The translation on the seed manifests and on aim's extensions.
+
+use std::path::PathBuf;
+
+use aim_api::AIMService;
+use aim_policy::hpa::{PolicyKind, SelectPolicy};
+use aim_policy::keda::MetricType;
+use aim_scaling::{KServeAutoscaler, Owner, Scaling, ServiceScaling, keda_spec, plan};
+
+fn service(yaml: &str) -> AIMService {
+    serde_yaml::from_str(yaml).expect("an AIMService")
+}
+
+fn scaling(svc: &AIMService, paused: bool) -> Result<Scaling, aim_scaling::ScalingError> {
+    plan(&ServiceScaling {
+        spec: &svc.spec,
+        namespace: "ml",
+        isvc_name: "chat",
+        paused,
+        kserve: &KServeAutoscaler::default(),
+    })
+}
+
+fn seeds() -> Vec<(String, AIMService)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/seeds");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            if value.get("kind").and_then(|k| k.as_str()) == Some("AIMService") {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                out.push((name, serde_yaml::from_value(value).unwrap()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+use serde::Deserialize;
+
+const BASE: &str = r#"
+apiVersion: aim.eai.amd.com/v1alpha1
+kind: AIMService
+metadata: {name: chat}
+spec:
+  model: {name: qwen}
+  minReplicas: 1
+  maxReplicas: 6
+  autoScaling:
+    metrics:
+      - type: PodMetric
+        podmetric:
+          metric:
+            backend: opentelemetry
+            metricNames: [vllm:num_requests_waiting]
+            query: vllm:num_requests_waiting
+            operationOverTime: avg
+          target: {type: Value, value: "2"}
+"#;
+
+#[test]
+fn every_seed_is_deployed_through_kserve_unchanged() {
+    let seeds = seeds();
+    assert!(seeds.len() >= 10, "found {} seed services", seeds.len());
+    let mut autoscaled = 0;
+    for (name, svc) in &seeds {
+        match scaling(svc, false).unwrap_or_else(|e| panic!("{name}: {e}")) {
+            Scaling::Fixed { replicas } => assert!(replicas >= 1, "{name}"),
+            Scaling::Autoscaled(a) => {
+                autoscaled += 1;
+                assert_eq!(a.owner, Owner::KServe, "{name}");
+                assert_eq!(a.autoscaler_class(), "keda", "{name}");
+                let so = &a.scaled_object;
+                assert!(!so.spec.triggers.is_empty(), "{name}: no trigger");
+                for t in &so.spec.triggers {
+                    assert!(!t.metadata.contains_key("policy"), "{name}");
+                    let q = &t.metadata["metricQuery"];
+                    assert!(
+                        q.starts_with("sum(")
+                            && q.ends_with("{namespace=\"ml\", deployment=\"chat-predictor\"})"),
+                        "{name}: {q}"
+                    );
+                }
+                let spec = keda_spec(so).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(spec.min_replica_count as i32, a.min, "{name}");
+                assert_eq!(spec.max_replica_count as i32, a.max, "{name}");
+                // KServe's shipped windows: up 0 s, down 300 s.
+                assert_eq!(spec.behavior.scale_down.stabilization_window_seconds, 300);
+                assert_eq!(spec.behavior.scale_up.stabilization_window_seconds, 0);
+            }
+        }
+    }
+    assert!(autoscaled >= 3, "only {autoscaled} autoscaled seeds");
+}
+
+#[test]
+fn one_bound_is_enough_to_autoscale() {
+    let only_min = service(&BASE.replace("  maxReplicas: 6\n", ""));
+    assert_eq!(scaling(&only_min, false).unwrap().bounds(), (1, 1));
+    assert!(scaling(&only_min, false).unwrap().autoscaled().is_some());
+    let only_max = service(&BASE.replace("  minReplicas: 1\n", ""));
+    assert_eq!(scaling(&only_max, false).unwrap().bounds(), (1, 6));
+    let fixed = service(
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: s}\nspec: {model: {name: m}, replicas: 3}\n",
+    );
+    assert_eq!(
+        scaling(&fixed, false).unwrap(),
+        Scaling::Fixed { replicas: 3 }
+    );
+}
+
+#[test]
+fn a_policy_moves_the_scaled_object_to_the_operator_with_the_same_trigger() {
+    let plain = scaling(&service(BASE), false).unwrap();
+    let with_policy = service(&format!(
+        "{BASE}    policy:\n      name: predictive\n      params: {{season: 1d, capacity: \"3\"}}\n"
+    ));
+    let planned = scaling(&with_policy, false).unwrap();
+    let (plain, planned) = (plain.autoscaled().unwrap(), planned.autoscaled().unwrap());
+    assert_eq!(planned.owner, Owner::Operator);
+    assert_eq!(planned.autoscaler_class(), "external");
+    let (a, b) = (
+        &plain.scaled_object.spec.triggers[0],
+        &planned.scaled_object.spec.triggers[0],
+    );
+    for key in [
+        "metricQuery",
+        "targetValue",
+        "scalerAddress",
+        "operationOverTime",
+    ] {
+        assert_eq!(a.metadata[key], b.metadata[key], "{key}");
+    }
+    assert_eq!(b.metadata["policy"], "predictive");
+    assert_eq!(b.metadata["season"], "1d");
+    assert_eq!(b.metadata["capacity"], "3");
+    let target = &planned.scaled_object.spec.scale_target_ref;
+    assert_eq!(
+        (target.kind.as_deref(), target.name.as_str()),
+        (Some("Deployment"), "chat-predictor")
+    );
+    // The InferenceService keeps the metrics: KServe's sidecar follows them.
+    assert_eq!(planned.isvc_autoscaling, plain.isvc_autoscaling);
+    assert!(planned.isvc_autoscaling.policy.is_none());
+}
+
+#[test]
+fn behavior_is_deployed_per_service_and_keeps_kserves_other_direction() {
+    let svc = service(&format!(
+        "{BASE}    behavior:\n      scaleUp:\n        stabilizationWindowSeconds: 30\n        selectPolicy: Min\n        policies:\n          - {{type: Pods, value: 1, periodSeconds: 60}}\n"
+    ));
+    let planned = scaling(&svc, false).unwrap();
+    let a = planned.autoscaled().unwrap();
+    assert_eq!(a.owner, Owner::Operator);
+    let spec = keda_spec(&a.scaled_object).unwrap();
+    let up = &spec.behavior.scale_up;
+    assert_eq!(up.stabilization_window_seconds, 30);
+    assert_eq!(up.select, SelectPolicy::Min);
+    assert_eq!(up.policies.len(), 1);
+    assert_eq!(
+        (
+            up.policies[0].kind,
+            up.policies[0].value,
+            up.policies[0].period_seconds
+        ),
+        (PolicyKind::Pods, 1, 60)
+    );
+    // Scale-down was not asked about: KServe's cluster window stays.
+    assert_eq!(spec.behavior.scale_down.stabilization_window_seconds, 300);
+    // No policy: the triggers are KServe's, without a policy key.
+    assert!(
+        !a.scaled_object.spec.triggers[0]
+            .metadata
+            .contains_key("policy")
+    );
+    assert_eq!(spec.triggers[0].metric_type, MetricType::AverageValue);
+}
+
+#[test]
+fn pausing_writes_kedas_switch_on_either_owner() {
+    for yaml in [
+        BASE.to_string(),
+        format!("{BASE}    policy: {{name: queue}}\n"),
+    ] {
+        let planned = scaling(&service(&yaml), true).unwrap();
+        let so = &planned.autoscaled().unwrap().scaled_object;
+        assert_eq!(
+            so.metadata.annotations["autoscaling.keda.sh/paused"],
+            "true"
+        );
+        assert!(keda_spec(so).unwrap().annotations.paused);
+        let running = scaling(&service(&yaml), false).unwrap();
+        assert!(
+            !keda_spec(&running.autoscaled().unwrap().scaled_object)
+                .unwrap()
+                .annotations
+                .paused
+        );
+    }
+}
+
+#[test]
+fn a_bad_policy_parameter_names_its_field_and_the_fix() {
+    let cases = [
+        (
+            "{name: predictive, params: {headrom: \"0.2\"}}",
+            "spec.autoScaling.policy.params.headrom",
+            "headroom",
+        ),
+        (
+            "{name: queue, params: {perReplica: lots}}",
+            "spec.autoScaling.policy.params.perReplica",
+            "lots",
+        ),
+        (
+            "{name: slo, params: {quantile: \"90\"}}",
+            "spec.autoScaling.policy.params.quantile",
+            "between 0 and 1",
+        ),
+        (
+            "{name: cost, params: {window: soon}}",
+            "spec.autoScaling.policy.params.window",
+            "duration",
+        ),
+        (
+            "{name: cost, params: {targetValue: \"3\"}}",
+            "spec.autoScaling.policy.params.targetValue",
+            "podmetric.target.value",
+        ),
+        (
+            "{name: stable-panic, params: {activationThreshold: x}}",
+            "spec.autoScaling.policy.params.activationThreshold",
+            "decimal",
+        ),
+    ];
+    for (policy, field, hint) in cases {
+        let svc = service(&format!("{BASE}    policy: {policy}\n"));
+        let e = scaling(&svc, false).unwrap_err();
+        assert_eq!(e.field, field, "{policy}: {e}");
+        assert!(e.to_string().contains(hint), "{policy}: {e}");
+    }
+    let no_target = service(&format!(
+        "{}    policy: {{name: queue}}\n",
+        BASE.replace(
+            "target: {type: Value, value: \"2\"}",
+            "target: {type: Value}"
+        )
+    ));
+    let e = scaling(&no_target, false).unwrap_err();
+    assert_eq!(
+        e.field,
+        "spec.autoScaling.metrics[0].podmetric.target.value"
+    );
+}
+
+#[test]
+fn a_policy_may_set_the_scalers_own_keys() {
+    let svc = service(&format!(
+        "{}    policy: {{name: passthrough, params: {{quantile: \"0.9\", window: 30s}}}}\n",
+        BASE.replace(
+            "vllm:num_requests_waiting",
+            "vllm:time_to_first_token_seconds"
+        )
+        .replace("operationOverTime: avg", "operationOverTime: rate")
+    ));
+    let planned = scaling(&svc, false).unwrap();
+    let t = &planned.autoscaled().unwrap().scaled_object.spec.triggers[0];
+    assert_eq!(t.metadata["quantile"], "0.9");
+    assert_eq!(t.metadata["window"], "30s");
+    assert_eq!(t.metadata["policy"], "passthrough");
+    assert_eq!(t.metadata["operationOverTime"], "rate");
+}
