@@ -333,3 +333,58 @@ async fn apply_errors_name_the_document_problem() {
     let err = apply_yaml(&client, "default", "kind: [").await.unwrap_err();
     assert!(matches!(err, ApplyError::Yaml(_)), "{err}");
 }
+
+/// aim's scaling extensions: a policy the scaler does not have, a rate
+/// limit of nothing, or a window beyond the HPA's hour is refused by the
+/// API server itself, naming the field.
+#[tokio::test]
+async fn bad_scaling_extensions_are_refused_at_admission() {
+    let bounds = "  model: {image: a/b:1}\n  minReplicas: 1\n  maxReplicas: 4\n";
+    assert_refused(
+        &format!("{HEAD}{bounds}  autoScaling:\n    policy: {{name: predictve}}\n"),
+        "spec.autoScaling.policy.name",
+    )
+    .await;
+    assert_refused(
+        &format!(
+            "{HEAD}{bounds}  autoScaling:\n    behavior:\n      scaleUp:\n        policies: [{{type: Pods, value: 0, periodSeconds: 15}}]\n"
+        ),
+        "spec.autoScaling.behavior.scaleUp.policies[0].value",
+    )
+    .await;
+    assert_refused(
+        &format!(
+            "{HEAD}{bounds}  autoScaling:\n    behavior:\n      scaleDown: {{stabilizationWindowSeconds: 7200}}\n"
+        ),
+        "spec.autoScaling.behavior.scaleDown.stabilizationWindowSeconds",
+    )
+    .await;
+    assert_refused(
+        &format!(
+            "{HEAD}{bounds}  autoScaling:\n    policy: {{name: queue, params: {{headroom: 0.2}}}}\n"
+        ),
+        "spec.autoScaling.policy.params.headroom",
+    )
+    .await;
+}
+
+/// A well-formed extension is admitted and reads back as written.
+#[tokio::test]
+async fn scaling_extensions_are_admitted() {
+    let client = client().await;
+    let ns = namespace(&client, "extensions").await;
+    let yaml = format!(
+        "{HEAD}  model: {{image: a/b:1}}\n  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    policy: {{name: stable-panic, params: {{panicThreshold: \"2\"}}}}\n    behavior:\n      scaleDown: {{stabilizationWindowSeconds: 60, policies: [{{type: Percent, value: 50, periodSeconds: 30}}]}}\n"
+    );
+    apply_yaml(&client, &ns, &yaml).await.unwrap();
+    let api: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+    // HEAD names the service "bad"; this one is fine.
+    let svc = api.get("bad").await.unwrap();
+    let scaling = svc.spec.auto_scaling.unwrap();
+    let policy = scaling.policy.unwrap();
+    assert_eq!(policy.name, aim_api::service::PolicyName::StablePanic);
+    assert_eq!(policy.params["panicThreshold"], "2");
+    let down = scaling.behavior.unwrap().scale_down.unwrap();
+    assert_eq!(down.stabilization_window_seconds, Some(60));
+    assert_eq!(down.policies[0].value, 50);
+}

@@ -124,11 +124,30 @@ pub async fn run_with(
         ),
     );
     let warnings_task = tokio::spawn(futures::StreamExt::for_each(warning_watch, |_| async {}));
+    // Only KServe's config map, by name: the chart grants exactly that one.
+    let (kserve_config, writer) = kube::runtime::reflector::store();
+    let kserve_config_watch = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(
+            kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone()),
+            kube::runtime::watcher::Config::default()
+                .fields(&format!("metadata.name={}", context::KSERVE_CONFIG)),
+        ),
+    );
+    let kserve_config_task = tokio::spawn(futures::StreamExt::for_each(
+        kserve_config_watch,
+        |event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching KServe's config map; its autoscaler settings are taken as KServe's defaults until it can be read");
+            }
+        },
+    ));
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics,
         settings,
         isvc_warnings,
+        kserve_config,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -166,6 +185,7 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), controllers).await;
     warnings_task.abort();
+    kserve_config_task.abort();
     if reason != "signal" {
         anyhow::bail!("stopped because this replica {reason}");
     }

@@ -87,7 +87,9 @@ fn status_for(error: &TriggerError, reference: &ScaledObjectRef) -> Status {
         | TriggerError::InvalidValue { .. }
         | TriggerError::Query(_)
         | TriggerError::Policy(
-            PolicyError::Unknown { .. } | PolicyError::InvalidParameter { .. },
+            PolicyError::Unknown { .. }
+            | PolicyError::InvalidParameter { .. }
+            | PolicyError::UnknownParameter { .. },
         ) => Status::invalid_argument(message),
         TriggerError::Eval(
             EvalError::UnknownMetric { .. } | EvalError::NoMatchingSeries { .. },

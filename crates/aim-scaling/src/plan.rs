@@ -155,15 +155,12 @@ fn error(field: impl Into<String>, message: impl Into<String>) -> ScalingError {
     }
 }
 
-/// The translation. An error names the field to fix; nothing of the
-/// service should be deployed from a plan that failed.
-pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
-    let spec = input.spec;
-    let scaling = spec.auto_scaling.as_ref();
-    if scaling.is_none() && spec.min_replicas.is_none() && spec.max_replicas.is_none() {
-        return Ok(Scaling::Fixed {
-            replicas: spec.replicas.unwrap_or(1),
-        });
+/// Replica bounds: `Some((min, max))` when the service autoscales (any of
+/// `autoScaling`, `minReplicas`, `maxReplicas` is set; a missing bound
+/// follows the other), `None` for a fixed `replicas` count.
+pub fn autoscaling_bounds(spec: &AIMServiceSpec) -> Option<(i32, i32)> {
+    if spec.auto_scaling.is_none() && spec.min_replicas.is_none() && spec.max_replicas.is_none() {
+        return None;
     }
     let min = spec.min_replicas.unwrap_or(1);
     let max = spec
@@ -171,6 +168,19 @@ pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
         .or(spec.min_replicas)
         .unwrap_or(1)
         .max(min);
+    Some((min, max))
+}
+
+/// The translation. An error names the field to fix; nothing of the
+/// service should be deployed from a plan that failed.
+pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
+    let spec = input.spec;
+    let scaling = spec.auto_scaling.as_ref();
+    let Some((min, max)) = autoscaling_bounds(spec) else {
+        return Ok(Scaling::Fixed {
+            replicas: spec.replicas.unwrap_or(1),
+        });
+    };
     let metrics = match scaling.filter(|s| !s.metrics.is_empty()) {
         Some(s) => s.metrics.clone(),
         None => default_autoscaling().metrics,

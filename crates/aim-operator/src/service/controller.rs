@@ -139,7 +139,7 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         scaled_object: observed_parts.scaled_object,
         route: observed_parts.route,
         cache: observed_parts.cache,
-        default_scaler_address: &ctx.settings.default_scaler_address,
+        kserve: ctx.kserve_autoscaler(),
         now: Timestamp::now(),
     };
     let mut plan = plan::plan(&obs);

@@ -74,7 +74,9 @@ pub struct Observed<'a> {
     pub scaled_object: Option<Value>,
     pub route: Option<Value>,
     pub cache: Option<CacheView>,
-    pub default_scaler_address: &'a str,
+    /// KServe's autoscaler settings and the scaler address metrics that
+    /// name none are sent to.
+    pub kserve: aim_scaling::KServeAutoscaler,
     pub now: Timestamp,
 }
 
@@ -231,8 +233,31 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
     } else {
         Some(false)
     };
+    // The one translation of the service's scaling, shared with the lab.
+    // A field that cannot be deployed stops every write of the service's
+    // InferenceService and ScaledObject until it is fixed: what runs keeps
+    // running as it was.
+    let translated = aim_scaling::plan(&aim_scaling::ServiceScaling {
+        spec: &svc.spec,
+        namespace: &ns,
+        isvc_name: &isvc_name,
+        paused: paused.unwrap_or(false),
+        kserve: &obs.kserve,
+    });
+    let translated = match translated {
+        Ok(t) => Some(t),
+        Err(e) => {
+            plan.healths.push(scaling::invalid_scaling_health(&e));
+            None
+        }
+    };
+    let handover = translated
+        .as_ref()
+        .map(|t| scaling::handover(t, obs.isvc.as_ref(), obs.scaled_object.as_ref()));
     let may_render = template_ready && (obs.isvc.is_some() || (model_ready && cache_ready));
-    if let (true, Some(model), Some(template)) = (may_render, &model, &template) {
+    if let (true, Some(model), Some(template), Some(translated), Some(handover)) =
+        (may_render, &model, &template, &translated, &handover)
+    {
         let env = aim_rules::env::inference_env(&config.env, &template.spec, &svc.spec.env);
         let volumes = if obs.isvc.is_some() && !cache_ready {
             existing_cache_volumes(obs.isvc.as_ref())
@@ -249,12 +274,25 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
             template,
             runtime_config: &config,
             propagated_labels: propagated.clone(),
-            default_scaler_address: obs.default_scaler_address,
+            scaling: translated,
+            autoscaler_class: handover.autoscaler_class,
             cache_volumes: volumes,
             env,
             autoscaling_paused: paused.unwrap_or(false),
         });
         plan.owned.push(isvc);
+        if let Some(so) = &handover.apply {
+            let mut so = serde_json::to_value(so).expect("a ScaledObject serialises");
+            so["metadata"]["labels"] = serde_json::json!(propagated);
+            plan.owned.push(so);
+        }
+    }
+    if let Some(name) = handover.as_ref().and_then(|h| h.delete.clone()) {
+        plan.delete.push((
+            aim_scaling::scaled_object::API_VERSION.into(),
+            aim_scaling::scaled_object::KIND.into(),
+            name,
+        ));
     }
     plan.healths
         .push(health::isvc_health(obs.isvc.as_ref(), &obs.isvc_events));
@@ -298,7 +336,14 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
             plan.runtime = Some(health::runtime_status(None, &replicas));
         }
     }
+    // KServe's ScaledObject takes the pause switch by merge patch; the
+    // operator's own carries it in what is applied.
+    let kserve_owned = translated
+        .as_ref()
+        .and_then(|t| t.autoscaled())
+        .is_some_and(|a| a.owner == aim_scaling::Owner::KServe);
     if let Some(p) = paused
+        && kserve_owned
         && let Some(patch) = scaling::scaled_object_patch(obs.scaled_object.as_ref(), p)
     {
         plan.scaled_object_patch = Some((format!("{isvc_name}-predictor"), patch));

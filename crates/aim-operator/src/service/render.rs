@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use aim_api::AIMService;
 use aim_api::runtime_config::{ParentReference, RuntimeConfigSpec};
-use aim_api::service::{AutoScaling, MetricTarget};
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -32,26 +31,21 @@ pub struct Replicas {
 
 /// Autoscaling mode is on when any of `autoScaling`, `minReplicas`,
 /// `maxReplicas` is set; otherwise the fixed `replicas` count applies.
+/// The rule is the shared translation's.
 pub fn replicas(svc: &AIMService) -> Replicas {
-    let spec = &svc.spec;
-    if spec.auto_scaling.is_some() || spec.min_replicas.is_some() || spec.max_replicas.is_some() {
-        let min = spec.min_replicas.unwrap_or(1);
-        let max = spec
-            .max_replicas
-            .or(spec.min_replicas)
-            .unwrap_or(1)
-            .max(min);
-        Replicas {
+    match aim_scaling::autoscaling_bounds(&svc.spec) {
+        Some((min, max)) => Replicas {
             min,
             max,
             autoscaling: true,
-        }
-    } else {
-        let n = spec.replicas.unwrap_or(1);
-        Replicas {
-            min: n,
-            max: n,
-            autoscaling: false,
+        },
+        None => {
+            let n = svc.spec.replicas.unwrap_or(1);
+            Replicas {
+                min: n,
+                max: n,
+                autoscaling: false,
+            }
         }
     }
 }
@@ -65,8 +59,11 @@ pub struct IsvcInputs<'a> {
     pub runtime_config: &'a RuntimeConfigSpec,
     /// Labels the service's children inherit (label propagation).
     pub propagated_labels: BTreeMap<String, String>,
-    /// The scaler address written when a metric names none.
-    pub default_scaler_address: &'a str,
+    /// The service's scaling, as the shared translation planned it.
+    pub scaling: &'a aim_scaling::Scaling,
+    /// `serving.kserve.io/autoscalerClass` for an autoscaled service: see
+    /// [`super::scaling::handover`].
+    pub autoscaler_class: &'a str,
     /// Volumes of the model cache: (volume name, claim name, mount path).
     pub cache_volumes: Vec<(String, String, String)>,
     pub env: Vec<EnvVar>,
@@ -112,15 +109,15 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
         );
     }
 
-    let replicas = replicas(svc);
+    let (min, max) = inputs.scaling.bounds();
     let mut annotations = BTreeMap::new();
     let mut predictor = serde_json::Map::new();
-    predictor.insert("minReplicas".into(), json!(replicas.min));
-    predictor.insert("maxReplicas".into(), json!(replicas.max));
-    if replicas.autoscaling {
+    predictor.insert("minReplicas".into(), json!(min));
+    predictor.insert("maxReplicas".into(), json!(max));
+    if let Some(autoscaled) = inputs.scaling.autoscaled() {
         annotations.insert(
             "serving.kserve.io/autoscalerClass".to_string(),
-            "keda".to_string(),
+            inputs.autoscaler_class.to_string(),
         );
         annotations.insert(
             "sidecar.opentelemetry.io/inject".to_string(),
@@ -136,15 +133,9 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
                 "true".to_string(),
             );
         }
-        let scaling = svc
-            .spec
-            .auto_scaling
-            .clone()
-            .filter(|s| !s.metrics.is_empty())
-            .unwrap_or_else(default_autoscaling);
         predictor.insert(
             "autoScaling".into(),
-            autoscaling_json(&scaling, inputs.default_scaler_address),
+            serde_json::to_value(&autoscaled.isvc_autoscaling).expect("metrics serialise"),
         );
     } else {
         annotations.insert(
@@ -206,91 +197,7 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
     })
 }
 
-/// The metric a service scales on when it gives bounds but no metrics:
-/// running requests per replica, averaged over the scrape window, target 1,
-/// as in the docs' autoscaling example. AIM Engine writes no
-/// metric here, and KServe then makes a ScaledObject with no triggers, which
-/// KEDA cannot run: `minReplicas: 1, maxReplicas: 4` alone never scaled.
-pub fn default_autoscaling() -> AutoScaling {
-    use aim_api::service::{
-        MetricTargetType, MetricsBackend, PodMetric, PodMetricSource, ScalingMetric,
-        ScalingMetricType,
-    };
-    AutoScaling {
-        metrics: vec![ScalingMetric {
-            type_: ScalingMetricType::PodMetric,
-            podmetric: Some(PodMetric {
-                metric: Some(PodMetricSource {
-                    backend: Some(MetricsBackend::Opentelemetry),
-                    server_address: None,
-                    metric_names: vec![DEFAULT_SCALING_METRIC.into()],
-                    query: Some(DEFAULT_SCALING_METRIC.into()),
-                    operation_over_time: Some("avg".into()),
-                }),
-                target: Some(MetricTarget {
-                    type_: MetricTargetType::Value,
-                    value: Some("1".into()),
-                    average_value: None,
-                    average_utilization: None,
-                }),
-            }),
-        }],
-    }
-}
-
-pub const DEFAULT_SCALING_METRIC: &str = "vllm:num_requests_running";
-
-/// Copies the service's metrics field by field, filling in the scaler
-/// address AIM Engine leaves empty: an empty address would send
-/// KEDA to KServe's own default rather than to aim's scaler.
-fn autoscaling_json(scaling: &AutoScaling, default_scaler: &str) -> Value {
-    let metrics: Vec<Value> = scaling
-        .metrics
-        .iter()
-        .map(|m| {
-            let mut out = json!({"type": m.type_});
-            if let Some(pm) = &m.podmetric {
-                let mut podmetric = serde_json::Map::new();
-                if let Some(source) = &pm.metric {
-                    let mut source = json!(source);
-                    if source
-                        .get("serverAddress")
-                        .is_none_or(|a| a.as_str() == Some(""))
-                    {
-                        source["serverAddress"] = json!(default_scaler);
-                    }
-                    podmetric.insert("metric".into(), source);
-                }
-                if let Some(target) = &pm.target {
-                    podmetric.insert("target".into(), target_json(target));
-                }
-                out["podmetric"] = Value::Object(podmetric);
-            }
-            out
-        })
-        .collect();
-    json!({"metrics": metrics})
-}
-
-/// A pod metric's target, copied field by field, plus one fix over AIM
-/// Engine: KServe v0.16 reads only `target.value` for pod metrics (it
-/// becomes the KEDA trigger's `targetValue`, under KEDA's default
-/// `AverageValue` type), so a target given only as `averageValue` would be
-/// deployed as 0. Copying it into `value` deploys what was asked: that
-/// average per replica.
-fn target_json(target: &MetricTarget) -> Value {
-    let mut out = json!({"type": target.type_});
-    if let Some(v) = target.value.as_ref().or(target.average_value.as_ref()) {
-        out["value"] = json!(v);
-    }
-    if let Some(v) = &target.average_value {
-        out["averageValue"] = json!(v);
-    }
-    if let Some(v) = target.average_utilization {
-        out["averageUtilization"] = json!(v);
-    }
-    out
-}
+pub use aim_scaling::DEFAULT_SCALING_METRIC;
 
 /// Default requests and limits per GPU (4 CPUs, 32Gi requested and 48Gi
 /// limit per GPU), then the template's and the service's overrides per key.

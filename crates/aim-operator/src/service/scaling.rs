@@ -100,6 +100,104 @@ pub fn invalid_pause_health(message: String) -> Health {
         .because(ErrorCategory::InvalidSpec)
 }
 
+/// A scaling field that cannot be deployed: the `ScalingReady` condition
+/// names it, and nothing of the change is written.
+pub fn invalid_scaling_health(e: &aim_scaling::ScalingError) -> Health {
+    Health::new(
+        "Scaling",
+        ComponentState::Failed,
+        "InvalidScaling",
+        format!("{e}. Nothing of this change was deployed; fix the field and apply again"),
+    )
+    .because(ErrorCategory::InvalidSpec)
+}
+
+/// Who writes the ScaledObject this round, and what the operator does to
+/// hand it over between KServe and itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handover {
+    /// The InferenceService's `serving.kserve.io/autoscalerClass`.
+    pub autoscaler_class: &'static str,
+    /// The operator's own ScaledObject, to apply.
+    pub apply: Option<aim_scaling::ScaledObject>,
+    /// A ScaledObject to delete first (its name).
+    pub delete: Option<String>,
+}
+
+/// The kind of an object's controlling owner.
+fn controller_kind(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?
+        .get("kind")?
+        .as_str()
+}
+
+/// The handover between KServe's ScaledObject and the operator's, which
+/// share the name `<isvc>-predictor`. Each side only ever deletes its own
+/// kind of object, and the InferenceService's autoscaler class moves so
+/// that KServe never rebuilds an object the operator is about to own:
+///
+/// * to the operator: the class turns `external` first (KServe stops
+///   maintaining its object), then KServe's object is deleted, then the
+///   operator's is applied;
+/// * back to KServe: the operator's object is deleted while the class
+///   stays `external`, and only once it is gone does the class return to
+///   `keda`, so KServe creates its own afresh rather than updating the
+///   operator's (KServe would then keep an object it does not control,
+///   which its watch never sees deleted).
+pub fn handover(
+    translated: &aim_scaling::Scaling,
+    isvc: Option<&Value>,
+    live: Option<&Value>,
+) -> Handover {
+    let controller = live.and_then(controller_kind);
+    let name = live
+        .and_then(|so| so.pointer("/metadata/name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let ours = controller == Some("AIMService");
+    let kserves = controller == Some("InferenceService");
+    let Some(a) = translated.autoscaled() else {
+        return Handover {
+            autoscaler_class: "none",
+            apply: None,
+            delete: if ours { name } else { None },
+        };
+    };
+    let isvc_class = isvc
+        .and_then(|i| i.pointer("/metadata/annotations/serving.kserve.io~1autoscalerClass"))
+        .and_then(Value::as_str);
+    match a.owner {
+        aim_scaling::Owner::Operator if kserves => Handover {
+            autoscaler_class: "external",
+            apply: None,
+            delete: if isvc_class == Some("external") {
+                name
+            } else {
+                None
+            },
+        },
+        aim_scaling::Owner::Operator => Handover {
+            autoscaler_class: "external",
+            apply: Some(a.scaled_object.clone()),
+            delete: None,
+        },
+        aim_scaling::Owner::KServe if ours => Handover {
+            autoscaler_class: "external",
+            apply: None,
+            delete: name,
+        },
+        aim_scaling::Owner::KServe => Handover {
+            autoscaler_class: a.autoscaler_class(),
+            apply: None,
+            delete: None,
+        },
+    }
+}
+
 /// `status.runtime` while paused: the pods that exist are what runs.
 pub fn paused_runtime(pods: &[Pod], min: i32, max: i32) -> ServiceRuntimeStatus {
     let running = pods

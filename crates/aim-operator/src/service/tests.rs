@@ -76,7 +76,10 @@ fn observed<'a>(svc: &'a AIMService, template: Option<TemplateView>) -> Observed
         scaled_object: None,
         route: None,
         cache: None,
-        default_scaler_address: "scaler:4318",
+        kserve: aim_scaling::KServeAutoscaler {
+            default_scaler_address: "scaler:4318".into(),
+            ..Default::default()
+        },
         now: k8s_openapi::jiff::Timestamp::now(),
     }
 }
@@ -403,4 +406,148 @@ fn an_unreadable_pause_switch_is_the_hpa_components_failure() {
     assert_eq!(hpa.len(), 1, "one health per component: {hpa:?}");
     assert_eq!(hpa[0].reason, "InvalidAnnotation");
     assert_eq!(hpa[0].state, ComponentState::Failed);
+}
+
+const POLICY: &str = "  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    policy: {name: predictive, params: {season: 1d}}\n";
+
+fn kind<'a>(p: &'a super::plan::Plan, kind: &str) -> Option<&'a serde_json::Value> {
+    p.owned.iter().find(|o| o["kind"] == kind)
+}
+
+#[test]
+fn a_policy_is_deployed_as_the_operators_own_scaled_object() {
+    let svc = service(&format!("{BASE}{POLICY}"));
+    let p = plan(&observed(&svc, Some(ready_template("t", 1))));
+    let isvc = kind(&p, "InferenceService").expect("an InferenceService");
+    assert_eq!(
+        isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"],
+        "external"
+    );
+    // KServe's sidecar still follows the metrics on the InferenceService.
+    assert_eq!(
+        isvc["spec"]["predictor"]["autoScaling"]["metrics"][0]["podmetric"]["metric"]["metricNames"]
+            [0],
+        "vllm:num_requests_running"
+    );
+    assert!(
+        isvc["spec"]["predictor"]["autoScaling"]
+            .get("policy")
+            .is_none()
+    );
+    let so = kind(&p, "ScaledObject").expect("the operator's ScaledObject");
+    let predictor = format!("{}-predictor", isvc["metadata"]["name"].as_str().unwrap());
+    assert_eq!(so["metadata"]["name"], predictor.as_str());
+    assert_eq!(so["spec"]["scaleTargetRef"]["name"], predictor.as_str());
+    let meta = &so["spec"]["triggers"][0]["metadata"];
+    assert_eq!(meta["policy"], "predictive");
+    assert_eq!(meta["season"], "1d");
+    assert_eq!(meta["scalerAddress"], "scaler:4318");
+    // The service's propagated labels, not KServe's, mark it.
+    assert!(so["metadata"].get("ownerReferences").is_none());
+    // Without the extension, KServe builds it: nothing for the operator.
+    let plain = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
+    let p = plan(&observed(&plain, Some(ready_template("t", 1))));
+    assert!(kind(&p, "ScaledObject").is_none());
+    assert_eq!(
+        kind(&p, "InferenceService").unwrap()["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"],
+        "keda"
+    );
+}
+
+#[test]
+fn a_bad_policy_parameter_is_a_condition_and_nothing_is_written() {
+    let svc = service(&format!(
+        "{BASE}  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    policy: {{name: queue, params: {{headrom: \"0.3\"}}}}\n"
+    ));
+    let p = plan(&observed(&svc, Some(ready_template("t", 1))));
+    assert!(kind(&p, "InferenceService").is_none());
+    assert!(kind(&p, "ScaledObject").is_none());
+    let h = p
+        .healths
+        .iter()
+        .find(|h| h.component == "Scaling")
+        .expect("a Scaling health");
+    assert_eq!(h.state, ComponentState::Failed);
+    assert_eq!(h.reason, "InvalidScaling");
+    assert!(
+        h.message.contains("spec.autoScaling.policy.params.headrom"),
+        "{}",
+        h.message
+    );
+    assert!(h.message.contains("headroom"), "{}", h.message);
+}
+
+fn live_scaled_object(controller: &str) -> serde_json::Value {
+    serde_json::json!({"metadata": {"name": "x-predictor", "ownerReferences": [
+        {"apiVersion": "v1", "kind": controller, "name": "x", "uid": "u", "controller": true}]}})
+}
+
+fn isvc_with_class(class: &str) -> serde_json::Value {
+    serde_json::json!({"metadata": {"annotations": {"serving.kserve.io/autoscalerClass": class}}})
+}
+
+#[test]
+fn the_scaled_object_changes_hands_without_kserve_rebuilding_the_operators() {
+    use super::scaling::handover;
+    let translate = |yaml: &str| {
+        let svc = service(yaml);
+        aim_scaling::plan(&aim_scaling::ServiceScaling {
+            spec: &svc.spec,
+            namespace: "ns",
+            isvc_name: "x",
+            paused: false,
+            kserve: &aim_scaling::KServeAutoscaler::default(),
+        })
+        .unwrap()
+    };
+    let with_policy = translate(&format!("{BASE}{POLICY}"));
+    let plain = translate(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
+    let fixed = translate(&format!("{BASE}  replicas: 2\n"));
+    let kserves = live_scaled_object("InferenceService");
+    let ours = live_scaled_object("AIMService");
+
+    // To the operator: class first, then KServe's object goes, then ours.
+    let h = handover(&with_policy, Some(&isvc_with_class("keda")), Some(&kserves));
+    assert_eq!(
+        (h.autoscaler_class, h.apply.is_none(), h.delete.clone()),
+        ("external", true, None)
+    );
+    let h = handover(
+        &with_policy,
+        Some(&isvc_with_class("external")),
+        Some(&kserves),
+    );
+    assert_eq!(h.delete.as_deref(), Some("x-predictor"));
+    assert!(h.apply.is_none());
+    let h = handover(&with_policy, Some(&isvc_with_class("external")), None);
+    assert!(h.apply.is_some() && h.delete.is_none());
+    let h = handover(
+        &with_policy,
+        Some(&isvc_with_class("external")),
+        Some(&ours),
+    );
+    assert!(h.apply.is_some() && h.delete.is_none());
+
+    // Back to KServe: ours goes while the class stays external.
+    let h = handover(&plain, Some(&isvc_with_class("external")), Some(&ours));
+    assert_eq!(
+        (h.autoscaler_class, h.delete.as_deref()),
+        ("external", Some("x-predictor"))
+    );
+    let h = handover(&plain, Some(&isvc_with_class("external")), None);
+    assert_eq!(
+        (h.autoscaler_class, h.delete.clone(), h.apply.is_none()),
+        ("keda", None, true)
+    );
+    // KServe's own object is never touched on KServe's route.
+    let h = handover(&plain, Some(&isvc_with_class("keda")), Some(&kserves));
+    assert_eq!((h.autoscaler_class, h.delete.clone()), ("keda", None));
+
+    // Fixed replicas: only an object of ours is removed.
+    assert_eq!(
+        handover(&fixed, None, Some(&ours)).delete.as_deref(),
+        Some("x-predictor")
+    );
+    assert_eq!(handover(&fixed, None, Some(&kserves)).delete, None);
+    assert_eq!(handover(&fixed, None, None).autoscaler_class, "none");
 }
