@@ -108,7 +108,7 @@ pub fn scaled_object(p: &Predictor<'_>) -> ScaledObject {
     };
     let up = window(p.config.scale_up_stabilization_s);
     let down = window(p.config.scale_down_stabilization_s);
-    let advanced = (up.is_some() || down.is_some()).then(|| Advanced {
+    let advanced = (up.is_some() || down.is_some()).then_some(Advanced {
         horizontal_pod_autoscaler_config: Some(HpaConfig {
             behavior: Some(HorizontalPodAutoscalerBehavior {
                 scale_up: up,
