@@ -839,8 +839,13 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                     let text = std::fs::read_to_string(path).map_err(|e| {
                         LabError::Input(format!("cannot read {}: {e}", path.display()))
                     })?;
-                    let mut k = crate::manifest::parse(&text, a.cluster.window)?;
-                    k.set_scale_down_window(a.cluster.scale_down_window);
+                    // The cluster's KServe window applies where the
+                    // manifest sets no behaviour of its own.
+                    let kserve = aim_scaling::KServeAutoscaler {
+                        scale_down_stabilization_s: Some(a.cluster.scale_down_window as i32),
+                        ..Default::default()
+                    };
+                    let k = crate::manifest::parse_with(&text, a.cluster.window, &kserve)?;
                     let cluster = ClusterArgs {
                         min: k.keda.spec.min_replica_count.max(1),
                         max: k.keda.spec.max_replica_count,

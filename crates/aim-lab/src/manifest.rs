@@ -1,27 +1,30 @@
-//! `aim lab run -f service.yaml`: score the autoscaling config of an
-//! AIMService manifest before deploying it. Reads `minReplicas`,
-//! `maxReplicas`, `autoScaling.metrics` and the KEDA pause annotations;
-//! everything else in the manifest is ignored.
+//! `aim lab run -f service.yaml`: score the autoscaling of an AIMService
+//! manifest before deploying it.
 //!
-//! The metrics are scored as KServe v0.16 turns them into KEDA triggers,
-//! which is not what their words say: for pod and external metrics KServe
-//! copies `target.value` into the trigger's `targetValue` (or
-//! `threshold`) and sets no `metricType`, so KEDA's default `AverageValue`
-//! applies and the HPA wants ceil(sum / value) replicas whatever
-//! `target.type` says. The lab-vs-live comparison of the demo found this:
-//! scored as a `Value` target, the seed configuration multiplied the
-//! summed metric by the ready pods and predicted a replica too many.
+//! The manifest goes through the operator's own translation
+//! ([`aim_scaling`]): the ScaledObject the lab runs is the one the operator
+//! would deploy, or the one KServe would build from the operator's
+//! InferenceService, field for field. Only the last step is the lab's: a
+//! trigger's query is matched to the signal the simulation measures.
+//!
+//! KServe v0.16 copies a pod metric's `target.value` into the trigger's
+//! `targetValue` and sets no `metricType`, so KEDA's default
+//! `AverageValue` applies and the HPA wants ceil(sum / value) replicas
+//! whatever `target.type` says. The lab-vs-live comparison of the demo
+//! found this: scored as a `Value` target, the seed configuration
+//! multiplied the summed metric by the ready pods and predicted a replica
+//! too many.
 
-use aim_policy::keda::{MetricType, ScaledObjectSpec, TriggerSpec};
+use aim_api::AIMService;
 use aim_policy::lookup;
-use serde_yaml::Value;
+use aim_scaling::{KServeAutoscaler, Scaling, ServiceScaling, keda_spec, scaled_object::Trigger};
 
-use crate::control::{KedaLoop, Trigger};
+use crate::control::{KedaLoop, Trigger as LabTrigger};
 use crate::metrics::{Operation, Signal};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot parse the manifest as YAML: {0}")]
+    #[error("cannot parse the manifest as an AIMService: {0}")]
     Yaml(String),
     #[error("{path}: {reason}")]
     Field { path: String, reason: String },
@@ -34,182 +37,230 @@ fn field(path: &str, reason: impl Into<String>) -> ManifestError {
     }
 }
 
-fn signal_of(query: &str, path: &str) -> Result<Signal, ManifestError> {
-    for (needle, signal) in [
-        ("num_requests_running", Signal::Running),
-        ("num_requests_waiting", Signal::Waiting),
-        ("kv_cache_usage", Signal::KvUsage),
-        ("gpu_cache_usage", Signal::KvUsage),
-    ] {
-        if query.contains(needle) {
-            return Ok(signal);
-        }
-    }
-    Err(field(
-        path,
-        format!(
-            "query {query:?} reads no metric the lab models; use vllm:num_requests_running, vllm:num_requests_waiting or vllm:kv_cache_usage_perc"
-        ),
-    ))
-}
-
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+impl From<aim_scaling::ScalingError> for ManifestError {
+    fn from(e: aim_scaling::ScalingError) -> Self {
+        field(&e.field, e.message)
     }
 }
 
-/// The KEDA loop an AIMService's autoscaling would run, with the scaler's
-/// default query window.
-pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestError> {
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+/// The name the lab gives the service's InferenceService: only the
+/// selectors in its queries carry it, and the lab ignores them.
+const LAB_ISVC: &str = "lab";
+
+/// Reads an AIMService manifest.
+pub fn service(text: &str) -> Result<AIMService, ManifestError> {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let kind = doc
+        .get("kind")
+        .and_then(serde_yaml::Value::as_str)
+        .unwrap_or("");
     if kind != "AIMService" {
         return Err(field(
             "kind",
             format!("expected AIMService, found {kind:?}"),
         ));
     }
-    let spec = doc.get("spec").ok_or_else(|| field("spec", "missing"))?;
-    let min = spec
-        .get("minReplicas")
-        .map(|v| number(v).ok_or_else(|| field("spec.minReplicas", "expected a whole number")))
-        .transpose()?;
-    let max = spec
-        .get("maxReplicas")
-        .map(|v| number(v).ok_or_else(|| field("spec.maxReplicas", "expected a whole number")))
-        .transpose()?;
-    let (Some(min), Some(max)) = (min, max) else {
-        return Err(field(
-            "spec.minReplicas",
-            "the service has no autoscaling: set minReplicas and maxReplicas (spec.replicas alone is a static pool)",
-        ));
-    };
-    if min > max || min < 0.0 {
-        return Err(field(
-            "spec.minReplicas",
-            format!("{min} must be between 0 and maxReplicas ({max})"),
-        ));
+    serde_yaml::from_value(doc).map_err(|e| ManifestError::Yaml(e.to_string()))
+}
+
+/// The ScaledObject an AIMService manifest runs on, as deployed.
+pub fn scaled_object(
+    svc: &AIMService,
+    kserve: &KServeAutoscaler,
+) -> Result<aim_scaling::ScaledObject, ManifestError> {
+    let paused = aim_api_paused(svc)?;
+    let planned = aim_scaling::plan(&ServiceScaling {
+        spec: &svc.spec,
+        namespace: svc.metadata.namespace.as_deref().unwrap_or("default"),
+        isvc_name: LAB_ISVC,
+        paused,
+        kserve,
+    })?;
+    match planned {
+        Scaling::Fixed { replicas } => Err(field(
+            "spec.replicas",
+            format!(
+                "the service runs a fixed pool of {replicas} and has nothing to score; set minReplicas or maxReplicas to autoscale (or use `aim lab run --policy static`)"
+            ),
+        )),
+        Scaling::Autoscaled(a) => Ok(a.scaled_object),
     }
-    let mut triggers = Vec::new();
-    let metrics = spec
-        .get("autoScaling")
-        .and_then(|a| a.get("metrics"))
-        .and_then(Value::as_sequence);
-    for (i, m) in metrics.into_iter().flatten().enumerate() {
-        let path = format!("spec.autoScaling.metrics[{i}]");
-        let body = m
-            .get("podmetric")
-            .or_else(|| m.get("external"))
-            .ok_or_else(|| field(&path, "expected a podmetric or external block"))?;
-        let metric = body
-            .get("metric")
-            .ok_or_else(|| field(&format!("{path}.metric"), "missing"))?;
-        let query = metric
-            .get("query")
-            .and_then(Value::as_str)
-            .ok_or_else(|| field(&format!("{path}.metric.query"), "missing"))?;
-        let operation = match metric
-            .get("operationOverTime")
-            .and_then(Value::as_str)
-            .unwrap_or("last_one")
-        {
+}
+
+/// aim's pause annotation on the service (the runtime config's default is
+/// not in a manifest).
+fn aim_api_paused(svc: &AIMService) -> Result<bool, ManifestError> {
+    let key = "aim.eai.amd.com/autoscaling-paused";
+    match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(|v| v.trim())
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(field(
+            &format!("metadata.annotations[{key}]"),
+            format!("{other:?} must be \"true\" or \"false\""),
+        )),
+    }
+}
+
+/// The signal the lab measures for a trigger's query.
+fn signal_of(trigger: &Trigger, path: &str) -> Result<(Signal, Operation), ManifestError> {
+    let query = trigger
+        .metadata
+        .get("metricQuery")
+        .map_or("", String::as_str);
+    let op = trigger
+        .metadata
+        .get("operationOverTime")
+        .map_or("last_one", |s| s.trim());
+    let quantile = trigger.metadata.get("quantile").map(|q| q.trim());
+    let has = |name: &str| query.contains(name);
+    let operation = |signal: Signal| -> Result<(Signal, Operation), ManifestError> {
+        let operation = match op {
+            "" | "last_one" => Operation::LastOne,
             "avg" => Operation::Avg,
             "max" => Operation::Max,
-            "last_one" => Operation::LastOne,
             other => {
                 return Err(field(
-                    &format!("{path}.metric.operationOverTime"),
-                    format!("{other:?}: the lab models last_one, avg and max"),
+                    &format!("{path}.metadata.operationOverTime"),
+                    format!("{other:?}: for {signal:?} the lab models last_one, avg and max"),
                 ));
             }
         };
-        let target = body
-            .get("target")
-            .ok_or_else(|| field(&format!("{path}.target"), "missing"))?;
-        match target.get("type").and_then(Value::as_str) {
-            Some("Value" | "AverageValue") => {}
-            other => {
-                return Err(field(
-                    &format!("{path}.target.type"),
-                    format!("{other:?}: use Value or AverageValue"),
-                ));
-            }
+        Ok((signal, operation))
+    };
+    // Counters and histograms: the lab measures the rate, or the p90 over
+    // the rate, that the scaler computes from them.
+    let rate_of = |signal: Signal| -> Result<(Signal, Operation), ManifestError> {
+        if op != "rate" {
+            return Err(field(
+                &format!("{path}.metadata.operationOverTime"),
+                format!("{query:?} is a counter: scale on its rate (operationOverTime: rate)"),
+            ));
         }
-        // aim's operator copies an averageValue-only target into `value`,
-        // the one field KServe reads (AIM Engine does not, and KServe then
-        // deploys a target of 0).
-        let key = if target.get("value").is_none() && target.get("averageValue").is_some() {
-            "averageValue"
-        } else {
-            "value"
+        Ok((signal, Operation::LastOne))
+    };
+    let p90 = |signal: Signal| -> Result<(Signal, Operation), ManifestError> {
+        let q = quantile.or(query.contains("histogram_quantile(0.9").then_some("0.9"));
+        if q.and_then(|q| q.parse::<f64>().ok()) != Some(0.9) {
+            return Err(field(
+                &format!("{path}.metadata.quantile"),
+                format!("{query:?} is a histogram: the lab models its p90 (quantile: \"0.9\")"),
+            ));
+        }
+        rate_of(signal)
+    };
+    if has("num_requests_running") && has("num_requests_waiting") {
+        operation(Signal::InFlight)
+    } else if has("num_requests_running") {
+        operation(Signal::Running)
+    } else if has("num_requests_waiting") {
+        operation(Signal::Waiting)
+    } else if has("kv_cache_usage") || has("gpu_cache_usage") {
+        operation(Signal::KvUsage)
+    } else if has("request_success_total") {
+        rate_of(Signal::SuccessRate)
+    } else if has("time_to_first_token_seconds") {
+        p90(Signal::TtftP90)
+    } else if has("time_per_output_token_seconds") {
+        p90(Signal::TpotP90)
+    } else {
+        Err(field(
+            &format!("{path}.metadata.metricQuery"),
+            format!(
+                "query {query:?} reads no metric the lab models; use vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc, vllm:request_success_total (rate) or a p90 of vllm:time_to_first_token_seconds"
+            ),
+        ))
+    }
+}
+
+/// The KEDA loop a ScaledObject runs, with the scaler's default query
+/// window where a trigger sets none.
+pub fn keda_loop(
+    so: &aim_scaling::ScaledObject,
+    default_window_s: f64,
+) -> Result<KedaLoop, ManifestError> {
+    let spec = keda_spec(so)?;
+    let mut triggers = Vec::new();
+    for (i, (t, trigger_spec)) in so.spec.triggers.iter().zip(&spec.triggers).enumerate() {
+        let path = format!("spec.triggers[{i}]");
+        let (signal, operation) = signal_of(t, &path)?;
+        let window_s = match t.metadata.get("window") {
+            None => default_window_s,
+            Some(w) => aim_policy::parse_seconds(w)
+                .filter(|s| *s > 0.0)
+                .ok_or_else(|| {
+                    field(
+                        &format!("{path}.metadata.window"),
+                        format!("{w:?} is not a duration"),
+                    )
+                })?,
         };
-        let value = target
-            .get(key)
-            .and_then(number)
-            .filter(|v| *v > 0.0)
-            .ok_or_else(|| field(&format!("{path}.target.{key}"), "expected a number above 0"))?;
-        triggers.push(Trigger {
-            signal: signal_of(query, &format!("{path}.metric.query"))?,
+        let policy = lookup(
+            t.metadata
+                .get("policy")
+                .map_or(aim_policy::DEFAULT_POLICY, |p| p.trim()),
+        )
+        .map_err(|e| field(&format!("{path}.metadata.policy"), e.to_string()))?;
+        triggers.push(LabTrigger {
+            signal,
             operation,
-            window_s: default_window_s,
-            policy: lookup("passthrough").map_err(|e| field(&path, e.to_string()))?,
-            metadata: Default::default(),
-            // KServe sets no metricType: KEDA's default.
-            spec: TriggerSpec {
-                metric_type: MetricType::AverageValue,
-                target: value,
-                activation: 0.0,
-            },
+            window_s,
+            policy,
+            metadata: t.metadata.clone(),
+            spec: trigger_spec.clone(),
         });
     }
-    if triggers.is_empty() {
-        // aim's default metric: running requests averaged over the window,
-        // target 1, which KServe deploys as an AverageValue trigger.
-        triggers.push(Trigger {
-            signal: Signal::Running,
-            operation: Operation::Avg,
-            window_s: default_window_s,
-            policy: lookup("passthrough").map_err(|e| field("spec", e.to_string()))?,
-            metadata: Default::default(),
-            spec: TriggerSpec {
-                metric_type: MetricType::AverageValue,
-                target: 1.0,
-                activation: 0.0,
-            },
-        });
-    }
-    let mut so = ScaledObjectSpec {
-        min_replica_count: min as u32,
-        max_replica_count: max as u32,
-        ..Default::default()
+    KedaLoop::new(spec, triggers).map_err(|e| field("spec.triggers", e.to_string()))
+}
+
+/// The KEDA loop an AIMService's autoscaling would run, with KServe's
+/// shipped autoscaler settings and the scaler's default query window.
+pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestError> {
+    parse_with(text, default_window_s, &KServeAutoscaler::default())
+}
+
+/// [`parse`] with the cluster's KServe autoscaler settings.
+pub fn parse_with(
+    text: &str,
+    default_window_s: f64,
+    kserve: &KServeAutoscaler,
+) -> Result<KedaLoop, ManifestError> {
+    let svc = service(text)?;
+    keda_loop(&scaled_object(&svc, kserve)?, default_window_s).map_err(manifest_path)
+}
+
+/// Names the manifest's field behind a ScaledObject field: trigger `i` is
+/// the service's metric `i`, its extra keys are the policy's `params`.
+fn manifest_path(e: ManifestError) -> ManifestError {
+    let ManifestError::Field { path, reason } = e else {
+        return e;
     };
-    let annotations = doc.get("metadata").and_then(|m| m.get("annotations"));
-    let ann = |k: &str| {
-        annotations
-            .and_then(|a| a.get(k))
-            .and_then(Value::as_str)
-            .map(str::trim)
+    let Some(rest) = path.strip_prefix("spec.triggers[") else {
+        return ManifestError::Field { path, reason };
     };
-    so.annotations.paused = ann("autoscaling.keda.sh/paused") == Some("true");
-    so.annotations.paused_scale_in = ann("autoscaling.keda.sh/paused-scale-in") == Some("true");
-    so.annotations.paused_scale_out = ann("autoscaling.keda.sh/paused-scale-out") == Some("true");
-    if let Some(n) = ann("autoscaling.keda.sh/paused-replicas") {
-        so.annotations.paused_replicas = Some(n.parse().map_err(|_| {
-            field(
-                "metadata.annotations[autoscaling.keda.sh/paused-replicas]",
-                format!("{n:?} is not a whole number"),
-            )
-        })?);
-    }
-    KedaLoop::new(so, triggers).map_err(|e| field("spec.autoScaling", e.to_string()))
+    let Some((i, key)) = rest.split_once("].metadata.") else {
+        return ManifestError::Field { path, reason };
+    };
+    let metric = format!("spec.autoScaling.metrics[{i}].podmetric");
+    let path = match key {
+        "targetValue" => format!("{metric}.target.value"),
+        "metricQuery" => format!("{metric}.metric.query"),
+        "operationOverTime" => format!("{metric}.metric.operationOverTime"),
+        other => format!("spec.autoScaling.policy.params.{other}"),
+    };
+    ManifestError::Field { path, reason }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aim_policy::keda::MetricType;
 
     const SEED_000: &str = r#"
 apiVersion: aim.eai.amd.com/v1alpha1
@@ -285,9 +336,71 @@ spec:
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("spec.autoScaling.metrics[0].target.averageValue"),
+            e.contains("spec.autoScaling.metrics[0].podmetric.target.value"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn one_bound_autoscales_as_the_operator_deploys_it() {
+        // The operator autoscales on either bound; so does the lab.
+        let k = parse(&SEED_000.replace("  maxReplicas: 8\n", ""), 120.0).unwrap();
+        assert_eq!(
+            (k.keda.spec.min_replica_count, k.keda.spec.max_replica_count),
+            (1, 1)
+        );
+        let fixed =
+            SEED_000[..SEED_000.find("  minReplicas").unwrap()].to_string() + "  replicas: 3\n";
+        let e = parse(&fixed, 120.0).unwrap_err().to_string();
+        assert!(e.contains("spec.replicas"), "{e}");
+    }
+
+    #[test]
+    fn a_policy_in_the_manifest_is_the_policy_the_lab_runs() {
+        let with_policy = format!(
+            "{SEED_000}    policy: {{name: queue, params: {{headroom: \"0.3\", window: 30s}}}}\n    behavior:\n      scaleDown: {{stabilizationWindowSeconds: 45}}\n"
+        );
+        let k = parse(&with_policy, 120.0).unwrap();
+        let t = &k.triggers[0];
+        assert_eq!(t.policy.name(), "queue");
+        assert_eq!(t.metadata["headroom"], "0.3");
+        assert_eq!(t.window_s, 30.0);
+        assert_eq!(
+            k.keda.spec.behavior.scale_down.stabilization_window_seconds,
+            45
+        );
+        // A parameter the policy does not have is the operator's error too.
+        let e = parse(&with_policy.replace("headroom", "headrom"), 120.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.autoScaling.policy.params.headrom"), "{e}");
+    }
+
+    #[test]
+    fn latency_and_rate_signals_need_their_quantile_and_rate() {
+        let ttft = SEED_000
+            .replace(
+                "vllm:num_requests_running",
+                "vllm:time_to_first_token_seconds",
+            )
+            .replace("\"avg\"", "rate");
+        let e = parse(&ttft, 120.0).unwrap_err().to_string();
+        assert!(e.contains("spec.autoScaling.policy.params.quantile"), "{e}");
+        let k = parse(
+            &format!("{ttft}    policy: {{name: passthrough, params: {{quantile: \"0.9\"}}}}\n"),
+            120.0,
+        )
+        .unwrap();
+        assert_eq!(k.triggers[0].signal, Signal::TtftP90);
+        let success = SEED_000.replace("vllm:num_requests_running", "vllm:request_success_total");
+        let e = parse(&success, 120.0).unwrap_err().to_string();
+        assert!(e.contains("operationOverTime: rate"), "{e}");
+        assert!(
+            e.contains("spec.autoScaling.metrics[0].podmetric.metric.operationOverTime"),
+            "{e}"
+        );
+        let k = parse(&success.replace("\"avg\"", "rate"), 120.0).unwrap();
+        assert_eq!(k.triggers[0].signal, Signal::SuccessRate);
     }
 
     #[test]
@@ -295,17 +408,20 @@ spec:
         let e = parse(&SEED_000.replace("type: Value", "type: Median"), 120.0)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("spec.autoScaling.metrics[0].target.type"), "{e}");
-        let e = parse(&SEED_000.replace("maxReplicas: 8", "replicas: 3"), 120.0)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("minReplicas and maxReplicas"), "{e}");
+        assert!(e.contains("Median"), "{e}");
         let e = parse(
             &SEED_000.replace("\"vllm:num_requests_running\"", "\"dcgm_gpu_util\""),
             120.0,
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("metric.query"), "{e}");
+        assert!(
+            e.contains("spec.autoScaling.metrics[0].podmetric.metric.query"),
+            "{e}"
+        );
+        let e = parse(&SEED_000.replace("kind: AIMService", "kind: Pod"), 120.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kind"), "{e}");
     }
 }
