@@ -273,3 +273,27 @@ fn a_policy_may_set_the_scalers_own_keys() {
     assert_eq!(t.metadata["policy"], "passthrough");
     assert_eq!(t.metadata["operationOverTime"], "rate");
 }
+
+#[test]
+fn the_policy_docs_name_every_parameter_each_policy_reads() {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/policies.md"),
+    )
+    .unwrap();
+    for policy in aim_policy::registered() {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", policy.name())))
+            .unwrap_or_else(|| panic!("docs/policies.md has no row for {}", policy.name()));
+        for key in policy.parameters() {
+            assert!(
+                row.contains(&format!("`{key}`")),
+                "docs/policies.md: {} row misses `{key}`",
+                policy.name()
+            );
+        }
+    }
+    for key in aim_scaling::SCALER_TRIGGER_KEYS {
+        assert!(doc.contains(&format!("`{key}`")), "docs/policies.md misses `{key}`");
+    }
+}
