@@ -76,6 +76,13 @@ impl<'a> PolicyInput<'a> {
     }
 }
 
+/// A policy's answer and, for policies with states, the state it is in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub value: f64,
+    pub mode: Option<&'static str>,
+}
+
 /// Why a policy could not produce a value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
@@ -110,6 +117,15 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
     /// The value to report to the autoscaler.
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError>;
+    /// The value with the state behind it, for people watching the
+    /// scaler (stable-panic says whether it is in panic). Policies without
+    /// states keep the default.
+    fn decide(&self, input: &PolicyInput<'_>) -> Result<Decision, PolicyError> {
+        Ok(Decision {
+            value: self.evaluate(input)?,
+            mode: None,
+        })
+    }
     /// How much history (seconds before `now`) the policy reads with these
     /// metadata, so callers keep no more than needed. Also validates the
     /// metadata, so a bad key is reported when the trigger is parsed.

@@ -56,6 +56,11 @@ fn knobs(input: &PolicyInput<'_>) -> Result<Knobs, PolicyError> {
 
 impl StablePanic {
     pub fn desired(&self, input: &PolicyInput<'_>) -> Result<u32, PolicyError> {
+        self.desired_in_mode(input).map(|(d, _)| d)
+    }
+
+    /// The replicas wanted and whether the panic window decided them.
+    fn desired_in_mode(&self, input: &PolicyInput<'_>) -> Result<(u32, bool), PolicyError> {
         let k = knobs(input)?;
         value(input, NAME, 0)?;
         let stable = replicas_for(mean(&recent(input, 0, k.stable)), k.per_replica);
@@ -81,8 +86,8 @@ impl StablePanic {
             }
         }
         Ok(match highest_panic {
-            Some(p) => bounded(p).max(current),
-            None => bounded(stable),
+            Some(p) => (bounded(p).max(current), true),
+            None => (bounded(stable), false),
         })
     }
 }
@@ -105,6 +110,14 @@ impl Policy for StablePanic {
 
     fn evaluate(&self, input: &PolicyInput<'_>) -> Result<f64, PolicyError> {
         Ok(replica_value(self.desired(input)?, input.target))
+    }
+
+    fn decide(&self, input: &PolicyInput<'_>) -> Result<crate::Decision, PolicyError> {
+        let (desired, panic) = self.desired_in_mode(input)?;
+        Ok(crate::Decision {
+            value: replica_value(desired, input.target),
+            mode: Some(if panic { "panic" } else { "stable" }),
+        })
     }
 
     fn history_seconds(&self, metadata: &BTreeMap<String, String>) -> Result<f64, PolicyError> {
@@ -158,6 +171,16 @@ mod tests {
             ..PolicyInput::new(&[40.0], &m)
         };
         assert_eq!(StablePanic.desired(&input).unwrap(), 4); // capped at 2× per step
+        let decision = StablePanic.decide(&input).unwrap();
+        assert_eq!(decision.mode, Some("panic"));
+        assert_eq!(decision.value, StablePanic.evaluate(&input).unwrap());
+        // Before the burst the stable window decides.
+        let calm = PolicyInput {
+            now: 110.0,
+            history: &h[..2],
+            ..input
+        };
+        assert_eq!(StablePanic.decide(&calm).unwrap().mode, Some("stable"));
     }
 
     #[test]
