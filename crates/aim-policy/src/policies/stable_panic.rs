@@ -178,7 +178,9 @@ mod tests {
         let calm = PolicyInput {
             now: 110.0,
             history: &h[..2],
-            ..input
+            target: 1.0,
+            ready_replicas: Some(2),
+            ..PolicyInput::new(&[2.0], &m)
         };
         assert_eq!(StablePanic.decide(&calm).unwrap().mode, Some("stable"));
     }
