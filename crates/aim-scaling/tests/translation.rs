@@ -294,6 +294,9 @@ fn the_policy_docs_name_every_parameter_each_policy_reads() {
         }
     }
     for key in aim_scaling::SCALER_TRIGGER_KEYS {
-        assert!(doc.contains(&format!("`{key}`")), "docs/policies.md misses `{key}`");
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "docs/policies.md misses `{key}`"
+        );
     }
 }

@@ -70,6 +70,53 @@ pub struct DemoArgs {
     /// Admin address of the in-process operator.
     #[arg(long, default_value = "127.0.0.1:18081")]
     admin_address: std::net::SocketAddr,
+    /// Deploy the service with this scaling policy (an aim extension, see
+    /// docs/policies.md): passthrough, queue, slo, cost, predictive or
+    /// stable-panic. The operator then writes the ScaledObject itself.
+    #[arg(long, value_parser = policy_name)]
+    policy: Option<String>,
+    /// A parameter of --policy, KEY=VALUE (repeat for several), e.g.
+    /// --param headroom=0.3 --param scaleDownDelay=30s.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = key_value, requires = "policy")]
+    params: Vec<(String, String)>,
+}
+
+fn policy_name(text: &str) -> Result<String, String> {
+    aim_policy::lookup(text)
+        .map(|p| p.name().to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE, e.g. headroom=0.3")),
+    }
+}
+
+const SEED_SERVICE: &str = include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml");
+
+/// The seed's service, with the policy asked for on the command line. The
+/// translation the operator runs checks it before anything starts.
+fn service_manifest(args: &DemoArgs) -> anyhow::Result<String> {
+    let Some(policy) = &args.policy else {
+        return Ok(SEED_SERVICE.to_string());
+    };
+    let mut svc: AIMService = serde_yaml::from_str(SEED_SERVICE)?;
+    let scaling = svc.spec.auto_scaling.get_or_insert_with(Default::default);
+    scaling.policy = Some(serde_json::from_value(serde_json::json!({
+        "name": policy,
+        "params": args.params.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+    }))?);
+    aim_scaling::plan(&aim_scaling::ServiceScaling {
+        spec: &svc.spec,
+        namespace: DEMO_NAMESPACE,
+        isvc_name: SERVICE,
+        paused: false,
+        kserve: &aim_scaling::KServeAutoscaler::default(),
+    })
+    .map_err(|e| anyhow::anyhow!("--policy/--param: {e}"))?;
+    Ok(serde_yaml::to_string(&svc)?)
 }
 
 fn seconds(text: &str) -> Result<f64, String> {
@@ -86,6 +133,8 @@ fn rate_schedule(text: &str) -> Result<String, String> {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // A bad policy is refused before the cluster comes up.
+    service_manifest(&args)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -235,12 +284,13 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     )
     .await?;
     freeze_template_as_discovered(&client).await?;
-    apply_all(
-        &client,
-        Some(DEMO_NAMESPACE),
-        include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml"),
-    )
-    .await?;
+    if let Some(policy) = &args.policy {
+        println!(
+            "    with the scaling policy {policy} {:?} (the operator writes the ScaledObject)",
+            args.params
+        );
+    }
+    apply_all(&client, Some(DEMO_NAMESPACE), &service_manifest(&args)?).await?;
 
     let services: Api<AIMService> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
     let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
@@ -666,7 +716,7 @@ async fn live_loop(
         .await
         .map_err(|e| anyhow::anyhow!("reading the sidecar's collector: {e}"))?;
     Ok(crate::prediction::LiveLoop {
-        manifest: include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml").into(),
+        manifest: service_manifest(args)?,
         behavior,
         profile: SIM_PROFILE.into(),
         cold_start_s: args.cold_start,
@@ -874,5 +924,40 @@ mod tests {
         assert!(e.contains("cannot be used with"), "{e}");
         let ok = parse(&["--rate", "0s:0.7", "--seed", "2"]).unwrap().demo;
         assert_eq!((ok.rate.as_deref(), ok.seed), (Some("0s:0.7"), 2));
+    }
+
+    #[test]
+    fn a_bad_policy_is_refused_before_anything_starts() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
+        };
+        let e = parse(&["--policy", "predictve"]).err().unwrap().to_string();
+        assert!(e.contains("--policy") && e.contains("predictve"), "{e}");
+        let e = parse(&["--param", "headroom=0.3"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--policy"), "{e}");
+        let e = parse(&["--policy", "queue", "--param", "headroom"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let args = parse(&["--policy", "queue", "--param", "headrom=0.3"])
+            .unwrap()
+            .demo;
+        let e = service_manifest(&args).unwrap_err().to_string();
+        assert!(e.contains("spec.autoScaling.policy.params.headrom"), "{e}");
+        let args = parse(&["--policy", "queue", "--param", "headroom=0.3"])
+            .unwrap()
+            .demo;
+        let manifest = service_manifest(&args).unwrap();
+        let svc: AIMService = serde_yaml::from_str(&manifest).unwrap();
+        let policy = svc.spec.auto_scaling.unwrap().policy.unwrap();
+        assert_eq!(policy.name, aim_api::service::PolicyName::Queue);
+        assert_eq!(policy.params["headroom"], "0.3");
+        // Without --policy the seed goes out exactly as written.
+        let plain = parse(&[]).unwrap().demo;
+        assert_eq!(service_manifest(&plain).unwrap(), SEED_SERVICE);
     }
 }
