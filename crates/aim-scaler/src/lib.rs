@@ -6,6 +6,7 @@
 
 mod args;
 pub mod bench;
+pub mod history;
 pub mod ingest;
 pub mod keda;
 pub mod labels;
