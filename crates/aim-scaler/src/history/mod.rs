@@ -105,10 +105,24 @@ pub fn raw_from(retention: Nanos, raw_since: Nanos, window: Nanos, now: Nanos) -
 
 /// One value per step, oldest first; `NaN` marks a step without a value.
 /// Step `s` is the instant `s * STEP` nanoseconds since the Unix epoch.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Ring {
     first: u64,
     values: VecDeque<f64>,
+}
+
+/// Equal when they hold the same steps with the same values, holes
+/// included (`NaN` is not equal to itself as a number).
+impl PartialEq for Ring {
+    fn eq(&self, other: &Self) -> bool {
+        self.first == other.first
+            && self.values.len() == other.values.len()
+            && self
+                .values
+                .iter()
+                .zip(&other.values)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
 }
 
 impl Ring {

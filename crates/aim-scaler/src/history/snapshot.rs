@@ -376,3 +376,116 @@ impl<'a> Reader<'a> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::parse_query;
+
+    fn sample() -> Snapshot {
+        let query = parse_query(r#"sum(vllm:request_success_total{deployment="d"})"#).unwrap();
+        let mut ring = Ring::new();
+        ring.set(1000, 1.5, 100);
+        ring.set(1003, 2.5, 100);
+        let histogram = parse_query("histogram_quantile(0.9, sum(ttft))").unwrap();
+        Snapshot {
+            saved_at: 1_700_000_000_000_000_000,
+            tracks: vec![
+                SavedTrack {
+                    key: HistoryKey::new(&query, Operation::Rate, 60_000_000_000, None),
+                    needs: vec![Need {
+                        span: 86_460_000_000_000,
+                        last_used: 1_699_999_990_000_000_000,
+                    }],
+                    recorded_through: Some(1004),
+                    ring,
+                },
+                SavedTrack {
+                    key: HistoryKey::new(&histogram, Operation::LastOne, 1, Some(0.5)),
+                    needs: vec![],
+                    recorded_through: None,
+                    ring: Ring::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        let snapshot = sample();
+        let bytes = encode(&snapshot);
+        assert_eq!(decode(&bytes).unwrap(), snapshot);
+        // 8 bytes per step slot (1000..=1003, holes included).
+        let (_, values) = snapshot.tracks[0].ring.parts();
+        assert_eq!(values.len(), 4);
+    }
+
+    #[test]
+    fn damaged_files_are_told_apart_from_valid_ones() {
+        let bytes = encode(&sample());
+        // A flipped bit anywhere in the data.
+        for at in [HEADER_LEN, HEADER_LEN + 40, bytes.len() - 1] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            let err = decode(&damaged).unwrap_err();
+            assert!(
+                matches!(&err, LoadError::Corrupt(m) if m.contains("checksum")),
+                "byte {at}: {err}"
+            );
+        }
+        // A write cut short.
+        let err = decode(&bytes[..bytes.len() - 7]).unwrap_err();
+        assert!(err.to_string().contains("a write cut short"), "{err}");
+        let err = decode(&bytes[..MAGIC.len() + 2]).unwrap_err();
+        assert!(err.to_string().contains("ends early"), "{err}");
+        // Not a snapshot at all.
+        let err = decode(b"{\"queries\": []}").unwrap_err();
+        assert!(matches!(err, LoadError::NotASnapshot), "{err}");
+    }
+
+    #[test]
+    fn other_format_versions_are_named_not_misread() {
+        let mut bytes = encode(&sample());
+        bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&2u32.to_le_bytes());
+        let err = decode(&bytes).unwrap_err();
+        assert!(matches!(err, LoadError::Newer { version: 2 }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("written by a newer aim scaler (format 2; this one reads format 1)"),
+            "{err}"
+        );
+        assert_eq!(err.aside_suffix(), "v2");
+        bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&0u32.to_le_bytes());
+        let err = decode(&bytes).unwrap_err();
+        assert!(matches!(err, LoadError::Older { version: 0 }), "{err}");
+    }
+
+    #[test]
+    fn writing_replaces_the_file_and_an_unusable_one_is_moved_aside() {
+        let dir = std::env::temp_dir().join(format!("aim-history-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(load(&dir), Loaded::Missing));
+        write_atomically(&dir, &encode(&sample())).unwrap();
+        write_atomically(&dir, &encode(&sample())).unwrap();
+        assert!(!dir.join(format!("{FILE_NAME}.tmp")).exists());
+        match load(&dir) {
+            Loaded::Read(snapshot) => assert_eq!(snapshot, sample()),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(path_in(&dir), b"garbage").unwrap();
+        match load(&dir) {
+            Loaded::Rejected {
+                error: LoadError::NotASnapshot,
+                moved_to: Some(to),
+                ..
+            } => assert_eq!(to, dir.join(format!("{FILE_NAME}.corrupt"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(!path_in(&dir).exists());
+        assert_eq!(
+            std::fs::read(dir.join(format!("{FILE_NAME}.corrupt"))).unwrap(),
+            b"garbage"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
