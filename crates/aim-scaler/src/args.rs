@@ -16,6 +16,9 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 pub enum ScalerCommand {
     /// Measure ingest throughput, GetMetrics latency and memory per series.
     Bench(BenchArgs),
+    /// Measure the compacted history: memory per query and per step, the
+    /// snapshot's size, and what a day of history adds to an evaluation.
+    BenchHistory(crate::bench_history::HistoryBenchArgs),
 }
 
 /// KEDA external scaler fed by OpenTelemetry metrics (drop-in for

@@ -178,6 +178,11 @@ impl Ring {
             self.values.clear();
             return;
         }
+        // The span is known: take it at once rather than letting the
+        // buffer double its way there (and hold up to twice the span).
+        if self.values.capacity() < capacity {
+            self.values.reserve_exact(capacity - self.values.len());
+        }
         let Some(newest) = self.newest() else {
             self.first = step;
             self.values.push_back(value);
