@@ -21,9 +21,8 @@
 //!     values     u32 count, then f64 each (NaN: no value at that step)
 //! ```
 //!
-//! Values are the bulk (8 bytes a step), so a binary layout is about a
-//! third of the size of JSON's decimal text, and the checksum tells a torn
-//! or damaged file from a valid one.
+//! Values are the bulk and are stored as they are, 8 bytes a step; the
+//! checksum tells a torn or damaged file from a valid one.
 
 use super::{HistoryKey, Need, Ring, SavedTrack};
 use crate::query::Operation;
