@@ -261,6 +261,10 @@ pub async fn start(args: &ScalerArgs) -> anyhow::Result<Running> {
         !args.listen.is_empty(),
         "--listen needs at least one address"
     );
+    anyhow::ensure!(
+        args.history_dir.is_none() || !args.history_snapshot_interval.is_zero(),
+        "--history-snapshot-interval must be longer than 0 (e.g. 60s): the history in --history-dir would be rewritten without pause"
+    );
     let state = Arc::new(state_from_args(args));
     let history_load = match &args.history_dir {
         Some(dir) => {

@@ -379,3 +379,53 @@ async fn a_corrupt_snapshot_is_moved_aside_with_a_warning_and_the_scaler_serves(
     assert!(matches!(snapshot::load(&dir), snapshot::Loaded::Read(_)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_zero_snapshot_interval_is_refused_naming_the_flag() {
+    let mut args = aim_scaler::ScalerArgs::defaults();
+    args.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    args.admin_listen = "127.0.0.1:0".parse().unwrap();
+    args.history_dir = Some(temp_dir("zero-interval"));
+    args.history_snapshot_interval = Duration::ZERO;
+    let err = aim_scaler::start(&args).await.err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("--history-snapshot-interval must be longer than 0 (e.g. 60s)"),
+        "{err}"
+    );
+    // Without a directory nothing is saved, so the interval does not matter.
+    args.history_dir = None;
+    aim_scaler::start(&args).await.unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_history_dir_is_reported_and_counted_while_the_scaler_serves() {
+    // A file where the directory should be: nothing can be read or written.
+    let blocker = temp_dir("blocked");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let dir = blocker.join("history");
+    let scaler = start_scaler(|args| args.history_dir = Some(dir.clone())).await;
+    match &scaler.history_load {
+        Some(HistoryLoad::Rejected { reason, moved_to }) => {
+            assert!(reason.contains("cannot be read"), "{reason}");
+            assert_eq!(moved_to, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = aim_scaler::server::save_history(&scaler.state, &dir).unwrap_err();
+    assert!(!err.to_string().is_empty());
+    let text = admin_metrics(scaler.admin_address).await;
+    assert_eq!(
+        metric(
+            &text,
+            "aim_scaler_history_snapshots_total{outcome=\"failed\"}"
+        ),
+        1.0
+    );
+    let reference = scaled_object("ml", "chat", holding_trigger());
+    push(scaler.addresses[0], rate_export(2.0)).await;
+    let answer = get_metrics(scaler.addresses[1], &reference).await;
+    assert!((answer - 2.0).abs() < 0.01, "{answer}");
+    scaler.shutdown().await;
+    let _ = std::fs::remove_file(&blocker);
+}
