@@ -16,6 +16,9 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 pub enum ScalerCommand {
     /// Measure ingest throughput, GetMetrics latency and memory per series.
     Bench(BenchArgs),
+    /// Measure the compacted history: memory per query and per step, the
+    /// snapshot's size, and what a day of history adds to an evaluation.
+    BenchHistory(crate::bench_history::HistoryBenchArgs),
 }
 
 /// KEDA external scaler fed by OpenTelemetry metrics (drop-in for
@@ -101,6 +104,34 @@ pub struct ScalerArgs {
     /// PEM CA bundle: require client certificates signed by it (mTLS).
     #[arg(long, env = "AIM_SCALER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Directory where the compacted query history is saved (every
+    /// --history-snapshot-interval and at shutdown) and read back at start,
+    /// so a restart keeps what history-reading policies (predictive's
+    /// season) have learned. Without it the history lives in memory only.
+    #[arg(long, env = "AIM_SCALER_HISTORY_DIR")]
+    pub history_dir: Option<PathBuf>,
+
+    /// Longest history kept for any query, whatever a policy asks for
+    /// (e.g. predictive's `season` plus its smoothing). 0 keeps none
+    /// beyond --retention.
+    #[arg(long, env = "AIM_SCALER_HISTORY_MAX_AGE", default_value = "192h", value_parser = duration_arg)]
+    pub history_max_age: Duration,
+
+    /// Most queries whose history is kept (8 bytes per 15 s step each: a
+    /// day is about 46 KB). Further queries get only the raw store's
+    /// history and are counted in aim_scaler_history_queries_refused_total.
+    #[arg(long, env = "AIM_SCALER_HISTORY_MAX_QUERIES", default_value_t = 256)]
+    pub history_max_queries: usize,
+
+    /// A query's history is dropped once no trigger has asked for it for
+    /// this long beyond the longest history it was kept for.
+    #[arg(long, env = "AIM_SCALER_HISTORY_IDLE", default_value = "1h", value_parser = duration_arg)]
+    pub history_idle: Duration,
+
+    /// How often the history is saved to --history-dir.
+    #[arg(long, env = "AIM_SCALER_HISTORY_SNAPSHOT_INTERVAL", default_value = "60s", value_parser = duration_arg)]
+    pub history_snapshot_interval: Duration,
 
     /// How often certificate files are checked for changes.
     #[arg(long, env = "AIM_SCALER_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = duration_arg)]

@@ -7,7 +7,7 @@ use crate::proto::externalscaler::{
 };
 use crate::query::EvalError;
 use crate::self_metrics::Rpc;
-use crate::state::{ScalerState, now_nanos};
+use crate::state::ScalerState;
 use crate::trigger::{Trigger, TriggerError, TriggerValue, ceil_to_i64, metric_name};
 use aim_policy::PolicyError;
 use std::collections::BTreeMap;
@@ -47,7 +47,8 @@ impl KedaService {
         let result = warm(&self.state, reference)
             .and_then(|()| self.trigger(reference))
             .and_then(|t| {
-                t.evaluate(&self.state.store, now_nanos())
+                self.state
+                    .evaluate(&t)
                     .map_err(|e| status_for(&e, reference))
             });
         self.state
@@ -142,7 +143,7 @@ impl ExternalScaler for KedaService {
                 let result = state
                     .warming_up()
                     .is_none()
-                    .then(|| trigger.evaluate(&state.store, now_nanos()));
+                    .then(|| state.evaluate(&trigger));
                 state.metrics.record_query(
                     Rpc::StreamIsActive,
                     started.elapsed(),

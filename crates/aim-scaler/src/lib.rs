@@ -6,6 +6,8 @@
 
 mod args;
 pub mod bench;
+pub mod bench_history;
+pub mod history;
 pub mod ingest;
 pub mod keda;
 pub mod labels;
@@ -28,6 +30,7 @@ pub use server::{Running, start};
 pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
     match &args.command {
         Some(ScalerCommand::Bench(bench)) => bench::run(bench.clone()).await,
+        Some(ScalerCommand::BenchHistory(bench)) => bench_history::run(bench.clone()),
         None => server::serve_until_signal(&args).await,
     }
 }

@@ -79,6 +79,14 @@ pub struct SelfMetrics {
     series_dropped_stale: AtomicU64,
     query_latency: [Histogram; 4],
     query_errors: [AtomicU64; 4],
+    history_queries: AtomicU64,
+    history_points: AtomicU64,
+    history_refused: AtomicU64,
+    snapshots_saved: AtomicU64,
+    snapshots_failed: AtomicU64,
+    snapshots_rejected: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    snapshot_saved_at_nanos: AtomicU64,
 }
 
 impl SelfMetrics {
@@ -119,6 +127,31 @@ impl SelfMetrics {
         if !ok {
             self.query_errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The history's size, read just before rendering.
+    pub fn set_history(&self, stats: crate::history::HistoryStats, refused: u64) {
+        self.history_queries
+            .store(stats.queries as u64, Ordering::Relaxed);
+        self.history_points
+            .store(stats.points as u64, Ordering::Relaxed);
+        self.history_refused.store(refused, Ordering::Relaxed);
+    }
+
+    pub fn record_snapshot_saved(&self, bytes: usize, at_nanos: u64) {
+        self.snapshots_saved.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.snapshot_saved_at_nanos
+            .store(at_nanos, Ordering::Relaxed);
+    }
+
+    pub fn record_snapshot_failed(&self) {
+        self.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot found at start that could not be used (moved aside).
+    pub fn record_snapshot_rejected(&self) {
+        self.snapshots_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn rejected_series_cap(&self) -> u64 {
@@ -240,6 +273,75 @@ impl SelfMetrics {
                 load(counter)
             );
         }
+        self.render_history(&mut out);
         out
+    }
+
+    fn render_history(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "aim_scaler_history_queries",
+                "gauge",
+                "Queries whose compacted history is kept.",
+                load(&self.history_queries),
+            ),
+            (
+                "aim_scaler_history_points",
+                "gauge",
+                "15 s steps held over all compacted histories, gaps included (8 bytes each).",
+                load(&self.history_points),
+            ),
+            (
+                "aim_scaler_history_queries_refused_total",
+                "counter",
+                "Evaluations of a query left without compacted history because --history-max-queries were tracked.",
+                load(&self.history_refused),
+            ),
+            (
+                "aim_scaler_history_snapshot_bytes",
+                "gauge",
+                "Size of the last history snapshot written.",
+                load(&self.snapshot_bytes),
+            ),
+            (
+                "aim_scaler_history_snapshots_rejected_total",
+                "counter",
+                "History snapshots found at start that could not be used and were moved aside.",
+                load(&self.snapshots_rejected),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_history_snapshots_total History snapshots written to --history-dir, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE aim_scaler_history_snapshots_total counter");
+        for (outcome, counter) in [
+            ("ok", &self.snapshots_saved),
+            ("failed", &self.snapshots_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "aim_scaler_history_snapshots_total{{outcome=\"{outcome}\"}} {}",
+                load(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aim_scaler_history_snapshot_last_success_timestamp_seconds When the last history snapshot was written (0: never)."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE aim_scaler_history_snapshot_last_success_timestamp_seconds gauge"
+        );
+        let _ = writeln!(
+            out,
+            "aim_scaler_history_snapshot_last_success_timestamp_seconds {}",
+            load(&self.snapshot_saved_at_nanos) as f64 / 1e9
+        );
     }
 }

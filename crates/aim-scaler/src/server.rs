@@ -4,6 +4,8 @@
 //! probes.
 
 use crate::args::ScalerArgs;
+use crate::history::snapshot::{self, Loaded, Snapshot};
+use crate::history::{History, HistoryConfig, SETTLE, STEP};
 use crate::ingest::IngestConfig;
 use crate::keda::KedaService;
 use crate::otlp_grpc::OtlpGrpcService;
@@ -18,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,14 +34,94 @@ pub struct Running {
     pub addresses: Vec<SocketAddr>,
     pub admin_address: SocketAddr,
     pub state: Arc<ScalerState>,
+    /// What `--history-dir` held at start; `None` without the flag.
+    pub history_load: Option<HistoryLoad>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    history_dir: Option<PathBuf>,
 }
 
 impl Running {
+    /// Stops serving and, with `--history-dir`, saves the history a last
+    /// time.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         self.tasks.shutdown().await;
+        if let Some(dir) = self.history_dir.take() {
+            let state = self.state.clone();
+            let _ = tokio::task::spawn_blocking(move || save_history(&state, &dir)).await;
+        }
+    }
+}
+
+/// Writes the history snapshot into `dir` and counts the outcome; returns
+/// the snapshot's size. A failure is logged and counted, never fatal: the
+/// scaler serves on and tries again at the next interval.
+pub fn save_history(state: &ScalerState, dir: &Path) -> std::io::Result<usize> {
+    let now = now_nanos();
+    let bytes = snapshot::encode(&Snapshot {
+        saved_at: now,
+        tracks: state.history.export(),
+    });
+    match snapshot::write_atomically(dir, &bytes) {
+        Ok(()) => {
+            state.metrics.record_snapshot_saved(bytes.len(), now);
+            Ok(bytes.len())
+        }
+        Err(e) => {
+            state.metrics.record_snapshot_failed();
+            tracing::warn!(file = %snapshot::path_in(dir).display(), error = %e, "could not save the history snapshot; check that --history-dir is writable by the scaler's user");
+            Err(e)
+        }
+    }
+}
+
+/// What loading the history snapshot at start found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryLoad {
+    /// No snapshot yet (a first start).
+    Missing,
+    /// Queries taken in, from a snapshot saved at `saved_at`.
+    Loaded { queries: usize, saved_at: u64 },
+    /// The file could not be used: why, and where it was moved.
+    Rejected {
+        reason: String,
+        moved_to: Option<PathBuf>,
+    },
+}
+
+/// Reads the snapshot in `dir` into the history (see `snapshot::load` for
+/// files that cannot be used).
+pub fn load_history(state: &ScalerState, dir: &Path) -> HistoryLoad {
+    match snapshot::load(dir) {
+        Loaded::Missing => {
+            tracing::info!(dir = %dir.display(), "no history snapshot yet; history starts empty");
+            HistoryLoad::Missing
+        }
+        Loaded::Read(saved) => {
+            let now = now_nanos();
+            let queries = state.history.import(saved.tracks, now);
+            tracing::info!(
+                file = %snapshot::path_in(dir).display(),
+                queries,
+                points = state.history.stats().points,
+                saved_seconds_ago = now.saturating_sub(saved.saved_at) / 1_000_000_000,
+                "history snapshot loaded"
+            );
+            HistoryLoad::Loaded {
+                queries,
+                saved_at: saved.saved_at,
+            }
+        }
+        Loaded::Rejected {
+            error, moved_to, ..
+        } => {
+            state.metrics.record_snapshot_rejected();
+            HistoryLoad::Rejected {
+                reason: error.to_string(),
+                moved_to,
+            }
+        }
     }
 }
 
@@ -53,8 +136,16 @@ pub fn state_from_args(args: &ScalerArgs) -> ScalerState {
         max_series: args.max_series,
         max_points_per_series: args.max_points_per_series,
     });
+    let history = History::new(HistoryConfig {
+        max_age: nanos(args.history_max_age),
+        max_queries: args.history_max_queries,
+        idle: nanos(args.history_idle),
+        retention: nanos(args.retention),
+        raw_since: now_nanos(),
+    });
     ScalerState::new(
         store,
+        history,
         IngestConfig {
             resource_attributes: args.resource_attributes.clone(),
         },
@@ -80,6 +171,9 @@ fn admin_router(state: Arc<ScalerState>, ready: Arc<AtomicBool>) -> Router {
             get(move || {
                 let state = state.clone();
                 async move {
+                    state
+                        .metrics
+                        .set_history(state.history.stats(), state.history.refused());
                     let body = state
                         .metrics
                         .render(state.store.series_count(), state.store.metric_names().len());
@@ -167,7 +261,19 @@ pub async fn start(args: &ScalerArgs) -> anyhow::Result<Running> {
         !args.listen.is_empty(),
         "--listen needs at least one address"
     );
+    anyhow::ensure!(
+        args.history_dir.is_none() || !args.history_snapshot_interval.is_zero(),
+        "--history-snapshot-interval must be longer than 0 (e.g. 60s): the history in --history-dir would be rewritten without pause"
+    );
     let state = Arc::new(state_from_args(args));
+    let history_load = match &args.history_dir {
+        Some(dir) => {
+            let state = state.clone();
+            let dir = dir.clone();
+            Some(tokio::task::spawn_blocking(move || load_history(&state, &dir)).await?)
+        }
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
@@ -239,6 +345,42 @@ pub async fn start(args: &ScalerArgs) -> anyhow::Result<Running> {
         }
     });
 
+    // Records every known query's settled steps, whether or not KEDA polls.
+    let recorder_state = state.clone();
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        loop {
+            // Just after each step has settled, so one pass records it.
+            let now = now_nanos();
+            let next = (now.saturating_sub(SETTLE) / STEP + 1) * STEP + SETTLE;
+            let wait = std::time::Duration::from_nanos(next.saturating_sub(now));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            recorder_state
+                .history
+                .record_all(&recorder_state.store, now_nanos());
+        }
+    });
+
+    if let Some(dir) = args.history_dir.clone() {
+        let snapshot_state = state.clone();
+        let interval = args.history_snapshot_interval;
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.changed() => return,
+                }
+                let state = snapshot_state.clone();
+                let dir = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || save_history(&state, &dir)).await;
+            }
+        });
+    }
+
     let mut stop = shutdown_rx;
     let ready_flag = ready.clone();
     tasks.spawn(async move {
@@ -251,8 +393,10 @@ pub async fn start(args: &ScalerArgs) -> anyhow::Result<Running> {
         addresses,
         admin_address,
         state,
+        history_load,
         shutdown,
         tasks,
+        history_dir: args.history_dir.clone(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! What the servers share: the store, configuration, metrics and the
 //! signal that new data arrived.
 
+use crate::history::History;
 use crate::ingest::{IngestConfig, IngestReport, ingest};
 use crate::self_metrics::{SelfMetrics, Transport};
 use crate::store::{Nanos, Store};
@@ -24,6 +25,8 @@ const TRIGGER_CACHE_ENTRIES: usize = 4096;
 
 pub struct ScalerState {
     pub store: Store,
+    /// Compacted history behind the store, for policies that look back.
+    pub history: History,
     pub ingest_config: IngestConfig,
     pub metrics: SelfMetrics,
     pub default_window: Duration,
@@ -41,12 +44,14 @@ pub struct ScalerState {
 impl ScalerState {
     pub fn new(
         store: Store,
+        history: History,
         ingest_config: IngestConfig,
         default_window: Duration,
         stream_interval: Duration,
     ) -> Self {
         ScalerState {
             store,
+            history,
             ingest_config,
             metrics: SelfMetrics::default(),
             default_window,
@@ -83,6 +88,14 @@ impl ScalerState {
                 .send_modify(|generation| *generation = generation.wrapping_add(1));
         }
         report
+    }
+
+    /// Evaluates `trigger` now, with the compacted history.
+    pub fn evaluate(
+        &self,
+        trigger: &Trigger,
+    ) -> Result<crate::trigger::TriggerValue, TriggerError> {
+        trigger.evaluate_with_history(&self.store, Some(&self.history), now_nanos())
     }
 
     pub fn subscribe_ingest(&self) -> watch::Receiver<u64> {

@@ -7,6 +7,7 @@
 //! `quantile` and `valueIfMissing`. KEDA's own keys (`scalerAddress`,
 //! `enableTLS`, `unsafeSsl`, ...) are accepted and ignored.
 
+use crate::history::{self, History, HistoryKey};
 use crate::query::{
     EvalError, EvalRequest, Evaluation, Operation, ParseError, Query, evaluate, parse_query,
 };
@@ -27,11 +28,6 @@ pub mod keys {
     pub const QUANTILE: &str = "quantile";
     pub const VALUE_IF_MISSING: &str = "valueIfMissing";
 }
-
-/// Spacing of the history a policy gets: the HPA's sync period.
-const HISTORY_STEP: Nanos = 15 * NANOS_PER_SECOND;
-/// A day at [`HISTORY_STEP`]; the store rarely holds that much anyway.
-const MAX_HISTORY_POINTS: Nanos = 5_760;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TriggerError {
@@ -74,6 +70,8 @@ pub struct Trigger {
     pub window: Nanos,
     pub quantile: Option<f64>,
     pub value_if_missing: Option<f64>,
+    /// What the query's compacted history is kept under.
+    pub history_key: HistoryKey,
 }
 
 impl std::fmt::Debug for Trigger {
@@ -210,6 +208,8 @@ impl Trigger {
             });
         }
         let value_if_missing = optional_number(&metadata, keys::VALUE_IF_MISSING)?;
+        let window = window.as_nanos().min(u64::MAX as u128) as u64;
+        let history_key = HistoryKey::new(&query, operation, window, quantile);
 
         Ok(Trigger {
             query,
@@ -220,16 +220,40 @@ impl Trigger {
             activation_threshold,
             policy,
             policy_history: (policy_history.clamp(0.0, 1e9) * NANOS_PER_SECOND as f64) as Nanos,
-            window: window.as_nanos().min(u64::MAX as u128) as u64,
+            window,
             quantile,
             value_if_missing,
+            history_key,
             metadata,
         })
     }
 
-    /// Evaluates the trigger at `now`. Missing data is an error (so KEDA's
-    /// fallback engages) unless the trigger sets `valueIfMissing`.
+    /// Evaluates the trigger at `now` with the raw store alone: a policy
+    /// sees no further back than `--retention`. Missing data is an error
+    /// (so KEDA's fallback engages) unless the trigger sets `valueIfMissing`.
     pub fn evaluate(&self, store: &Store, now: Nanos) -> Result<TriggerValue, TriggerError> {
+        self.evaluate_with_history(store, None, now)
+    }
+
+    /// [`Trigger::evaluate`], with the compacted `history` behind the raw
+    /// store: the evaluation registers the query there (so it is recorded
+    /// from now on), records the steps due and hands the policy both.
+    pub fn evaluate_with_history(
+        &self,
+        store: &Store,
+        history: Option<&History>,
+        now: Nanos,
+    ) -> Result<TriggerValue, TriggerError> {
+        // Before the value: a query that is missing data now is still one
+        // KEDA asks about, and its history must keep going.
+        let track =
+            history.and_then(|h| h.track(&self.history_key, &self.query, self.policy_history, now));
+        let mut track = track
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(history), Some(track)) = (history, track.as_deref_mut()) {
+            history.record_due(&self.history_key, track, store, now);
+        }
         let request = EvalRequest {
             query: &self.query,
             operation: self.operation,
@@ -244,7 +268,18 @@ impl Trigger {
             }
             Err(e) => return Err(e.into()),
         };
-        let history = self.policy_history_samples(store, now);
+        let history = match history {
+            Some(history) => history.samples(
+                store,
+                &self.query,
+                &self.history_key,
+                track.as_deref(),
+                self.policy_history,
+                now,
+            ),
+            None => self.policy_history_samples(store, now),
+        };
+        drop(track);
         let from_policy = self.policy.evaluate(&PolicyInput {
             values: &[raw],
             metadata: &self.metadata,
@@ -273,31 +308,19 @@ impl Trigger {
         })
     }
 
-    /// The query re-evaluated every [`HISTORY_STEP`] back over the policy's
-    /// history, oldest first; points the store no longer holds are skipped.
-    fn policy_history_samples(&self, store: &Store, now: Nanos) -> Vec<Sample> {
-        if self.policy_history == 0 {
-            return Vec::new();
-        }
-        let steps = (self.policy_history / HISTORY_STEP).min(MAX_HISTORY_POINTS);
-        (1..=steps)
-            .rev()
-            .filter_map(|k| {
-                let at = now.checked_sub(k * HISTORY_STEP)?;
-                let request = EvalRequest {
-                    query: &self.query,
-                    operation: self.operation,
-                    window: self.window,
-                    now: at,
-                    quantile: self.quantile,
-                };
-                let value = evaluate(store, &request).ok()?.value;
-                Some(Sample {
-                    at: at as f64 / NANOS_PER_SECOND as f64,
-                    values: vec![value],
-                })
-            })
-            .collect()
+    /// The history a policy gets from the raw store alone: the query
+    /// re-evaluated at every 15 s step back over the policy's history that
+    /// the store still covers with a whole window, oldest first.
+    pub fn policy_history_samples(&self, store: &Store, now: Nanos) -> Vec<Sample> {
+        history::samples(
+            store,
+            &self.query,
+            &self.history_key,
+            None,
+            self.policy_history.min(history::DEFAULT_MAX_AGE),
+            0,
+            now,
+        )
     }
 
     pub fn window_seconds(&self) -> f64 {

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 
-fn helm_template(extra: &[&str]) -> Vec<serde_yaml::Value> {
+/// `helm template` of the chart: its output, or helm's error text.
+fn try_helm_template(extra: &[&str]) -> Result<String, String> {
     let helm = CacheDirs::discover().unwrap().binary("helm");
     assert!(
         helm.exists(),
@@ -25,12 +26,15 @@ fn helm_template(extra: &[&str]) -> Vec<serde_yaml::Value> {
         .args(extra)
         .output()
         .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn helm_template(extra: &[&str]) -> Vec<serde_yaml::Value> {
+    let text = try_helm_template(extra).unwrap_or_else(|e| panic!("helm template failed: {e}"));
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_yaml::Value| !v.is_null())
@@ -123,6 +127,121 @@ fn options_render_monitoring_from_the_same_files_and_single_replica_without_elec
     assert_eq!(operator["spec"]["replicas"], 1);
     let config = find(&docs, "AIMClusterRuntimeConfig", "default");
     assert_eq!(config["spec"]["autoscaling"]["pausedByDefault"], true);
+}
+
+fn scaler_args(scaler: &serde_yaml::Value) -> Vec<String> {
+    scaler["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn scaler_history_persistence_is_off_by_default_and_mounts_a_claim_or_an_empty_dir_at_history_dir()
+{
+    // Off: memory only, no flag, no volume, no claim.
+    let docs = helm_template(&[]);
+    let scaler = find(&docs, "Deployment", "keda-otel-scaler");
+    assert!(
+        !scaler_args(scaler)
+            .iter()
+            .any(|a| a.starts_with("--history-dir")),
+        "{:?}",
+        scaler_args(scaler)
+    );
+    assert!(scaler["spec"]["template"]["spec"]["volumes"].is_null());
+    assert!(!docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
+
+    // A claim: created with the asked size and class, mounted where
+    // --history-dir points, and the pod replaced with Recreate.
+    let docs = helm_template(&[
+        "--set",
+        "scaler.persistence.type=pvc",
+        "--set",
+        "scaler.persistence.size=2Gi",
+        "--set",
+        "scaler.persistence.storageClassName=fast",
+        "--set",
+        "scaler.persistence.mountPath=/data/history",
+    ]);
+    let claim = find(&docs, "PersistentVolumeClaim", "keda-otel-scaler-history");
+    assert_eq!(claim["metadata"]["namespace"], "keda");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(claim["spec"]["storageClassName"], "fast");
+    assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteOnce");
+    let scaler = find(&docs, "Deployment", "keda-otel-scaler");
+    assert!(
+        scaler_args(scaler).contains(&"--history-dir=/data/history".to_owned()),
+        "{:?}",
+        scaler_args(scaler)
+    );
+    let pod = &scaler["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["name"], "history");
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/data/history"
+    );
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "keda-otel-scaler-history"
+    );
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(scaler["spec"]["strategy"]["type"], "Recreate");
+
+    // An existing claim is used, not created.
+    let docs = helm_template(&[
+        "--set",
+        "scaler.persistence.type=pvc",
+        "--set",
+        "scaler.persistence.existingClaim=mine",
+    ]);
+    assert!(!docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
+    let scaler = find(&docs, "Deployment", "keda-otel-scaler");
+    assert_eq!(
+        scaler["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "mine"
+    );
+
+    // emptyDir: survives container restarts; several replicas are fine.
+    let docs = helm_template(&[
+        "--set",
+        "scaler.persistence.type=emptyDir",
+        "--set",
+        "scaler.replicas=2",
+    ]);
+    let scaler = find(&docs, "Deployment", "keda-otel-scaler");
+    assert!(
+        scaler_args(scaler).contains(&"--history-dir=/var/lib/aim-scaler".to_owned()),
+        "{:?}",
+        scaler_args(scaler)
+    );
+    let volume = &scaler["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["name"], "history");
+    assert!(volume["emptyDir"].is_mapping(), "{volume:?}");
+    assert!(scaler["spec"]["strategy"].is_null());
+    assert!(!docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
+}
+
+#[test]
+fn bad_scaler_persistence_values_fail_naming_the_value() {
+    let err = try_helm_template(&["--set", "scaler.persistence.type=disk"]).unwrap_err();
+    assert!(
+        err.contains("scaler.persistence.type is \"disk\"; use none, emptyDir or pvc"),
+        "{err}"
+    );
+    let err = try_helm_template(&[
+        "--set",
+        "scaler.persistence.type=pvc",
+        "--set",
+        "scaler.replicas=2",
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("scaler.persistence.type=pvc needs scaler.replicas=1 (it is 2)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -90,14 +90,33 @@ enum Component {
 /// Evaluates every term of the query with the request's operation, window
 /// and quantile, and adds the values. A term without data makes the whole
 /// query miss data: a partial sum would understate demand.
+///
+/// Points stamped after `request.now` still count: live, that is an
+/// exporter whose clock runs ahead of the scaler's. To evaluate at an
+/// earlier instant, use [`evaluate_as_of`].
 pub fn evaluate(store: &Store, request: &EvalRequest<'_>) -> Result<Evaluation, EvalError> {
-    let first = evaluate_term(store, request.query, request)?;
+    evaluate_until(store, request, None)
+}
+
+/// [`evaluate`] as the store would have answered at `request.now`: points
+/// stamped later are left out, so an instant in the past sees the window
+/// that ended then, not the newest points.
+pub fn evaluate_as_of(store: &Store, request: &EvalRequest<'_>) -> Result<Evaluation, EvalError> {
+    evaluate_until(store, request, Some(request.now))
+}
+
+fn evaluate_until(
+    store: &Store,
+    request: &EvalRequest<'_>,
+    until: Option<Nanos>,
+) -> Result<Evaluation, EvalError> {
+    let first = evaluate_term(store, request.query, request, until)?;
     if request.query.plus.is_empty() {
         return Ok(first);
     }
     let mut total = first;
     for term in &request.query.plus {
-        let next = evaluate_term(store, term, request)?;
+        let next = evaluate_term(store, term, request, until)?;
         total.value += next.value;
         // The terms usually describe the same pods (running + waiting), so
         // the pods behind the sum are the most any term saw, not the total.
@@ -110,10 +129,11 @@ fn evaluate_term(
     store: &Store,
     query: &Query,
     request: &EvalRequest<'_>,
+    until: Option<Nanos>,
 ) -> Result<Evaluation, EvalError> {
     let quantile = query.quantile.or(request.quantile);
     let from = request.now.saturating_sub(request.window);
-    let mut selection = Selection::new(quantile);
+    let mut selection = Selection::new(quantile, until.unwrap_or(Nanos::MAX));
 
     let mut visit = store.select(&query.metric, &query.matchers, request.now, |_, series| {
         selection.take(series, Component::Whole, from);
@@ -197,6 +217,8 @@ fn evaluate_term(
 /// points in the window out keeps the store's read locks short.
 struct Selection {
     quantile: Option<f64>,
+    /// Points stamped after this are left out.
+    until: Nanos,
     matched: usize,
     scalars: Vec<(Vec<ScalarPoint>, crate::store::Temporality)>,
     histograms: Vec<HistogramWindow>,
@@ -210,9 +232,10 @@ struct HistogramWindow {
 }
 
 impl Selection {
-    fn new(quantile: Option<f64>) -> Self {
+    fn new(quantile: Option<f64>, until: Nanos) -> Self {
         Selection {
             quantile,
+            until,
             matched: 0,
             scalars: Vec::new(),
             histograms: Vec::new(),
@@ -228,8 +251,10 @@ impl Selection {
                 if self.quantile.is_some() {
                     self.unsupported_kind = Some(series.kind.describe());
                 }
-                self.scalars
-                    .push((ring.since(from).copied().collect(), temporality));
+                self.scalars.push((
+                    ring.between(from, self.until).copied().collect(),
+                    temporality,
+                ));
             }
             (Samples::Distribution(ring), Component::Count | Component::Sum) => {
                 let points = ring
@@ -252,7 +277,7 @@ impl Selection {
                         self.histograms.push(HistogramWindow {
                             bounds: bounds.clone(),
                             temporality,
-                            points: ring.since(from).cloned().collect(),
+                            points: ring.between(from, self.until).cloned().collect(),
                         })
                     }
                     (SeriesKind::Summary, Some(q)) => {
@@ -267,7 +292,7 @@ impl Selection {
                                 })
                             })
                             .collect();
-                        if points.is_empty() && ring.since(from).len() > 0 {
+                        if points.is_empty() && ring.between(from, self.until).len() > 0 {
                             self.unsupported_kind = Some("summary without the requested quantile");
                         }
                         self.scalars

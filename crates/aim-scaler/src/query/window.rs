@@ -5,7 +5,7 @@
 use crate::store::{DistributionPoint, NANOS_PER_SECOND, ScalarPoint, Temporality};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Operation {
     /// The point with the latest timestamp.
     #[default]

@@ -143,6 +143,20 @@ impl<P: Timed> Ring<P> {
         self.points.range(first..)
     }
 
+    /// Points with `from <= time <= until`, oldest first.
+    pub fn between(
+        &self,
+        from: Nanos,
+        until: Nanos,
+    ) -> impl DoubleEndedIterator<Item = &P> + ExactSizeIterator {
+        let first = self.points.partition_point(|p| p.time() < from);
+        let end = self
+            .points
+            .partition_point(|p| p.time() <= until)
+            .max(first);
+        self.points.range(first..end)
+    }
+
     pub fn len(&self) -> usize {
         self.points.len()
     }
