@@ -47,9 +47,13 @@ impl KedaService {
         let result = warm(&self.state, reference)
             .and_then(|()| self.trigger(reference))
             .and_then(|t| {
-                self.state
+                let value = self
+                    .state
                     .evaluate(&t)
-                    .map_err(|e| status_for(&e, reference))
+                    .map_err(|e| status_for(&e, reference))?;
+                self.state
+                    .record_decision(&reference.namespace, &reference.name, &t, &value);
+                Ok(value)
             });
         self.state
             .metrics

@@ -345,3 +345,69 @@ impl SelfMetrics {
         );
     }
 }
+
+/// The last answer per ScaledObject: what the query gave, what the policy
+/// made of it, and the policy's state. One series per ScaledObject, so
+/// the count follows the cluster's ScaledObjects, not the pods.
+pub fn render_decisions(decisions: &[crate::state::Decision]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if decisions.is_empty() {
+        return out;
+    }
+    let labels = |d: &crate::state::Decision| {
+        format!(
+            "namespace=\"{}\",scaledobject=\"{}\",policy=\"{}\"",
+            escape(&d.namespace),
+            escape(&d.scaledobject),
+            d.policy
+        )
+    };
+    out.push_str("# HELP aim_scaler_decision_raw The trigger query's value at the last answer, before the policy.\n");
+    out.push_str("# TYPE aim_scaler_decision_raw gauge\n");
+    for d in decisions {
+        let _ = writeln!(out, "aim_scaler_decision_raw{{{}}} {}", labels(d), d.raw);
+    }
+    out.push_str(
+        "# HELP aim_scaler_decision_value The value last sent to KEDA, after the policy.\n",
+    );
+    out.push_str("# TYPE aim_scaler_decision_value gauge\n");
+    for d in decisions {
+        let _ = writeln!(
+            out,
+            "aim_scaler_decision_value{{{}}} {}",
+            labels(d),
+            d.value
+        );
+    }
+    out.push_str("# HELP aim_scaler_decision_replicas The replicas the last answer asks the HPA for (value / target, rounded up).\n");
+    out.push_str("# TYPE aim_scaler_decision_replicas gauge\n");
+    for d in decisions {
+        let _ = writeln!(
+            out,
+            "aim_scaler_decision_replicas{{{}}} {}",
+            labels(d),
+            (d.value / d.target).ceil()
+        );
+    }
+    out.push_str(
+        "# HELP aim_scaler_policy_mode 1 for the state the policy was in at its last answer.\n",
+    );
+    out.push_str("# TYPE aim_scaler_policy_mode gauge\n");
+    for d in decisions {
+        if let Some(mode) = d.mode {
+            let _ = writeln!(
+                out,
+                "aim_scaler_policy_mode{{{},mode=\"{mode}\"}} 1",
+                labels(d)
+            );
+        }
+    }
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -165,6 +165,7 @@ pub fn service_router(state: Arc<ScalerState>, max_request_bytes: usize) -> Rout
 }
 
 fn admin_router(state: Arc<ScalerState>, ready: Arc<AtomicBool>) -> Router {
+    let decisions_state = state.clone();
     Router::new()
         .route(
             "/metrics",
@@ -174,13 +175,29 @@ fn admin_router(state: Arc<ScalerState>, ready: Arc<AtomicBool>) -> Router {
                     state
                         .metrics
                         .set_history(state.history.stats(), state.history.refused());
-                    let body = state
+                    let mut body = state
                         .metrics
                         .render(state.store.series_count(), state.store.metric_names().len());
+                    body.push_str(&crate::self_metrics::render_decisions(&state.decisions()));
                     (
                         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                         body,
                     )
+                }
+            }),
+        )
+        .route(
+            "/debug/decisions",
+            get({
+                let state = decisions_state;
+                move || {
+                    let state = state.clone();
+                    async move {
+                        (
+                            [(http::header::CONTENT_TYPE, "application/json")],
+                            serde_json::to_string(&state.decisions()).unwrap_or_default(),
+                        )
+                    }
                 }
             }),
         )

@@ -39,6 +39,30 @@ pub struct ScalerState {
     started: std::time::Instant,
     warm_at: std::time::Instant,
     triggers: Mutex<HashMap<BTreeMap<String, String>, Arc<Trigger>>>,
+    /// The last answer per ScaledObject, for `/debug/decisions` and the
+    /// per-ScaledObject self-metrics.
+    decisions: Mutex<BTreeMap<(String, String), Decision>>,
+}
+
+/// Most ScaledObjects whose last decision is kept; past it the oldest go.
+const DECISIONS_KEPT: usize = 10_000;
+
+/// What the scaler last answered KEDA for one ScaledObject.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Decision {
+    pub namespace: String,
+    pub scaledobject: String,
+    pub policy: &'static str,
+    /// The policy's state, e.g. stable-panic's `panic` or `stable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// The query's value before the policy.
+    pub raw: f64,
+    /// What KEDA got.
+    pub value: f64,
+    pub target: f64,
+    /// Unix seconds.
+    pub at: f64,
 }
 
 impl ScalerState {
@@ -58,6 +82,7 @@ impl ScalerState {
             stream_interval,
             ingested: watch::Sender::new(0),
             triggers: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(BTreeMap::new()),
             started: std::time::Instant::now(),
             warm_at: std::time::Instant::now(),
         }
@@ -96,6 +121,46 @@ impl ScalerState {
         trigger: &Trigger,
     ) -> Result<crate::trigger::TriggerValue, TriggerError> {
         trigger.evaluate_with_history(&self.store, Some(&self.history), now_nanos())
+    }
+
+    /// Keeps `value` as the last decision for the ScaledObject.
+    pub fn record_decision(
+        &self,
+        namespace: &str,
+        scaledobject: &str,
+        trigger: &Trigger,
+        value: &crate::trigger::TriggerValue,
+    ) {
+        let decision = Decision {
+            namespace: namespace.to_string(),
+            scaledobject: scaledobject.to_string(),
+            policy: trigger.policy.name(),
+            mode: value.mode,
+            raw: value.raw,
+            value: value.value,
+            target: trigger.target,
+            at: now_nanos() as f64 / 1e9,
+        };
+        let mut decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        if decisions.len() >= DECISIONS_KEPT
+            && !decisions.contains_key(&(decision.namespace.clone(), decision.scaledobject.clone()))
+            && let Some(oldest) = decisions
+                .iter()
+                .min_by(|a, b| a.1.at.total_cmp(&b.1.at))
+                .map(|(k, _)| k.clone())
+        {
+            decisions.remove(&oldest);
+        }
+        decisions.insert(
+            (decision.namespace.clone(), decision.scaledobject.clone()),
+            decision,
+        );
+    }
+
+    /// The last decision per ScaledObject, by namespace and name.
+    pub fn decisions(&self) -> Vec<Decision> {
+        let decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        decisions.values().cloned().collect()
     }
 
     pub fn subscribe_ingest(&self) -> watch::Receiver<u64> {

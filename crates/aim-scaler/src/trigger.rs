@@ -93,6 +93,10 @@ pub struct TriggerValue {
     pub active: bool,
     /// Series behind the value; 0 when `valueIfMissing` stood in.
     pub series: usize,
+    /// The query's value before the policy.
+    pub raw: f64,
+    /// The policy's state behind the value (stable-panic's "panic").
+    pub mode: Option<&'static str>,
 }
 
 /// Parses a duration such as "90s", "2m", "1500ms" or a plain number of
@@ -280,7 +284,7 @@ impl Trigger {
             None => self.policy_history_samples(store, now),
         };
         drop(track);
-        let from_policy = self.policy.evaluate(&PolicyInput {
+        let decision = self.policy.decide(&PolicyInput {
             values: &[raw],
             metadata: &self.metadata,
             now: now as f64 / NANOS_PER_SECOND as f64,
@@ -288,7 +292,7 @@ impl Trigger {
             target: self.target,
             ready_replicas: u32::try_from(series).ok().filter(|&n| n > 0),
         })?;
-        let mut value = from_policy;
+        let mut value = decision.value;
         if let Some(min) = self.clamp_min {
             value = value.max(min);
         }
@@ -305,6 +309,8 @@ impl Trigger {
             value,
             active: value > self.activation_threshold,
             series,
+            raw,
+            mode: decision.mode,
         })
     }
 
