@@ -440,6 +440,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
+    let predictor = format!("{isvc}-predictor");
     let start = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
     let mut first_up: Option<f64> = None;
@@ -447,8 +448,20 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     let mut peak_at: Option<f64> = None;
     let mut back_at_one: Option<f64> = None;
     println!(
-        "{:>6}  {:>9}  {:>10}  {:>7}  {:>7}  {:>8}  {:>14}",
-        "t (s)", "replicas", "ready pods", "running", "waiting", "load r/s", "TTFT p50/p99"
+        "{:>6}  {:>9}  {:>10}  {:>7}  {:>7}  {:>8}  {:>14}  {:>3}  {}",
+        "t (s)",
+        "replicas",
+        "ready pods",
+        "running",
+        "waiting",
+        "load r/s",
+        "TTFT p50/p99",
+        "HPA",
+        if args.policy.is_some() {
+            "scaler asks"
+        } else {
+            ""
+        }
     );
     loop {
         let t = start.elapsed().as_secs_f64();
@@ -506,15 +519,34 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
                 .filter(|_| !load_done),
         };
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        // What the policy asks for, from the scaler's last answer.
+        let asks = if args.policy.is_some() {
+            scaler
+                .state
+                .decisions()
+                .into_iter()
+                .find(|d| d.namespace == DEMO_NAMESPACE && d.scaledobject == predictor)
+                .map(|d| {
+                    let replicas = (d.value / d.target).ceil();
+                    match d.mode {
+                        Some(mode) => format!("{replicas} ({mode})"),
+                        None => format!("{replicas}"),
+                    }
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         println!(
-            "{:>6.0}  {:>9}  {:>10}  {:>7.0}  {:>7.0}  {:>8.1}  {:>14}",
+            "{:>6.0}  {:>9}  {:>10}  {:>7.0}  {:>7.0}  {:>8.1}  {:>14}  {:>3}  {asks}",
             t,
             format!("{}/{}", row.current, row.desired),
             row.ready_pods,
             row.running,
             row.waiting,
             row.load_rps,
-            format!("{}/{} ms", ms(row.ttft_p50_ms), ms(row.ttft_p99_ms))
+            format!("{}/{} ms", ms(row.ttft_p50_ms), ms(row.ttft_p99_ms)),
+            row.hpa_desired,
         );
         if first_up.is_none() && row.desired > 1 {
             first_up = Some(t);
