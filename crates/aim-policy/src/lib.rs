@@ -24,6 +24,7 @@ pub mod policies;
 pub use params::{Params, parse_seconds};
 pub use policies::{
     CostAware, Passthrough, Predictive, QueueBased, SloAware, StablePanic, replica_value,
+    replicas_asked,
 };
 
 /// An earlier observation of the trigger's value(s).

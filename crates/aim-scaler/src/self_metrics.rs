@@ -380,14 +380,14 @@ pub fn render_decisions(decisions: &[crate::state::Decision]) -> String {
             d.value
         );
     }
-    out.push_str("# HELP aim_scaler_decision_replicas The replicas the last answer asks the HPA for (value / target, rounded up).\n");
+    out.push_str("# HELP aim_scaler_decision_replicas The replicas the last answer asks the HPA for (value over target in KEDA's milli-units, rounded up).\n");
     out.push_str("# TYPE aim_scaler_decision_replicas gauge\n");
     for d in decisions {
         let _ = writeln!(
             out,
             "aim_scaler_decision_replicas{{{}}} {}",
             labels(d),
-            (d.value / d.target).ceil()
+            aim_policy::replicas_asked(d.value, d.target)
         );
     }
     out.push_str(

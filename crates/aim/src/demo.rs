@@ -527,7 +527,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
                 .into_iter()
                 .find(|d| d.namespace == DEMO_NAMESPACE && d.scaledobject == predictor)
                 .map(|d| {
-                    let replicas = (d.value / d.target).ceil();
+                    let replicas = aim_policy::replicas_asked(d.value, d.target);
                     match d.mode {
                         Some(mode) => format!("{replicas} ({mode})"),
                         None => format!("{replicas}"),

@@ -43,6 +43,19 @@ pub fn replica_value(replicas: u32, target: f64) -> f64 {
     (f64::from(replicas) * target_milli as f64 + 0.5) / 1000.0
 }
 
+/// The replicas an `AverageValue` trigger's value asks the HPA for, with
+/// KEDA's truncation to milli-units of both numbers (the inverse of
+/// [`replica_value`]): what to show a person as "the policy wants N".
+pub fn replicas_asked(value: f64, target: f64) -> u32 {
+    let target_milli = (target * 1000.0) as i64;
+    if target_milli <= 0 || !value.is_finite() || value <= 0.0 {
+        return 0;
+    }
+    let value_milli = (value * 1000.0) as i64;
+    let replicas = (value_milli as f64 / target_milli as f64).ceil();
+    replicas.min(f64::from(u32::MAX)) as u32
+}
+
 /// The value at `index` now, or an error naming the policy.
 fn value(input: &PolicyInput<'_>, policy: &'static str, index: usize) -> Result<f64, PolicyError> {
     input
@@ -98,6 +111,26 @@ fn per_replica(
     key: &str,
 ) -> Result<f64, PolicyError> {
     params.number(key, input.target, 1e-9, 1e12)
+}
+
+#[cfg(test)]
+mod replicas_asked_tests {
+    use super::*;
+
+    #[test]
+    fn a_policys_value_reads_back_as_its_replicas() {
+        for target in [0.001, 0.5, 1.0, 4.0, 2.7] {
+            for replicas in [0, 1, 2, 3, 17] {
+                assert_eq!(
+                    replicas_asked(replica_value(replicas, target), target),
+                    replicas,
+                    "{replicas} at target {target}"
+                );
+            }
+        }
+        // A plain metric: 2.5 per replica at target 1 asks for 3.
+        assert_eq!(replicas_asked(2.5, 1.0), 3);
+    }
 }
 
 #[cfg(test)]
