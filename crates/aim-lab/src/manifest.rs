@@ -40,6 +40,8 @@ fn signal_of(query: &str, path: &str) -> Result<Signal, ManifestError> {
         ("num_requests_waiting", Signal::Waiting),
         ("kv_cache_usage", Signal::KvUsage),
         ("gpu_cache_usage", Signal::KvUsage),
+        ("gpu_gfx_activity", Signal::GpuUtil),
+        ("DCGM_FI_DEV_GPU_UTIL", Signal::GpuUtil),
     ] {
         if query.contains(needle) {
             return Ok(signal);
@@ -48,7 +50,7 @@ fn signal_of(query: &str, path: &str) -> Result<Signal, ManifestError> {
     Err(field(
         path,
         format!(
-            "query {query:?} reads no metric the lab models; use vllm:num_requests_running, vllm:num_requests_waiting or vllm:kv_cache_usage_perc"
+            "query {query:?} reads no metric the lab models; use vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc or gpu_gfx_activity"
         ),
     ))
 }
@@ -254,6 +256,14 @@ spec:
                     1.0
                 )
             );
+        }
+    }
+
+    #[test]
+    fn a_gpu_utilisation_trigger_reads_the_gpu_signal_in_either_exporters_name() {
+        for name in ["gpu_gfx_activity", "DCGM_FI_DEV_GPU_UTIL"] {
+            let k = parse(&SEED_000.replace("vllm:num_requests_running", name), 120.0).unwrap();
+            assert_eq!(k.triggers[0].signal, Signal::GpuUtil, "{name}");
         }
     }
 
