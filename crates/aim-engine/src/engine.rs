@@ -133,6 +133,11 @@ pub struct Engine {
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     busy_until: Duration,
+    /// Sum of the durations of every step started so far, the one in
+    /// flight included: the time the modelled GPU spent computing.
+    busy: Duration,
+    /// Duration of the latest step, the only one that can still be in flight.
+    last_step: Duration,
     rng: Rng,
 }
 
@@ -149,6 +154,8 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             busy_until: Duration::ZERO,
+            busy: Duration::ZERO,
+            last_step: Duration::ZERO,
         })
     }
 
@@ -191,6 +198,16 @@ impl Engine {
     /// When the last step's results exist; a step asked for earlier starts then.
     pub fn busy_until(&self) -> Duration {
         self.busy_until
+    }
+
+    /// How long the engine has been computing up to `now`: the summed
+    /// durations of its steps, counting a step still in flight only up to
+    /// `now`. Idle gaps between steps are not in it, so the share of an
+    /// interval that it grows by is the GPU's busy fraction over that
+    /// interval, which is what a GPU exporter's utilisation reports.
+    pub fn busy_time(&self, now: Duration) -> Duration {
+        let ahead = self.busy_until.saturating_sub(now).min(self.last_step);
+        self.busy - ahead
     }
 
     /// Whether the engine holds this request.
@@ -353,6 +370,8 @@ impl Engine {
         out.duration = self.jittered(self.config.profile.step_duration(out.shape));
         out.ended = started + out.duration;
         self.busy_until = out.ended;
+        self.busy += out.duration;
+        self.last_step = out.duration;
         self.complete_batch(&batch, &mut out);
         self.batch = batch;
         Some(out)

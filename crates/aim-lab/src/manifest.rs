@@ -163,6 +163,8 @@ fn signal_of(trigger: &Trigger, path: &str) -> Result<(Signal, Operation), Manif
         operation(Signal::Waiting)
     } else if has("kv_cache_usage") || has("gpu_cache_usage") {
         operation(Signal::KvUsage)
+    } else if has("gpu_gfx_activity") || has("DCGM_FI_DEV_GPU_UTIL") {
+        operation(Signal::GpuUtil)
     } else if has("request_success_total") {
         rate_of(Signal::SuccessRate)
     } else if has("time_to_first_token_seconds") {
@@ -173,7 +175,7 @@ fn signal_of(trigger: &Trigger, path: &str) -> Result<(Signal, Operation), Manif
         Err(field(
             &format!("{path}.metadata.metricQuery"),
             format!(
-                "query {query:?} reads no metric the lab models; use vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc, vllm:request_success_total (rate) or a p90 of vllm:time_to_first_token_seconds"
+                "query {query:?} reads no metric the lab models; use vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc, gpu_gfx_activity (or DCGM_FI_DEV_GPU_UTIL), vllm:request_success_total (rate) or a p90 of vllm:time_to_first_token_seconds"
             ),
         ))
     }
@@ -305,6 +307,14 @@ spec:
                     1.0
                 )
             );
+        }
+    }
+
+    #[test]
+    fn a_gpu_utilisation_trigger_reads_the_gpu_signal_in_either_exporters_name() {
+        for name in ["gpu_gfx_activity", "DCGM_FI_DEV_GPU_UTIL"] {
+            let k = parse(&SEED_000.replace("vllm:num_requests_running", name), 120.0).unwrap();
+            assert_eq!(k.triggers[0].signal, Signal::GpuUtil, "{name}");
         }
     }
 

@@ -36,6 +36,11 @@ pub enum Signal {
     TtftP90,
     /// p90 TPOT over the last minute, seconds.
     TpotP90,
+    /// GPU utilisation in percent, averaged over the replicas: the share
+    /// of the last scrape interval each replica's engine spent in steps,
+    /// as AMD's device-metrics-exporter reports it (`gpu_gfx_activity`;
+    /// the bed's pod runner derives it the same way, `docs/simulator.md`).
+    GpuUtil,
 }
 
 impl Signal {
@@ -61,6 +66,7 @@ impl Signal {
                 "histogram_quantile(0.9, vllm:time_per_output_token_seconds)",
                 Some("rate"),
             ),
+            Signal::GpuUtil => ("avg(gpu_gfx_activity)", None),
         })
     }
 }
@@ -84,6 +90,7 @@ pub struct Scrape {
     pub arrival_rate: f64,
     pub ttft_p90: f64,
     pub tpot_p90: f64,
+    pub gpu_util: f64,
 }
 
 impl Scrape {
@@ -97,6 +104,7 @@ impl Scrape {
             Signal::ArrivalRate => self.arrival_rate,
             Signal::TtftP90 => self.ttft_p90,
             Signal::TpotP90 => self.tpot_p90,
+            Signal::GpuUtil => self.gpu_util,
         }
     }
 }
@@ -163,7 +171,7 @@ impl Pipeline {
     }
 
     /// Takes a scrape at `now` from the pods' gauges.
-    pub fn scrape(&mut self, now: f64, running: f64, waiting: f64, kv_usage: f64) {
+    pub fn scrape(&mut self, now: f64, running: f64, waiting: f64, kv_usage: f64, gpu_util: f64) {
         let from = now - LATENCY_WINDOW;
         while self.arrivals.front().is_some_and(|&t| t <= from) {
             self.arrivals.pop_front();
@@ -190,6 +198,7 @@ impl Pipeline {
             arrival_rate: self.arrivals.len() as f64 / seen,
             ttft_p90: p90(self.ttfts.iter().map(|p| p.1)),
             tpot_p90: p90(self.tpots.iter().map(|p| p.1)),
+            gpu_util,
         });
         while self
             .scrapes
@@ -241,9 +250,9 @@ mod tests {
     #[test]
     fn query_sees_only_scrapes_in_the_window() {
         let mut p = Pipeline::new(300.0);
-        p.scrape(15.0, 2.0, 0.0, 0.1);
-        p.scrape(30.0, 4.0, 1.0, 0.2);
-        p.scrape(45.0, 9.0, 3.0, 0.3);
+        p.scrape(15.0, 2.0, 0.0, 0.1, 0.0);
+        p.scrape(30.0, 4.0, 1.0, 0.2, 0.0);
+        p.scrape(45.0, 9.0, 3.0, 0.3, 0.0);
         assert_eq!(
             p.query(Signal::Running, Operation::Avg, 120.0, 45.0),
             Some(5.0)
@@ -268,7 +277,7 @@ mod tests {
         for k in 0..10 {
             p.first_token(100.0, f64::from(k));
         }
-        p.scrape(119.5, 0.0, 0.0, 0.0);
+        p.scrape(119.5, 0.0, 0.0, 0.0, 0.0);
         let s = p.last().unwrap();
         assert!((s.success_rate - 1.0).abs() < 0.02, "{}", s.success_rate);
         assert_eq!(s.ttft_p90, 8.0);
@@ -283,7 +292,7 @@ mod tests {
             p.success(f64::from(k) + 0.5);
             p.arrival(f64::from(k) + 0.5);
         }
-        p.scrape(15.0, 0.0, 0.0, 0.0);
+        p.scrape(15.0, 0.0, 0.0, 0.0, 0.0);
         assert!((p.last().unwrap().success_rate - 1.0).abs() < 1e-9);
         assert!((p.arrival_rate(15.0) - 1.0).abs() < 1e-9);
     }

@@ -193,6 +193,9 @@ struct Pod {
     /// Results of the step in flight, applied when it ends.
     first_tokens: Vec<(u64, f64)>,
     finished: Vec<(u64, Option<f64>, Option<f64>, bool)>,
+    /// (time, engine busy time) at the previous scrape: a GPU exporter's
+    /// utilisation is the busy share of the interval since.
+    busy_seen: Option<(f64, Duration)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -274,6 +277,7 @@ impl<'a> World<'a> {
                 Phase::Starting
             },
             engine,
+            busy_seen: None,
             outstanding: 0,
             stepping: false,
             first_tokens: Vec::new(),
@@ -533,15 +537,26 @@ impl<'a> World<'a> {
 
     fn scrape(&mut self) {
         let (mut running, mut waiting, mut kv, mut n) = (0usize, 0usize, 0.0, 0usize);
+        let (mut gpu, mut gpus) = (0.0, 0usize);
+        let now = self.now;
         for p in self
             .pods
-            .iter()
+            .iter_mut()
             .filter(|p| matches!(p.phase, Phase::Ready | Phase::Draining))
         {
             running += p.engine.num_running();
             waiting += p.engine.num_waiting();
             kv += p.engine.kv_usage();
             n += 1;
+            // A pod's first scrape only sets the baseline, as the live
+            // exporter's does.
+            let busy = p.engine.busy_time(Duration::from_nanos(ns(now)));
+            if let Some((at, before)) = p.busy_seen.replace((now, busy))
+                && now > at
+            {
+                gpu += 100.0 * (busy - before).as_secs_f64() / (now - at);
+                gpus += 1;
+            }
         }
         if self.cfg.router == Router::GatewayQueue {
             // The gateway's flow-control queue is exported with the pods'
@@ -549,8 +564,9 @@ impl<'a> World<'a> {
             waiting += self.gateway.len();
         }
         let kv = if n > 0 { kv / n as f64 } else { 0.0 };
+        let gpu = if gpus > 0 { gpu / gpus as f64 } else { 0.0 };
         self.pipeline
-            .scrape(self.now, running as f64, waiting as f64, kv);
+            .scrape(self.now, running as f64, waiting as f64, kv, gpu);
     }
 
     /// Records a timeline point; its TTFT column is filled in after the run.

@@ -13,10 +13,14 @@
 //! - plays the sidecar exactly as the pod's OpenTelemetryCollector resource
 //!   says (`collector`): scrape interval, metric-name filter, the
 //!   namespace/deployment/pod attributes, the OTLP exporter endpoint;
+//! - plays the node's GPU exporter for the pod (`gpu`): AMD's and NVIDIA's
+//!   utilisation gauges, derived from the simulator's busy time, join what
+//!   the sidecar scraped before its pipeline runs;
 //! - stops all of it when the pod goes away.
 
 pub mod collector;
 pub mod exposition;
+pub mod gpu;
 pub mod pod;
 pub mod runner;
 

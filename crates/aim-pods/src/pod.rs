@@ -9,6 +9,8 @@ pub const ISVC_LABEL: &str = "serving.kserve.io/inferenceservice";
 /// The OTel operator injects its sidecar into pods carrying this annotation;
 /// its value names the collector (or is "true" for the namespace's only one).
 pub const INJECT_ANNOTATION: &str = "sidecar.opentelemetry.io/inject";
+/// The device plugins' GPU resources.
+pub const GPU_RESOURCES: [&str; 2] = ["amd.com/gpu", "nvidia.com/gpu"];
 
 /// A pod the runner should serve: running on a (KWOK) node with an address.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +20,14 @@ pub struct ServedPod {
     pub ip: String,
     /// The inference container's HTTP port.
     pub port: u16,
+    /// The inference container's name.
+    pub container: String,
+    /// The node the pod runs on.
+    pub node: String,
+    /// GPUs the inference container asks for (`amd.com/gpu` or
+    /// `nvidia.com/gpu`), at least 1: the simulator always models one
+    /// engine, and a GPU exporter needs a device to report it on.
+    pub gpus: u32,
     /// The collector the sidecar follows, when one is injected.
     pub collector: Option<String>,
     pub ready: bool,
@@ -51,6 +61,16 @@ pub fn served(pod: &Pod) -> Option<ServedPod> {
         .or_else(|| container.ports.as_ref().and_then(|p| p.first()))
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(8080);
+    let gpus = container
+        .resources
+        .iter()
+        .flat_map(|r| [r.limits.as_ref(), r.requests.as_ref()])
+        .flatten()
+        .flat_map(|m| GPU_RESOURCES.iter().filter_map(|k| m.get(*k)))
+        .filter_map(|q| q.0.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let ready = status
         .conditions
         .iter()
@@ -65,6 +85,9 @@ pub fn served(pod: &Pod) -> Option<ServedPod> {
         },
         ip,
         port,
+        container: container.name.clone(),
+        node: spec.node_name.clone().unwrap_or_default(),
+        gpus,
         collector: meta
             .annotations
             .as_ref()
@@ -135,6 +158,25 @@ mod tests {
         assert_eq!((p.ip.as_str(), p.port), ("127.1.0.7", 8000));
         assert_eq!(p.collector.as_deref(), Some("chat-predictor"));
         assert!(!p.ready);
+        assert_eq!(p.container, "kserve-container");
+        assert_eq!(p.gpus, 1, "no GPU asked for: the simulator's one engine");
+    }
+
+    #[test]
+    fn the_gpus_of_the_inference_container_are_counted() {
+        let p = served(&pod(json!({"spec": {"nodeName": "kwok-0", "containers": [{
+            "name": "kserve-container", "image": "x",
+            "ports": [{"name": "http", "containerPort": 8000}],
+            "resources": {"limits": {"amd.com/gpu": "2", "cpu": "4"}, "requests": {"amd.com/gpu": "2"}}
+        }]}})))
+        .unwrap();
+        assert_eq!((p.gpus, p.node.as_str()), (2, "kwok-0"));
+        let p = served(&pod(json!({"spec": {"containers": [{
+            "name": "kserve-container", "image": "x",
+            "resources": {"limits": {"nvidia.com/gpu": "8"}}
+        }]}})))
+        .unwrap();
+        assert_eq!(p.gpus, 8);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::collector::{self, SidecarPlan};
 use crate::exposition;
+use crate::gpu;
 use crate::pod::{ISVC_LABEL, ServedPod, served};
 
 #[derive(Clone, Debug)]
@@ -262,6 +263,16 @@ async fn sidecar(
     let start = nanos_now();
     // The sidecar scrapes its own pod: localhost there is the pod address.
     let scrape_url = format!("http://{}:{}{}", pod.ip, plan.port, plan.metrics_path);
+    // The node's GPU exporter, played beside the sidecar (see `gpu`).
+    let busy_url = format!("http://{}:{}{}", pod.ip, pod.port, gpu::SIM_METRICS_PATH);
+    let owner = gpu::GpuOwner {
+        identity: pod.identity.clone(),
+        container: pod.container.clone(),
+        node: pod.node.clone(),
+        uid: pod.uid.clone(),
+        gpus: pod.gpus,
+    };
+    let mut last_busy: Option<gpu::BusySample> = None;
     let mut exporter: Option<MetricsServiceClient<tonic::transport::Channel>> = None;
     let mut ticker = tokio::time::interval(plan.scrape_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -278,13 +289,26 @@ async fn sidecar(
                 continue;
             }
         };
-        let families = match exposition::parse(&page) {
+        let mut families = match exposition::parse(&page) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(pod = %pod.identity.pod, "unparseable metrics page: {e}");
                 continue;
             }
         };
+        match read_busy(http, &busy_url).await {
+            Ok(now) => {
+                // The first read only sets the baseline: utilisation is a
+                // share of an interval, and there is none yet.
+                if let Some(percent) = last_busy.and_then(|b| gpu::utilisation_percent(b, now)) {
+                    families.extend(gpu::families(&owner, percent));
+                }
+                last_busy = Some(now);
+            }
+            Err(e) => {
+                tracing::debug!(pod = %pod.identity.pod, "no GPU utilisation this scrape: {e}");
+            }
+        }
         let request = exposition::export_request(
             families,
             &plan.processors,
@@ -320,6 +344,15 @@ async fn sidecar(
             exporter = None;
         }
     }
+}
+
+async fn read_busy(http: &reqwest::Client, url: &str) -> Result<gpu::BusySample, String> {
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    let page = response.text().await.map_err(|e| e.to_string())?;
+    gpu::parse_busy(&page)
 }
 
 fn nanos_now() -> u64 {

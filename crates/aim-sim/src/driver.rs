@@ -3,7 +3,7 @@
 //! hands the step's tokens to the waiting handlers and its events to the metrics.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub struct Shared {
     /// queue as the 429 limit sees it, including submissions still in the channel.
     pub queued: AtomicUsize,
     pub clock: SimClock,
+    /// The engine's busy time (simulated nanoseconds) as of the end of its
+    /// latest finished step: the accumulator a GPU exporter samples.
+    pub busy_nanos: AtomicU64,
 }
 
 /// Consecutive steps run back to back on simulated time, so timer granularity does not
@@ -195,6 +198,10 @@ fn dispatch(
 ) {
     let mut metrics = shared.metrics.lock().expect("metrics lock");
     metrics.observe_step(&step);
+    let busy = engine.busy_time(step.ended).as_nanos();
+    shared
+        .busy_nanos
+        .store(u64::try_from(busy).unwrap_or(u64::MAX), Ordering::Release);
     // Completions ride on the last token, so a stream can mark its final chunk without
     // waiting for another message.
     let mut finished: HashMap<RequestId, &FinishedRequest> = HashMap::new();

@@ -23,7 +23,9 @@ mod text;
 
 pub use args::{SimArgs, TextMode};
 pub use metrics::one_two_five_buckets;
-pub use server::{RunningSim, VLLM_COMPAT_VERSION, start};
+pub use server::{
+    BUSY_SECONDS, CLOCK_SECONDS, RunningSim, SIM_METRICS_PATH, VLLM_COMPAT_VERSION, start,
+};
 
 /// Serves until SIGTERM or Ctrl-C, then refuses new requests with 503 and drains in-flight
 /// ones for up to `--drain-timeout` seconds.

@@ -28,6 +28,15 @@ use crate::response::{self, ResponseMeta};
 use crate::streaming;
 use crate::text::{OutputPlan, OutputSpec, token_id};
 
+/// The simulator's own counters, apart from `/metrics` so that page stays
+/// what vLLM serves. The pod runner reads them to play a GPU exporter.
+pub const SIM_METRICS_PATH: &str = "/sim/metrics";
+/// Simulated seconds the engine spent in steps (busy), since it started.
+pub const BUSY_SECONDS: &str = "aim_sim_engine_busy_seconds_total";
+/// Simulated seconds since the simulator started: the denominator of a
+/// busy fraction, on the same clock as the busy time.
+pub const CLOCK_SECONDS: &str = "aim_sim_clock_seconds_total";
+
 /// The vLLM version whose API and metrics the simulator follows, reported by `/version`.
 pub const VLLM_COMPAT_VERSION: &str = "0.12.0";
 
@@ -162,6 +171,7 @@ pub async fn start(args: SimArgs, listener: TcpListener) -> anyhow::Result<Runni
         metrics: Mutex::new(Metrics::new(&engine, &served_name)),
         queued: AtomicUsize::new(0),
         clock: SimClock::start(args.time_scale),
+        busy_nanos: AtomicU64::new(0),
     });
     let (commands, rx) = mpsc::unbounded_channel();
     let config = engine.config().clone();
@@ -190,6 +200,7 @@ pub async fn start(args: SimArgs, listener: TcpListener) -> anyhow::Result<Runni
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .route(SIM_METRICS_PATH, get(sim_metrics))
         .with_state(app.clone());
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -337,6 +348,26 @@ async fn version() -> impl IntoResponse {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app.shared.metrics.lock().expect("metrics lock").render();
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(Body::from(text))
+        .expect("static headers are valid")
+}
+
+async fn sim_metrics(State(app): State<Arc<App>>) -> Response {
+    let busy = app.shared.busy_nanos.load(Ordering::Acquire) as f64 / 1e9;
+    let clock = app.shared.clock.now().as_secs_f64();
+    let text = format!(
+        "# HELP {BUSY_SECONDS} Simulated seconds the engine spent computing steps.\n\
+         # TYPE {BUSY_SECONDS} counter\n\
+         {BUSY_SECONDS} {busy}\n\
+         # HELP {CLOCK_SECONDS} Simulated seconds since the simulator started.\n\
+         # TYPE {CLOCK_SECONDS} counter\n\
+         {CLOCK_SECONDS} {clock}\n"
+    );
     Response::builder()
         .header(
             header::CONTENT_TYPE,
