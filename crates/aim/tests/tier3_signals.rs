@@ -49,6 +49,9 @@ struct Case {
     load: Load,
     /// Replicas the HPA must settle at under the load, and never exceed.
     n: i32,
+    /// aim's `autoScaling.policy`, as a YAML flow mapping, or "" for none
+    /// (then KServe writes the ScaledObject).
+    policy: &'static str,
 }
 
 fn service_yaml(case: &Case) -> String {
@@ -78,7 +81,12 @@ spec:
           target:
             type: Value
             value: "{target}"
-"#,
+{policy}"#,
+        policy = if case.policy.is_empty() {
+            String::new()
+        } else {
+            format!("    policy: {}\n", case.policy)
+        },
         max = case.max_replicas,
         names = names.join(", "),
         query = case.query,
@@ -300,6 +308,7 @@ async fn waiting_requests_scale_1_to_n_and_back() {
             max_tokens: 100,
         },
         n: 3,
+        policy: "",
     })
     .await;
     bed.finish().await;
@@ -331,6 +340,7 @@ async fn kv_cache_usage_scales_1_to_n_and_back() {
             max_tokens: 100,
         },
         n: 3,
+        policy: "",
     })
     .await;
     bed.finish().await;
@@ -358,6 +368,7 @@ async fn generation_token_throughput_scales_1_to_n_and_back() {
             max_tokens: 150,
         },
         n: 3,
+        policy: "",
     })
     .await;
     bed.finish().await;
@@ -393,6 +404,7 @@ async fn gpu_utilisation_scales_1_to_n_and_back() {
             max_tokens: 25,
         },
         n: 3,
+        policy: "",
     })
     .await;
     // Both exporters' names carry the same utilisation to the scaler.
@@ -418,8 +430,44 @@ async fn gpu_utilisation_scales_1_to_n_and_back() {
     bed.finish().await;
 }
 
-// TTFT quantile (`histogram_quantile(0.9, vllm:time_to_first_token_seconds)`
-// over `operationOverTime: rate`): its case belongs here once the operator
-// can deploy it. KServe v0.16 writes the trigger as `sum(<query>{…})`, and a
-// quantile cannot stand inside a sum, so the service's query has to reach
-// the ScaledObject another way first (the lead's work in aim-operator).
+/// A TTFT quantile: p90 of vLLM's `vllm:time_to_first_token_seconds`
+/// histogram over the window (`operationOverTime: rate` takes the buckets'
+/// increase), target 0.5 s. KServe writes the trigger as `sum(<query>{…})`
+/// and has no field for a quantile, so the service names it in aim's
+/// `policy.params` (`passthrough`: the quantile itself goes to KEDA) and
+/// the operator writes the ScaledObject. `valueIfMissing: "0"`: once the
+/// load stops no request starts, the window holds no observation, and the
+/// answer is 0 rather than an error.
+///
+/// The simulators run one sequence at a time (`--max-num-seqs=1`), so a
+/// request waits behind the others on its pod: 4 closed-loop clients of
+/// 150-token answers (about 1.7 s each) give a p90 of several seconds on
+/// one pod, and still about 1.7 s with 3 pods (one pod serves two
+/// clients), ÷ 0.5 → more than 3: the HPA wants maxReplicas and holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ttft_quantile_scales_1_to_n_and_back() {
+    let bed = run(Case {
+        title: "TTFT p90",
+        prefix: "t3-ttft",
+        query: "vllm:time_to_first_token_seconds",
+        metric_names: &["vllm:time_to_first_token_seconds"],
+        operation: "rate",
+        target: "0.5",
+        max_replicas: 3,
+        sim_args: &["--max-num-seqs=1"],
+        load: Load::Closed {
+            clients: 4,
+            prompt: "Tell me a story.".into(),
+            max_tokens: 150,
+        },
+        n: 3,
+        policy: r#"{name: passthrough, params: {quantile: "0.9", valueIfMissing: "0"}}"#,
+    })
+    .await;
+    let so = bed.scaled_object().await;
+    let trigger = &so.data["spec"]["triggers"][0]["metadata"];
+    assert_eq!(trigger["quantile"], "0.9", "{trigger}");
+    let owner = &so.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "AIMService", "the operator writes this one");
+    bed.finish().await;
+}
