@@ -209,6 +209,16 @@ pub enum Load {
         prompt: String,
         max_tokens: u32,
     },
+    /// An open loop whose rate rises linearly from `from_rps` to `to_rps`
+    /// over `over`, then stays there: evenly spaced arrivals at the rate
+    /// of the moment.
+    Ramp {
+        from_rps: f64,
+        to_rps: f64,
+        over: Duration,
+        prompt: String,
+        max_tokens: u32,
+    },
 }
 
 impl Load {
@@ -287,6 +297,35 @@ pub fn start_load(
                 })
             })
             .collect(),
+        Load::Ramp {
+            from_rps,
+            to_rps,
+            over,
+            prompt,
+            max_tokens,
+        } => vec![tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let started = Instant::now();
+            let mut next = started;
+            let mut n = 0usize;
+            loop {
+                tokio::time::sleep_until(next.into()).await;
+                let progress = (started.elapsed().as_secs_f64() / over.as_secs_f64()).min(1.0);
+                let rate = from_rps + (to_rps - from_rps) * progress;
+                next += Duration::from_secs_f64(1.0 / rate.max(1e-3));
+                let ready = ready_ips(&pods, &isvc).await;
+                if ready.is_empty() {
+                    continue;
+                }
+                let ip = ready[n % ready.len()].clone();
+                n += 1;
+                let http = http.clone();
+                let prompt = prompt.clone();
+                tokio::spawn(async move {
+                    complete(&http, &ip, &prompt, max_tokens).await;
+                });
+            }
+        })],
         Load::Open {
             every,
             prompt,

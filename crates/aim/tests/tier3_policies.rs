@@ -1,0 +1,218 @@
+//! Tier 3: aim's policies act live, not just in the lab. Each service is
+//! deployed from an AIMService whose `autoScaling.policy` names the policy
+//! (the operator writes the ScaledObject), and scaled by the real KEDA and
+//! HPA in the bed (`common::bed`) on the simulators' metrics:
+//!
+//! * `predictive` scales ahead of a ramp before the reactive passthrough
+//!   (the same metric and target, deployed by KServe) does;
+//! * `cost` scales down after its own keep-alive where passthrough, under
+//!   KServe's shipped 300 s scale-down window, holds the replicas;
+//! * `stable-panic` enters panic on a step (the scaler says so) and holds
+//!   its replicas through the stable window.
+//!
+//! Every run prints its decision times.
+//!
+//! ```sh
+//! AIM_TEST_CLUSTER=<name> cargo test -p aim --test tier3_policies -- --nocapture --test-threads=1
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bed::{
+    Bed, BedConfig, Lags, Load, SERVICE, WAIT, desired, is_ready, predictor_pods, stop,
+};
+
+/// The bed's service with `metric` (a pod metric block's `metric:` body)
+/// and `target`, and aim's extension lines (already indented) if any.
+fn service_yaml(max: i32, metric: &str, target: &str, extension: &str) -> String {
+    format!(
+        r#"apiVersion: aim.eai.amd.com/v1alpha1
+kind: AIMService
+metadata: {{name: {SERVICE}}}
+spec:
+  model: {{name: qwen-qwen3-32b}}
+  template: {{name: qwen3-32b-latency}}
+  minReplicas: 1
+  maxReplicas: {max}
+  autoScaling:
+    metrics:
+      - type: PodMetric
+        podmetric:
+          metric: {metric}
+          target: {{type: Value, value: "{target}"}}
+{extension}"#
+    )
+}
+
+const RUNNING: &str = "{backend: opentelemetry, metricNames: [vllm:num_requests_running], query: vllm:num_requests_running, operationOverTime: avg}";
+const SUCCESS_RATE: &str = "{backend: opentelemetry, metricNames: [vllm:request_success_total], query: vllm:request_success_total, operationOverTime: rate}";
+
+/// What the HPA wants, how many pods are Ready, and what the scaler last
+/// answered (replicas asked, the policy's state).
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    wants: i32,
+    ready: usize,
+    pods: usize,
+    asks: Option<u32>,
+    mode: Option<&'static str>,
+}
+
+async fn look(bed: &Bed) -> Seen {
+    let hpa = bed.hpas.get_opt(&bed.hpa_name).await.unwrap();
+    let pods = predictor_pods(&bed.pods, &bed.isvc).await;
+    let decision = bed.scaler.as_ref().and_then(|s| {
+        s.state
+            .decisions()
+            .into_iter()
+            .find(|d| d.namespace == bed.ns && d.scaledobject == bed.predictor)
+    });
+    Seen {
+        wants: hpa.as_ref().map(desired).unwrap_or(0),
+        ready: pods.iter().filter(|p| is_ready(p)).count(),
+        pods: pods.len(),
+        asks: decision
+            .as_ref()
+            .map(|d| aim_policy::replicas_asked(d.value, d.target)),
+        mode: decision.and_then(|d| d.mode),
+    }
+}
+
+/// Everything seen, with its time, when it changed.
+#[derive(Default)]
+struct Timeline {
+    rows: Vec<(Duration, Seen)>,
+}
+
+impl Timeline {
+    fn note(&mut self, at: Duration, seen: &Seen) {
+        if self.rows.last().is_none_or(|(_, s)| s != seen) {
+            self.rows.push((at, seen.clone()));
+        }
+    }
+
+    /// When the HPA first wanted at least `n`.
+    fn first_wants(&self, n: i32) -> Option<Duration> {
+        self.rows
+            .iter()
+            .find(|(_, s)| s.wants >= n)
+            .map(|(t, _)| *t)
+    }
+
+    fn print(&self, title: &str) {
+        println!("  {title}:");
+        for (t, s) in &self.rows {
+            println!(
+                "    +{:6.1} s  HPA wants {}  pods {} ({} ready)  scaler asks {}{}",
+                t.as_secs_f64(),
+                s.wants,
+                s.pods,
+                s.ready,
+                s.asks.map_or("-".into(), |a| a.to_string()),
+                s.mode.map_or(String::new(), |m| format!(" ({m})"))
+            );
+        }
+    }
+}
+
+async fn start(prefix: &str, yaml: String, metric: &str) -> Bed {
+    Bed::start_with(BedConfig {
+        prefix: prefix.into(),
+        service_yaml: yaml,
+        runtime_config: None,
+        idle: true,
+        metric: metric.into(),
+        sim_args: Vec::new(),
+    })
+    .await
+}
+
+/// A rising open-loop load: 0.5 → 4.5 requests/s over 80 s, short
+/// answers (20 tokens, a quarter of a second), so finished requests follow
+/// arrivals closely.
+fn ramp() -> Load {
+    Load::Ramp {
+        from_rps: 0.5,
+        to_rps: 4.5,
+        over: RAMP,
+        prompt: "Tell me a story.".into(),
+        max_tokens: 20,
+    }
+}
+
+const RAMP: Duration = Duration::from_secs(80);
+
+/// Runs the ramp against one service and returns what was seen.
+async fn ramp_run(prefix: &str, extension: &str) -> Timeline {
+    let bed = start(
+        prefix,
+        service_yaml(4, SUCCESS_RATE, "1", extension),
+        "vllm:request_success_total",
+    )
+    .await;
+    let began = Instant::now();
+    let load = bed.drive(ramp());
+    let mut timeline = Timeline::default();
+    while began.elapsed() < RAMP + Duration::from_secs(10) {
+        timeline.note(began.elapsed(), &look(&bed).await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop(load);
+    bed.finish().await;
+    timeline
+}
+
+/// `predictive` on the finished-request rate (capacity 1 request/s per
+/// replica, cold start 20 s, a 30 s trend, no season) against the same
+/// metric and target as KServe deploys it (passthrough). The rate rises
+/// 0.05 requests/s every second: passthrough asks for replicas as the
+/// measured rate crosses each whole number, a scrape and a window after
+/// the arrivals did; predictive asks for them a cold start ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn predictive_scales_ahead_of_a_ramp_before_passthrough() {
+    let reactive = ramp_run("t3-ramp-pass", "").await;
+    let predictive = ramp_run(
+        "t3-ramp-pred",
+        "    policy: {name: predictive, params: {coldStart: 20s, trendWindow: 30s, smoothing: 10s, season: \"0\", headroom: \"0.1\", scaleDownDelay: 20s}}\n",
+    )
+    .await;
+    reactive.print("passthrough (KServe's ScaledObject), from the ramp's start");
+    predictive.print("predictive (the operator's ScaledObject), from the ramp's start");
+    let mut rows = Vec::new();
+    let mut ahead = Vec::new();
+    for n in 2..=4 {
+        let (p, r) = (predictive.first_wants(n), reactive.first_wants(n));
+        println!(
+            "  HPA first wants {n}: predictive {}, passthrough {}",
+            p.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64())),
+            r.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64()))
+        );
+        if let Some(p) = p {
+            rows.push((format!("ramp start → predictive wants {n}"), p));
+        }
+        if let Some(r) = r {
+            rows.push((format!("ramp start → passthrough wants {n}"), r));
+        }
+        if let (Some(p), Some(r)) = (p, r) {
+            ahead.push((n, r.as_secs_f64() - p.as_secs_f64()));
+        }
+    }
+    Lags { rows }.print("tier-3 policy: predictive vs passthrough on a ramp");
+    // The first step (2 replicas) comes from the level alone: a fresh
+    // service has no trend yet, because the history a policy reads is one
+    // point per 15 s. From the second step on, the trend puts predictive
+    // a cold start ahead.
+    let later: Vec<_> = ahead.iter().filter(|(n, _)| *n >= 3).collect();
+    assert!(
+        later.len() == 2,
+        "both should reach 3 and 4 replicas on the ramp: {ahead:?}"
+    );
+    for (n, lead) in later {
+        assert!(
+            *lead >= 5.0,
+            "predictive should want {n} replicas at least 5 s before passthrough; it led by {lead:.1} s"
+        );
+    }
+}
