@@ -216,3 +216,217 @@ async fn predictive_scales_ahead_of_a_ramp_before_passthrough() {
         );
     }
 }
+
+/// Drives `load` until the HPA wants `n` and `n` pods are Ready, keeps it
+/// on for `hold`, stops it, and notes everything until `until` says done
+/// (or `WAIT` passes, which fails the test with `what`). Times are from
+/// the load's stop.
+async fn up_then_watch(
+    bed: &Bed,
+    load: Load,
+    n: i32,
+    hold: Duration,
+    what: &str,
+    mut until: impl FnMut(Duration, &Seen) -> bool,
+) -> (Timeline, Timeline) {
+    let began = Instant::now();
+    let running = bed.drive(load);
+    let mut up = Timeline::default();
+    loop {
+        let seen = look(bed).await;
+        up.note(began.elapsed(), &seen);
+        if seen.wants == n && seen.ready == n as usize {
+            break;
+        }
+        assert!(
+            began.elapsed() < WAIT,
+            "{what}: no scale-up to {n}: {seen:?}\n{}",
+            aim_testkit::events_of(&bed.admin, &bed.ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let held = Instant::now();
+    while held.elapsed() < hold {
+        up.note(began.elapsed(), &look(bed).await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop(running);
+    let stopped = Instant::now();
+    let mut down = Timeline::default();
+    loop {
+        let seen = look(bed).await;
+        down.note(stopped.elapsed(), &seen);
+        if until(stopped.elapsed(), &seen) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < WAIT,
+            "{what}: not done after the stop: {seen:?}\n{}",
+            aim_testkit::events_of(&bed.admin, &bed.ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (up, down)
+}
+
+/// `cost` with `sloWeight: 0` keeps a replica for half a cold start after
+/// its load goes (10 s here) and then lets it go: the service's
+/// `behavior` sets the HPA's scale-down window to 0, because the policy
+/// does the holding. Passthrough on the same metric and target, with the
+/// scale-down window KServe ships (300 s), holds its replicas far longer.
+/// Same load (3 closed-loop clients), same signal (running requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cost_scales_down_where_passthrough_holds() {
+    let cost = start(
+        "t3-cost",
+        service_yaml(
+            4,
+            RUNNING,
+            "1",
+            "    policy: {name: cost, params: {sloWeight: \"0\", coldStart: 20s}}\n    behavior:\n      scaleDown: {stabilizationWindowSeconds: 0}\n",
+        ),
+        "vllm:num_requests_running",
+    )
+    .await;
+    let (cost_up, cost_down) = up_then_watch(
+        &cost,
+        Load::seed(),
+        3,
+        Duration::from_secs(10),
+        "cost",
+        |_, s| s.wants == 1 && s.pods == 1,
+    )
+    .await;
+    let cost_back = cost_down.rows.last().map(|(t, _)| *t).unwrap();
+    cost.finish().await;
+
+    // Passthrough under KServe's shipped default, watched for as long as
+    // cost took to come back, and 20 s more.
+    let watch_for = cost_back + Duration::from_secs(20);
+    let pass = start(
+        "t3-cost-pass",
+        service_yaml(
+            4,
+            RUNNING,
+            "1",
+            "    behavior:\n      scaleDown: {stabilizationWindowSeconds: 300}\n",
+        ),
+        "vllm:num_requests_running",
+    )
+    .await;
+    let (pass_up, pass_down) = up_then_watch(
+        &pass,
+        Load::seed(),
+        3,
+        Duration::from_secs(10),
+        "passthrough",
+        |t, _| t >= watch_for,
+    )
+    .await;
+    pass.finish().await;
+
+    cost_up.print("cost, from the load step");
+    cost_down.print("cost, from the load's stop");
+    pass_up.print("passthrough (300 s scale-down window), from the load step");
+    pass_down.print("passthrough, from the load's stop");
+    Lags {
+        rows: vec![
+            ("cost: load stopped → 1 pod".into(), cost_back),
+            ("passthrough: watched after the stop".into(), watch_for),
+        ],
+    }
+    .print("tier-3 policy: cost vs passthrough after the load");
+    assert!(
+        cost_back < Duration::from_secs(60),
+        "cost should let its replicas go within a minute of the load: {cost_back:?}"
+    );
+    assert!(
+        pass_down.rows.iter().all(|(_, s)| s.wants == 3),
+        "passthrough should hold 3 replicas while cost scales down: {:?}",
+        pass_down.rows
+    );
+}
+
+/// `stable-panic` on a step: 4 clients arrive at once at a service on 1
+/// replica with a 60 s stable window and a 10 s panic window. The panic
+/// window's demand reaches twice the replicas at once: the scaler reports
+/// `panic`, and the HPA is asked for twice the replicas per decision
+/// (`maxScaleUpRate` 2) up to 4. After the load the replicas hold while
+/// the step is inside the stable window, then the policy returns to
+/// `stable` and scales down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stable_panic_enters_panic_on_a_step() {
+    let bed = start(
+        "t3-panic",
+        service_yaml(
+            4,
+            RUNNING,
+            "1",
+            "    policy: {name: stable-panic, params: {stableWindow: 60s, panicWindow: 10s, panicThreshold: \"2\"}}\n",
+        ),
+        "vllm:num_requests_running",
+    )
+    .await;
+    let (up, down) = up_then_watch(
+        &bed,
+        Load::Closed {
+            clients: 4,
+            prompt: "Tell me a story.".into(),
+            max_tokens: 150,
+        },
+        4,
+        Duration::from_secs(10),
+        "stable-panic",
+        |_, s| s.wants == 1 && s.pods == 1 && s.mode == Some("stable"),
+    )
+    .await;
+    bed.finish().await;
+    up.print("stable-panic, from the load step");
+    down.print("stable-panic, from the load's stop");
+    let panic_at = up
+        .rows
+        .iter()
+        .find(|(_, s)| s.mode == Some("panic"))
+        .map(|(t, _)| *t);
+    let calm_at = down
+        .rows
+        .iter()
+        .find(|(_, s)| s.mode == Some("stable"))
+        .map(|(t, _)| *t);
+    let mut rows = vec![];
+    if let Some(t) = panic_at {
+        rows.push(("load step → scaler reports panic".to_string(), t));
+    }
+    if let Some(t) = up.first_wants(2) {
+        rows.push(("load step → HPA wants 2".into(), t));
+    }
+    if let Some(t) = up.first_wants(4) {
+        rows.push(("load step → HPA wants 4".into(), t));
+    }
+    if let Some(t) = calm_at {
+        rows.push(("load stopped → scaler reports stable".into(), t));
+    }
+    rows.push((
+        "load stopped → 1 pod".into(),
+        down.rows.last().map(|(t, _)| *t).unwrap(),
+    ));
+    Lags { rows }.print("tier-3 policy: stable-panic on a step");
+    assert!(panic_at.is_some(), "the scaler never reported panic");
+    // In panic the count never drops.
+    let mut highest = 0;
+    for (t, s) in &down.rows {
+        if s.mode == Some("panic") {
+            assert!(
+                s.wants >= highest,
+                "the HPA dropped to {} in panic at +{t:?}",
+                s.wants
+            );
+        }
+        highest = highest.max(s.wants);
+    }
+    let calm_at = calm_at.expect("the policy returned to stable");
+    assert!(
+        calm_at >= Duration::from_secs(30),
+        "panic should hold while the step is inside the 60 s stable window; it ended {calm_at:?} after the load"
+    );
+}

@@ -71,17 +71,30 @@ impl StablePanic {
             d.clamp(floor, ceiling.max(floor))
         };
         // Re-derive panic: any evaluation point in the last stable window
-        // whose panic-window demand reached the threshold.
+        // whose panic-window demand reached the threshold times the
+        // replicas of its moment. Now, that is the ready replicas; for an
+        // earlier point, which cannot know them, it is what the stable
+        // window wanted then. (Comparing an old point with today's count
+        // would re-enter panic as the count falls after a load: a point
+        // of the load, read against half the replicas, looks like a
+        // burst.)
         let mut highest_panic: Option<u32> = None;
-        let points = recent(input, 0, k.stable);
-        for &(at, _) in &points {
-            let window: Vec<(f64, f64)> = points
+        let lookback = recent(input, 0, 2.0 * k.stable);
+        let inside = |from: f64, to: f64| -> Vec<(f64, f64)> {
+            lookback
                 .iter()
                 .copied()
-                .filter(|p| p.0 > at - k.panic && p.0 <= at)
-                .collect();
-            let proposal = replicas_for(mean(&window), k.per_replica);
-            if f64::from(proposal) >= k.threshold * f64::from(current.max(1)) {
+                .filter(|p| p.0 > from && p.0 <= to)
+                .collect()
+        };
+        for &(at, _) in lookback.iter().filter(|p| p.0 > input.now - k.stable) {
+            let proposal = replicas_for(mean(&inside(at - k.panic, at)), k.per_replica);
+            let then = if at >= input.now {
+                current
+            } else {
+                replicas_for(mean(&inside(at - k.stable, at)), k.per_replica)
+            };
+            if f64::from(proposal) >= k.threshold * f64::from(then.max(1)) {
                 highest_panic = Some(highest_panic.map_or(proposal, |h| h.max(proposal)));
             }
         }
@@ -122,7 +135,9 @@ impl Policy for StablePanic {
 
     fn history_seconds(&self, metadata: &BTreeMap<String, String>) -> Result<f64, PolicyError> {
         let input = PolicyInput::new(&[], metadata);
-        Ok(knobs(&input)?.stable)
+        // A point of the last stable window is judged against the stable
+        // window before it.
+        Ok(2.0 * knobs(&input)?.stable)
     }
 }
 
@@ -203,12 +218,54 @@ mod tests {
         assert_eq!(StablePanic.desired(&input).unwrap(), 20);
         let v = StablePanic.evaluate(&input).unwrap();
         assert_eq!(hpa_replicas(v, 1.0, 10), 20);
-        // Once 130 s leaves the 180 s stable window, it scales down (÷2 at most).
-        let late = PolicyInput {
+        // The burst stays in the 60 s panic windows of the points up to
+        // 190 s, and panic lasts a stable window (180 s) past the last of
+        // them: still held at 320 s.
+        let held = PolicyInput {
             now: 320.0,
             ..input
         };
+        assert_eq!(StablePanic.desired(&held).unwrap(), 20);
+        // Past 370 s it scales down (÷2 at most).
+        let late = PolicyInput {
+            now: 375.0,
+            ..input
+        };
         assert_eq!(StablePanic.desired(&late).unwrap(), 5);
+    }
+
+    #[test]
+    fn falling_replicas_after_a_load_do_not_re_enter_panic() {
+        // A steady 4 in flight for two minutes, then nothing; the count
+        // has come down to 2. The load's points are no burst: the stable
+        // window wanted 4 when they were taken.
+        let m = meta(&[("stableWindow", "60s"), ("panicWindow", "10s")]);
+        let mut points: Vec<(f64, f64)> = (0..=8).map(|k| (f64::from(k) * 15.0, 4.0)).collect();
+        points.extend((9..=10).map(|k| (f64::from(k) * 15.0, 0.0)));
+        let h = history(&points);
+        let input = PolicyInput {
+            now: 165.0,
+            history: &h,
+            target: 1.0,
+            ready_replicas: Some(2),
+            ..PolicyInput::new(&[0.0], &m)
+        };
+        let decision = StablePanic.decide(&input).unwrap();
+        assert_eq!(decision.mode, Some("stable"));
+        assert!(StablePanic.desired(&input).unwrap() <= 2);
+        // A step from nothing is a burst, and stays one for a stable window.
+        let mut step: Vec<(f64, f64)> = (0..=4).map(|k| (f64::from(k) * 15.0, 0.0)).collect();
+        step.push((75.0, 4.0));
+        let h = history(&step);
+        let later = PolicyInput {
+            now: 120.0,
+            history: &h,
+            target: 1.0,
+            ready_replicas: Some(4),
+            ..PolicyInput::new(&[4.0], &m)
+        };
+        assert_eq!(StablePanic.decide(&later).unwrap().mode, Some("panic"));
+        assert_eq!(StablePanic.desired(&later).unwrap(), 4);
     }
 
     #[test]
