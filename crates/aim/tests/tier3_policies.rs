@@ -138,8 +138,11 @@ async fn start_with_idle(prefix: &str, yaml: String, metric: &str, idle: bool) -
         sim_args: Vec::new(),
     })
     .await;
+    if idle {
+        return bed;
+    }
     let began = Instant::now();
-    while !idle {
+    loop {
         let reads = bed
             .hpas
             .get_opt(&bed.hpa_name)
