@@ -379,7 +379,7 @@ async fn cost_scales_down_where_passthrough_holds() {
 }
 
 /// `stable-panic` on a step: 4 clients arrive at once at a service on 1
-/// replica with a 60 s stable window and a 10 s panic window, after a
+/// replica with a 40 s stable window and a 10 s panic window, after a
 /// stable window of idling. (The policy keeps no state: a past point is a
 /// burst when its demand reached twice what the stable window wanted at
 /// that moment, so it needs that much history before the step. A scaler
@@ -398,12 +398,12 @@ async fn stable_panic_enters_panic_on_a_step() {
             4,
             RUNNING,
             "1",
-            "    policy: {name: stable-panic, params: {stableWindow: 60s, panicWindow: 10s, panicThreshold: \"2\"}}\n",
+            "    policy: {name: stable-panic, params: {stableWindow: 40s, panicWindow: 10s, panicThreshold: \"2\"}}\n",
         ),
         "vllm:num_requests_running",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(65)).await;
+    tokio::time::sleep(Duration::from_secs(45)).await;
     let (up, down) = up_then_watch(
         &bed,
         Load::Closed {
@@ -463,7 +463,77 @@ async fn stable_panic_enters_panic_on_a_step() {
     }
     let calm_at = calm_at.expect("the policy returned to stable");
     assert!(
-        calm_at >= Duration::from_secs(30),
-        "panic should hold while the step is inside the 60 s stable window; it ended {calm_at:?} after the load"
+        calm_at >= Duration::from_secs(20),
+        "panic should hold while the step is inside the 40 s stable window; it ended {calm_at:?} after the load"
     );
+}
+
+/// A policy change on the AIMService reaches the live loop: the operator
+/// rewrites its ScaledObject, KEDA rebuilds its scaler client from it, and
+/// the scaler's next answer runs the new policy. Printed: how long each
+/// hop took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_change_reaches_the_live_loop() {
+    let bed = start(
+        "t3-change",
+        service_yaml(4, RUNNING, "1", "    policy: {name: passthrough}\n"),
+        "vllm:num_requests_running",
+    )
+    .await;
+    let policy_of = |bed: &Bed| {
+        bed.scaler.as_ref().and_then(|s| {
+            s.state
+                .decisions()
+                .into_iter()
+                .find(|d| d.namespace == bed.ns && d.scaledobject == bed.predictor)
+                .map(|d| (d.policy, d.at))
+        })
+    };
+    assert_eq!(policy_of(&bed).map(|p| p.0), Some("passthrough"));
+    let changed = Instant::now();
+    let wall = aim_scaler::state::now_nanos() as f64 / 1e9;
+    bed.services
+        .patch(
+            SERVICE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": {"autoScaling": {"policy": {"name": "queue", "params": {"headroom": "0.2"}}}}
+            })),
+        )
+        .await
+        .unwrap();
+    let mut rewritten = None;
+    let live = loop {
+        if rewritten.is_none() {
+            let so = bed.scaled_object().await;
+            if so.data["spec"]["triggers"][0]["metadata"]["policy"] == "queue" {
+                rewritten = Some(changed.elapsed());
+            }
+        }
+        if let Some(("queue", at)) = policy_of(&bed)
+            && at > wall
+        {
+            break changed.elapsed();
+        }
+        assert!(
+            changed.elapsed() < WAIT,
+            "the scaler never answered with the new policy\n{}",
+            aim_testkit::events_of(&bed.admin, &bed.ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Lags {
+        rows: vec![
+            (
+                "policy changed → ScaledObject rewritten".into(),
+                rewritten.unwrap_or(live),
+            ),
+            ("policy changed → the scaler answers with it".into(), live),
+        ],
+    }
+    .print("tier-3 policy: a change on the AIMService, to the live loop");
+    // KEDA asks every HPA sync (5 s on the bed, 15 s by default) once it
+    // has rebuilt its client.
+    assert!(live < Duration::from_secs(30), "{live:?}");
+    bed.finish().await;
 }
