@@ -1382,3 +1382,80 @@ async fn autoscaling_starts_paused_by_config_and_pause_resume_flip_keda() {
     assert!(err.to_string().contains("fixed replicas"), "{err}");
     aim_testkit::delete_namespace(&client, &ns).await;
 }
+
+/// A scaling policy parameter the policy does not have: the service says
+/// so in `ScalingReady`, naming the field, and nothing is deployed. Fixed,
+/// the InferenceService appears with `autoscalerClass: external` and the
+/// operator's own ScaledObject carries the policy.
+#[tokio::test]
+async fn a_bad_policy_parameter_is_a_condition_naming_the_field_and_deploys_nothing() {
+    let (client, ns, api) = setup("badpolicy").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &model_yaml("m", "amdenterpriseai/aim-qwen-qwen3-32b:0.8.5"),
+    )
+    .await
+    .unwrap();
+    ready_template(&client, &ns, "t", "m", "latency", "fp8").await;
+    let service = |params: &str| {
+        format!(
+            "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: s}}\nspec:\n  model: {{name: m}}\n  template: {{name: t}}\n  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    policy: {{name: queue, params: {{{params}}}}}\n"
+        )
+    };
+    apply_yaml(&client, &ns, &service("headrom: \"0.3\""))
+        .await
+        .unwrap();
+    let svc = await_object(&api, "s", "ScalingReady=False", WAIT, |s: &AIMService| {
+        condition(s, "ScalingReady").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = condition(&svc, "ScalingReady").unwrap();
+    assert_eq!(reason, "InvalidScaling");
+    assert!(
+        message.contains("spec.autoScaling.policy.params.headrom") && message.contains("headroom"),
+        "{message}"
+    );
+    // A moment for anything the operator might (wrongly) write.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let isvcs = isvc_api(&client, &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        isvcs.items.is_empty(),
+        "nothing is deployed from a bad spec"
+    );
+
+    apply_yaml(&client, &ns, &service("headroom: \"0.3\""))
+        .await
+        .unwrap();
+    let isvc = the_isvc(&client, &ns, "s").await;
+    assert_eq!(
+        isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"],
+        "external"
+    );
+    let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+    let scaled_objects: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "scaledobjects"),
+    );
+    let name = format!("{}-predictor", isvc["metadata"]["name"].as_str().unwrap());
+    let so = await_object(
+        &scaled_objects,
+        &name,
+        "the operator's ScaledObject",
+        WAIT,
+        |_| true,
+    )
+    .await;
+    let meta = &so.data["spec"]["triggers"][0]["metadata"];
+    assert_eq!(meta["policy"], "queue");
+    assert_eq!(meta["headroom"], "0.3");
+    // The condition goes away once the field is fixed.
+    await_object(&api, "s", "no ScalingReady", WAIT, |s: &AIMService| {
+        condition(s, "ScalingReady").is_none()
+    })
+    .await;
+}
