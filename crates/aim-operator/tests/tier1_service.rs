@@ -1458,4 +1458,24 @@ async fn a_bad_policy_parameter_is_a_condition_naming_the_field_and_deploys_noth
         condition(s, "ScalingReady").is_none()
     })
     .await;
+    // KServe's cluster-wide window is the default of the direction the
+    // service leaves out: a change to KServe's config reaches the object.
+    apply_yaml(
+        &client,
+        "kserve",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: kserve}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: inferenceservice-config, namespace: kserve}\ndata:\n  autoscaler: '{\"scaleUpStabilizationWindowSeconds\": \"0\", \"scaleDownStabilizationWindowSeconds\": \"42\"}'\n",
+    )
+    .await
+    .unwrap();
+    await_object(&scaled_objects, &name, "KServe's 42 s window", WAIT, |so| {
+        so.data["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+            ["stabilizationWindowSeconds"]
+            == 42
+    })
+    .await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "kserve");
+    let _ = maps
+        .delete("inferenceservice-config", &Default::default())
+        .await;
 }

@@ -846,6 +846,7 @@ pub async fn run(
     let store_for_pods = store.clone();
     let store_for_hpa = store.clone();
     let store_for_scaled_objects = store.clone();
+    let store_for_config_map = store.clone();
     let (scaled_object_ar, _) =
         kube_io::resource_of(KEDA_API_VERSION, "ScaledObject").expect("known kind");
 
@@ -960,6 +961,26 @@ pub async fn run(
                     .unwrap_or_default()
                     .to_string();
                 services_with_isvc(&store_for_hpa, hpa.namespace(), &isvc)
+            },
+        )
+        // KServe's autoscaler settings are the defaults of the operator's
+        // own ScaledObjects: a change re-runs the services that have one.
+        .watches(
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone()),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", crate::context::KSERVE_CONFIG)),
+            move |_| {
+                store_for_config_map
+                    .state()
+                    .iter()
+                    .filter(|s| {
+                        s.spec
+                            .auto_scaling
+                            .as_ref()
+                            .is_some_and(aim_api::service::AutoScaling::uses_extensions)
+                    })
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
             },
         )
         // KServe names the ScaledObject `<isvc>-predictor`; a change to it
