@@ -117,22 +117,23 @@ pub async fn run_with(
     let (isvc_warnings, writer) = kube::runtime::reflector::store();
     let warning_watch = kube::runtime::reflector(
         writer,
-        kube::runtime::watcher(
+        kube::runtime::WatchStreamExt::default_backoff(kube::runtime::watcher(
             kube::Api::<k8s_openapi::api::core::v1::Event>::all(client.clone()),
             kube::runtime::watcher::Config::default()
                 .fields("involvedObject.kind=InferenceService,type=Warning"),
-        ),
+        )),
     );
     let warnings_task = tokio::spawn(futures::StreamExt::for_each(warning_watch, |_| async {}));
     // Only KServe's config map, by name: the chart grants exactly that one.
     let (kserve_config, writer) = kube::runtime::reflector::store();
+    // With backoff: an unreachable API server is retried, not spun on.
     let kserve_config_watch = kube::runtime::reflector(
         writer,
-        kube::runtime::watcher(
+        kube::runtime::WatchStreamExt::default_backoff(kube::runtime::watcher(
             kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone()),
             kube::runtime::watcher::Config::default()
                 .fields(&format!("metadata.name={}", context::KSERVE_CONFIG)),
-        ),
+        )),
     );
     let kserve_config_task = tokio::spawn(futures::StreamExt::for_each(
         kserve_config_watch,
