@@ -8,11 +8,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -50,11 +51,23 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
     // Dropping this map (the runner's future dropped or aborted) aborts
     // every pod's task, and with it kills its simulator (kill_on_drop).
     let mut running: HashMap<String, PodTask> = HashMap::new();
-    let mut stream = watcher::watcher(pods, watcher::Config::default().labels(ISVC_LABEL)).boxed();
+    // A watch that fails (an API server restart, a connection timed out)
+    // is resumed with backoff, and the relist reconciles what changed
+    // meanwhile: a transient error must not stop every simulator.
+    let mut stream = watcher::watcher(pods, watcher::Config::default().labels(ISVC_LABEL))
+        .default_backoff()
+        .boxed();
     // Pods seen in the current relist, to stop the ones that vanished while
     // the watch was down.
     let mut relisted: Option<Vec<String>> = None;
-    while let Some(event) = stream.try_next().await? {
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "the pod watch failed; resuming it with backoff");
+                continue;
+            }
+        };
         match event {
             Event::Apply(pod) | Event::InitApply(pod) => {
                 let uid = pod.uid().unwrap_or_default();

@@ -556,13 +556,11 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
             peak_at = Some(t);
         }
         // The same "back at one" as the lab comparison's (prediction::episode):
-        // a pod still starting counts, and so does the HPA's own count.
-        let at_one = load_done
-            && peak > 1
-            && row.desired == 1
-            && row.hpa_desired == 1
-            && row.ready_pods == 1
-            && row.pods == 1;
+        // a pod still starting counts, and so does the HPA's own count. The
+        // service's status is shown but not waited for: it follows the HPA
+        // and must not hold up a measurement of the HPA.
+        let at_one =
+            load_done && peak > 1 && row.hpa_desired == 1 && row.ready_pods == 1 && row.pods == 1;
         rows.push(row);
         if at_one {
             back_at_one = Some(t);
