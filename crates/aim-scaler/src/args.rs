@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn duration_arg(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text)
         .ok_or_else(|| format!("{text:?} is not a duration; use e.g. 15s, 2m, 500ms"))
 }
@@ -19,6 +19,9 @@ pub enum ScalerCommand {
     /// Measure the compacted history: memory per query and per step, the
     /// snapshot's size, and what a day of history adds to an evaluation.
     BenchHistory(crate::bench_history::HistoryBenchArgs),
+    /// Show two replicas fed the same exports give KEDA the same answers
+    /// through a collector restart (100k series by default).
+    BenchReplicas(crate::bench_replicas::ReplicasBenchArgs),
 }
 
 /// KEDA external scaler fed by OpenTelemetry metrics (drop-in for

@@ -6,7 +6,8 @@
 //! - Ingest: points per CPU-second of decode + conversion + store on the
 //!   calling thread, for two batch shapes (many pods per OTLP request, as
 //!   a gateway collector sends, and one pod per request, as a sidecar
-//!   does), against decode alone (the floor any OTLP receiver pays).
+//!   does), against prost's decode alone (the floor of a receiver that
+//!   decodes into owned structs, as this one did before `otlp_wire`).
 //! - GetMetrics: p50/p99 over loopback gRPC, and of the evaluation alone
 //!   (server-side), at each store size while a thread ingests at the
 //!   production rate (every series one point per 5 s scrape).
@@ -19,6 +20,7 @@
 //! older store for a same-session comparison.
 
 use crate::args::ScalerArgs;
+use crate::ingest::IngestReport;
 use crate::proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use crate::proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
 use crate::self_metrics::Transport;
@@ -329,7 +331,7 @@ fn resident_bytes() -> Option<u64> {
 /// CPU time of the calling thread; wall time where the kernel does not
 /// say (then the figure is per wall-second, an underestimate on a busy
 /// machine).
-fn thread_cpu() -> Duration {
+pub fn thread_cpu() -> Duration {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
@@ -360,21 +362,44 @@ fn bench_args() -> ScalerArgs {
     args
 }
 
-/// Decode + ingest points per CPU-second for one batch shape, best of
-/// three passes into a store already holding every series (the machine is
-/// shared), decode-only and full passes alternating so drift hits both.
-fn measure_ingest(args: &BenchArgs, pods_per_request: usize) -> anyhow::Result<IngestFigure> {
-    let layout = Layout::new(args, args.ingest_series);
-    let now = now_nanos();
-    let first = now - (4 * args.rounds as u64 + 1) * SCRAPE;
-    let encode_pass = |pass: usize| -> (Vec<Vec<u8>>, usize) {
+/// The ingest figures' workload, also for tools measuring the same thing
+/// another way (`examples/ingest_allocs.rs`): a state that already holds
+/// every series, and passes of encoded requests that each add `rounds`
+/// more points to every series.
+pub struct IngestWorkload {
+    layout: Layout,
+    first: u64,
+    rounds: usize,
+    pods_per_request: usize,
+    pub state: ScalerState,
+}
+
+impl IngestWorkload {
+    /// `args.ingest_series` series in requests of `pods_per_request` pods,
+    /// filled with one pass (pass 0).
+    pub fn new(args: &BenchArgs, pods_per_request: usize) -> anyhow::Result<IngestWorkload> {
+        let workload = IngestWorkload {
+            layout: Layout::new(args, args.ingest_series),
+            first: now_nanos() - (4 * args.rounds as u64 + 1) * SCRAPE,
+            rounds: args.rounds,
+            pods_per_request,
+            state: state_from_args(&bench_args()),
+        };
+        let (fill, fill_points) = workload.pass(0);
+        ingest_encoded(&workload.state, &fill, fill_points)?;
+        Ok(workload)
+    }
+
+    /// Pass `pass` encoded: requests and the points in them. Passes from
+    /// 4 on are stamped ahead of the clock.
+    pub fn pass(&self, pass: usize) -> (Vec<Vec<u8>>, usize) {
         let mut encoded = Vec::new();
         let mut points = 0;
-        for round in 0..args.rounds {
-            let time = first + (pass * args.rounds + round) as u64 * SCRAPE;
+        for round in 0..self.rounds {
+            let time = self.first + (pass * self.rounds + round) as u64 * SCRAPE;
             for_each_request(
-                &layout,
-                pods_per_request,
+                &self.layout,
+                self.pods_per_request,
                 || time,
                 |request| {
                     points += points_in(&request);
@@ -383,11 +408,16 @@ fn measure_ingest(args: &BenchArgs, pods_per_request: usize) -> anyhow::Result<I
             );
         }
         (encoded, points)
-    };
-    let state = state_from_args(&bench_args());
-    let (fill, fill_points) = encode_pass(0);
-    ingest_encoded(&state, &fill, fill_points)?;
-    drop(fill);
+    }
+}
+
+/// Decode + ingest points per CPU-second for one batch shape, best of
+/// three passes into a store already holding every series (the machine is
+/// shared), decode-only and full passes alternating so drift hits both.
+fn measure_ingest(args: &BenchArgs, pods_per_request: usize) -> anyhow::Result<IngestFigure> {
+    let workload = IngestWorkload::new(args, pods_per_request)?;
+    let state = &workload.state;
+    let encode_pass = |pass| workload.pass(pass);
     let mut decode_only: f64 = 0.0;
     let mut full: f64 = 0.0;
     for pass in 1..=3 {
@@ -400,7 +430,7 @@ fn measure_ingest(args: &BenchArgs, pods_per_request: usize) -> anyhow::Result<I
         let cpu = (thread_cpu() - started).as_secs_f64();
         decode_only = decode_only.max(decoded as f64 / cpu);
         let started = thread_cpu();
-        ingest_encoded(&state, &encoded, points)?;
+        ingest_encoded(state, &encoded, points)?;
         let cpu = (thread_cpu() - started).as_secs_f64();
         full = full.max(points as f64 / cpu);
     }
@@ -412,17 +442,27 @@ fn measure_ingest(args: &BenchArgs, pods_per_request: usize) -> anyhow::Result<I
     })
 }
 
-fn ingest_encoded(state: &ScalerState, encoded: &[Vec<u8>], points: usize) -> anyhow::Result<()> {
+pub fn ingest_encoded(
+    state: &ScalerState,
+    encoded: &[Vec<u8>],
+    points: usize,
+) -> anyhow::Result<()> {
     let mut stored = 0u64;
     for bytes in encoded {
-        let request = ExportMetricsServiceRequest::decode(&bytes[..])?;
-        stored += state.ingest(&request, Transport::Grpc).stored;
+        stored += ingest_bytes(state, bytes)?.stored;
     }
     anyhow::ensure!(
         stored as usize == points,
         "stored {stored} of {points} points"
     );
     Ok(())
+}
+
+/// Decode and ingest of one encoded request, as the OTLP receivers do it.
+/// The one function a bench of an older store (which decoded with prost
+/// and then ingested the request) has to spell differently.
+fn ingest_bytes(state: &ScalerState, bytes: &[u8]) -> anyhow::Result<IngestReport> {
+    Ok(state.ingest_protobuf(bytes, Transport::Grpc)?)
 }
 
 fn trigger_metadata(query: &str) -> BTreeMap<String, String> {

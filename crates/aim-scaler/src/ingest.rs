@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// OTLP data point flag bit: the point carries no value (how a Prometheus
 /// staleness marker arrives).
-const FLAG_NO_RECORDED_VALUE: u32 = 1;
+pub(crate) const FLAG_NO_RECORDED_VALUE: u32 = 1;
 
 /// Resource attributes copied onto every point by default. otel-add-on keeps
 /// only `host.name`; the pod identity is added so that two pods whose point
@@ -79,13 +79,13 @@ impl IngestReport {
         })
     }
 
-    fn problem(&mut self, text: impl FnOnce() -> String) {
+    pub(crate) fn problem(&mut self, text: impl FnOnce() -> String) {
         if self.first_problem.is_none() {
             self.first_problem = Some(text());
         }
     }
 
-    fn count(&mut self, outcome: AppendOutcome, metric: &str) {
+    pub(crate) fn count(&mut self, outcome: AppendOutcome, metric: &str) {
         match outcome {
             AppendOutcome::Stored => self.stored += 1,
             AppendOutcome::RejectedSeriesCap => {
@@ -100,6 +100,25 @@ impl IngestReport {
             }
         }
     }
+}
+
+// Problems named in partial-success messages, shared with the borrowing
+// decoder (`otlp_wire`) so both paths word them alike.
+
+pub(crate) fn empty_name_problem() -> String {
+    "a metric has an empty name".to_owned()
+}
+
+pub(crate) fn histogram_shape_problem(name: &str, buckets: usize, bounds: usize) -> String {
+    format!("histogram '{name}': {buckets} bucket counts for {bounds} bounds (must be one more)")
+}
+
+pub(crate) fn no_value_problem(name: &str) -> String {
+    format!("metric '{name}': data point has neither as_double nor as_int")
+}
+
+pub(crate) fn not_finite_problem(name: &str, value: f64) -> String {
+    format!("metric '{name}': value {value} is not finite")
 }
 
 /// Renders a typed attribute value so that an int 5 matches the query
@@ -170,7 +189,7 @@ fn labels<'a>(
     canonicalize_pairs(scratch);
 }
 
-fn temporality(value: i32) -> Temporality {
+pub(crate) fn temporality(value: i32) -> Temporality {
     // UNSPECIFIED is treated as cumulative: it is what a Prometheus-fed
     // pipeline means, and cumulative handling of a delta stream degrades
     // gracefully (drops look like resets).
@@ -247,7 +266,7 @@ fn ingest_metric<'a>(
     if name.is_empty() {
         let points = count_points(data);
         report.rejected_invalid += points;
-        report.problem(|| "a metric has an empty name".to_owned());
+        report.problem(empty_name_problem);
         return;
     }
     let time_or_now = |t: u64| if t == 0 { received } else { t };
@@ -284,10 +303,10 @@ fn ingest_metric<'a>(
                 {
                     report.rejected_invalid += 1;
                     report.problem(|| {
-                        format!(
-                            "histogram '{name}': {} bucket counts for {} bounds (must be one more)",
+                        histogram_shape_problem(
+                            &name,
                             p.bucket_counts.len(),
-                            p.explicit_bounds.len()
+                            p.explicit_bounds.len(),
                         )
                     });
                     continue;
@@ -386,15 +405,13 @@ fn scalar<'a>(
         Some(number_data_point::Value::AsInt(v)) => v as f64,
         None => {
             report.rejected_invalid += 1;
-            report.problem(|| {
-                format!("metric '{name}': data point has neither as_double nor as_int")
-            });
+            report.problem(|| no_value_problem(name));
             return;
         }
     };
     if !value.is_finite() {
         report.rejected_invalid += 1;
-        report.problem(|| format!("metric '{name}': value {value} is not finite"));
+        report.problem(|| not_finite_problem(name, value));
         return;
     }
     let point = ScalarPoint {

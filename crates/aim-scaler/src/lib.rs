@@ -7,12 +7,14 @@
 mod args;
 pub mod bench;
 pub mod bench_history;
+pub mod bench_replicas;
 pub mod history;
 pub mod ingest;
 pub mod keda;
 pub mod labels;
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod otlp_wire;
 pub mod proto;
 pub mod query;
 pub mod self_metrics;
@@ -31,6 +33,7 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<()> {
     match &args.command {
         Some(ScalerCommand::Bench(bench)) => bench::run(bench.clone()).await,
         Some(ScalerCommand::BenchHistory(bench)) => bench_history::run(bench.clone()),
+        Some(ScalerCommand::BenchReplicas(bench)) => bench_replicas::run(bench.clone()).await,
         None => server::serve_until_signal(&args).await,
     }
 }

@@ -8,9 +8,8 @@
 
 use crate::self_metrics::Transport;
 use crate::state::ScalerState;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -44,14 +43,22 @@ impl NamedService for OtlpGrpcService {
 
 struct Export(Arc<ScalerState>);
 
-impl UnaryService<ExportMetricsServiceRequest> for Export {
+/// The handler gets the message's bytes and decodes them in place
+/// ([`crate::otlp_wire`]) rather than through a prost-decoded request.
+impl UnaryService<Bytes> for Export {
     type Response = ExportMetricsServiceResponse;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Self::Response>, Status>> + Send>>;
 
-    fn call(&mut self, request: Request<ExportMetricsServiceRequest>) -> Self::Future {
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
-            let report = state.ingest(request.get_ref(), Transport::Grpc);
+            let report = state
+                .ingest_protobuf(request.get_ref(), Transport::Grpc)
+                .map_err(|error| {
+                    Status::invalid_argument(format!(
+                        "request body is not a valid OTLP ExportMetricsServiceRequest protobuf: {error}"
+                    ))
+                })?;
             state.metrics.record_request(Transport::Grpc, true);
             Ok(Response::new(ExportMetricsServiceResponse {
                 partial_success: report.partial_success(),
@@ -60,41 +67,35 @@ impl UnaryService<ExportMetricsServiceRequest> for Export {
     }
 }
 
-/// Prost codec whose decode errors are INVALID_ARGUMENT naming the message.
+/// Codec handing the request message over as raw bytes (decoded by the
+/// handler, whose errors are INVALID_ARGUMENT naming the message) and
+/// encoding the response with prost.
 #[derive(Default)]
 struct OtlpCodec;
 
-struct OtlpDecoder(tonic_prost::ProstDecoder<ExportMetricsServiceRequest>);
+struct RawDecoder;
 
-impl Decoder for OtlpDecoder {
-    type Item = ExportMetricsServiceRequest;
+impl Decoder for RawDecoder {
+    type Item = Bytes;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        self.0.decode(buf).map_err(|status| {
-            Status::invalid_argument(format!(
-                "request body is not a valid OTLP ExportMetricsServiceRequest protobuf: {}",
-                status.message()
-            ))
-        })
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
     }
 }
 
 impl Codec for OtlpCodec {
     type Encode = ExportMetricsServiceResponse;
-    type Decode = ExportMetricsServiceRequest;
-    type Encoder = <tonic_prost::ProstCodec<
-        ExportMetricsServiceResponse,
-        ExportMetricsServiceRequest,
-    > as Codec>::Encoder;
-    type Decoder = OtlpDecoder;
+    type Decode = Bytes;
+    type Encoder = <tonic_prost::ProstCodec<ExportMetricsServiceResponse, ()> as Codec>::Encoder;
+    type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstCodec::<ExportMetricsServiceResponse, ExportMetricsServiceRequest>::default().encoder()
+        tonic_prost::ProstCodec::<ExportMetricsServiceResponse, ()>::default().encoder()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        OtlpDecoder(tonic_prost::ProstDecoder::default())
+        RawDecoder
     }
 }
 

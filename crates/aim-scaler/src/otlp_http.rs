@@ -1,6 +1,7 @@
 //! OTLP/HTTP `POST /v1/metrics`: binary protobuf or JSON, optionally
 //! gzip-compressed, answered in the request's own content type.
 
+use crate::ingest::IngestReport;
 use crate::self_metrics::Transport;
 use crate::state::ScalerState;
 use axum::Router;
@@ -175,25 +176,32 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
     }
 }
 
-fn decode(format: Format, body: &[u8]) -> Result<ExportMetricsServiceRequest, Failure> {
-    let bad = |detail: String| {
-        Failure::new(
-            StatusCode::BAD_REQUEST,
-            tonic::Code::InvalidArgument,
-            detail,
-        )
-    };
+fn bad_body(detail: String) -> Failure {
+    Failure::new(
+        StatusCode::BAD_REQUEST,
+        tonic::Code::InvalidArgument,
+        detail,
+    )
+}
+
+/// Decodes and ingests the body: protobuf read in place
+/// ([`crate::otlp_wire`]), JSON through serde.
+fn ingest_body(state: &ScalerState, format: Format, body: &[u8]) -> Result<IngestReport, Failure> {
     match format {
-        Format::Protobuf => ExportMetricsServiceRequest::decode(body).map_err(|e| {
-            bad(format!(
+        Format::Protobuf => state.ingest_protobuf(body, Transport::Http).map_err(|e| {
+            bad_body(format!(
                 "body is not a valid OTLP ExportMetricsServiceRequest protobuf: {e}"
             ))
         }),
-        Format::Json => serde_json::from_slice(body).map_err(|e| {
-            bad(format!(
-                "body is not a valid OTLP/JSON ExportMetricsServiceRequest: {e}"
-            ))
-        }),
+        Format::Json => {
+            let request: ExportMetricsServiceRequest =
+                serde_json::from_slice(body).map_err(|e| {
+                    bad_body(format!(
+                        "body is not a valid OTLP/JSON ExportMetricsServiceRequest: {e}"
+                    ))
+                })?;
+            Ok(state.ingest(&request, Transport::Http))
+        }
     }
 }
 
@@ -207,17 +215,16 @@ async fn export(State(http): State<HttpState>, headers: HeaderMap, body: Body) -
             return failure.into_response(Format::Protobuf);
         }
     };
-    let request = match read_body(body, &headers, http.max_body_bytes)
+    let report = match read_body(body, &headers, http.max_body_bytes)
         .await
-        .and_then(|bytes| decode(format, &bytes))
+        .and_then(|bytes| ingest_body(&http.state, format, &bytes))
     {
-        Ok(request) => request,
+        Ok(report) => report,
         Err(failure) => {
             http.state.metrics.record_request(Transport::Http, false);
             return failure.into_response(format);
         }
     };
-    let report = http.state.ingest(&request, Transport::Http);
     http.state.metrics.record_request(Transport::Http, true);
     let response = ExportMetricsServiceResponse {
         partial_success: report.partial_success(),

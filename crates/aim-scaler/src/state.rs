@@ -107,12 +107,34 @@ impl ScalerState {
         transport: Transport,
     ) -> IngestReport {
         let report = ingest(&self.store, request, &self.ingest_config, now_nanos());
-        self.metrics.record_ingest(transport, &report);
+        self.after_ingest(transport, &report);
+        report
+    }
+
+    /// Decodes and ingests a binary OTLP request, reading it in place (see
+    /// [`crate::otlp_wire`]). A malformed request stores nothing and is
+    /// prost's error; the caller reports it.
+    pub fn ingest_protobuf(
+        &self,
+        bytes: &[u8],
+        transport: Transport,
+    ) -> Result<IngestReport, prost::DecodeError> {
+        let report = crate::otlp_wire::ingest_protobuf(
+            &self.store,
+            bytes,
+            &self.ingest_config,
+            now_nanos(),
+        )?;
+        self.after_ingest(transport, &report);
+        Ok(report)
+    }
+
+    fn after_ingest(&self, transport: Transport, report: &IngestReport) {
+        self.metrics.record_ingest(transport, report);
         if report.stored > 0 {
             self.ingested
                 .send_modify(|generation| *generation = generation.wrapping_add(1));
         }
-        report
     }
 
     /// Evaluates `trigger` now, with the compacted history.
