@@ -652,9 +652,22 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
                 live.ttft_p50_ms = s.ttft.p50_ms;
                 live.ttft_p99_ms = s.ttft.p99_ms;
                 print!("{}", crate::prediction::side_by_side(&lab, &live));
+                // The manifest the lab ran, where a user can run it again:
+                // the seed's file, or the seed with --policy written out.
+                let manifest_file = if args.policy.is_some() {
+                    let dir = cache.root.join("demo");
+                    let file = dir.join("service.yaml");
+                    std::fs::create_dir_all(&dir)
+                        .and_then(|()| std::fs::write(&file, &live_loop.manifest))
+                        .with_context(|| format!("writing {}", file.display()))?;
+                    file
+                } else {
+                    std::path::PathBuf::from("examples/seeds/aim-basic-autoscaling.yaml")
+                };
                 println!(
-                    "    the lab runs {} times, with the first scrape and the first HPA sync at phases spread over their periods (live they are whatever the processes' start made them). Live replica figures are read every 2 s (desired from the HPA's status); the lab's every 1 s. The aligned case from the command line: aim lab run -f examples/seeds/aim-basic-autoscaling.yaml --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
+                    "    the lab runs {} times, with the first scrape and the first HPA sync at phases spread over their periods (live they are whatever the processes' start made them). Live replica figures are read every 2 s (desired from the HPA's status); the lab's every 1 s. The aligned case from the command line: aim lab run -f {} --profile {SIM_PROFILE} --cold-start {} --cold-start-jitter 0 --hpa-sync {} --scrape-interval {} --window {} --scale-down-window {} --drain-grace 0 --router round-robin (on a trace of these arrivals)",
                     crate::prediction::PHASE_DRAWS,
+                    manifest_file.display(),
                     live_loop.cold_start_s,
                     live_loop.hpa_sync_s,
                     live_loop.scrape_interval_s,
