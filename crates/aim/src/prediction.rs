@@ -9,8 +9,7 @@ use aim_engine::Profile;
 use aim_lab::control::Controller;
 use aim_lab::sim::{Router, RunResult, SimConfig};
 use aim_lab::trace::Arrival;
-use aim_policy::hpa::{Behavior, PolicyKind, RatePolicy, ScalingRules, SelectPolicy};
-use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
+use aim_policy::hpa::Behavior;
 
 /// One look at the replica counts, live (every 2 s) or in the lab (every 1 s).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,48 +99,9 @@ pub fn figures_of_lab(run: &RunResult, load_for: f64) -> Figures {
     f
 }
 
-/// `spec.behavior` of a live HPA (after API defaulting) as the lab's HPA
-/// takes it. A direction the API left empty keeps upstream's default.
-pub fn behavior_of(live: Option<&HorizontalPodAutoscalerBehavior>) -> Behavior {
-    let defaults = Behavior::default();
-    let rules = |r: Option<&HPAScalingRules>, default: ScalingRules| {
-        let Some(r) = r else { return default };
-        ScalingRules {
-            stabilization_window_seconds: r
-                .stabilization_window_seconds
-                .map_or(default.stabilization_window_seconds, |s| s.max(0) as u32),
-            select: match r.select_policy.as_deref() {
-                Some("Min") => SelectPolicy::Min,
-                Some("Disabled") => SelectPolicy::Disabled,
-                Some("Max") => SelectPolicy::Max,
-                _ => default.select,
-            },
-            policies: match &r.policies {
-                Some(p) if !p.is_empty() => p
-                    .iter()
-                    .map(|p| RatePolicy {
-                        kind: if p.type_ == "Percent" {
-                            PolicyKind::Percent
-                        } else {
-                            PolicyKind::Pods
-                        },
-                        value: p.value.max(0) as u32,
-                        period_seconds: p.period_seconds.max(0) as u32,
-                    })
-                    .collect(),
-                _ => default.policies,
-            },
-            tolerance: r.tolerance.as_ref().and_then(|q| q.0.parse().ok()),
-        }
-    };
-    Behavior {
-        scale_up: rules(live.and_then(|b| b.scale_up.as_ref()), defaults.scale_up),
-        scale_down: rules(
-            live.and_then(|b| b.scale_down.as_ref()),
-            defaults.scale_down,
-        ),
-    }
-}
+/// The live HPA's `behavior` as the lab runs it: the shared translation's
+/// reading, with the API server's defaults where a field is left out.
+pub use aim_scaling::behavior_of;
 
 /// Everything about the live loop the lab needs to replay it.
 #[derive(Debug, Clone)]
@@ -371,6 +331,8 @@ mod tests {
 
     #[test]
     fn a_live_behavior_becomes_the_labs() {
+        use aim_policy::hpa::{PolicyKind, RatePolicy, SelectPolicy};
+        use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
         let live = HorizontalPodAutoscalerBehavior {
             scale_down: Some(HPAScalingRules {
                 stabilization_window_seconds: Some(10),
