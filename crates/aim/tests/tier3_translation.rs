@@ -15,14 +15,16 @@
 //! cargo test -p aim --test tier3_translation -- --nocapture
 //! ```
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use aim_api::AIMService;
 use aim_scaling::{KServeAutoscaler, ScaledObject, Scaling, ServiceScaling};
 use aim_testkit::{apply_yaml, cluster_with_kserve, namespace, repo_path};
+use common::bed::{dynamic, model_and_template, operator_client, ready_template};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -31,66 +33,8 @@ const WAIT: Duration = Duration::from_secs(120);
 /// The scaler address the operator writes; nothing needs to answer there.
 const SCALER: &str = "127.0.0.1:4399";
 
-const MODEL_AND_TEMPLATE: &str = r#"apiVersion: aim.eai.amd.com/v1alpha1
-kind: AIMModel
-metadata: {name: qwen-qwen3-32b}
-spec:
-  image: amdenterpriseai/aim-qwen-qwen3-32b:0.8.5
-  discovery: {createServiceTemplates: false}
-  imageMetadata:
-    model: {canonicalName: Qwen/Qwen3-32B}
----
-apiVersion: aim.eai.amd.com/v1alpha1
-kind: AIMServiceTemplate
-metadata:
-  name: qwen3-32b-latency
-  annotations: {aim.eai.amd.com/reconciliation-paused: "true"}
-spec:
-  modelName: qwen-qwen3-32b
-  metric: latency
-  precision: fp8
-  hardware: {gpu: {requests: 1, model: MI300X}}
-"#;
-
-async fn ready_template(client: &Client, ns: &str) {
-    let api: Api<aim_api::AIMServiceTemplate> = Api::namespaced(client.clone(), ns);
-    let status = json!({
-        "apiVersion": "aim.eai.amd.com/v1alpha1", "kind": "AIMServiceTemplate",
-        "status": {
-            "status": "Ready",
-            "profile": {"metadata": {"engine": "vllm", "gpu": "MI300X", "gpuCount": 1,
-                                     "metric": "latency", "precision": "fp8", "type": "optimized"}},
-            "resolvedHardware": {"gpu": {"requests": 1, "model": "MI300X"}},
-            "hardwareSummary": "1 x MI300X",
-        }
-    });
-    api.patch_status(
-        "qwen3-32b-latency",
-        &PatchParams::apply("aim-test-discovery").force(),
-        &Patch::Apply(&status),
-    )
-    .await
-    .unwrap();
-}
-
-async fn operator_client() -> Client {
-    aim_testkit::install_chart().await;
-    let info = aim_testkit::cluster().await;
-    let kc = kube::config::Kubeconfig::read_from(&info.kubeconfig).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some("system:serviceaccount:aim-system:aim-operator".into());
-    Client::try_from(config).unwrap()
-}
-
 fn scaled_objects(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(&gvk, "scaledobjects"),
-    )
+    dynamic(client, ns, "keda.sh", "v1alpha1", "ScaledObject")
 }
 
 /// The seed AIMServices that autoscale, reduced to their scaling fields and
@@ -282,7 +226,9 @@ async fn every_autoscaling_seed_gets_the_scaled_object_the_lab_scores() {
     let admin = info.client().await.unwrap();
     let ns = namespace(&admin, "translation").await;
     let operator = start_operator().await;
-    apply_yaml(&admin, &ns, MODEL_AND_TEMPLATE).await.unwrap();
+    apply_yaml(&admin, &ns, &model_and_template())
+        .await
+        .unwrap();
     ready_template(&admin, &ns).await;
     let kserve = kserve_settings(&admin).await;
     let seeds = autoscaling_seeds();
@@ -322,7 +268,9 @@ async fn a_policy_hands_the_scaled_object_to_the_operator_and_back() {
     let admin = info.client().await.unwrap();
     let ns = namespace(&admin, "handover").await;
     let operator = start_operator().await;
-    apply_yaml(&admin, &ns, MODEL_AND_TEMPLATE).await.unwrap();
+    apply_yaml(&admin, &ns, &model_and_template())
+        .await
+        .unwrap();
     ready_template(&admin, &ns).await;
     let kserve = kserve_settings(&admin).await;
     let base = r#"apiVersion: aim.eai.amd.com/v1alpha1
