@@ -303,8 +303,13 @@ pub struct RatePolicy {
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum ScalingMetricType {
+    /// A per-pod vLLM metric, collected by the OpenTelemetry sidecar and
+    /// read by the KEDA external scaler (AIM Engine's only type).
     #[default]
     PodMetric,
+    /// aim extension: a metric KEDA reads from a Prometheus server with a
+    /// PromQL query, written as KServe's `External` metric.
+    External,
 }
 
 #[skip_serializing_none]
@@ -313,6 +318,58 @@ pub struct ScalingMetric {
     #[serde(rename = "type")]
     pub type_: ScalingMetricType,
     pub podmetric: Option<PodMetric>,
+    /// aim extension, with `type: External`: the Prometheus backend.
+    pub external: Option<ExternalMetric>,
+}
+
+impl ScalingMetric {
+    /// The Prometheus source of an `External` metric, if this is one.
+    pub fn prometheus(&self) -> Option<&ExternalMetricSource> {
+        if self.type_ != ScalingMetricType::External {
+            return None;
+        }
+        self.external.as_ref()?.metric.as_ref()
+    }
+}
+
+/// KServe's `External` metric: KEDA's own `prometheus` scaler queries the
+/// server, so no sidecar or aim scaler is involved.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ExternalMetric {
+    pub metric: Option<ExternalMetricSource>,
+    /// KEDA's `threshold` is `target.value`, compared per replica (KEDA's
+    /// default `AverageValue`), whatever `target.type` says: KServe v0.16
+    /// writes no metric type for external metrics.
+    pub target: Option<MetricTarget>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalBackend {
+    #[default]
+    Prometheus,
+}
+
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalMetricSource {
+    #[serde(default = "default_external_backend")]
+    pub backend: Option<ExternalBackend>,
+    /// The Prometheus server's base URL, e.g.
+    /// `http://prometheus-operated.monitoring.svc:9090`.
+    pub server_address: Option<String>,
+    /// A PromQL query that returns exactly one series, e.g.
+    /// `sum(vllm:num_requests_waiting{namespace="ml-team"})`.
+    pub query: Option<String>,
+    /// The tenant namespace KEDA sends to multi-tenant Prometheus
+    /// front-ends (Thanos, Cortex); it does not filter the query.
+    pub namespace: Option<String>,
+}
+
+fn default_external_backend() -> Option<ExternalBackend> {
+    Some(ExternalBackend::Prometheus)
 }
 
 #[skip_serializing_none]

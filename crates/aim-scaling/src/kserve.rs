@@ -18,13 +18,19 @@
 //!   `scalerAddress`, and `operationOverTime` when set. No `metricType` is
 //!   written, so KEDA's default, `AverageValue`, applies whatever the
 //!   metric's target type says;
+//! * each external metric becomes a trigger of its backend's type
+//!   (`prometheus`) with `serverAddress`, `query` and `threshold` (the
+//!   target's `value`, "0" when absent) as written, plus `namespace` when
+//!   set; again no `metricType`, so the threshold is per replica;
 //! * `advanced.horizontalPodAutoscalerConfig.behavior` carries only the
 //!   stabilisation windows: the predictor's own, else the cluster config
 //!   map's.
 
 use std::collections::BTreeMap;
 
-use aim_api::service::{AutoScaling, MetricsBackend};
+use aim_api::service::{
+    AutoScaling, ExternalBackend, ExternalMetric, MetricsBackend, PodMetric, ScalingMetricType,
+};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
 
 use crate::plan::KServeAutoscaler;
@@ -56,48 +62,9 @@ pub fn scaled_object(p: &Predictor<'_>) -> ScaledObject {
         .autoscaling
         .metrics
         .iter()
-        .filter_map(|m| m.podmetric.as_ref())
-        .filter_map(|pm| {
-            let source = pm.metric.as_ref()?;
-            // The AIMService schema admits only the OpenTelemetry backend.
-            let _: MetricsBackend = source.backend.unwrap_or_default();
-            let query = source.query.as_deref().unwrap_or("");
-            let mut metadata = BTreeMap::new();
-            metadata.insert(
-                "metricQuery".to_string(),
-                format!(
-                    "sum({query}{{namespace=\"{}\", deployment=\"{name}\"}})",
-                    p.namespace
-                ),
-            );
-            metadata.insert(
-                "targetValue".to_string(),
-                pm.target
-                    .as_ref()
-                    .and_then(|t| t.value.clone())
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "0".into()),
-            );
-            metadata.insert(
-                "scalerAddress".to_string(),
-                source
-                    .server_address
-                    .clone()
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or_else(|| p.config.default_scaler_address.clone()),
-            );
-            if let Some(op) = source
-                .operation_over_time
-                .as_ref()
-                .filter(|o| !o.is_empty())
-            {
-                metadata.insert("operationOverTime".to_string(), op.clone());
-            }
-            Some(Trigger {
-                type_: "external".into(),
-                metadata,
-                metric_type: None,
-            })
+        .filter_map(|m| match m.type_ {
+            ScalingMetricType::PodMetric => pod_metric_trigger(p, &name, m.podmetric.as_ref()?),
+            ScalingMetricType::External => external_trigger(m.external.as_ref()?),
         })
         .collect();
     let window = |w: Option<i32>| {
@@ -139,4 +106,85 @@ pub fn scaled_object(p: &Predictor<'_>) -> ScaledObject {
             triggers,
         },
     }
+}
+
+/// An OpenTelemetry pod metric: KServe's `external` trigger on aim's
+/// scaler (or the metric's own `serverAddress`).
+fn pod_metric_trigger(p: &Predictor<'_>, name: &str, pm: &PodMetric) -> Option<Trigger> {
+    let source = pm.metric.as_ref()?;
+    // The AIMService schema admits only the OpenTelemetry backend.
+    let _: MetricsBackend = source.backend.unwrap_or_default();
+    let query = source.query.as_deref().unwrap_or("");
+    let mut metadata = BTreeMap::new();
+    metadata.insert(
+        "metricQuery".to_string(),
+        format!(
+            "sum({query}{{namespace=\"{}\", deployment=\"{name}\"}})",
+            p.namespace
+        ),
+    );
+    metadata.insert(
+        "targetValue".to_string(),
+        pm.target
+            .as_ref()
+            .and_then(|t| t.value.clone())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "0".into()),
+    );
+    metadata.insert(
+        "scalerAddress".to_string(),
+        source
+            .server_address
+            .clone()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| p.config.default_scaler_address.clone()),
+    );
+    if let Some(op) = source
+        .operation_over_time
+        .as_ref()
+        .filter(|o| !o.is_empty())
+    {
+        metadata.insert("operationOverTime".to_string(), op.clone());
+    }
+    Some(Trigger {
+        type_: "external".into(),
+        metadata,
+        metric_type: None,
+    })
+}
+
+/// An external metric: a trigger of the backend's own type, which KEDA
+/// serves itself.
+fn external_trigger(external: &ExternalMetric) -> Option<Trigger> {
+    let source = external.metric.as_ref()?;
+    let backend: ExternalBackend = source.backend.unwrap_or_default();
+    let type_ = match backend {
+        ExternalBackend::Prometheus => "prometheus",
+    };
+    let mut metadata = BTreeMap::new();
+    metadata.insert(
+        "serverAddress".to_string(),
+        source.server_address.clone().unwrap_or_default(),
+    );
+    metadata.insert(
+        "query".to_string(),
+        source.query.clone().unwrap_or_default(),
+    );
+    metadata.insert(
+        "threshold".to_string(),
+        external
+            .target
+            .as_ref()
+            .and_then(|t| t.value.clone())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "0".into()),
+    );
+    if let Some(ns) = source.namespace.as_ref().filter(|n| !n.is_empty()) {
+        metadata.insert("namespace".to_string(), ns.clone());
+    }
+    Some(Trigger {
+        type_: type_.into(),
+        metadata,
+        metric_type: None,
+    })
 }

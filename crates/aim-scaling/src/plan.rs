@@ -185,6 +185,9 @@ pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
         Some(s) => s.metrics.clone(),
         None => default_autoscaling().metrics,
     };
+    for (i, metric) in metrics.iter().enumerate() {
+        check_metric_kind(i, metric)?;
+    }
     let isvc_autoscaling = AutoScaling {
         metrics: metrics
             .iter()
@@ -250,6 +253,7 @@ pub fn default_autoscaling() -> AutoScaling {
                     average_utilization: None,
                 }),
             }),
+            external: None,
         }],
         policy: None,
         behavior: None,
@@ -265,6 +269,13 @@ pub fn default_autoscaling() -> AutoScaling {
 /// be deployed as 0).
 fn isvc_metric(metric: &ScalingMetric, default_scaler: &str) -> ScalingMetric {
     let mut out = metric.clone();
+    // KServe reads only `value` of an external target too (as KEDA's
+    // `threshold`).
+    if let Some(target) = out.external.as_mut().and_then(|e| e.target.as_mut())
+        && target.value.is_none()
+    {
+        target.value = target.average_value.clone();
+    }
     if let Some(pm) = out.podmetric.as_mut() {
         if let Some(source) = pm.metric.as_mut()
             && source.server_address.as_deref().is_none_or(str::is_empty)
@@ -300,6 +311,21 @@ fn operator_scaled_object(
         config: input.kserve,
     });
     if let Some(policy) = &scaling.policy {
+        if let Some(i) = isvc_autoscaling
+            .metrics
+            .iter()
+            .position(|m| m.type_ == ScalingMetricType::External)
+        {
+            return Err(error(
+                "spec.autoScaling.policy",
+                format!(
+                    "a policy runs in aim's scaler, which reads the OpenTelemetry pod metrics, \
+                     but spec.autoScaling.metrics[{i}] is a Prometheus metric that KEDA queries \
+                     itself; remove the policy (spec.autoScaling.behavior still applies) or \
+                     scale on a podmetric"
+                ),
+            ));
+        }
         check_params(policy.name.as_str(), &policy.params)?;
     }
     let mut triggers = kserve_view.spec.triggers;
@@ -351,6 +377,10 @@ fn operator_scaled_object(
 /// What the operator-owned route needs of a metric that KServe would let
 /// through: a query and a positive target.
 fn check_metric(i: usize, metric: &ScalingMetric) -> Result<(), ScalingError> {
+    if metric.type_ == ScalingMetricType::External {
+        // Checked for every owner by `check_metric_kind`.
+        return Ok(());
+    }
     let base = format!("spec.autoScaling.metrics[{i}].podmetric");
     let Some(pm) = &metric.podmetric else {
         return Err(error(
@@ -377,6 +407,93 @@ fn check_metric(i: usize, metric: &ScalingMetric) -> Result<(), ScalingError> {
             format!(
                 "{:?} is not a number above 0; set the metric value one replica should carry, e.g. \"4\"",
                 target.unwrap_or("")
+            ),
+        )),
+    }
+}
+
+/// A metric's type and its block must agree, and a Prometheus metric
+/// needs a server, a query and a target before anything is deployed:
+/// KServe would pass an empty address or query through to KEDA, whose
+/// error then shows only on the HPA.
+fn check_metric_kind(i: usize, metric: &ScalingMetric) -> Result<(), ScalingError> {
+    let base = format!("spec.autoScaling.metrics[{i}]");
+    match metric.type_ {
+        ScalingMetricType::PodMetric if metric.external.is_some() => Err(error(
+            format!("{base}.external"),
+            "is set but the metric's type is PodMetric; set `type: External` to scale on \
+             Prometheus, or move the metric under `podmetric`",
+        )),
+        ScalingMetricType::PodMetric => Ok(()),
+        ScalingMetricType::External => {
+            if metric.podmetric.is_some() {
+                return Err(error(
+                    format!("{base}.podmetric"),
+                    "is set but the metric's type is External; give one metric per entry: \
+                     `type: PodMetric` with `podmetric`, or `type: External` with `external`",
+                ));
+            }
+            let Some(external) = &metric.external else {
+                return Err(error(
+                    format!("{base}.external"),
+                    "missing: `type: External` needs `external.metric` (backend prometheus, \
+                     serverAddress, query) and `external.target.value`",
+                ));
+            };
+            let source = external.metric.as_ref();
+            let address = source
+                .and_then(|m| m.server_address.as_deref())
+                .unwrap_or("");
+            check_prometheus_address(&format!("{base}.external.metric.serverAddress"), address)?;
+            if source
+                .and_then(|m| m.query.as_deref())
+                .is_none_or(|q| q.trim().is_empty())
+            {
+                return Err(error(
+                    format!("{base}.external.metric.query"),
+                    "missing: give a PromQL query that returns one series, e.g. \
+                     sum(vllm:num_requests_waiting{namespace=\"my-namespace\"})",
+                ));
+            }
+            let target = external
+                .target
+                .as_ref()
+                .and_then(|t| t.value.as_deref().or(t.average_value.as_deref()));
+            match target.map(|t| t.trim().parse::<f64>()) {
+                Some(Ok(v)) if v.is_finite() && v > 0.0 => Ok(()),
+                _ => Err(error(
+                    format!("{base}.external.target.value"),
+                    format!(
+                        "{:?} is not a number above 0; set the query's value one replica \
+                         should carry (KEDA's threshold), e.g. \"5\"",
+                        target.unwrap_or("")
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// KEDA's prometheus scaler appends `/api/v1/query` to the address, so
+/// it must be an absolute http(s) URL with a host.
+fn check_prometheus_address(field: &str, address: &str) -> Result<(), ScalingError> {
+    let address = address.trim();
+    let rest = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(error(
+            field,
+            format!(
+                "{address:?} is not a Prometheus URL; give the server's base URL with its \
+                 scheme, e.g. http://prometheus-operated.monitoring.svc:9090"
             ),
         )),
     }

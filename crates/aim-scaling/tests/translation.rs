@@ -300,3 +300,166 @@ fn the_policy_docs_name_every_parameter_each_policy_reads() {
         );
     }
 }
+
+const PROMETHEUS: &str = r#"
+apiVersion: aim.eai.amd.com/v1alpha1
+kind: AIMService
+metadata: {name: chat}
+spec:
+  model: {name: qwen}
+  minReplicas: 1
+  maxReplicas: 5
+  autoScaling:
+    metrics:
+      - type: External
+        external:
+          metric:
+            backend: prometheus
+            serverAddress: http://prometheus-operated.monitoring.svc:9090
+            query: sum(vllm:num_requests_waiting{namespace="ml"})
+          target: {type: Value, value: "5"}
+"#;
+
+#[test]
+fn a_prometheus_metric_becomes_kserves_prometheus_trigger() {
+    let svc = service(PROMETHEUS);
+    let planned = scaling(&svc, false).unwrap();
+    let a = planned.autoscaled().unwrap();
+    // No extension beyond the backend: KServe builds the object.
+    assert_eq!(a.owner, Owner::KServe);
+    assert_eq!(a.autoscaler_class(), "keda");
+    let metric = &a.isvc_autoscaling.metrics[0];
+    let isvc = serde_json::to_value(metric).unwrap();
+    assert_eq!(isvc["type"], "External");
+    assert_eq!(isvc["external"]["metric"]["backend"], "prometheus");
+    assert!(isvc.get("podmetric").is_none(), "{isvc}");
+    let so = &a.scaled_object;
+    assert_eq!(so.spec.triggers.len(), 1);
+    let t = &so.spec.triggers[0];
+    assert_eq!(t.type_, "prometheus");
+    assert_eq!(
+        t.metadata["serverAddress"],
+        "http://prometheus-operated.monitoring.svc:9090"
+    );
+    assert_eq!(
+        t.metadata["query"],
+        "sum(vllm:num_requests_waiting{namespace=\"ml\"})"
+    );
+    assert_eq!(t.metadata["threshold"], "5");
+    assert!(!t.metadata.contains_key("namespace"));
+    // KServe writes no metric type: KEDA's default, per replica.
+    assert_eq!(t.metric_type, None);
+    let spec = keda_spec(so).unwrap();
+    assert_eq!(spec.triggers[0].metric_type, MetricType::AverageValue);
+
+    // A target given only as averageValue is carried as the threshold,
+    // and the tenant namespace reaches KEDA.
+    let svc = service(
+        &PROMETHEUS
+            .replace(
+                "{type: Value, value: \"5\"}",
+                "{type: AverageValue, averageValue: \"3\"}",
+            )
+            .replace("query: sum", "namespace: tenant-a\n            query: sum"),
+    );
+    let planned = scaling(&svc, false).unwrap();
+    let t = &planned.autoscaled().unwrap().scaled_object.spec.triggers[0];
+    assert_eq!(t.metadata["threshold"], "3");
+    assert_eq!(t.metadata["namespace"], "tenant-a");
+}
+
+#[test]
+fn a_prometheus_metric_keeps_its_trigger_under_an_operator_owned_behaviour() {
+    let svc = service(&format!(
+        "{PROMETHEUS}    behavior:\n      scaleDown: {{stabilizationWindowSeconds: 60}}\n"
+    ));
+    let planned = scaling(&svc, true).unwrap();
+    let a = planned.autoscaled().unwrap();
+    assert_eq!(a.owner, Owner::Operator);
+    let so = &a.scaled_object;
+    assert_eq!(so.metadata.annotations[aim_scaling::KEDA_PAUSED], "true");
+    let t = &so.spec.triggers[0];
+    assert_eq!(t.type_, "prometheus");
+    assert_eq!(t.metadata["threshold"], "5");
+    assert!(!t.metadata.contains_key("policy"));
+    let behavior = so
+        .spec
+        .advanced
+        .as_ref()
+        .and_then(|a| a.horizontal_pod_autoscaler_config.as_ref())
+        .and_then(|h| h.behavior.as_ref())
+        .unwrap();
+    assert_eq!(
+        behavior
+            .scale_down
+            .as_ref()
+            .unwrap()
+            .stabilization_window_seconds,
+        Some(60)
+    );
+}
+
+#[test]
+fn bad_prometheus_metrics_name_the_field_and_deploy_nothing() {
+    let cases = [
+        (
+            PROMETHEUS.replace(
+                "http://prometheus-operated.monitoring.svc:9090",
+                "prometheus:9090",
+            ),
+            "spec.autoScaling.metrics[0].external.metric.serverAddress",
+            "scheme",
+        ),
+        (
+            PROMETHEUS.replace(
+                "            serverAddress: http://prometheus-operated.monitoring.svc:9090\n",
+                "",
+            ),
+            "spec.autoScaling.metrics[0].external.metric.serverAddress",
+            "not a Prometheus URL",
+        ),
+        (
+            PROMETHEUS.replace(
+                "query: sum(vllm:num_requests_waiting{namespace=\"ml\"})",
+                "query: \" \"",
+            ),
+            "spec.autoScaling.metrics[0].external.metric.query",
+            "one series",
+        ),
+        (
+            PROMETHEUS.replace("value: \"5\"", "value: \"0\""),
+            "spec.autoScaling.metrics[0].external.target.value",
+            "above 0",
+        ),
+        (
+            PROMETHEUS.replace("type: External", "type: PodMetric"),
+            "spec.autoScaling.metrics[0].external",
+            "type: External",
+        ),
+        (
+            PROMETHEUS.replace(
+                "        external:\n",
+                "        podmetric: {metric: {query: x}}\n        external:\n",
+            ),
+            "spec.autoScaling.metrics[0].podmetric",
+            "one metric per entry",
+        ),
+        (
+            format!("{PROMETHEUS}    policy: {{name: queue}}\n"),
+            "spec.autoScaling.policy",
+            "remove the policy",
+        ),
+    ];
+    for (yaml, field, hint) in cases {
+        let svc = service(&yaml);
+        let e = scaling(&svc, false).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.to_string().contains(hint), "{field}: {e}");
+    }
+    let missing = service(&PROMETHEUS.replace(
+        "        external:\n          metric:\n            backend: prometheus\n            serverAddress: http://prometheus-operated.monitoring.svc:9090\n            query: sum(vllm:num_requests_waiting{namespace=\"ml\"})\n          target: {type: Value, value: \"5\"}\n",
+        "",
+    ));
+    let e = scaling(&missing, false).unwrap_err();
+    assert_eq!(e.field, "spec.autoScaling.metrics[0].external");
+}
