@@ -36,6 +36,8 @@ pub struct Context {
     /// Serializes discovery's count-then-create among this process's
     /// reconciles; the `aim-discovery-lock` Lease does it across replicas.
     pub discovery_slot: tokio::sync::Mutex<()>,
+    /// For the Prometheus backend's queries (see `service::prometheus`).
+    pub prometheus_http: reqwest::Client,
 }
 
 impl Context {
@@ -59,6 +61,7 @@ impl Context {
             metrics,
             settings,
             discovery_slot: tokio::sync::Mutex::new(()),
+            prometheus_http: crate::service::prometheus::http_client(),
         }
     }
 }

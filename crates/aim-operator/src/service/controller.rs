@@ -137,6 +137,7 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
         pod_events: observed_parts.pod_events,
         hpa: observed_parts.hpa,
         scaled_object: observed_parts.scaled_object,
+        prometheus: observed_parts.prometheus,
         route: observed_parts.route,
         cache: observed_parts.cache,
         kserve: ctx.kserve_autoscaler(),
@@ -291,11 +292,16 @@ async fn reconcile_inner(svc: &AIMService, ctx: &Context) -> Result<Action, Erro
     }
     // Watches cover every input; the periodic requeue only bounds the
     // damage of a missed event.
-    Ok(Action::requeue(if phase == ServicePhase::Running {
-        Duration::from_secs(300)
-    } else {
-        Duration::from_secs(30)
-    }))
+    // A Prometheus query's series come and go with the pods and scrapes,
+    // which no watch sees: look again every half minute.
+    let has_prometheus = !super::prometheus::queries(&svc.spec).is_empty();
+    Ok(Action::requeue(
+        if phase == ServicePhase::Running && !has_prometheus {
+            Duration::from_secs(300)
+        } else {
+            Duration::from_secs(30)
+        },
+    ))
 }
 
 /// The metrics view of an autoscaled service's scaling; `None` for fixed
@@ -400,6 +406,7 @@ struct Fetched {
     pod_events: Vec<Event>,
     hpa: Option<HorizontalPodAutoscaler>,
     scaled_object: Option<Value>,
+    prometheus: Vec<super::prometheus::Probe>,
     route: Option<Value>,
     cache: Option<CacheView>,
 }
@@ -661,6 +668,13 @@ async fn fetch(
             }
         };
 
+    // The Prometheus queries KEDA will run, run now (each answers
+    // within seconds, or counts as unreachable).
+    let mut prometheus = Vec::new();
+    for query in super::prometheus::queries(spec) {
+        prometheus.push(super::prometheus::probe(&ctx.prometheus_http, &query).await);
+    }
+
     let cache = fetch_cache(svc, ctx, ns).await?;
     Ok(Fetched {
         config,
@@ -673,6 +687,7 @@ async fn fetch(
         pod_events,
         hpa,
         scaled_object,
+        prometheus,
         route,
         cache,
     })

@@ -72,6 +72,8 @@ pub struct Observed<'a> {
     pub hpa: Option<HorizontalPodAutoscaler>,
     /// KServe's ScaledObject `<isvc>-predictor`, when autoscaling.
     pub scaled_object: Option<Value>,
+    /// What the service's Prometheus queries return now.
+    pub prometheus: Vec<super::prometheus::Probe>,
     pub route: Option<Value>,
     pub cache: Option<CacheView>,
     /// KServe's autoscaler settings and the scaler address metrics that
@@ -336,6 +338,13 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
             plan.runtime = Some(health::runtime_status(None, &replicas));
         }
     }
+    // The Prometheus backend, checked whether or not scaling is paused: a
+    // query that cannot work should be known before it is resumed.
+    let ready_for = isvc_ready
+        .then(|| ready_for(obs.isvc.as_ref(), obs.now))
+        .flatten();
+    plan.healths
+        .extend(super::prometheus::health(&obs.prometheus, ready_for));
     // KServe's ScaledObject takes the pause switch by merge patch; the
     // operator's own carries it in what is applied.
     let kserve_owned = translated

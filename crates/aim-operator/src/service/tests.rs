@@ -57,6 +57,7 @@ fn ready_template(name: &str, gpus: i32) -> TemplateView {
 
 fn observed<'a>(svc: &'a AIMService, template: Option<TemplateView>) -> Observed<'a> {
     Observed {
+        prometheus: Vec::new(),
         service: svc,
         config: ConfigLookup::NoDefault,
         model: ModelLookup::ByName {
