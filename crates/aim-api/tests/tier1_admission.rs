@@ -366,6 +366,55 @@ async fn bad_scaling_extensions_are_refused_at_admission() {
         "spec.autoScaling.policy.params.headroom",
     )
     .await;
+    // The Prometheus backend: KServe's other backends are not aim's.
+    assert_refused(
+        &format!(
+            "{HEAD}{bounds}  autoScaling:\n    metrics:\n    - type: External\n      external:\n        metric: {{backend: graphite, serverAddress: \"http://g:8080\", query: x}}\n"
+        ),
+        "spec.autoScaling.metrics[0].external.metric.backend",
+    )
+    .await;
+    assert_refused(
+        &format!("{HEAD}{bounds}  autoScaling:\n    metrics:\n    - type: Prometheus\n"),
+        "spec.autoScaling.metrics[0].type",
+    )
+    .await;
+}
+
+/// The Prometheus backend is admitted and reads back as written, its
+/// backend defaulting to prometheus.
+#[tokio::test]
+async fn the_prometheus_backend_is_admitted() {
+    let client = client().await;
+    let ns = namespace(&client, "prometheus").await;
+    let yaml = format!(
+        "{HEAD}  model: {{image: a/b:1}}\n  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    metrics:\n    - type: External\n      external:\n        metric: {{serverAddress: \"http://prometheus-operated.monitoring.svc:9090\", query: \"sum(vllm:num_requests_waiting)\"}}\n        target: {{type: Value, value: \"5\"}}\n"
+    );
+    apply_yaml(&client, &ns, &yaml).await.unwrap();
+    let api: Api<AIMService> = Api::namespaced(client.clone(), &ns);
+    let svc = api.get("bad").await.unwrap();
+    let metric = &svc.spec.auto_scaling.unwrap().metrics[0];
+    let source = metric.prometheus().expect("a Prometheus metric");
+    assert_eq!(
+        source.backend,
+        Some(aim_api::service::ExternalBackend::Prometheus)
+    );
+    assert_eq!(
+        source.query.as_deref(),
+        Some("sum(vllm:num_requests_waiting)")
+    );
+    assert_eq!(
+        metric
+            .external
+            .as_ref()
+            .unwrap()
+            .target
+            .as_ref()
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("5")
+    );
 }
 
 /// A well-formed extension is admitted and reads back as written.
