@@ -281,7 +281,7 @@ case "$what" in
     kwok) build_kwok ;;
     kubernetes) build_kubernetes ;;
     keda) build_keda ;;
-    kserve) build_kserve ;;
+    kserve) build_kserve; extract_manifests kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CONFIG_PATHS ;;
     otel-operator) build_otel_operator ;;
     helm) build_helm ;;
     *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes, keda, kserve, otel-operator or helm)" ;;

@@ -747,6 +747,7 @@ async fn start_kserve(
     let otel_webhooks = otel::webhook_manifests(&opts.cache)?;
     let mut objects = kserve::base_objects(&ports);
     objects.push(kserve::config_map(&config, &ports)?);
+    objects.push(kserve::huggingface_runtime(&opts.cache)?);
     apply_objects(client, &objects).await?;
 
     // Both webhook servers read the bed's certificate where

@@ -29,6 +29,13 @@ pub const SCALER_SERVICE: &str = "aim-scaler";
 const SCALER_SERVICE_PORT: i32 = 4317;
 const WEBHOOK_MANIFESTS: &str = "manifests.yaml";
 const CONFIG_MANIFEST: &str = "inferenceservice.yaml";
+/// KServe's own runtime for `modelFormat: huggingface` (seed 002's
+/// InferenceServices name no runtime and need one that auto-selects).
+const HUGGINGFACE_RUNTIME: &str = "kserve-huggingfaceserver.yaml";
+/// What KServe's release install (its kustomization) puts in the
+/// runtime's placeholder image; the bed never pulls it, the pod runner
+/// plays the pod.
+const HUGGINGFACE_IMAGE: &str = "kserve/huggingfaceserver:v0.16.0";
 
 /// The loopback ports of KServe's process, and the scaler's address the
 /// bed points KServe's objects at.
@@ -51,7 +58,7 @@ pub fn prerequisites(cache: &CacheDirs) -> Result<(), Error> {
     if !binary.exists() {
         missing.push(binary);
     }
-    for file in [WEBHOOK_MANIFESTS, CONFIG_MANIFEST] {
+    for file in [WEBHOOK_MANIFESTS, CONFIG_MANIFEST, HUGGINGFACE_RUNTIME] {
         let path = cache.manifests("kserve").join(file);
         if !path.exists() {
             missing.push(path);
@@ -80,6 +87,26 @@ pub fn upstream_manifests(cache: &CacheDirs) -> Result<(String, String), Error> 
         std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
     };
     Ok((read(WEBHOOK_MANIFESTS)?, read(CONFIG_MANIFEST)?))
+}
+
+/// KServe's `kserve-huggingfaceserver` ClusterServingRuntime as upstream
+/// ships it, with the image its release install substitutes.
+pub fn huggingface_runtime(cache: &CacheDirs) -> Result<Value, Error> {
+    let path = cache.manifests("kserve").join(HUGGINGFACE_RUNTIME);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let origin = "KServe's config/runtimes/kserve-huggingfaceserver.yaml";
+    let mut runtime = documents(origin, &text)?
+        .into_iter()
+        .find(|d| d["kind"] == "ClusterServingRuntime")
+        .ok_or_else(|| manifest_error(origin, "no ClusterServingRuntime"))?;
+    let containers = runtime
+        .pointer_mut("/spec/containers")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| manifest_error(origin, "no spec.containers"))?;
+    for c in containers {
+        c["image"] = json!(HUGGINGFACE_IMAGE);
+    }
+    Ok(runtime)
 }
 
 /// controller-runtime's webhook server reads `tls.crt` and `tls.key` from
@@ -461,5 +488,31 @@ data:
             slice["metadata"]["labels"]["kubernetes.io/service-name"],
             SCALER_SERVICE
         );
+    }
+
+    #[test]
+    fn the_huggingface_runtime_is_upstreams_with_the_release_image() {
+        let root = std::env::temp_dir().join(format!("aim-kserve-hf-{}", std::process::id()));
+        let cache = CacheDirs::at(&root);
+        let dir = cache.manifests("kserve");
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = huggingface_runtime(&cache).unwrap_err().to_string();
+        assert!(err.contains("kserve-huggingfaceserver.yaml"), "{err}");
+        std::fs::write(
+            dir.join(HUGGINGFACE_RUNTIME),
+            "apiVersion: serving.kserve.io/v1alpha1\nkind: ClusterServingRuntime\nmetadata: {name: kserve-huggingfaceserver}\nspec:\n  supportedModelFormats: [{name: huggingface, autoSelect: true}]\n  containers:\n  - name: kserve-container\n    image: huggingfaceserver:replace\n    args:\n    - --model_name={{.Name}}\n",
+        )
+        .unwrap();
+        let runtime = huggingface_runtime(&cache).unwrap();
+        assert_eq!(runtime["spec"]["containers"][0]["image"], HUGGINGFACE_IMAGE);
+        assert_eq!(
+            runtime["spec"]["containers"][0]["args"][0],
+            "--model_name={{.Name}}"
+        );
+        assert_eq!(
+            runtime["spec"]["supportedModelFormats"][0]["name"],
+            "huggingface"
+        );
+        std::fs::remove_dir_all(&root).ok();
     }
 }

@@ -6,6 +6,10 @@ use crate::exposition::PodIdentity;
 
 /// KServe puts this label on every predictor pod.
 pub const ISVC_LABEL: &str = "serving.kserve.io/inferenceservice";
+/// Pods that are not KServe's but should be played as vLLM pods too (a
+/// plain Deployment of simulators, as in a runbook's scale-out proof) carry
+/// this label with the value "true".
+pub const SIMULATE_LABEL: &str = "aim.eai.amd.com/simulate";
 /// The OTel operator injects its sidecar into pods carrying this annotation;
 /// its value names the collector (or is "true" for the namespace's only one).
 pub const INJECT_ANNOTATION: &str = "sidecar.opentelemetry.io/inject";
@@ -40,7 +44,11 @@ pub fn served(pod: &Pod) -> Option<ServedPod> {
     if meta.deletion_timestamp.is_some() {
         return None;
     }
-    meta.labels.as_ref()?.get(ISVC_LABEL)?;
+    let labels = meta.labels.as_ref()?;
+    let simulate = labels.get(SIMULATE_LABEL).is_some_and(|v| v == "true");
+    if !simulate && !labels.contains_key(ISVC_LABEL) {
+        return None;
+    }
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
         return None;
@@ -190,5 +198,34 @@ mod tests {
             .is_none()
         );
         assert!(served(&pod(json!({"metadata": {"labels": null}}))).is_none());
+        // Any other pod, such as Prometheus' own, is not a vLLM pod.
+        let other = json!({"metadata": {"labels": {"app": "prometheus"}}});
+        let mut p = pod(other);
+        p.metadata.labels = Some([("app".to_string(), "prometheus".to_string())].into());
+        assert!(served(&p).is_none());
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(SIMULATE_LABEL.into(), "false".into());
+        assert!(served(&p).is_none());
+    }
+
+    #[test]
+    fn a_pod_labelled_for_simulation_is_served_like_a_predictor() {
+        let mut p = pod(json!({"spec": {"containers": [{
+            "name": "sim", "image": "ghcr.io/llm-d/llm-d-inference-sim:v0.5",
+            "ports": [{"name": "http", "containerPort": 8000}]
+        }]}}));
+        p.metadata.labels = Some(
+            [
+                ("app".to_string(), "vllm-sim".to_string()),
+                (SIMULATE_LABEL.to_string(), "true".to_string()),
+            ]
+            .into(),
+        );
+        let served = served(&p).unwrap();
+        assert_eq!((served.container.as_str(), served.port), ("sim", 8000));
+        assert_eq!(served.identity.deployment, "chat-predictor");
     }
 }

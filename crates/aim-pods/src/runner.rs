@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::collector::{self, SidecarPlan};
 use crate::exposition;
 use crate::gpu;
-use crate::pod::{ISVC_LABEL, ServedPod, served};
+use crate::pod::{ServedPod, served};
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
@@ -54,7 +54,9 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
     // A watch that fails (an API server restart, a connection timed out)
     // is resumed with backoff, and the relist reconciles what changed
     // meanwhile: a transient error must not stop every simulator.
-    let mut stream = watcher::watcher(pods, watcher::Config::default().labels(ISVC_LABEL))
+    // Every pod: a label selector cannot say "KServe's or labelled for
+    // simulation", and `served` decides.
+    let mut stream = watcher::watcher(pods, watcher::Config::default())
         .default_backoff()
         .boxed();
     // Pods seen in the current relist, to stop the ones that vanished while
