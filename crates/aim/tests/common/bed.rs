@@ -233,11 +233,14 @@ impl Load {
     }
 }
 
-/// The ready predictor pods' addresses.
-async fn ready_ips(pods: &Api<Pod>, isvc: &str) -> Vec<String> {
-    predictor_pods(pods, isvc)
+/// The addresses of the ready pods a label selector picks.
+async fn ready_ips(pods: &Api<Pod>, selector: &str) -> Vec<String> {
+    pods.list(&ListParams::default().labels(selector))
         .await
+        .map(|l| l.items)
+        .unwrap_or_default()
         .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(is_ready)
         .filter_map(|p| p.status?.pod_ip)
         .collect()
@@ -268,6 +271,22 @@ pub fn start_load(
     isvc: String,
     load: Load,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    start_load_on(
+        client,
+        ns,
+        format!("serving.kserve.io/inferenceservice={isvc}"),
+        load,
+    )
+}
+
+/// [`start_load`] at the ready pods of any label selector (a plain
+/// Deployment's, say).
+pub fn start_load_on(
+    client: Client,
+    ns: String,
+    selector: String,
+    load: Load,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     match load {
         Load::Closed {
@@ -277,13 +296,13 @@ pub fn start_load(
         } => (0..clients)
             .map(|worker| {
                 let pods = pods.clone();
-                let isvc = isvc.clone();
+                let selector = selector.clone();
                 let prompt = prompt.clone();
                 tokio::spawn(async move {
                     let http = reqwest::Client::new();
                     let mut n = worker;
                     loop {
-                        let ready = ready_ips(&pods, &isvc).await;
+                        let ready = ready_ips(&pods, &selector).await;
                         if ready.is_empty() {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             continue;
@@ -313,7 +332,7 @@ pub fn start_load(
                 let progress = (started.elapsed().as_secs_f64() / over.as_secs_f64()).min(1.0);
                 let rate = from_rps + (to_rps - from_rps) * progress;
                 next += Duration::from_secs_f64(1.0 / rate.max(1e-3));
-                let ready = ready_ips(&pods, &isvc).await;
+                let ready = ready_ips(&pods, &selector).await;
                 if ready.is_empty() {
                     continue;
                 }
@@ -338,7 +357,7 @@ pub fn start_load(
             let mut n = 0usize;
             loop {
                 ticker.tick().await;
-                let ready = ready_ips(&pods, &isvc).await;
+                let ready = ready_ips(&pods, &selector).await;
                 if ready.is_empty() {
                     continue;
                 }
@@ -421,6 +440,9 @@ pub struct BedConfig {
     pub metric: String,
     /// Extra `aim sim` arguments for every pod.
     pub sim_args: Vec<String>,
+    /// The service scales on a Prometheus metric: KServe makes a
+    /// `prometheus` trigger and no OpenTelemetry collector.
+    pub prometheus: bool,
 }
 
 impl BedConfig {
@@ -434,6 +456,7 @@ impl BedConfig {
             idle: true,
             metric: "vllm:num_requests_running".into(),
             sim_args: Vec::new(),
+            prometheus: false,
         }
     }
 }
@@ -592,6 +615,10 @@ impl Bed {
             |_| true,
         )
         .await;
+        let trigger = &scaled_object.data["spec"]["triggers"][0];
+        if config.prometheus {
+            assert_eq!(trigger["type"], "prometheus", "{trigger}");
+        }
         let collectors = dynamic(
             &admin,
             &ns,
@@ -599,24 +626,25 @@ impl Bed {
             "v1beta1",
             "OpenTelemetryCollector",
         );
-        await_object(
-            &collectors,
-            &predictor,
-            "KServe's OpenTelemetryCollector",
-            WAIT,
-            |_| true,
-        )
-        .await;
-        let trigger = &scaled_object.data["spec"]["triggers"][0];
-        assert_eq!(trigger["type"], "external", "{trigger}");
-        assert_eq!(trigger["metadata"]["scalerAddress"], own.to_string());
-        assert_eq!(
-            trigger["metadata"]["metricQuery"],
-            format!(
-                "sum({}{{namespace=\"{ns}\", deployment=\"{predictor}\"}})",
-                config.metric
+        if !config.prometheus {
+            await_object(
+                &collectors,
+                &predictor,
+                "KServe's OpenTelemetryCollector",
+                WAIT,
+                |_| true,
             )
-        );
+            .await;
+            assert_eq!(trigger["type"], "external", "{trigger}");
+            assert_eq!(trigger["metadata"]["scalerAddress"], own.to_string());
+            assert_eq!(
+                trigger["metadata"]["metricQuery"],
+                format!(
+                    "sum({}{{namespace=\"{ns}\", deployment=\"{predictor}\"}})",
+                    config.metric
+                )
+            );
+        }
         let bed = Bed {
             hpas: Api::namespaced(admin.clone(), &ns),
             pods: Api::namespaced(admin.clone(), &ns),
