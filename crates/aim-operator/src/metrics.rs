@@ -18,6 +18,20 @@ struct PerController {
     sum_seconds: f64,
 }
 
+/// Every `error` label a controller's failures can carry: an API call's
+/// kind ([`error_kind`]), a failed apply, an infrastructure retry. Each is
+/// exported at 0 from a controller's first reconcile, so an error rate
+/// reads 0 rather than "no data" (and `rate()` sees the first error).
+pub const ERROR_KINDS: [&str; 7] = [
+    "forbidden",
+    "not-found",
+    "conflict",
+    "api",
+    "transport",
+    "apply",
+    "infrastructure",
+];
+
 /// A short label for a failed API call, so a missing RBAC verb
 /// (`forbidden`) stands out from the races any busy cluster has.
 pub fn error_kind(e: &kube::Error) -> &'static str {
@@ -60,7 +74,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn reconciled(&self, controller: &'static str, took: Duration) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let c = map.entry(controller).or_default();
+        let c = map.entry(controller).or_insert_with(|| PerController {
+            errors: ERROR_KINDS.iter().map(|k| (k.to_string(), 0)).collect(),
+            ..Default::default()
+        });
         c.reconciles += 1;
         let secs = took.as_secs_f64();
         c.sum_seconds += secs;
@@ -87,9 +104,17 @@ impl Metrics {
         let key = (namespace.to_string(), name.to_string());
         match state {
             Some(s) => {
+                // Both directions from the start, at 0: the first decision
+                // is then an increase that `increase()` can see.
+                let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+                for direction in ["up", "down"] {
+                    decisions.entry((key.clone(), direction)).or_default();
+                }
                 map.insert(key, s);
             }
             None => {
+                let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+                decisions.retain(|(k, _), _| *k != key);
                 map.remove(&key);
             }
         }
@@ -220,6 +245,15 @@ mod tests {
         assert!(text.contains(
             "aim_operator_reconcile_errors_total{controller=\"service\",error=\"apply\"} 1"
         ));
+        // Every other kind is there at 0 from the first reconcile.
+        for kind in ERROR_KINDS.iter().filter(|k| **k != "apply") {
+            assert!(
+                text.contains(&format!(
+                    "aim_operator_reconcile_errors_total{{controller=\"service\",error=\"{kind}\"}} 0"
+                )),
+                "{kind}: {text}"
+            );
+        }
     }
 
     #[test]
@@ -248,7 +282,12 @@ mod tests {
         assert!(text.contains(
             "aim_service_scale_decisions_total{namespace=\"ml\",service=\"chat\",direction=\"up\"} 2"
         ));
+        assert!(text.contains(
+            "aim_service_scale_decisions_total{namespace=\"ml\",service=\"chat\",direction=\"down\"} 0"
+        ));
         m.service_scaling("ml", "chat", None);
-        assert!(!m.render().contains("aim_service_replicas{"));
+        let text = m.render();
+        assert!(!text.contains("aim_service_replicas{"));
+        assert!(!text.contains("aim_service_scale_decisions_total{"));
     }
 }

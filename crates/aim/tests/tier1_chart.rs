@@ -119,6 +119,33 @@ fn options_render_monitoring_from_the_same_files_and_single_replica_without_elec
         rule["spec"]["groups"], file["groups"],
         "the rule file, unchanged"
     );
+    // A per-alert `for` replaces that alert's and no other; an unknown
+    // alert name is refused, naming the value.
+    let overridden = helm_template(&[
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.for.AIMAtMaxReplicasWithQueue=30s",
+    ]);
+    let short = find(&overridden, "PrometheusRule", "aim-scaling");
+    let mut expected = file["groups"].clone();
+    for r in expected[0]["rules"].as_sequence_mut().unwrap() {
+        if r["alert"] == "AIMAtMaxReplicasWithQueue" {
+            r["for"] = "30s".into();
+        }
+    }
+    assert_eq!(short["spec"]["groups"], expected);
+    let refused = try_helm_template(&[
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.for.AIMAtMaxReplica=30s",
+    ])
+    .unwrap_err();
+    assert!(
+        refused.contains("monitoring.prometheusRule.for.AIMAtMaxReplica: no alert of that name"),
+        "{refused}"
+    );
     let dashboard = find(&docs, "ConfigMap", "aim-dashboard");
     let json: serde_json::Value =
         serde_json::from_str(dashboard["data"]["aim-scaling.json"].as_str().unwrap()).unwrap();
