@@ -129,7 +129,10 @@ pub struct ClusterArgs {
     /// Cold-start spread: each pod's T_w is drawn uniformly within ± this fraction.
     #[arg(long, default_value_t = 0.1)]
     pub cold_start_jitter: f64,
-    /// Metrics scrape / OTel push interval, seconds.
+    /// Metrics scrape interval, seconds: the OpenTelemetry collector's
+    /// scrape of each pod, and Prometheus' (a ServiceMonitor's
+    /// `interval`) for `type: prometheus` triggers and `prom[…]` rows
+    /// that set no `scrape`.
     #[arg(long, default_value_t = 15.0)]
     pub scrape_interval: f64,
     /// HPA sync period, seconds: kube-controller-manager's
@@ -197,7 +200,11 @@ pub struct RunArgs {
     /// A scenario name (see `aim lab compare --help`) or an aim policy scenario.
     #[arg(long, default_value = "queue", conflicts_with = "file")]
     pub policy: String,
-    /// An AIMService manifest whose autoscaling config is scored.
+    /// A manifest whose autoscaling is scored: an AIMService (as the
+    /// operator deploys it), a KEDA ScaledObject, or a KServe
+    /// InferenceService with `autoscalerClass: keda` (as KServe builds its
+    /// ScaledObject). `type: prometheus` triggers query the lab's
+    /// Prometheus, scraping every --scrape-interval.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
     /// Policy metadata overrides, `key=value`, repeatable.
@@ -791,7 +798,7 @@ fn run_compare(
         path: out.display().to_string(),
         reason: e.to_string(),
     })?;
-    let table = report::table(&outcome);
+    let table = report::table(&outcome) + &report::warnings(&outcome);
     let header = format!(
         "## {title}\n\nc* = {:.3} requests/s per replica ({:.1} in flight); peak need {} replicas; lower bound {:.2} GPU-hours at 99 %; hindsight plan {} steps ({} search runs); {} seed(s); T_w {} s; pre-roll {} s; SLO TTFT ≤ {} s, TPOT ≤ {} s.\n\n",
         outcome.capacity.rps,
@@ -845,7 +852,7 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                         scale_down_stabilization_s: Some(a.cluster.scale_down_window as i32),
                         ..Default::default()
                     };
-                    let k = crate::manifest::parse_with(&text, a.cluster.window, &kserve)?;
+                    let k = crate::manifest::parse_any(&text, a.cluster.window, &kserve)?;
                     let cluster = ClusterArgs {
                         min: k.keda.spec.min_replica_count.max(1),
                         max: k.keda.spec.max_replica_count,

@@ -9,6 +9,7 @@ use aim_policy::keda::{Keda, KedaAction, ScaledObjectSpec, TriggerSpec};
 use aim_policy::{Policy, PolicyError, PolicyInput, Sample};
 
 use crate::metrics::{Operation, Pipeline, Signal};
+use crate::prom::{MetricIssues, PromSetup, PromTrigger, Tsdb};
 
 /// One KEDA trigger served by our scaler: the queried signal, reduced over
 /// the window, handed to the policy. One signal, because a live trigger's
@@ -21,6 +22,10 @@ pub struct Trigger {
     pub policy: &'static dyn Policy,
     pub metadata: BTreeMap<String, String>,
     pub spec: TriggerSpec,
+    /// A `type: prometheus` trigger: KEDA's own prometheus scaler answers
+    /// it from the PromQL query over the scraped samples, and `signal`,
+    /// `operation`, `window_s` and `policy` are not read.
+    pub prometheus: Option<Box<PromTrigger>>,
 }
 
 impl std::fmt::Debug for Trigger {
@@ -41,6 +46,13 @@ pub struct KedaLoop {
     pub triggers: Vec<Trigger>,
     history: Vec<VecDeque<Sample>>,
     keep: Vec<f64>,
+    /// How Prometheus runs when some trigger queries it.
+    pub prometheus: Option<PromSetup>,
+    /// What went wrong with Prometheus queries from `score_from` on.
+    pub issues: MetricIssues,
+    /// Internal time from which [`KedaLoop::issues`] are counted (the end
+    /// of the pre-roll).
+    pub score_from: f64,
 }
 
 impl KedaLoop {
@@ -55,6 +67,9 @@ impl KedaLoop {
             history: vec![VecDeque::new(); triggers.len()],
             keep,
             triggers,
+            prometheus: None,
+            issues: MetricIssues::default(),
+            score_from: 0.0,
         })
     }
 
@@ -73,15 +88,31 @@ impl KedaLoop {
         self.set_behavior(behavior);
     }
 
-    /// What the scaler answers for trigger `i` now; `None` = missing data.
+    /// What the scaler answers for trigger `i` now; `None` = missing data
+    /// (or, for a Prometheus trigger, KEDA's error).
     fn reading(
         &mut self,
         i: usize,
         pipeline: &Pipeline,
+        prometheus: Option<&Tsdb>,
         now: f64,
         ready: u32,
     ) -> Result<Option<f64>, PolicyError> {
         let t = &self.triggers[i];
+        if let Some(p) = &t.prometheus {
+            // No Prometheus runs: nothing was scraped, so nothing is read.
+            let Some(db) = prometheus else {
+                return Ok(None);
+            };
+            let read = p.read(db, now);
+            // Before Prometheus has scraped anything every query is empty,
+            // live too; that says nothing about the query.
+            if now >= self.score_from && (read.series > 0 || db.series().next().is_some()) {
+                self.issues.count(&read);
+            }
+            // KEDA hands the value on as it is, negative or not.
+            return Ok(read.value.ok());
+        }
         let Some(value) = pipeline.query(t.signal, t.operation, t.window_s, now) else {
             return Ok(None);
         };
@@ -103,7 +134,7 @@ impl KedaLoop {
     /// the live scaler's 15 s re-evaluation would see them.
     pub fn record(&mut self, pipeline: &Pipeline, now: f64) {
         for (i, t) in self.triggers.iter().enumerate() {
-            if self.keep[i] <= 0.0 {
+            if self.keep[i] <= 0.0 || t.prometheus.is_some() {
                 continue;
             }
             if let Some(value) = pipeline.query(t.signal, t.operation, t.window_s, now) {
@@ -122,12 +153,13 @@ impl KedaLoop {
     pub fn poll(
         &mut self,
         pipeline: &Pipeline,
+        prometheus: Option<&Tsdb>,
         now: f64,
         spec: u32,
         ready: u32,
     ) -> Result<Option<u32>, PolicyError> {
         let readings = (0..self.triggers.len())
-            .map(|i| self.reading(i, pipeline, now, ready))
+            .map(|i| self.reading(i, pipeline, prometheus, now, ready))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(match self.keda.poll(now, spec, &readings) {
             KedaAction::Scale(n) => Some(n),
@@ -138,6 +170,7 @@ impl KedaLoop {
     pub fn sync(
         &mut self,
         pipeline: &Pipeline,
+        prometheus: Option<&Tsdb>,
         now: f64,
         spec: u32,
         existing: u32,
@@ -149,7 +182,7 @@ impl KedaLoop {
         self.record(pipeline, now);
         let mut metrics = Vec::with_capacity(self.triggers.len());
         for i in 0..self.triggers.len() {
-            let reading = self.reading(i, pipeline, now, ready)?;
+            let reading = self.reading(i, pipeline, prometheus, now, ready)?;
             self.keda.record_reading(i, reading.is_some());
             let value = self.keda.hpa_metric(i, reading, spec, ready);
             // Starting pods exist (status.replicas) but are not Ready, so
@@ -166,6 +199,12 @@ impl KedaLoop {
                 value: Some(v),
                 cpu_readiness_rules: false,
             }));
+        }
+        if now >= self.score_from && self.triggers.iter().any(|t| t.prometheus.is_some()) {
+            self.issues.hpa_syncs += 1;
+            if metrics.iter().any(Option::is_none) {
+                self.issues.hpa_syncs_without_metric += 1;
+            }
         }
         let input = SyncInput {
             now,

@@ -34,6 +34,10 @@ impl Entry {
 pub struct Row {
     pub name: String,
     pub scores: Vec<Score>,
+    /// Per seed: what went wrong with the row's Prometheus queries.
+    pub issues: Vec<crate::prom::MetricIssues>,
+    /// The row's Prometheus queries, if any, for its warnings.
+    pub queries: Vec<String>,
     /// Seed 1's run, for charts.
     pub example: RunResult,
 }
@@ -203,6 +207,15 @@ pub fn compare(
                     _ => scenario::build(name, &ctx, &setup.overrides)?,
                 },
             };
+            let queries = match &controller {
+                Controller::Keda(k) => k
+                    .triggers
+                    .iter()
+                    .filter_map(|t| t.prometheus.as_ref())
+                    .map(|p| p.query.text.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
             let mut sim = sim.clone();
             if name == "static-peak" {
                 sim.initial_replicas = peak;
@@ -214,9 +227,12 @@ pub fn compare(
             let row = rows.entry(name.clone()).or_insert_with(|| Row {
                 name: name.clone(),
                 scores: vec![],
+                issues: vec![],
+                queries,
                 example: result.clone(),
             });
             row.scores.push(s);
+            row.issues.push(result.metric_issues);
         }
         if seed == first_seed {
             first_plan = Some(plan);

@@ -1,5 +1,7 @@
 //! `aim lab run -f service.yaml`: score the autoscaling of an AIMService
-//! manifest before deploying it.
+//! manifest before deploying it — or of the KEDA ScaledObject or KServe
+//! InferenceService it would become, as written by hand (seed 003's
+//! runbook object, seed 002's InferenceServices).
 //!
 //! The manifest goes through the operator's own translation
 //! ([`aim_scaling`]): the ScaledObject the lab runs is the one the operator
@@ -21,6 +23,7 @@ use aim_scaling::{KServeAutoscaler, Scaling, ServiceScaling, keda_spec, scaled_o
 
 use crate::control::{KedaLoop, Trigger as LabTrigger};
 use crate::metrics::{Operation, Signal};
+use crate::prom::{PromSetup, PromTrigger};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ManifestError {
@@ -182,15 +185,52 @@ fn signal_of(trigger: &Trigger, path: &str) -> Result<(Signal, Operation), Manif
 }
 
 /// The KEDA loop a ScaledObject runs, with the scaler's default query
-/// window where a trigger sets none.
+/// window where a trigger sets none. A `type: prometheus` trigger is
+/// KEDA's own prometheus scaler querying the lab's Prometheus; an
+/// `external` trigger is `aim scaler`.
 pub fn keda_loop(
     so: &aim_scaling::ScaledObject,
     default_window_s: f64,
 ) -> Result<KedaLoop, ManifestError> {
+    // A prometheus trigger's own keys first: KEDA names `threshold`, not
+    // the external scaler's `targetValue`, when it is missing.
+    let mut prometheus = Vec::new();
+    for (i, t) in so.spec.triggers.iter().enumerate() {
+        let path = format!("spec.triggers[{i}]");
+        prometheus.push(match t.type_.as_str() {
+            "prometheus" => Some(Box::new(
+                PromTrigger::from_metadata(&t.metadata, &path)
+                    .map_err(|(path, reason)| field(&path, reason))?,
+            )),
+            "external" => None,
+            other => {
+                return Err(field(
+                    &format!("{path}.type"),
+                    format!(
+                        "{other:?}: the lab models KEDA's prometheus trigger and the external trigger of aim scaler (OpenTelemetry)"
+                    ),
+                ));
+            }
+        });
+    }
     let spec = keda_spec(so)?;
     let mut triggers = Vec::new();
     for (i, (t, trigger_spec)) in so.spec.triggers.iter().zip(&spec.triggers).enumerate() {
         let path = format!("spec.triggers[{i}]");
+        if let Some(p) = prometheus[i].take() {
+            triggers.push(LabTrigger {
+                // Not read for a Prometheus trigger.
+                signal: Signal::Running,
+                operation: Operation::LastOne,
+                window_s: 0.0,
+                policy: lookup("passthrough")
+                    .map_err(|e| field(&format!("{path}.type"), e.to_string()))?,
+                metadata: t.metadata.clone(),
+                spec: trigger_spec.clone(),
+                prometheus: Some(p),
+            });
+            continue;
+        }
         let (signal, operation) = signal_of(t, &path)?;
         let window_s = match t.metadata.get("window") {
             None => default_window_s,
@@ -216,15 +256,69 @@ pub fn keda_loop(
             policy,
             metadata: t.metadata.clone(),
             spec: trigger_spec.clone(),
+            prometheus: None,
         });
     }
-    KedaLoop::new(spec, triggers).map_err(|e| field("spec.triggers", e.to_string()))
+    let queries_prometheus = triggers.iter().any(|t| t.prometheus.is_some());
+    let mut k = KedaLoop::new(spec, triggers).map_err(|e| field("spec.triggers", e.to_string()))?;
+    if queries_prometheus {
+        let target = so.spec.scale_target_ref.name.trim();
+        k.prometheus = Some(PromSetup {
+            scrape_interval_s: None,
+            namespace: Some(so.metadata.namespace.as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
+                .to_owned(),
+            pod_prefix: if target.is_empty() { "lab" } else { target }.to_owned(),
+        });
+    }
+    Ok(k)
 }
 
 /// The KEDA loop an AIMService's autoscaling would run, with KServe's
 /// shipped autoscaler settings and the scaler's default query window.
 pub fn parse(text: &str, default_window_s: f64) -> Result<KedaLoop, ManifestError> {
     parse_with(text, default_window_s, &KServeAutoscaler::default())
+}
+
+/// The KEDA loop of any manifest `aim lab run -f` takes: an AIMService
+/// (through the operator's translation), a KEDA ScaledObject as written,
+/// or a KServe InferenceService (as KServe builds its ScaledObject).
+/// Errors name the field of the manifest given.
+pub fn parse_any(
+    text: &str,
+    default_window_s: f64,
+    kserve: &KServeAutoscaler,
+) -> Result<KedaLoop, ManifestError> {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let kind = doc
+        .get("kind")
+        .and_then(serde_yaml::Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    match kind.as_str() {
+        "AIMService" => parse_with(text, default_window_s, kserve),
+        "ScaledObject" => {
+            let so: aim_scaling::ScaledObject =
+                serde_yaml::from_value(doc).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+            keda_loop(&so, default_window_s)
+        }
+        "InferenceService" => {
+            let so = crate::isvc::scaled_object(doc, kserve)?;
+            keda_loop(&so, default_window_s).map_err(|e| match e {
+                ManifestError::Field { path, reason } => ManifestError::Field {
+                    path: crate::isvc::isvc_path(&path),
+                    reason,
+                },
+                other => other,
+            })
+        }
+        other => Err(field(
+            "kind",
+            format!("expected AIMService, ScaledObject or InferenceService, found {other:?}"),
+        )),
+    }
 }
 
 /// [`parse`] with the cluster's KServe autoscaler settings.
@@ -254,6 +348,10 @@ fn manifest_path(e: ManifestError) -> ManifestError {
         "targetValue" => format!("{metric}.target.value"),
         "metricQuery" => format!("{metric}.metric.query"),
         "operationOverTime" => format!("{metric}.metric.operationOverTime"),
+        // A Prometheus-backend metric's trigger keys.
+        "query" | "threshold" | "serverAddress" | "ignoreNullValues" => {
+            format!("spec.autoScaling.metrics[{i}] (its KEDA trigger's {key})")
+        }
         other => format!("spec.autoScaling.policy.params.{other}"),
     };
     ManifestError::Field { path, reason }
@@ -433,5 +531,179 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(e.contains("kind"), "{e}");
+    }
+
+    const SEED_003_SCALED_OBJECT: &str =
+        include_str!("../../../examples/seeds/keda-vllm-sim-scaledobject.yaml");
+    const SEED_002_PROMETHEUS: &str =
+        include_str!("../../../examples/seeds/kserve-keda-prometheus.yaml");
+    const SEED_002_OPENTELEMETRY: &str =
+        include_str!("../../../examples/seeds/kserve-keda-opentelemetry.yaml");
+
+    fn any(text: &str) -> Result<KedaLoop, ManifestError> {
+        parse_any(text, 120.0, &KServeAutoscaler::default())
+    }
+
+    #[test]
+    fn seed_003s_scaled_object_is_kedas_prometheus_trigger_as_written() {
+        let k = any(SEED_003_SCALED_OBJECT).unwrap();
+        let spec = &k.keda.spec;
+        assert_eq!(
+            (
+                spec.polling_interval_seconds,
+                spec.cooldown_period_seconds,
+                spec.min_replica_count,
+                spec.max_replica_count
+            ),
+            (15.0, 60.0, 1, 5)
+        );
+        let t = &k.triggers[0];
+        let p = t.prometheus.as_ref().expect("a prometheus trigger");
+        assert_eq!(
+            p.query.text,
+            r#"sum(vllm:num_requests_waiting{namespace="inference"})"#
+        );
+        assert!(p.ignore_null_values);
+        assert_eq!(
+            (t.spec.metric_type, t.spec.target, t.spec.activation),
+            (MetricType::AverageValue, 5.0, 0.0)
+        );
+        let setup = k.prometheus.as_ref().unwrap();
+        assert_eq!(
+            (setup.namespace.as_str(), setup.pod_prefix.as_str(), setup.scrape_interval_s),
+            ("inference", "vllm-sim", None)
+        );
+        // The HPA keeps its defaults: no behaviour in the object.
+        assert_eq!(spec.behavior.scale_down.stabilization_window_seconds, 300);
+        // Activation, behaviour and a Value target, as written.
+        let tuned = SEED_003_SCALED_OBJECT
+            .replace(
+                "threshold: \"5\"",
+                "threshold: \"5\"\n        activationThreshold: \"2\"\n        ignoreNullValues: \"false\"\n      metricType: Value",
+            )
+            .replace(
+                "  triggers:",
+                "  advanced:\n    horizontalPodAutoscalerConfig:\n      behavior:\n        scaleDown:\n          stabilizationWindowSeconds: 30\n  triggers:",
+            );
+        let k = any(&tuned).unwrap();
+        let t = &k.triggers[0];
+        assert_eq!(
+            (t.spec.metric_type, t.spec.activation),
+            (MetricType::Value, 2.0)
+        );
+        assert!(!t.prometheus.as_ref().unwrap().ignore_null_values);
+        assert_eq!(
+            k.keda.spec.behavior.scale_down.stabilization_window_seconds,
+            30
+        );
+    }
+
+    #[test]
+    fn seed_002s_prometheus_inference_service_is_kserves_trigger() {
+        let k = any(SEED_002_PROMETHEUS).unwrap();
+        assert_eq!(
+            (k.keda.spec.min_replica_count, k.keda.spec.max_replica_count),
+            (1, 5)
+        );
+        let t = &k.triggers[0];
+        // KServe passes the bare query through: one series per pod.
+        assert_eq!(
+            t.prometheus.as_ref().unwrap().query.text,
+            "vllm:num_requests_running"
+        );
+        // No metricType from KServe: AverageValue whatever target.type says.
+        assert_eq!(
+            (t.spec.metric_type, t.spec.target),
+            (MetricType::AverageValue, 2.0)
+        );
+        // KServe's config map windows.
+        assert_eq!(
+            k.keda.spec.behavior.scale_down.stabilization_window_seconds,
+            300
+        );
+        let setup = k.prometheus.as_ref().unwrap();
+        assert_eq!(
+            (setup.namespace.as_str(), setup.pod_prefix.as_str()),
+            ("default", "huggingface-fbopt-predictor")
+        );
+        // The predictor's own window wins over the config map's.
+        let own = SEED_002_PROMETHEUS.replace(
+            "    autoScaling:\n",
+            "    autoScaling:\n      behavior:\n        scaleDown:\n          stabilizationWindowSeconds: 45\n",
+        );
+        assert_eq!(
+            any(&own)
+                .unwrap()
+                .keda
+                .spec
+                .behavior
+                .scale_down
+                .stabilization_window_seconds,
+            45
+        );
+        // Seed 002's OpenTelemetry InferenceService: aim scaler's trigger.
+        let k = any(SEED_002_OPENTELEMETRY).unwrap();
+        let t = &k.triggers[0];
+        assert!(t.prometheus.is_none() && k.prometheus.is_none());
+        assert_eq!((t.signal, t.spec.target), (Signal::Running, 4.0));
+    }
+
+    #[test]
+    fn a_query_outside_the_subset_names_the_field_of_the_manifest_given() {
+        let e = any(&SEED_003_SCALED_OBJECT.replace(
+            r#"sum(vllm:num_requests_waiting{namespace="inference"})"#,
+            r#"sum by (pod) (vllm:num_requests_waiting{namespace="inference"})"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("spec.triggers[0].metadata.query: "), "{e}");
+        assert!(e.contains("grouping") && e.contains("sum, avg, min, max and count"), "{e}");
+        let e = any(&SEED_003_SCALED_OBJECT.replace("sum(vllm", "sum(rate(vllm"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.triggers[0].metadata.query"), "{e}");
+        assert!(e.contains("not valid PromQL"), "{e}");
+        let e = any(&SEED_003_SCALED_OBJECT.replace("        threshold: \"5\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("spec.triggers[0].metadata.threshold: "), "{e}");
+        let e = any(&SEED_003_SCALED_OBJECT.replace("type: prometheus", "type: cpu"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("spec.triggers[0].type: "), "{e}");
+        // On an InferenceService: its metric's field.
+        let e = any(&SEED_002_PROMETHEUS.replace(
+            "query: vllm:num_requests_running",
+            "query: topk(1, vllm:num_requests_running)",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("spec.predictor.autoScaling.metrics[0].external.metric.query: "),
+            "{e}"
+        );
+        let e = any(&SEED_002_PROMETHEUS.replace("\"keda\"", "\"hpa\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metadata.annotations[serving.kserve.io/autoscalerClass]"),
+            "{e}"
+        );
+        let e = any(&SEED_002_PROMETHEUS.replace("backend: \"prometheus\"", "backend: \"graphite\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("spec.predictor.autoScaling.metrics[0].external.metric.backend: "),
+            "{e}"
+        );
+        let e = any(&SEED_002_PROMETHEUS.replace("value: \"2\"", "averageValue: \"2\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("spec.predictor.autoScaling.metrics[0].external.target.value: "),
+            "{e}"
+        );
+        let e = any("kind: Deployment\n").unwrap_err().to_string();
+        assert!(e.contains("AIMService, ScaledObject or InferenceService"), "{e}");
     }
 }

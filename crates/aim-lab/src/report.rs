@@ -56,9 +56,10 @@ pub fn table(outcome: &Outcome) -> String {
     );
     for row in &outcome.rows {
         let g = est(row, |s| s.gpu_hours);
+        let flag = if issues_of(row).any() { " ⚠" } else { "" };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+            "| {}{flag} | {} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
             row.name,
             pm(est(row, |s| s.attainment), 100.0, 2),
             est(row, |s| s.ttft_attainment).mean * 100.0,
@@ -74,6 +75,70 @@ pub fn table(outcome: &Outcome) -> String {
             est(row, |s| s.scale_events as f64).mean,
             est(row, |s| s.flaps as f64).mean,
         );
+    }
+    s
+}
+
+/// A row's Prometheus query issues, summed over its seeds.
+fn issues_of(row: &Row) -> crate::prom::MetricIssues {
+    let mut all = crate::prom::MetricIssues::default();
+    for i in &row.issues {
+        all.add(i);
+    }
+    all
+}
+
+/// What a ⚠ in the table means, row by row: KEDA could not read a
+/// Prometheus query (so the HPA got no metric and held its replicas), or
+/// read an empty result as 0. Empty when no row has an issue.
+pub fn warnings(outcome: &Outcome) -> String {
+    let mut s = String::new();
+    for row in &outcome.rows {
+        let i = issues_of(row);
+        if !i.any() {
+            continue;
+        }
+        let query = if row.queries.is_empty() {
+            String::new()
+        } else {
+            format!(" `{}`", row.queries.join("`, `"))
+        };
+        let _ = write!(s, "\n⚠ **{}** (all seeds, scored episode):", row.name);
+        if i.several_series > 0 {
+            let _ = write!(
+                s,
+                " the query{query} returned up to {} series at {} of {} queries; KEDA's prometheus scaler refuses more than one (\"returned multiple elements\"), so the HPA got no metric at {} of {} syncs and held its replicas — aggregate the query (e.g. sum(…)).",
+                i.most_series, i.several_series, i.queries, i.hpa_syncs_without_metric, i.hpa_syncs
+            );
+        } else if i.hpa_syncs_without_metric > 0 {
+            let _ = write!(
+                s,
+                " the HPA got no metric at {} of {} syncs and held its replicas.",
+                i.hpa_syncs_without_metric, i.hpa_syncs
+            );
+        }
+        if i.empty > 0 {
+            let _ = write!(
+                s,
+                " The query{query} returned no series at {} of {} queries (read as 0 while ignoreNullValues is true, else an error): check its selectors against the pods' labels.",
+                i.empty, i.queries
+            );
+        }
+        if i.other_errors > 0 {
+            let _ = write!(
+                s,
+                " {} queries failed otherwise (an infinite value with ignoreNullValues false, or duplicate series in a vector match).",
+                i.other_errors
+            );
+        }
+        if i.nan > 0 {
+            let _ = write!(
+                s,
+                " {} queries returned NaN, which KEDA hands on and the HPA reads as a huge negative number (down to its minimum).",
+                i.nan
+            );
+        }
+        s.push('\n');
     }
     s
 }

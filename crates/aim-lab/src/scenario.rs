@@ -12,6 +12,7 @@ use aim_policy::{PolicyError, lookup};
 use crate::capacity::Capacity;
 use crate::control::{Controller, KedaLoop, Trigger};
 use crate::metrics::{Operation, Signal};
+use crate::prom::{PromSetup, PromTrigger};
 
 /// What a configuration may be tuned from: measured per-replica capacity,
 /// the cold start, and the bounds.
@@ -57,6 +58,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "passthrough",
         "plain KEDA (AverageValue) on one signal: passthrough[signal=success-rate;target=6;window=60;operation=avg;downWindow=300]",
+    ),
+    (
+        "prom",
+        "KEDA's prometheus trigger on a PromQL query over Prometheus' scrapes: prom[like=keda-a31-p30-c300-s300;scrape=5] is that KEDA row over Prometheus; prom[query=sum(vllm:num_requests_waiting);threshold=5;polling=15;cooldown=60;downWindow=300;scrape=15] sets each knob",
     ),
 ];
 
@@ -175,6 +180,7 @@ fn policy_trigger(
             target: 1.0,
             activation: 0.0,
         },
+        prometheus: None,
     })
 }
 
@@ -238,6 +244,7 @@ pub fn build(
                 reason: "requests per replica, a number above 0".into(),
             })
     };
+    let prometheus = k.prometheus.clone();
     let mut triggers = k.triggers.clone();
     // `waitFloor=N`: the same on waiting requests only. Waiting is zero
     // until the replicas are full, so this trigger is silent in normal
@@ -259,12 +266,142 @@ pub fn build(
                 target: per_replica(key, &text)?,
                 activation: 0.0,
             },
+            prometheus: None,
         });
     }
-    Ok(Controller::Keda(Box::new(KedaLoop::new(
-        k.keda.spec.clone(),
-        triggers,
-    )?)))
+    let mut with_floor = KedaLoop::new(k.keda.spec.clone(), triggers)?;
+    with_floor.prometheus = prometheus;
+    Ok(Controller::Keda(Box::new(with_floor)))
+}
+
+/// The keys of a `prom[…]` row.
+const PROM_KEYS: [&str; 9] = [
+    "like",
+    "query",
+    "threshold",
+    "activation",
+    "polling",
+    "cooldown",
+    "downWindow",
+    "scrape",
+    "ignoreNullValues",
+];
+
+/// `prom[…]`: a ScaledObject with one KEDA `prometheus` trigger, over
+/// Prometheus scraping the pods every `scrape` seconds (the run's
+/// `--scrape-interval` by default). `like=<KEDA row>` takes that row's
+/// target, polling, cooldown and scale-down window, and its signal as
+/// PromQL: the summed running requests averaged over the scaler window,
+/// `sum(avg_over_time(vllm:num_requests_running[<window>s]))`; each key
+/// given overrides.
+fn prom_row(ctx: &Context, params: &BTreeMap<String, String>) -> Result<Controller, PolicyError> {
+    let bad = |key: &str, value: &str, reason: &str| PolicyError::InvalidParameter {
+        policy: "prom",
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    if let Some((k, v)) = params.iter().find(|(k, _)| !PROM_KEYS.contains(&k.as_str())) {
+        return Err(bad(
+            k,
+            v,
+            &format!("not a key of a prom row; use {}", PROM_KEYS.join(", ")),
+        ));
+    }
+    let knobs = match params.get("like").map(String::as_str) {
+        None | Some("keda-seed") => KedaKnobs::SEED,
+        Some(row) => KedaKnobs::parse(row).ok_or_else(|| {
+            bad(
+                "like",
+                row,
+                "keda-seed or a KEDA grid row, keda-a<target>-p<polling s>-c<cooldown s>-s<scale-down window s>",
+            )
+        })?,
+    };
+    let number = |key: &str, default: f64| -> Result<f64, PolicyError> {
+        match params.get(key) {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .trim_end_matches('s')
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(key, text, "a number of 0 or more")),
+        }
+    };
+    let threshold = number("threshold", knobs.target)?;
+    if threshold <= 0.0 {
+        return Err(bad("threshold", &threshold.to_string(), "must be above 0"));
+    }
+    let scrape = params
+        .get("scrape")
+        .map(|_| number("scrape", 0.0))
+        .transpose()?;
+    if scrape == Some(0.0) {
+        return Err(bad("scrape", "0", "a scrape interval above 0 seconds"));
+    }
+    let polling = number("polling", knobs.polling_s)?;
+    if polling <= 0.0 {
+        return Err(bad("polling", &polling.to_string(), "must be above 0"));
+    }
+    let down_window = number("downWindow", f64::from(knobs.down_window_s))?;
+    if down_window > 3600.0 {
+        return Err(bad(
+            "downWindow",
+            &down_window.to_string(),
+            "at most 3600 seconds (the HPA API's limit)",
+        ));
+    }
+    let query = params.get("query").cloned().unwrap_or_else(|| {
+        format!(
+            "sum(avg_over_time(vllm:num_requests_running[{}s]))",
+            ctx.window_s
+        )
+    });
+    let mut metadata = meta(&[
+        // Where KEDA would send the query; the lab's Prometheus answers.
+        ("serverAddress", "http://prometheus.monitoring.svc:9090".into()),
+        ("query", query),
+        ("threshold", threshold.to_string()),
+    ]);
+    if let Some(v) = params.get("ignoreNullValues") {
+        metadata.insert("ignoreNullValues".into(), v.clone());
+    }
+    let trigger = PromTrigger::from_metadata(&metadata, "prom").map_err(|(path, why)| {
+        let key = path.rsplit('.').next().unwrap_or("query").to_owned();
+        let value = metadata.get(&key).cloned().unwrap_or_default();
+        bad(&key, &value, &why)
+    })?;
+    let mut spec = knobs.spec(ctx);
+    spec.polling_interval_seconds = polling;
+    spec.cooldown_period_seconds = number("cooldown", knobs.cooldown_s)?;
+    spec.behavior.scale_down.stabilization_window_seconds = down_window.round() as u32;
+    let trigger_spec = TriggerSpec {
+        metric_type: knobs.metric_type,
+        target: threshold,
+        activation: number("activation", 0.0)?,
+    };
+    spec.triggers = vec![trigger_spec.clone()];
+    let mut k = KedaLoop::new(
+        spec,
+        vec![Trigger {
+            // Not read for a Prometheus trigger.
+            signal: Signal::Running,
+            operation: Operation::LastOne,
+            window_s: 0.0,
+            policy: lookup("passthrough")?,
+            metadata,
+            spec: trigger_spec,
+            prometheus: Some(Box::new(trigger)),
+        }],
+    )?;
+    k.prometheus = Some(PromSetup {
+        scrape_interval_s: scrape,
+        namespace: "default".into(),
+        pod_prefix: "lab".into(),
+    });
+    Ok(Controller::Keda(Box::new(k)))
 }
 
 fn build_named(
@@ -272,6 +409,9 @@ fn build_named(
     ctx: &Context,
     overrides: &BTreeMap<String, String>,
 ) -> Result<Controller, PolicyError> {
+    if name == "prom" {
+        return prom_row(ctx, overrides);
+    }
     let c = &ctx.capacity;
     let passthrough =
         |signal, metric_type, target, window_s, operation| -> Result<Trigger, PolicyError> {
@@ -286,6 +426,7 @@ fn build_named(
                     target,
                     activation: 0.0,
                 },
+                prometheus: None,
             })
         };
     let (spec, triggers) = match name {

@@ -132,6 +132,7 @@ mod tests {
             episode_end: 3600.0,
             clipped_prompts: 0,
             simulated_until: 3600.0,
+            metric_issues: Default::default(),
         }
     }
 

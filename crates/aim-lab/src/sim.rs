@@ -15,6 +15,7 @@ use aim_policy::PolicyError;
 
 use crate::control::Controller;
 use crate::metrics::{Pipeline, p90};
+use crate::prom::{MetricIssues, Tsdb, tsdb};
 use crate::trace::Arrival;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,6 +173,9 @@ pub struct RunResult {
     pub episode_end: f64,
     pub clipped_prompts: usize,
     pub simulated_until: f64,
+    /// What went wrong with the controller's Prometheus queries in the
+    /// scored episode (nothing unless a trigger queries Prometheus).
+    pub metric_issues: MetricIssues,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,9 +194,13 @@ struct Pod {
     engine: Engine,
     outstanding: u32,
     stepping: bool,
-    /// Results of the step in flight, applied when it ends.
+    /// Results of the step in flight, applied when it ends: first tokens,
+    /// and finishes (id, TTFT, TPOT, aborted, finish reason's index in
+    /// `FinishReason::ALL`).
     first_tokens: Vec<(u64, f64)>,
-    finished: Vec<(u64, Option<f64>, Option<f64>, bool)>,
+    finished: Vec<(u64, Option<f64>, Option<f64>, bool, usize)>,
+    /// vLLM's `request_success_total`, by finish reason.
+    successes: [u64; tsdb::FINISH_REASONS.len()],
     /// (time, engine busy time) at the previous scrape: a GPU exporter's
     /// utilisation is the busy share of the interval since.
     busy_seen: Option<(f64, Duration)>,
@@ -204,6 +212,8 @@ enum Event {
     PodReady(usize),
     DrainDeadline(usize),
     Scrape,
+    /// Prometheus scrapes one pod.
+    PromScrape(usize),
     HpaSync,
     KedaPoll,
     Sample,
@@ -211,6 +221,9 @@ enum Event {
 }
 
 const NS: f64 = 1e9;
+
+/// `FinishReason::Abort`'s index in `FinishReason::ALL`.
+const ABORT: usize = 2;
 
 fn ns(t: f64) -> u64 {
     // Round to the nearest nanosecond; `as` truncates, and adding a half
@@ -242,6 +255,8 @@ struct World<'a> {
     clipped: usize,
     outstanding_total: usize,
     sample_arrivals: usize,
+    /// Prometheus, when a trigger queries it.
+    prom: Option<Tsdb>,
 }
 
 impl<'a> World<'a> {
@@ -282,9 +297,16 @@ impl<'a> World<'a> {
             stepping: false,
             first_tokens: Vec::new(),
             finished: Vec::new(),
+            successes: [0; tsdb::FINISH_REASONS.len()],
         });
         if !ready_now {
             self.schedule(ready_at, Event::PodReady(index));
+        }
+        // Prometheus knows the pod from its creation and scrapes it at its
+        // own phase; scrapes fail until it is Ready.
+        if let Some(db) = &mut self.prom {
+            let at = db.next_scrape(index, self.now);
+            self.schedule(at, Event::PromScrape(index));
         }
     }
 
@@ -338,6 +360,11 @@ impl<'a> World<'a> {
     }
 
     fn remove_pod(&mut self, i: usize) {
+        // A deleted pod leaves the Service's endpoints at once: Prometheus
+        // stops scraping it, and its series go stale.
+        if let Some(db) = &mut self.prom {
+            db.target_gone(i, self.now);
+        }
         let pod = &mut self.pods[i];
         if pod.phase == Phase::Ready && pod.outstanding > 0 {
             pod.phase = Phase::Draining;
@@ -452,11 +479,16 @@ impl<'a> World<'a> {
                 } => pod.first_tokens.push((e.request, secs(*since_arrival))),
                 EventKind::Finished(f) => {
                     let aborted = matches!(f.reason, aim_engine::FinishReason::Abort);
+                    let reason = aim_engine::FinishReason::ALL
+                        .iter()
+                        .position(|r| *r == f.reason)
+                        .unwrap_or(ABORT);
                     pod.finished.push((
                         e.request,
                         f.ttft().map(secs),
                         f.mean_tpot().map(secs),
                         aborted,
+                        reason,
                     ));
                 }
                 _ => {}
@@ -477,8 +509,8 @@ impl<'a> World<'a> {
             self.pipeline.first_token(self.now, engine_ttft);
         }
         let finished = std::mem::take(&mut self.pods[i].finished);
-        for (id, ttft, tpot, aborted) in finished {
-            self.finish(i, id, ttft, tpot, aborted);
+        for (id, ttft, tpot, aborted, reason) in finished {
+            self.finish(i, id, ttft, tpot, aborted, reason);
         }
         self.pods[i].stepping = false;
         if !self.pods[i].engine.is_idle() {
@@ -490,11 +522,20 @@ impl<'a> World<'a> {
         self.maybe_gone(i);
     }
 
-    fn finish(&mut self, pod: usize, id: u64, ttft: Option<f64>, tpot: Option<f64>, aborted: bool) {
+    fn finish(
+        &mut self,
+        pod: usize,
+        id: u64,
+        ttft: Option<f64>,
+        tpot: Option<f64>,
+        aborted: bool,
+        reason: usize,
+    ) {
         let r = &mut self.requests[id as usize];
         if r.finished || r.aborted {
             return;
         }
+        self.pods[pod].successes[reason] += 1;
         r.ttft = r.ttft.or(ttft.map(|t| r.held + t));
         r.tpot = tpot;
         r.finished = !aborted;
@@ -528,7 +569,7 @@ impl<'a> World<'a> {
             .collect();
         for id in ids {
             self.pods[i].engine.abort(id, now);
-            self.finish(i, id, None, None, true);
+            self.finish(i, id, None, None, true, ABORT);
         }
         self.pods[i].first_tokens.clear();
         self.pods[i].finished.clear();
@@ -567,6 +608,30 @@ impl<'a> World<'a> {
         let gpu = if gpus > 0 { gpu / gpus as f64 } else { 0.0 };
         self.pipeline
             .scrape(self.now, running as f64, waiting as f64, kv, gpu);
+    }
+
+    /// Prometheus scrapes pod `i`: a Ready pod answers with its gauges and
+    /// counters; a starting pod's scrape fails and stores nothing; a
+    /// deleted pod is no longer a target.
+    fn prom_scrape(&mut self, i: usize) {
+        let Some(db) = &mut self.prom else { return };
+        let pod = &self.pods[i];
+        match pod.phase {
+            Phase::Draining | Phase::Gone => return,
+            Phase::Starting => {}
+            Phase::Ready => {
+                let mut values = [0.0; tsdb::SERIES_PER_TARGET];
+                values[tsdb::RUNNING] = pod.engine.num_running() as f64;
+                values[tsdb::WAITING] = pod.engine.num_waiting() as f64;
+                values[tsdb::KV_USAGE] = pod.engine.kv_usage();
+                for (k, n) in pod.successes.iter().enumerate() {
+                    values[tsdb::SUCCESS + k] = *n as f64;
+                }
+                db.append(i, self.now, values);
+            }
+        }
+        let next = self.now + db.interval;
+        self.schedule(next, Event::PromScrape(i));
     }
 
     /// Records a timeline point; its TTFT column is filled in after the run.
@@ -685,7 +750,27 @@ impl<'a> Sim<'a> {
             clipped: 0,
             outstanding_total: arrivals.len(),
             sample_arrivals: 0,
+            prom: None,
         };
+        let mut controller = controller;
+        if let Controller::Keda(k) = &mut controller {
+            k.score_from = replay.offset;
+            if let Some(setup) = &k.prometheus {
+                let longest = k
+                    .triggers
+                    .iter()
+                    .filter_map(|t| t.prometheus.as_ref())
+                    .map(|p| p.query.longest_range)
+                    .fold(0.0, f64::max);
+                w.prom = Some(Tsdb::new(
+                    setup.scrape_interval_s.unwrap_or(cfg.scrape_interval_s),
+                    longest,
+                    &setup.namespace,
+                    &setup.pod_prefix,
+                    cfg.seed,
+                ));
+            }
+        }
         let initial = match &controller {
             Controller::Static(n) => *n,
             Controller::Plan(steps) => steps.first().map_or(cfg.initial_replicas, |s| s.1),
@@ -850,10 +935,13 @@ impl<'a> Sim<'a> {
                 w.scrape();
                 w.schedule(w.now + cfg.scrape_interval_s, Event::Scrape);
             }
+            Event::PromScrape(i) => w.prom_scrape(i),
             Event::HpaSync => {
                 if let Controller::Keda(k) = &mut self.controller {
                     let (existing, ready) = w.counts();
-                    if let Some(n) = k.sync(&w.pipeline, w.now, w.spec, existing, ready)? {
+                    if let Some(n) =
+                        k.sync(&w.pipeline, w.prom.as_ref(), w.now, w.spec, existing, ready)?
+                    {
                         w.set_spec(n);
                     }
                 }
@@ -862,7 +950,7 @@ impl<'a> Sim<'a> {
             Event::KedaPoll => {
                 if let Controller::Keda(k) = &mut self.controller {
                     let (_, ready) = w.counts();
-                    if let Some(n) = k.poll(&w.pipeline, w.now, w.spec, ready)? {
+                    if let Some(n) = k.poll(&w.pipeline, w.prom.as_ref(), w.now, w.spec, ready)? {
                         w.set_spec(n);
                     }
                     w.schedule(
@@ -947,6 +1035,10 @@ impl<'a> Sim<'a> {
             episode_end: end - offset,
             clipped_prompts: self.w.clipped,
             simulated_until: self.w.now - offset,
+            metric_issues: match &self.controller {
+                Controller::Keda(k) => k.issues,
+                _ => MetricIssues::default(),
+            },
         })
     }
 }
