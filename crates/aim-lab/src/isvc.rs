@@ -111,13 +111,20 @@ pub fn scaled_object(
 ) -> Result<ScaledObject, ManifestError> {
     let isvc: InferenceService =
         serde_yaml::from_value(doc).map_err(|e| ManifestError::Yaml(e.to_string()))?;
-    let class = isvc.metadata.annotations.get(AUTOSCALER_CLASS).map(|c| c.trim());
+    let class = isvc
+        .metadata
+        .annotations
+        .get(AUTOSCALER_CLASS)
+        .map(|c| c.trim());
     if class != Some("keda") {
         return Err(field(
             format!("metadata.annotations[{AUTOSCALER_CLASS}]"),
             format!(
                 "{}: the lab scores KServe's KEDA autoscaling; set \"keda\" (External and PodMetric metrics need it)",
-                class.map_or_else(|| "unset (KServe's default, hpa)".to_owned(), |c| format!("{c:?}"))
+                class.map_or_else(
+                    || "unset (KServe's default, hpa)".to_owned(),
+                    |c| format!("{c:?}")
+                )
             ),
         ));
     }
@@ -213,7 +220,9 @@ pub fn scaled_object(
             other => {
                 return Err(field(
                     format!("{path}.type"),
-                    format!("{other:?}: the lab scores External (prometheus) and PodMetric (opentelemetry) metrics, not CPU or memory"),
+                    format!(
+                        "{other:?}: the lab scores External (prometheus) and PodMetric (opentelemetry) metrics, not CPU or memory"
+                    ),
                 ));
             }
         };

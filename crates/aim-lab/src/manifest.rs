@@ -570,7 +570,11 @@ spec:
         );
         let setup = k.prometheus.as_ref().unwrap();
         assert_eq!(
-            (setup.namespace.as_str(), setup.pod_prefix.as_str(), setup.scrape_interval_s),
+            (
+                setup.namespace.as_str(),
+                setup.pod_prefix.as_str(),
+                setup.scrape_interval_s
+            ),
             ("inference", "vllm-sim", None)
         );
         // The HPA keeps its defaults: no behaviour in the object.
@@ -657,7 +661,10 @@ spec:
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("spec.triggers[0].metadata.query: "), "{e}");
-        assert!(e.contains("grouping") && e.contains("sum, avg, min, max and count"), "{e}");
+        assert!(
+            e.contains("grouping") && e.contains("sum, avg, min, max and count"),
+            "{e}"
+        );
         let e = any(&SEED_003_SCALED_OBJECT.replace("sum(vllm", "sum(rate(vllm"))
             .unwrap_err()
             .to_string();
@@ -666,7 +673,10 @@ spec:
         let e = any(&SEED_003_SCALED_OBJECT.replace("        threshold: \"5\"\n", ""))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("spec.triggers[0].metadata.threshold: "), "{e}");
+        assert!(
+            e.starts_with("spec.triggers[0].metadata.threshold: "),
+            "{e}"
+        );
         let e = any(&SEED_003_SCALED_OBJECT.replace("type: prometheus", "type: cpu"))
             .unwrap_err()
             .to_string();
@@ -689,9 +699,10 @@ spec:
             e.contains("metadata.annotations[serving.kserve.io/autoscalerClass]"),
             "{e}"
         );
-        let e = any(&SEED_002_PROMETHEUS.replace("backend: \"prometheus\"", "backend: \"graphite\""))
-            .unwrap_err()
-            .to_string();
+        let e =
+            any(&SEED_002_PROMETHEUS.replace("backend: \"prometheus\"", "backend: \"graphite\""))
+                .unwrap_err()
+                .to_string();
         assert!(
             e.starts_with("spec.predictor.autoScaling.metrics[0].external.metric.backend: "),
             "{e}"
@@ -704,6 +715,9 @@ spec:
             "{e}"
         );
         let e = any("kind: Deployment\n").unwrap_err().to_string();
-        assert!(e.contains("AIMService, ScaledObject or InferenceService"), "{e}");
+        assert!(
+            e.contains("AIMService, ScaledObject or InferenceService"),
+            "{e}"
+        );
     }
 }

@@ -301,7 +301,10 @@ fn prom_row(ctx: &Context, params: &BTreeMap<String, String>) -> Result<Controll
         value: value.into(),
         reason: reason.into(),
     };
-    if let Some((k, v)) = params.iter().find(|(k, _)| !PROM_KEYS.contains(&k.as_str())) {
+    if let Some((k, v)) = params
+        .iter()
+        .find(|(k, _)| !PROM_KEYS.contains(&k.as_str()))
+    {
         return Err(bad(
             k,
             v,
@@ -361,7 +364,10 @@ fn prom_row(ctx: &Context, params: &BTreeMap<String, String>) -> Result<Controll
     });
     let mut metadata = meta(&[
         // Where KEDA would send the query; the lab's Prometheus answers.
-        ("serverAddress", "http://prometheus.monitoring.svc:9090".into()),
+        (
+            "serverAddress",
+            "http://prometheus.monitoring.svc:9090".into(),
+        ),
         ("query", query),
         ("threshold", threshold.to_string()),
     ]);

@@ -194,16 +194,25 @@ struct Pod {
     engine: Engine,
     outstanding: u32,
     stepping: bool,
-    /// Results of the step in flight, applied when it ends: first tokens,
-    /// and finishes (id, TTFT, TPOT, aborted, finish reason's index in
-    /// `FinishReason::ALL`).
+    /// Results of the step in flight, applied when it ends.
     first_tokens: Vec<(u64, f64)>,
-    finished: Vec<(u64, Option<f64>, Option<f64>, bool, usize)>,
+    finished: Vec<Finished>,
     /// vLLM's `request_success_total`, by finish reason.
     successes: [u64; tsdb::FINISH_REASONS.len()],
     /// (time, engine busy time) at the previous scrape: a GPU exporter's
     /// utilisation is the busy share of the interval since.
     busy_seen: Option<(f64, Duration)>,
+}
+
+/// A request the step in flight finishes.
+#[derive(Debug, Clone, Copy)]
+struct Finished {
+    id: u64,
+    ttft: Option<f64>,
+    tpot: Option<f64>,
+    aborted: bool,
+    /// The finish reason's index in `FinishReason::ALL`.
+    reason: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -483,13 +492,13 @@ impl<'a> World<'a> {
                         .iter()
                         .position(|r| *r == f.reason)
                         .unwrap_or(ABORT);
-                    pod.finished.push((
-                        e.request,
-                        f.ttft().map(secs),
-                        f.mean_tpot().map(secs),
+                    pod.finished.push(Finished {
+                        id: e.request,
+                        ttft: f.ttft().map(secs),
+                        tpot: f.mean_tpot().map(secs),
                         aborted,
                         reason,
-                    ));
+                    });
                 }
                 _ => {}
             }
@@ -509,8 +518,8 @@ impl<'a> World<'a> {
             self.pipeline.first_token(self.now, engine_ttft);
         }
         let finished = std::mem::take(&mut self.pods[i].finished);
-        for (id, ttft, tpot, aborted, reason) in finished {
-            self.finish(i, id, ttft, tpot, aborted, reason);
+        for f in finished {
+            self.finish(i, f.id, f.ttft, f.tpot, f.aborted, f.reason);
         }
         self.pods[i].stepping = false;
         if !self.pods[i].engine.is_idle() {

@@ -229,6 +229,8 @@ fn tuned_keda_is_the_cheapest_grid_point_at_the_goal_else_the_best() {
             gpu_hours,
             ..Score::default()
         }],
+        issues: vec![],
+        queries: vec![],
         example: Default::default(),
     };
     let rows = vec![

@@ -128,7 +128,10 @@ fn the_bare_query_of_seed_002_returns_a_series_per_pod_and_the_hpa_holds() {
     let bare = go(&c, &arrivals, Controller::Keda(Box::new(k)));
     let sum = go(&c, &arrivals, Controller::Keda(Box::new(summed)));
     // One pod: one series, and the HPA scales up on it.
-    let up = bare.changes.first().expect("scales up while one pod answers");
+    let up = bare
+        .changes
+        .first()
+        .expect("scales up while one pod answers");
     assert_eq!(up.from, 1);
     assert!(up.to > 1);
     // Then every pod is a series: KEDA refuses the query from then on,
@@ -166,6 +169,10 @@ fn a_deleted_pod_stops_counting_once_its_series_are_stale() {
     assert_eq!(sum_at(&db, 60.0), Some(8.0));
     db.target_gone(1, 60.0);
     let marker = db.next_scrape(1, 60.0001);
-    assert_eq!(sum_at(&db, marker + 10.0), Some(8.0), "markers not written yet");
+    assert_eq!(
+        sum_at(&db, marker + 10.0),
+        Some(8.0),
+        "markers not written yet"
+    );
     assert_eq!(sum_at(&db, marker + 11.0), Some(4.0), "stale from then on");
 }

@@ -223,8 +223,9 @@ mod tests {
 
     #[test]
     fn several_series_are_kedas_error_and_none_read_as_zero() {
-        let bare = PromTrigger::from_metadata(&meta("vllm:num_requests_running"), "spec.triggers[0]")
-            .unwrap();
+        let bare =
+            PromTrigger::from_metadata(&meta("vllm:num_requests_running"), "spec.triggers[0]")
+                .unwrap();
         let summed =
             PromTrigger::from_metadata(&meta("sum(vllm:num_requests_running)"), "spec.triggers[0]")
                 .unwrap();
@@ -248,8 +249,8 @@ mod tests {
         let empty = Tsdb::new(15.0, 0.0, "default", "lab", 1);
         assert_eq!(strict.read(&empty, 1.0).value, Err(ReadError::Empty));
         // Infinity: 0 by default, an error when strict.
-        let inf = PromTrigger::from_metadata(&meta("sum(vllm:num_requests_running) / 0"), "x")
-            .unwrap();
+        let inf =
+            PromTrigger::from_metadata(&meta("sum(vllm:num_requests_running) / 0"), "x").unwrap();
         assert_eq!(inf.read(&db, 8.0).value, Ok(0.0));
     }
 
@@ -260,11 +261,16 @@ mod tests {
         let (field, why) = PromTrigger::from_metadata(&m, "spec.triggers[0]").unwrap_err();
         assert_eq!(field, "spec.triggers[0].metadata.threshold");
         assert!(why.contains("threshold"), "{why}");
-        let (field, why) =
-            PromTrigger::from_metadata(&meta("sum by (pod) (vllm:num_requests_waiting)"), "spec.triggers[0]")
-                .unwrap_err();
+        let (field, why) = PromTrigger::from_metadata(
+            &meta("sum by (pod) (vllm:num_requests_waiting)"),
+            "spec.triggers[0]",
+        )
+        .unwrap_err();
         assert_eq!(field, "spec.triggers[0].metadata.query");
-        assert!(why.contains("grouping") && why.contains("sum, avg"), "{why}");
+        assert!(
+            why.contains("grouping") && why.contains("sum, avg"),
+            "{why}"
+        );
         let mut m = meta("sum(vllm:num_requests_waiting)");
         m.insert("ignoreNullValues".into(), "maybe".into());
         let (field, _) = PromTrigger::from_metadata(&m, "spec.triggers[1]").unwrap_err();

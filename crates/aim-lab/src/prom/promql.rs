@@ -200,7 +200,9 @@ fn compile(expr: &Expr, longest_range: &mut f64) -> Result<Node, String> {
                     || m.return_bool
                     || !matches!(m.card, VectorMatchCardinality::OneToOne))
             {
-                return Err(unsupported("vector matching modifiers (on, ignoring, group_left, group_right, bool)"));
+                return Err(unsupported(
+                    "vector matching modifiers (on, ignoring, group_left, group_right, bool)",
+                ));
             }
             Node::Arith {
                 op,
@@ -219,7 +221,11 @@ fn compile(expr: &Expr, longest_range: &mut f64) -> Result<Node, String> {
                 other => return Err(unsupported(format!("the function {other}()"))),
             };
             let [arg] = &c.args.args[..] else {
-                return Err(unsupported(format!("{}() with {} arguments", c.func.name, c.args.args.len())));
+                return Err(unsupported(format!(
+                    "{}() with {} arguments",
+                    c.func.name,
+                    c.args.args.len()
+                )));
             };
             let Expr::MatrixSelector(ms) = arg.as_ref() else {
                 return Err(unsupported(format!(
@@ -236,7 +242,9 @@ fn compile(expr: &Expr, longest_range: &mut f64) -> Result<Node, String> {
             }
         }
         Expr::MatrixSelector(_) => {
-            return Err(unsupported("a range selector outside rate(), irate(), increase() or *_over_time()"));
+            return Err(unsupported(
+                "a range selector outside rate(), irate(), increase() or *_over_time()",
+            ));
         }
         Expr::Subquery(_) => return Err(unsupported("a subquery")),
         Expr::StringLiteral(_) => return Err(unsupported("a string")),
@@ -449,7 +457,11 @@ fn range_fn(func: RangeFn, samples: &[(f64, f64)], t: f64, range: f64) -> Option
                 return None;
             }
             // A drop is a counter reset: the counter restarted from 0.
-            let delta = if last.1 < prev.1 { last.1 } else { last.1 - prev.1 };
+            let delta = if last.1 < prev.1 {
+                last.1
+            } else {
+                last.1 - prev.1
+            };
             delta / dt
         }
         RangeFn::Rate | RangeFn::Increase => {
@@ -523,8 +535,14 @@ mod tests {
         let mut db = db();
         db.append(0, 10.0, values(3.0, 1.0, 0.0));
         db.append(1, 12.0, values(5.0, 2.0, 0.0));
-        assert_eq!(scalar_of("vllm:num_requests_running", &db, 20.0), [3.0, 5.0]);
-        assert_eq!(scalar_of("sum(vllm:num_requests_running)", &db, 20.0), [8.0]);
+        assert_eq!(
+            scalar_of("vllm:num_requests_running", &db, 20.0),
+            [3.0, 5.0]
+        );
+        assert_eq!(
+            scalar_of("sum(vllm:num_requests_running)", &db, 20.0),
+            [8.0]
+        );
         assert_eq!(
             scalar_of(
                 r#"sum(vllm:num_requests_waiting{namespace="inference"})"#,
@@ -533,12 +551,34 @@ mod tests {
             ),
             [3.0]
         );
-        assert!(scalar_of(r#"sum(vllm:num_requests_waiting{namespace="other"})"#, &db, 20.0).is_empty());
-        assert_eq!(scalar_of(r#"vllm:num_requests_running{pod=~"vllm-sim-1"}"#, &db, 20.0), [5.0]);
-        assert_eq!(scalar_of("avg(vllm:num_requests_running)", &db, 20.0), [4.0]);
-        assert_eq!(scalar_of("max(vllm:num_requests_running)", &db, 20.0), [5.0]);
-        assert_eq!(scalar_of("min(vllm:num_requests_running)", &db, 20.0), [3.0]);
-        assert_eq!(scalar_of("count(vllm:num_requests_running)", &db, 20.0), [2.0]);
+        assert!(
+            scalar_of(
+                r#"sum(vllm:num_requests_waiting{namespace="other"})"#,
+                &db,
+                20.0
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            scalar_of(r#"vllm:num_requests_running{pod=~"vllm-sim-1"}"#, &db, 20.0),
+            [5.0]
+        );
+        assert_eq!(
+            scalar_of("avg(vllm:num_requests_running)", &db, 20.0),
+            [4.0]
+        );
+        assert_eq!(
+            scalar_of("max(vllm:num_requests_running)", &db, 20.0),
+            [5.0]
+        );
+        assert_eq!(
+            scalar_of("min(vllm:num_requests_running)", &db, 20.0),
+            [3.0]
+        );
+        assert_eq!(
+            scalar_of("count(vllm:num_requests_running)", &db, 20.0),
+            [2.0]
+        );
         assert_eq!(
             scalar_of(
                 "sum(vllm:num_requests_running) + sum(vllm:num_requests_waiting)",
@@ -556,13 +596,27 @@ mod tests {
             ),
             [11.0]
         );
-        assert_eq!(scalar_of("sum(vllm:num_requests_running) / 2", &db, 20.0), [4.0]);
-        assert_eq!(scalar_of("-(2 * sum(vllm:num_requests_running))", &db, 20.0), [-16.0]);
-        assert_eq!(scalar_of("sum by () (vllm:num_requests_running)", &db, 20.0), [8.0]);
+        assert_eq!(
+            scalar_of("sum(vllm:num_requests_running) / 2", &db, 20.0),
+            [4.0]
+        );
+        assert_eq!(
+            scalar_of("-(2 * sum(vllm:num_requests_running))", &db, 20.0),
+            [-16.0]
+        );
+        assert_eq!(
+            scalar_of("sum by () (vllm:num_requests_running)", &db, 20.0),
+            [8.0]
+        );
         // Every finish reason is a series of its own.
         assert_eq!(scalar_of("vllm:request_success_total", &db, 20.0).len(), 10);
         assert_eq!(
-            scalar_of(r#"vllm:request_success_total{finished_reason="stop"}"#, &db, 20.0).len(),
+            scalar_of(
+                r#"vllm:request_success_total{finished_reason="stop"}"#,
+                &db,
+                20.0
+            )
+            .len(),
             2
         );
         // Before any scrape: nothing, and an aggregate of nothing is nothing.
@@ -575,10 +629,8 @@ mod tests {
         db.append(0, 10.0, values(3.0, 1.0, 0.0));
         let q = Query::compile(r#"{__name__=~"vllm:num_requests_.*"} + 1"#).unwrap();
         assert!(q.eval(&db, 20.0).is_ok());
-        let q = Query::compile(
-            r#"{__name__=~"vllm:num_requests_.*"} + vllm:num_requests_running"#,
-        )
-        .unwrap();
+        let q = Query::compile(r#"{__name__=~"vllm:num_requests_.*"} + vllm:num_requests_running"#)
+            .unwrap();
         assert!(q.eval(&db, 20.0).unwrap_err().contains("many-to-many"));
     }
 
@@ -626,9 +678,18 @@ mod tests {
         }
         let irate = r#"irate(vllm:request_success_total{finished_reason="stop"}[1m])"#;
         assert_eq!(scalar_of(irate, &db, 50.0), [1.0]);
-        assert_eq!(scalar_of("avg_over_time(vllm:num_requests_running[1m])", &db, 50.0), [25.0]);
-        assert_eq!(scalar_of("max_over_time(vllm:num_requests_running[1m])", &db, 50.0), [45.0]);
-        assert_eq!(scalar_of("min_over_time(vllm:num_requests_running[21s])", &db, 50.0), [30.0]);
+        assert_eq!(
+            scalar_of("avg_over_time(vllm:num_requests_running[1m])", &db, 50.0),
+            [25.0]
+        );
+        assert_eq!(
+            scalar_of("max_over_time(vllm:num_requests_running[1m])", &db, 50.0),
+            [45.0]
+        );
+        assert_eq!(
+            scalar_of("min_over_time(vllm:num_requests_running[21s])", &db, 50.0),
+            [30.0]
+        );
         // A reset: the counter restarted.
         db.append(0, 60.0, values(5.0, 0.0, 5.0));
         assert_eq!(scalar_of(irate, &db, 61.0), [5.0 / 15.0]);
@@ -639,11 +700,17 @@ mod tests {
         for (query, says) in [
             ("sum by (pod) (vllm:num_requests_running)", "grouping"),
             ("topk(1, vllm:num_requests_running)", "topk"),
-            ("histogram_quantile(0.9, vllm:time_to_first_token_seconds)", "histogram_quantile"),
+            (
+                "histogram_quantile(0.9, vllm:time_to_first_token_seconds)",
+                "histogram_quantile",
+            ),
             ("vllm:num_requests_running > 2", ">"),
             ("vllm:num_requests_running offset 1m", "offset"),
             (r#"vllm:num_requests_running{job="vllm"}"#, "\"job\""),
-            ("vllm:time_to_first_token_seconds_count", "selects no metric"),
+            (
+                "vllm:time_to_first_token_seconds_count",
+                "selects no metric",
+            ),
             ("rate(vllm:request_success_total[5m:1m])", "subquery"),
             ("vllm:num_requests_running[1m]", "range selector"),
             ("1 + 1", "scalar"),
@@ -653,7 +720,9 @@ mod tests {
             let e = Query::compile(query).unwrap_err();
             assert!(e.contains(says), "{query}: {e}");
             assert!(
-                e.contains("not valid PromQL") || e.contains("scalar") || e.contains("sum, avg, min, max and count"),
+                e.contains("not valid PromQL")
+                    || e.contains("scalar")
+                    || e.contains("sum, avg, min, max and count"),
                 "{query}: the error says what is supported: {e}"
             );
         }

@@ -217,7 +217,11 @@ impl Tsdb {
         let keep_from = t - self.retention;
         let target = self.target_mut(pod);
         target.samples.push_back((t, values));
-        while target.samples.front().is_some_and(|(at, _)| *at < keep_from) {
+        while target
+            .samples
+            .front()
+            .is_some_and(|(at, _)| *at < keep_from)
+        {
             target.samples.pop_front();
         }
     }
@@ -292,7 +296,11 @@ mod tests {
             let at = db.next_scrape(3, t);
             assert!(at >= t);
             let k = (at - phases[3]) / 15.0;
-            assert!((k - k.round()).abs() < 1e-9, "{at} is off phase {}", phases[3]);
+            assert!(
+                (k - k.round()).abs() < 1e-9,
+                "{at} is off phase {}",
+                phases[3]
+            );
             t = at + 1e-6;
         }
         // Another seed, other phases.
