@@ -764,4 +764,58 @@ mod tests {
         };
         assert_eq!(p.triggers[0].signal, Signal::SuccessRate);
     }
+
+    #[test]
+    fn a_prom_row_is_that_keda_row_over_prometheus_and_bad_keys_are_named() {
+        let Controller::Keda(k) = build(
+            "prom[like=keda-a31-p30-c300-s120;scrape=5]",
+            &ctx(),
+            &BTreeMap::new(),
+        )
+        .unwrap() else {
+            panic!("a prom row is a KEDA loop");
+        };
+        let p = k.triggers[0]
+            .prometheus
+            .as_ref()
+            .expect("a prometheus trigger");
+        assert_eq!(
+            p.query.text,
+            "sum(avg_over_time(vllm:num_requests_running[120s]))"
+        );
+        assert_eq!(k.triggers[0].spec.target, 31.0);
+        assert_eq!(
+            k.keda.spec.behavior.scale_down.stabilization_window_seconds,
+            120
+        );
+        assert_eq!(k.prometheus.as_ref().unwrap().scrape_interval_s, Some(5.0));
+        // The run's --scrape-interval unless the row sets one.
+        let Controller::Keda(k) = build("prom", &ctx(), &BTreeMap::new()).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(k.prometheus.as_ref().unwrap().scrape_interval_s, None);
+        // A floor keeps the row on Prometheus.
+        let Controller::Keda(k) = build("prom[floor=40]", &ctx(), &BTreeMap::new()).unwrap() else {
+            unreachable!()
+        };
+        assert!(k.prometheus.is_some() && k.triggers[0].prometheus.is_some());
+        for (label, key) in [
+            ("prom[scrape=0]", "scrape"),
+            ("prom[threshold=0]", "threshold"),
+            ("prom[like=keda-fast]", "like"),
+            ("prom[qurey=sum(vllm:num_requests_running)]", "qurey"),
+            (
+                "prom[query=sum by (pod) (vllm:num_requests_running)]",
+                "query",
+            ),
+            ("prom[ignoreNullValues=perhaps]", "ignoreNullValues"),
+            ("prom[downWindow=4000]", "downWindow"),
+        ] {
+            let e = build(label, &ctx(), &BTreeMap::new())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(key), "{label}: {e}");
+        }
+    }
 }
