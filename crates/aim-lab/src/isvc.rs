@@ -2,12 +2,13 @@
 //! `autoscalerClass: keda`, scored as KServe deploys it.
 //!
 //! KServe v0.16 builds one KEDA trigger per metric of the predictor's
-//! `autoScaling`, in order. An `External` metric becomes a trigger of its
+//! `autoScaling`, in order: an `External` metric becomes a trigger of its
 //! backend's type (`prometheus`) whose query is the metric's query as
-//! written, with no label added ([`aim_scaling::kserve::external_trigger`]);
-//! a `PodMetric` becomes the OpenTelemetry `external` trigger the operator
-//! path builds too ([`aim_scaling::kserve::scaled_object`]). Bounds and the
-//! HPA's stabilisation windows follow KServe: `minReplicas` 1 when unset,
+//! written, with no label added; a `PodMetric` becomes the OpenTelemetry
+//! `external` trigger. Both come from the model of KServe the operator's
+//! translation uses ([`aim_scaling::kserve::scaled_object`]); the metrics
+//! have the same shape as an AIMService's. Bounds and the HPA's
+//! stabilisation windows follow KServe: `minReplicas` 1 when unset,
 //! `maxReplicas` raised to the minimum, each window the predictor's
 //! `autoScaling.behavior` else KServe's config map.
 
@@ -59,32 +60,6 @@ struct AutoScalingSpec {
     behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct External {
-    #[serde(default)]
-    metric: ExternalMetric,
-    #[serde(default)]
-    target: Target,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ExternalMetric {
-    #[serde(default)]
-    backend: String,
-    #[serde(default)]
-    server_address: String,
-    #[serde(default)]
-    query: String,
-    namespace: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Target {
-    value: Option<serde_yaml::Value>,
-}
-
 fn field(path: String, reason: impl Into<String>) -> ManifestError {
     ManifestError::Field {
         path,
@@ -92,12 +67,20 @@ fn field(path: String, reason: impl Into<String>) -> ManifestError {
     }
 }
 
-/// A YAML scalar as KServe keeps a quantity: its text as written.
-fn quantity_text(v: &serde_yaml::Value) -> Option<String> {
-    match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// KServe keeps a quantity as written, and YAML may write it as a number:
+/// aim's types take the text.
+fn quantities_as_text(metric: &mut serde_yaml::Value) {
+    for block in ["external", "podmetric"] {
+        let Some(target) = metric.get_mut(block).and_then(|b| b.get_mut("target")) else {
+            continue;
+        };
+        for key in ["value", "averageValue"] {
+            if let Some(v) = target.get_mut(key)
+                && let serde_yaml::Value::Number(n) = v
+            {
+                *v = serde_yaml::Value::String(n.to_string());
+            }
+        }
     }
 }
 
@@ -160,63 +143,53 @@ pub fn scaled_object(
             config: &config,
         })
     };
-    let mut so = build(&AutoScaling::default());
+    let mut parsed = Vec::new();
     for (i, metric) in metrics.iter().enumerate() {
         let path = format!("spec.predictor.autoScaling.metrics[{i}]");
         let kind = metric
             .get("type")
             .and_then(serde_yaml::Value::as_str)
             .unwrap_or("");
-        let trigger = match kind {
+        match kind {
             "External" => {
-                let external: External = metric
-                    .get("external")
-                    .cloned()
-                    .map(serde_yaml::from_value)
-                    .transpose()
-                    .map_err(|e| field(format!("{path}.external"), e.to_string()))?
-                    .ok_or_else(|| field(format!("{path}.external"), "missing"))?;
-                let m = &external.metric;
-                if m.backend != "prometheus" {
+                let source = metric.get("external").and_then(|e| e.get("metric"));
+                let text = |key: &str| {
+                    source
+                        .and_then(|m| m.get(key))
+                        .and_then(serde_yaml::Value::as_str)
+                        .map(str::trim)
+                        .unwrap_or("")
+                };
+                // KServe makes the trigger's type of the backend; with none
+                // KEDA has no scaler to run.
+                if text("backend") != "prometheus" {
                     return Err(field(
                         format!("{path}.external.metric.backend"),
                         format!(
                             "{:?}: the lab models the prometheus backend (KServe also knows graphite)",
-                            m.backend
+                            text("backend")
                         ),
                     ));
                 }
                 // KServe's admission refuses these two.
-                if m.query.trim().is_empty() {
+                if text("query").is_empty() {
                     return Err(field(
                         format!("{path}.external.metric.query"),
                         "the query should not be empty",
                     ));
                 }
-                let value = external.target.value.as_ref().and_then(quantity_text);
-                if value.is_none() {
+                let value = metric
+                    .get("external")
+                    .and_then(|e| e.get("target"))
+                    .and_then(|t| t.get("value"));
+                if value.is_none_or(|v| !(v.is_string() || v.is_number())) {
                     return Err(field(
                         format!("{path}.external.target.value"),
                         "the target threshold value should not be empty",
                     ));
                 }
-                kserve::external_trigger(
-                    &m.backend,
-                    &m.server_address,
-                    &m.query,
-                    value.as_deref(),
-                    m.namespace.as_deref(),
-                )
             }
-            "PodMetric" => {
-                let m: ScalingMetric = serde_yaml::from_value(metric.clone())
-                    .map_err(|e| field(path.clone(), e.to_string()))?;
-                let one = AutoScaling {
-                    metrics: vec![m],
-                    ..Default::default()
-                };
-                build(&one).spec.triggers.remove(0)
-            }
+            "PodMetric" => {}
             other => {
                 return Err(field(
                     format!("{path}.type"),
@@ -225,9 +198,17 @@ pub fn scaled_object(
                     ),
                 ));
             }
-        };
-        so.spec.triggers.push(trigger);
+        }
+        let mut metric = metric.clone();
+        quantities_as_text(&mut metric);
+        let m: ScalingMetric =
+            serde_yaml::from_value(metric).map_err(|e| field(path.clone(), e.to_string()))?;
+        parsed.push(m);
     }
+    let so = build(&AutoScaling {
+        metrics: parsed,
+        ..Default::default()
+    });
     Ok(so)
 }
 

@@ -269,6 +269,11 @@ pub fn keda_loop(
                 .filter(|n| !n.is_empty())
                 .unwrap_or("default")
                 .to_owned(),
+            // KServe names a predictor's Deployment `<isvc>-predictor`.
+            isvc: target
+                .strip_suffix("-predictor")
+                .filter(|i| !i.is_empty())
+                .map(str::to_owned),
             pod_prefix: if target.is_empty() { "lab" } else { target }.to_owned(),
         });
     }
@@ -328,7 +333,19 @@ pub fn parse_with(
     kserve: &KServeAutoscaler,
 ) -> Result<KedaLoop, ManifestError> {
     let svc = service(text)?;
-    keda_loop(&scaled_object(&svc, kserve)?, default_window_s).map_err(manifest_path)
+    let mut k =
+        keda_loop(&scaled_object(&svc, kserve)?, default_window_s).map_err(manifest_path)?;
+    // The pods' labels as the operator names the InferenceService (the
+    // translation above ran with a placeholder name).
+    if let Some(setup) = k.prometheus.as_mut() {
+        let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("lab");
+        let isvc = aim_rules::naming::isvc_name(name, namespace)
+            .map_err(|e| field("metadata.namespace", e.to_string()))?;
+        setup.pod_prefix = aim_scaling::kserve::predictor_name(&isvc);
+        setup.isvc = Some(isvc);
+    }
+    Ok(k)
 }
 
 /// Names the manifest's field behind a ScaledObject field: trigger `i` is
@@ -343,15 +360,16 @@ fn manifest_path(e: ManifestError) -> ManifestError {
     let Some((i, key)) = rest.split_once("].metadata.") else {
         return ManifestError::Field { path, reason };
     };
-    let metric = format!("spec.autoScaling.metrics[{i}].podmetric");
+    let base = format!("spec.autoScaling.metrics[{i}]");
+    let metric = format!("{base}.podmetric");
     let path = match key {
         "targetValue" => format!("{metric}.target.value"),
         "metricQuery" => format!("{metric}.metric.query"),
         "operationOverTime" => format!("{metric}.metric.operationOverTime"),
-        // A Prometheus-backend metric's trigger keys.
-        "query" | "threshold" | "serverAddress" | "ignoreNullValues" => {
-            format!("spec.autoScaling.metrics[{i}] (its KEDA trigger's {key})")
-        }
+        // A Prometheus-backend (External) metric's trigger keys.
+        "query" => format!("{base}.external.metric.query"),
+        "threshold" => format!("{base}.external.target.value"),
+        "serverAddress" => format!("{base}.external.metric.serverAddress"),
         other => format!("spec.autoScaling.policy.params.{other}"),
     };
     ManifestError::Field { path, reason }
@@ -627,8 +645,16 @@ spec:
         );
         let setup = k.prometheus.as_ref().unwrap();
         assert_eq!(
-            (setup.namespace.as_str(), setup.pod_prefix.as_str()),
-            ("default", "huggingface-fbopt-predictor")
+            (
+                setup.namespace.as_str(),
+                setup.isvc.as_deref(),
+                setup.pod_prefix.as_str()
+            ),
+            (
+                "default",
+                Some("huggingface-fbopt"),
+                "huggingface-fbopt-predictor"
+            )
         );
         // The predictor's own window wins over the config map's.
         let own = SEED_002_PROMETHEUS.replace(
@@ -650,6 +676,61 @@ spec:
         let t = &k.triggers[0];
         assert!(t.prometheus.is_none() && k.prometheus.is_none());
         assert_eq!((t.signal, t.spec.target), (Signal::Running, 4.0));
+    }
+
+    /// The AIMService Prometheus backend (docs/prometheus-backend.md): the
+    /// operator's translation writes KServe's prometheus trigger, and the
+    /// lab runs that ScaledObject.
+    const PROMETHEUS_SERVICE: &str = r#"
+apiVersion: aim.eai.amd.com/v1alpha1
+kind: AIMService
+metadata: {name: qwen-chat, namespace: ml-team}
+spec:
+  model: {image: amdenterpriseai/aim-qwen-qwen3-32b:0.8.5}
+  minReplicas: 1
+  maxReplicas: 8
+  autoScaling:
+    metrics:
+    - type: External
+      external:
+        metric:
+          backend: prometheus
+          serverAddress: http://prometheus-operated.monitoring.svc:9090
+          query: sum(vllm:num_requests_waiting{namespace="ml-team"})
+        target: {type: Value, value: "5"}
+"#;
+
+    #[test]
+    fn an_aimservice_on_the_prometheus_backend_runs_its_translated_trigger() {
+        let k = any(PROMETHEUS_SERVICE).unwrap();
+        let t = &k.triggers[0];
+        assert_eq!(
+            t.prometheus.as_ref().unwrap().query.text,
+            r#"sum(vllm:num_requests_waiting{namespace="ml-team"})"#
+        );
+        assert_eq!(
+            (t.spec.metric_type, t.spec.target),
+            (MetricType::AverageValue, 5.0)
+        );
+        assert_eq!(
+            (k.keda.spec.min_replica_count, k.keda.spec.max_replica_count),
+            (1, 8)
+        );
+        let setup = k.prometheus.as_ref().unwrap();
+        let isvc = aim_rules::naming::isvc_name("qwen-chat", "ml-team").unwrap();
+        assert_eq!(setup.namespace, "ml-team");
+        assert_eq!(setup.isvc.as_deref(), Some(isvc.as_str()));
+        assert_eq!(setup.pod_prefix, format!("{isvc}-predictor"));
+        // A query outside the subset names the service's field.
+        let e =
+            any(&PROMETHEUS_SERVICE
+                .replace("query: sum(vllm", "query: histogram_quantile(0.9, vllm"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("spec.autoScaling.metrics[0].external.metric.query: "),
+            "{e}"
+        );
     }
 
     #[test]

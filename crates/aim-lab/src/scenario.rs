@@ -405,7 +405,8 @@ fn prom_row(ctx: &Context, params: &BTreeMap<String, String>) -> Result<Controll
     k.prometheus = Some(PromSetup {
         scrape_interval_s: scrape,
         namespace: "default".into(),
-        pod_prefix: "lab".into(),
+        isvc: Some("lab".into()),
+        pod_prefix: "lab-predictor".into(),
     });
     Ok(Controller::Keda(Box::new(k)))
 }

@@ -771,13 +771,15 @@ impl<'a> Sim<'a> {
                     .filter_map(|t| t.prometheus.as_ref())
                     .map(|p| p.query.longest_range)
                     .fold(0.0, f64::max);
-                w.prom = Some(Tsdb::new(
+                let mut db = Tsdb::new(
                     setup.scrape_interval_s.unwrap_or(cfg.scrape_interval_s),
                     longest,
                     &setup.namespace,
                     &setup.pod_prefix,
                     cfg.seed,
-                ));
+                );
+                db.isvc = setup.isvc.clone();
+                w.prom = Some(db);
             }
         }
         let initial = match &controller {

@@ -34,6 +34,10 @@ pub struct PromSetup {
     pub scrape_interval_s: Option<f64>,
     /// The `namespace` label of the pods' series.
     pub namespace: String,
+    /// Their `isvc` label (the chart's PodMonitor copies KServe's
+    /// `serving.kserve.io/inferenceservice` pod label into it); `None` for
+    /// pods that belong to no InferenceService.
+    pub isvc: Option<String>,
     /// Pod `i` is named `<pod_prefix>-<i>` (its `pod` label).
     pub pod_prefix: String,
 }

@@ -22,10 +22,12 @@ use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
 use super::tsdb::{FINISH_REASONS, METRIC_NAMES, SeriesRef, Tsdb};
 
 /// What the subset is, for every refusal.
-pub const SUPPORTED: &str = "the lab evaluates selectors of vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc and vllm:request_success_total with =, !=, =~ and !~ matchers on __name__, namespace, pod and finished_reason; sum, avg, min, max and count without by/without; rate, irate, increase, avg_over_time, max_over_time and min_over_time of a range selector; + - * / % ^ between numbers and vectors; parentheses and unary minus";
+pub const SUPPORTED: &str = "the lab evaluates selectors of vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc and vllm:request_success_total with =, !=, =~ and !~ matchers on __name__, namespace, isvc, pod and finished_reason; sum, avg, min, max and count without by/without; rate, irate, increase, avg_over_time, max_over_time and min_over_time of a range selector; + - * / % ^ between numbers and vectors; parentheses and unary minus";
 
-/// Labels a selector may match on: the ones the lab's series carry.
-const LABELS: [&str; 4] = ["__name__", "namespace", "pod", "finished_reason"];
+/// Labels a selector may match on: the ones the lab's series carry (the
+/// chart's PodMonitor writes `namespace`, `isvc` and `pod`; vLLM writes
+/// `finished_reason` on its success counter).
+const LABELS: [&str; 5] = ["__name__", "namespace", "isvc", "pod", "finished_reason"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AggOp {
@@ -297,6 +299,7 @@ fn selects(s: &Selector, db: &Tsdb, series: &SeriesRef<'_>) -> bool {
             let value = match m.name.as_str() {
                 "__name__" => return true,
                 "namespace" => db.namespace.as_str(),
+                "isvc" => db.isvc.as_deref().unwrap_or(""),
                 "pod" => series.pod_name,
                 // An absent label matches as the empty string.
                 _ => series.kind.finished_reason.unwrap_or(""),
@@ -563,6 +566,22 @@ mod tests {
             scalar_of(r#"vllm:num_requests_running{pod=~"vllm-sim-1"}"#, &db, 20.0),
             [5.0]
         );
+        // No InferenceService: the isvc label is absent, which matches "".
+        assert_eq!(
+            scalar_of(r#"vllm:num_requests_running{isvc=""}"#, &db, 20.0).len(),
+            2
+        );
+        db.isvc = Some("qwen-chat-0a1b2c3d".into());
+        assert_eq!(
+            scalar_of(
+                r#"vllm:num_requests_running{isvc=~"qwen-chat-.*"}"#,
+                &db,
+                20.0
+            )
+            .len(),
+            2
+        );
+        assert!(scalar_of(r#"vllm:num_requests_running{isvc=""}"#, &db, 20.0).is_empty());
         assert_eq!(
             scalar_of("avg(vllm:num_requests_running)", &db, 20.0),
             [4.0]

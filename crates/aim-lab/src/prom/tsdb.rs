@@ -146,6 +146,8 @@ impl SeriesRef<'_> {
 pub struct Tsdb {
     pub interval: f64,
     pub namespace: String,
+    /// The `isvc` label, when the pods belong to an InferenceService.
+    pub isvc: Option<String>,
     /// Pod `i` is named `<pod_prefix>-<i>`.
     pub pod_prefix: String,
     /// How far back samples are kept: the lookback or the longest range a
@@ -181,6 +183,7 @@ impl Tsdb {
         Tsdb {
             interval,
             namespace: namespace.to_owned(),
+            isvc: None,
             pod_prefix: pod_prefix.to_owned(),
             retention: LOOKBACK_S.max(longest_range) + interval,
             seed,
