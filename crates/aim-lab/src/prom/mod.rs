@@ -62,8 +62,8 @@ pub enum ReadError {
     Query(String),
 }
 
-/// One read: the value KEDA hands on, whether it came from an empty result
-/// read as 0, and why it failed.
+/// One read: the value KEDA hands on (or why it could not), and how many
+/// series the query returned (0 with a value is an empty result read as 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Read {
     pub value: Result<f64, ReadError>,
