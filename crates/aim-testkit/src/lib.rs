@@ -375,6 +375,13 @@ pub async fn install_chart() {
                     "monitoring.prometheusRule.enabled=true",
                     "--set",
                     "monitoring.dashboard.enabled=true",
+                    // The alerts that a tier-3 run makes fire for real
+                    // wait seconds, not the file's minutes (promtool's
+                    // unit tests hold the file's own durations).
+                    "--set",
+                    "monitoring.prometheusRule.for.AIMAtMaxReplicasWithQueue=20s",
+                    "--set",
+                    "monitoring.prometheusRule.for.AIMScalerReceivesNothing=20s",
                 ])
                 .output()
                 .await

@@ -521,3 +521,116 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
     }
     bed.finish().await;
 }
+
+/// The alerts Prometheus reports in `state` ("pending" or "firing").
+async fn alerts_in(url: &str, state: &str, ns: &str) -> Vec<String> {
+    let answer: Value = reqwest::get(format!("{url}/api/v1/alerts"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == state)
+        // Cluster-wide alerts carry no namespace.
+        .filter(|a| a["labels"]["namespace"].as_str().is_none_or(|n| n == ns))
+        .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn await_alert(url: &str, ns: &str, alert: &str, firing: bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = alerts_in(url, "firing", ns).await;
+        if now.iter().any(|a| a == alert) == firing {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alert} never {}; firing: {now:?}",
+            if firing { "fired" } else { "resolved" }
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The chart's alert rules and dashboard on the live bed: the chart's
+/// ServiceMonitors scrape the operator and the scaler (at the chart pods'
+/// addresses), its PodMonitor the predictors, its PrometheusRule is what
+/// Prometheus evaluates. "At max replicas with a queue" and "the scaler
+/// receives nothing" fire for real and resolve; every dashboard query
+/// returns data.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_alerts_fire_and_resolve_and_every_dashboard_query_has_data() {
+    let (_, url) = prometheus().await;
+    // A service on the Prometheus backend: no sidecar pushes to the scaler.
+    let query = "sum(vllm:num_requests_waiting{namespace=\"$NAMESPACE\"})";
+    let bed = Bed::start_with(BedConfig {
+        service_yaml: prometheus_service(&url, query).replace("maxReplicas: 3", "maxReplicas: 2"),
+        idle: false,
+        prometheus: true,
+        admin_at_chart_pods: true,
+        sim_args: SIM_ARGS.iter().map(|a| a.to_string()).collect(),
+        ..BedConfig::seed("alerts")
+    })
+    .await;
+    let ns = bed.ns.clone();
+
+    // Unpaused autoscaled services, and nothing ingested.
+    await_alert(&url, &ns, "AIMScalerReceivesNothing", true).await;
+
+    // Twelve clients at two single-sequence simulators: at max, 10 waiting.
+    let load = bed.drive(Load::Closed {
+        clients: 12,
+        prompt: "Tell me a story.".into(),
+        max_tokens: 60,
+    });
+    bed.await_scale(2, "to max on waiting requests").await;
+    await_alert(&url, &ns, "AIMAtMaxReplicasWithQueue", true).await;
+
+    // Every query of the dashboard, with its variables set to this
+    // service, returns at least one series while the load runs.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(aim_testkit::repo_path("deploy/chart/files/dashboard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut empty = Vec::new();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let expr = expr
+                .replace("$namespace", &ns)
+                .replace("$service", SERVICE)
+                .replace("$isvc", ".+");
+            asked += 1;
+            if series(&url, &expr).await == 0 {
+                empty.push(format!("{}: {expr}", panel["title"]));
+            }
+        }
+    }
+    assert!(asked >= 10, "the dashboard has {asked} queries");
+    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+
+    // No more queue: resolved.
+    stop(load);
+    await_alert(&url, &ns, "AIMAtMaxReplicasWithQueue", false).await;
+
+    // The service moves to the OpenTelemetry path (aim's default metric):
+    // sidecars push to the scaler, and the scaler alert resolves.
+    apply_yaml(
+        &bed.admin,
+        &bed.ns,
+        &seed_service_yaml().replace("maxReplicas: 4", "maxReplicas: 2"),
+    )
+    .await
+    .unwrap();
+    await_alert(&url, &ns, "AIMScalerReceivesNothing", false).await;
+    bed.finish().await;
+}

@@ -571,7 +571,9 @@ impl Bed {
             apply_yaml(&admin, &ns, yaml).await.unwrap();
         }
         let applied = Instant::now();
-        apply_yaml(&admin, &ns, &config.service_yaml).await.unwrap();
+        // `$NAMESPACE` in the service stands for the bed's namespace.
+        let service_yaml = config.service_yaml.replace("$NAMESPACE", &ns);
+        apply_yaml(&admin, &ns, &service_yaml).await.unwrap();
 
         // The operator's InferenceService, and what KServe makes of it.
         let isvcs = dynamic(
