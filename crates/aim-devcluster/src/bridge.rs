@@ -53,6 +53,9 @@ pub struct BridgeArgs {
     pub prometheus_url: String,
     /// Where `/healthz` and `/metrics` listen.
     pub listen: std::net::SocketAddr,
+    /// promtool, which says why Prometheus refused a configuration (its
+    /// reload answer only says that it did).
+    pub promtool: PathBuf,
 }
 
 impl BridgeArgs {
@@ -65,6 +68,7 @@ impl BridgeArgs {
             format!("--dir={}", self.dir.display()),
             format!("--prometheus-url={}", self.prometheus_url),
             format!("--listen={}", self.listen),
+            format!("--promtool={}", self.promtool.display()),
         ]
     }
 
@@ -320,6 +324,15 @@ async fn apply(
             }
             Ok(())
         }
+        Err(Failure::Reload(refusal)) => {
+            let reason = explain(&args.promtool, &config).await;
+            if let Some(previous) = previous {
+                let _ = std::fs::write(&next, previous);
+                let _ = std::fs::rename(&next, &config);
+            }
+            let _ = std::fs::remove_dir_all(&generation);
+            Err(Failure::Reload(format!("{refusal}\n{reason}")))
+        }
         Err(e) => {
             if let Some(previous) = previous {
                 let _ = std::fs::write(&next, previous);
@@ -328,6 +341,26 @@ async fn apply(
             let _ = std::fs::remove_dir_all(&generation);
             Err(e)
         }
+    }
+}
+
+/// What `promtool check config` says about a configuration Prometheus
+/// refused: the file, line and rule at fault.
+async fn explain(promtool: &Path, config: &Path) -> String {
+    let out = tokio::process::Command::new(promtool)
+        .args(["check", "config"])
+        .arg(config)
+        .output()
+        .await;
+    match out {
+        Ok(out) => format!(
+            "promtool check config says:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .trim_end()
+        .to_string(),
+        Err(e) => format!("(running {} failed: {e})", promtool.display()),
     }
 }
 
@@ -537,6 +570,9 @@ mod tests {
             dir: dir.clone(),
             prometheus_url: url.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            promtool: CacheDirs::discover()
+                .unwrap()
+                .binary(crate::prometheus::PROMTOOL),
         };
         let http = reqwest::Client::new();
 
@@ -561,8 +597,10 @@ mod tests {
         let Failure::Reload(message) = err else {
             panic!("expected a refusal, got {err:?}");
         };
+        // Prometheus's answer, and promtool's reason naming file and rule.
         assert!(message.contains("500"), "{message}");
         assert!(message.contains("monitoring-test.yaml"), "{message}");
+        assert!(message.contains("unclosed left parenthesis"), "{message}");
         // Still the previous configuration, in the server and on disk.
         assert_eq!(rule_groups(&url).await, ["good"]);
         assert_eq!(std::fs::read_to_string(args.config_file()).unwrap(), loaded);

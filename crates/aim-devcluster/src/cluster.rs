@@ -973,14 +973,17 @@ async fn start_prometheus(
         dir: home,
         prometheus_url: prometheus::url(ports.server),
         listen: ([127, 0, 0, 1], ports.bridge).into(),
+        promtool: opts.cache.binary(prometheus::PROMTOOL),
     };
     let mut bridge_args = vec!["dev".to_string(), "prometheus-bridge".to_string()];
     bridge_args.extend(bridge.command_line());
-    launch(
+    launch_with_env(
         started,
         prometheus::BRIDGE,
         &wanted.aim_binary,
         &bridge_args,
+        // Its log is a file: no terminal colours.
+        &[("NO_COLOR", "1".to_string())],
         ports.bridge,
         &logs,
     )?;

@@ -51,6 +51,9 @@ struct BridgeArgs {
     /// Where the bridge serves /healthz and /metrics.
     #[arg(long)]
     listen: std::net::SocketAddr,
+    /// promtool, to explain a configuration Prometheus refuses.
+    #[arg(long)]
+    promtool: std::path::PathBuf,
 }
 
 impl From<BridgeArgs> for aim_devcluster::bridge::BridgeArgs {
@@ -62,6 +65,7 @@ impl From<BridgeArgs> for aim_devcluster::bridge::BridgeArgs {
             dir: a.dir,
             prometheus_url: a.prometheus_url,
             listen: a.listen,
+            promtool: a.promtool,
         }
     }
 }
@@ -339,4 +343,51 @@ async fn status(cache: CacheDirs, name: &str, output: Output) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `up` writes the bridge's command line (aim-devcluster) and this CLI
+    /// reads it: the two must agree on every flag.
+    #[test]
+    fn the_bridge_command_line_the_bed_writes_parses_back() {
+        let args = aim_devcluster::bridge::BridgeArgs {
+            kubeconfig: "/c/kubeconfig".into(),
+            namespace: "monitoring".into(),
+            prometheus: "aim".into(),
+            dir: "/c/prometheus".into(),
+            prometheus_url: "http://127.0.0.1:20016".into(),
+            listen: "127.0.0.1:20017".parse().unwrap(),
+            promtool: "/b/promtool".into(),
+        };
+        let mut argv = vec![
+            "aim".to_string(),
+            "dev".to_string(),
+            "prometheus-bridge".to_string(),
+        ];
+        argv.extend(args.command_line());
+        let cli = crate::Cli::try_parse_from(argv).unwrap();
+        let crate::Command::Dev(DevArgs {
+            command: DevCommand::PrometheusBridge(parsed),
+        }) = cli.command
+        else {
+            panic!("not the bridge subcommand");
+        };
+        assert_eq!(aim_devcluster::bridge::BridgeArgs::from(parsed), args);
+    }
+
+    #[test]
+    fn intervals_are_durations_of_a_second_or_more() {
+        assert_eq!(interval("15s"), Ok(std::time::Duration::from_secs(15)));
+        assert_eq!(interval("1m"), Ok(std::time::Duration::from_secs(60)));
+        assert_eq!(
+            interval("1500ms"),
+            Ok(std::time::Duration::from_millis(1500))
+        );
+        assert!(interval("500ms").unwrap_err().contains("shorter than 1 s"));
+        assert!(interval("soon").unwrap_err().contains("like 15s"));
+    }
 }
