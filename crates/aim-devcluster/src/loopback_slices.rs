@@ -21,8 +21,11 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// The `endpointslice.kubernetes.io/managed-by` value of the bed's slices.
-pub const MANAGER: &str = "aim-devcluster";
+/// The `endpointslice.kubernetes.io/managed-by` value of these slices: the
+/// bridge deletes the slices with this value that no Service calls for, so
+/// it must differ from the one on the bed's own hand-written slices (KEDA's
+/// metrics server, the scaler's Service), which carry `aim-devcluster`.
+pub const MANAGER: &str = "aim-devcluster-loopback";
 pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
@@ -272,6 +275,37 @@ mod tests {
             names,
             ["keda-otel-scaler-loopback-0", "keda-otel-scaler-loopback-1"]
         );
+    }
+
+    /// Seen in the bed: with one manager value for both, the bridge took
+    /// the bed's own slices for stale ones of its own and deleted them,
+    /// cutting off KEDA's metrics server and the scaler.
+    #[test]
+    fn the_beds_own_slices_are_not_taken_for_these() {
+        let kserve = crate::kserve::base_objects(&crate::kserve::KservePorts {
+            webhook: 1,
+            probe: 2,
+            scaler: 3,
+        });
+        let keda = crate::keda::routing_objects(
+            &crate::keda::KedaPorts {
+                operator_grpc: 1,
+                operator_metrics: 2,
+                operator_probe: 3,
+                adapter: 4,
+                adapter_metrics: 5,
+            },
+            "CA",
+        );
+        let slices: Vec<_> = kserve
+            .iter()
+            .chain(&keda)
+            .filter(|o| o["kind"] == "EndpointSlice")
+            .collect();
+        assert_eq!(slices.len(), 2);
+        for slice in slices {
+            assert_ne!(slice["metadata"]["labels"][MANAGED_BY], MANAGER, "{slice}");
+        }
     }
 
     #[test]
