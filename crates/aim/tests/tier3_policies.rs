@@ -136,6 +136,7 @@ async fn start_with_idle(prefix: &str, yaml: String, metric: &str, idle: bool) -
         idle,
         metric: metric.into(),
         sim_args: Vec::new(),
+        admin_at_chart_pods: false,
     })
     .await;
     if idle {

@@ -148,6 +148,7 @@ async fn run(case: Case) -> Bed {
         idle: true,
         metric: case.query.into(),
         sim_args: case.sim_args.iter().map(|a| a.to_string()).collect(),
+        admin_at_chart_pods: false,
     })
     .await;
     // The trigger carries the service's signal as written.
