@@ -156,6 +156,44 @@ async fn the_charts_monitors_configure_a_real_prometheus() {
     );
     println!("rule group aim-scaling loaded from {file}");
 
+    // A rule of the test's own, timed through the chain: applied →
+    // operator's ConfigMap → bridge → reloaded → evaluated.
+    let applied = Instant::now();
+    aim_testkit::apply_yaml(
+        &bed.admin,
+        &ns,
+        "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: bed-probe}\nspec:\n  groups:\n  - name: bed-probe\n    rules:\n    - {record: 'aim_test:bed_probe', expr: vector(1)}\n",
+    )
+    .await
+    .unwrap();
+    loop {
+        let groups = prometheus.get("/api/v1/rules", &[("type", "record")]).await;
+        if groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "bed-probe")
+        {
+            break;
+        }
+        assert!(
+            applied.elapsed() < SCRAPED,
+            "the PrometheusRule bed-probe was not loaded after {SCRAPED:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let loaded_after = applied.elapsed();
+    prometheus
+        .await_query("aim_test:bed_probe", "the test's recording rule", |r| {
+            !r.is_empty()
+        })
+        .await;
+    println!(
+        "PrometheusRule applied → loaded {:.1} s, → first evaluation {:.1} s",
+        loaded_after.as_secs_f64(),
+        applied.elapsed().as_secs_f64()
+    );
+
     // The pod, through the PodMonitor's relabelling.
     let pods = predictor_pods(&bed.pods, &bed.isvc).await;
     let pod = pods[0].metadata.name.clone().unwrap();
