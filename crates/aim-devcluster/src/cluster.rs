@@ -233,6 +233,15 @@ struct State {
     kserve: bool,
     #[serde(default)]
     prometheus: bool,
+    /// The port layout the cluster was started with (state files written
+    /// before Prometheus joined have none: sixteen ports, the scaler on the
+    /// last).
+    #[serde(default = "sixteen")]
+    port_count: u16,
+}
+
+fn sixteen() -> u16 {
+    16
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,7 +334,9 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
     let _lock = lock(&dir)?;
 
     if let Some(state) = read_state(&dir) {
-        if state.ready && healthy(&state).await {
+        // A cluster of another port layout puts its scaler and Prometheus
+        // elsewhere than this binary would look: started over.
+        if state.ready && state.port_count == PORT_COUNT && healthy(&state).await {
             // The manifests may have changed since it started (a developer
             // edited a CRD); re-applying is cheap and idempotent.
             let client = client_for(&state.kubeconfig).await?;
@@ -446,6 +457,7 @@ impl Started {
                 keda: false,
                 kserve: false,
                 prometheus: false,
+                port_count: PORT_COUNT,
             },
         }
     }
@@ -1471,13 +1483,17 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
     // A Go process's leader thread can be a zombie (and count as stopped)
     // while its other threads still close its sockets; on a loaded machine
     // that takes a moment. Give the ports a few seconds to be released.
+    // Only the ports of the layout it was started with: in an older one,
+    // a later port of today's layout was the scaler's, which `down` does
+    // not own.
+    let last_own = state.ports.apiserver + state.port_count.saturating_sub(2);
     let open_ports = || -> Vec<u16> {
         state
             .ports
             .all()
             .iter()
             .map(|(_, p)| *p)
-            .filter(|p| process::port_open(*p))
+            .filter(|p| *p <= last_own && process::port_open(*p))
             .collect()
     };
     let mut leftovers = open_ports();
@@ -1603,6 +1619,20 @@ mod tests {
                 .iter()
                 .all(|p| (20000..20000 + PORT_COUNT).contains(p))
         );
+    }
+
+    #[test]
+    fn a_state_file_from_before_the_twenty_port_layout_reads_as_sixteen() {
+        let state = serde_json::json!({
+            "name": "x", "group": 1,
+            "ports": Ports::from_base(20000),
+            "components": [], "kubeconfig": "/k", "server": "https://127.0.0.1:20000",
+            "ready": true, "keda": true, "kserve": true,
+        });
+        let state: State = serde_json::from_value(state).unwrap();
+        assert_eq!(state.port_count, 16);
+        assert!(!state.prometheus);
+        assert_ne!(state.port_count, PORT_COUNT, "so `up` starts it over");
     }
 
     #[test]
