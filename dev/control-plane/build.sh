@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok, helm, KEDA's operator and metrics server,
-# KServe's controller and the OpenTelemetry operator) from
+# KServe's controller, the OpenTelemetry operator, Prometheus, promtool and
+# prometheus-operator) from
 # upstream Go modules at pinned versions, and extracts the pinned third-party
 # CRDs from their projects' own modules.
 #
@@ -11,7 +12,8 @@
 #
 # Usage: dev/control-plane/build.sh            # build what is missing
 #        dev/control-plane/build.sh keda       # one component (etcd, kwok, kubernetes, keda,
-#                                              # kserve, otel-operator, helm, crds)
+#                                              # kserve, otel-operator, helm, prometheus,
+#                                              # prometheus-operator, crds)
 #        AIM_CACHE_DIR=/some/dir dev/control-plane/build.sh
 set -euo pipefail
 
@@ -206,6 +208,79 @@ build_otel_operator() {
     stamp_set otel-operator "$v"
 }
 
+# Prometheus and promtool, for `--with-prometheus` and the alert rules' unit
+# tests. Upstream's release build adds the `builtinassets` tag, which embeds
+# the web UI; its assets are compiled by npm and are not in the Go module, so
+# this build leaves the tag out. The UI pages are then missing, while the
+# HTTP API (queries, targets, rules, reload), which is all the bed and its
+# tests use, is the same code.
+build_prometheus() {
+    local v="$PROMETHEUS_VERSION" dir modfile
+    local mod=github.com/prometheus/prometheus
+    if stamp_ok prometheus "$v" && [[ -x "$bin/prometheus" && -x "$bin/promtool" ]]; then
+        log "prometheus $v: cached"; return
+    fi
+    log "prometheus $v: building prometheus and promtool (about ten minutes cold)"
+    dir="$work/prometheus-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    modfile="$(go mod download -json "$mod@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    [[ -f "$modfile" ]] || die "could not fetch $mod@$v through the Go module proxy"
+    go mod init aim.local/prometheus-build >/dev/null 2>&1
+    go mod edit -go="$(sed -n 's/^go \(.*\)$/\1/p' "$modfile" | head -1)"
+    copy_replaces "$modfile"
+    go mod edit -require="$mod@$v" -tool="$mod/cmd/prometheus" -tool="$mod/cmd/promtool"
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    # The module version v0.3XX.Y is release 3.XX.Y; stamp that, as
+    # upstream's promu does, so `prometheus --version` and the build_info
+    # metric name the release.
+    local release minor patch
+    minor="${v#v0.3}"; patch="${minor#*.}"; minor="${minor%%.*}"
+    release="3.$((10#$minor)).$patch"
+    local pkg=github.com/prometheus/common/version
+    local ld="-s -w -X $pkg.Version=$release -X $pkg.Branch=HEAD -X $pkg.BuildUser=aim-build"
+    ld+=" -X $pkg.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)"
+    local c
+    for c in prometheus promtool; do
+        log "  go build $c"
+        go build -trimpath -tags=netgo -ldflags="$ld" -o "$bin/$c.new" "$mod/cmd/$c"
+        mv "$bin/$c.new" "$bin/$c"
+    done
+    "$bin/prometheus" --version 2>&1 | grep -q "version $release" ||
+        die "the prometheus just built does not report version $release"
+    stamp_set prometheus "$v"
+}
+
+# prometheus-operator's operator (cmd/operator): ServiceMonitors, PodMonitors
+# and PrometheusRules become a Prometheus configuration, as in a cluster
+# that runs the operator (`--with-prometheus`).
+build_prometheus_operator() {
+    local v="$PROMETHEUS_OPERATOR_VERSION" dir modfile
+    local mod=github.com/prometheus-operator/prometheus-operator
+    if stamp_ok prometheus-operator "$v" && [[ -x "$bin/prometheus-operator" ]]; then
+        log "prometheus-operator $v: cached"; return
+    fi
+    log "prometheus-operator $v: building the operator (a few minutes cold)"
+    dir="$work/prometheus-operator-$v"; rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
+    modfile="$(go mod download -json "$mod@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    [[ -f "$modfile" ]] || die "could not fetch $mod@$v through the Go module proxy"
+    go mod init aim.local/prometheus-operator-build >/dev/null 2>&1
+    go mod edit -go="$(sed -n 's/^go \(.*\)$/\1/p' "$modfile" | head -1)"
+    # Upstream points its API and client submodules at ./pkg/...; as a
+    # dependency they resolve to their own tags, released with the same
+    # version.
+    local m
+    for m in $(sed -n "s#^\s*\($mod/[a-z0-9/]*\) => ./.*#\1#p" "$modfile"); do
+        go mod edit -replace="$m=$m@$v"
+    done
+    go mod edit -require="$mod@$v" -tool="$mod/cmd/operator"
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    local pkg=github.com/prometheus/common/version
+    go build -trimpath \
+        -ldflags="-s -w -X $pkg.Version=${v#v} -X $pkg.Branch=HEAD -X $pkg.BuildUser=aim-build" \
+        -o "$bin/prometheus-operator.new" "$mod/cmd/operator"
+    mv "$bin/prometheus-operator.new" "$bin/prometheus-operator"
+    stamp_set prometheus-operator "$v"
+}
+
 # helm, to render and install deploy/chart in the tests exactly as users do.
 build_helm() {
     local v="$HELM_VERSION" dir
@@ -258,6 +333,8 @@ case "$what" in
         build_keda
         build_kserve
         build_otel_operator
+        build_prometheus
+        build_prometheus_operator
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
         extract_crds gateway-api sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" $GATEWAY_API_CRD_PATHS
         extract_crds keda github.com/kedacore/keda/v2 "$KEDA_VERSION" $KEDA_CRD_PATHS
@@ -266,6 +343,7 @@ case "$what" in
         extract_crds prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_CRD_PATHS
         extract_manifests kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CONFIG_PATHS
         extract_manifests otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CONFIG_PATHS
+        extract_manifests prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_STACK_CRD_PATHS
         ;;
     crds)
         extract_crds kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CRD_PATHS
@@ -276,6 +354,7 @@ case "$what" in
         extract_crds prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_CRD_PATHS
         extract_manifests kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CONFIG_PATHS
         extract_manifests otel-operator github.com/open-telemetry/opentelemetry-operator "$OTEL_OPERATOR_VERSION" $OTEL_OPERATOR_CONFIG_PATHS
+        extract_manifests prometheus-operator github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" $PROMETHEUS_OPERATOR_STACK_CRD_PATHS
         ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
@@ -284,6 +363,8 @@ case "$what" in
     kserve) build_kserve; extract_manifests kserve github.com/kserve/kserve "$KSERVE_VERSION" $KSERVE_CONFIG_PATHS ;;
     otel-operator) build_otel_operator ;;
     helm) build_helm ;;
-    *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes, keda, kserve, otel-operator or helm)" ;;
+    prometheus) build_prometheus ;;
+    prometheus-operator) build_prometheus_operator ;;
+    *) die "unknown target '$what' (use all, crds, etcd, kwok, kubernetes, keda, kserve, otel-operator, helm, prometheus or prometheus-operator)" ;;
 esac
 log "done: binaries in $bin, CRDs in $crds"

@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,7 @@ use crate::keda::{self, KedaPorts};
 use crate::kserve::{self, KservePorts};
 use crate::nodes::NodeSpec;
 use crate::otel::{self, OtelPorts};
+use crate::prometheus::{self, PrometheusOptions, PrometheusPorts};
 use crate::{CacheDirs, Error, build, kubeconfig, pki, process};
 
 const FIELD_MANAGER: &str = "aim-devcluster";
@@ -57,6 +59,10 @@ pub struct ClusterOptions {
     /// Also run KServe's controller (with its admission webhooks) in
     /// Standard mode. Added to a running cluster like KEDA.
     pub with_kserve: bool,
+    /// Also run Prometheus and prometheus-operator, with the bridge
+    /// between them. Added to a running cluster like KEDA; a cluster that
+    /// has them gets these intervals.
+    pub prometheus: Option<PrometheusOptions>,
 }
 
 impl ClusterOptions {
@@ -70,6 +76,7 @@ impl ClusterOptions {
             skip_build: false,
             with_keda: false,
             with_kserve: false,
+            prometheus: None,
         }
     }
 
@@ -84,11 +91,17 @@ impl ClusterOptions {
         self.with_kserve = true;
         self
     }
+
+    /// These options with Prometheus and prometheus-operator.
+    pub fn with_prometheus(mut self, prometheus: PrometheusOptions) -> Self {
+        self.prometheus = Some(prometheus);
+        self
+    }
 }
 
 /// Separate default ports per cluster name let the dev cluster, the test
 /// cluster and the clusters of parallel work trees run side by side. Other
-/// names get one of 400 slots of `PORT_COUNT` ports in 20000..26400: below
+/// names get one of 320 slots of `PORT_COUNT` ports in 20000..26400: below
 /// the test cluster, and below the kernel's ephemeral range (32768 and up),
 /// where an outgoing connection may take any port at any moment.
 pub fn default_port_base(name: &str) -> u16 {
@@ -99,15 +112,16 @@ pub fn default_port_base(name: &str) -> u16 {
             let h = other
                 .bytes()
                 .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
-            20000 + (h % 400) as u16 * PORT_COUNT
+            20000 + (h % 320) as u16 * PORT_COUNT
         }
     }
 }
 
 /// Ports reserved per cluster: six for the control plane, five for KEDA,
-/// two for KServe, two for the OpenTelemetry operator, and the last one
-/// where the bed expects an `aim scaler`.
-const PORT_COUNT: u16 = 16;
+/// two for KServe, two for the OpenTelemetry operator, three for
+/// Prometheus, one spare, and the last one where the bed expects an `aim
+/// scaler`.
+const PORT_COUNT: u16 = 20;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Ports {
@@ -163,12 +177,22 @@ impl Ports {
         }
     }
 
+    fn prometheus(&self) -> PrometheusPorts {
+        let base = self.apiserver;
+        PrometheusPorts {
+            operator: base + 15,
+            server: base + 16,
+            bridge: base + 17,
+        }
+    }
+
     /// Every port a process of the bed listens on. The scaler's port is
     /// not among them: an `aim scaler` the user (or a test) runs binds it.
-    fn all(&self) -> [(&'static str, u16); 15] {
+    fn all(&self) -> [(&'static str, u16); 18] {
         let keda = self.keda();
         let kserve = self.kserve();
         let otel = self.otel();
+        let prometheus = self.prometheus();
         [
             ("kube-apiserver", self.apiserver),
             ("etcd (client)", self.etcd_client),
@@ -185,6 +209,9 @@ impl Ports {
             ("kserve-manager (probes)", kserve.probe),
             ("otel-operator (webhooks)", otel.webhook),
             ("otel-operator (probes)", otel.probe),
+            ("prometheus-operator", prometheus.operator),
+            ("prometheus", prometheus.server),
+            ("prometheus-bridge", prometheus.bridge),
         ]
     }
 }
@@ -204,6 +231,17 @@ struct State {
     keda: bool,
     #[serde(default)]
     kserve: bool,
+    #[serde(default)]
+    prometheus: bool,
+    /// The port layout the cluster was started with (state files written
+    /// before Prometheus joined have none: sixteen ports, the scaler on the
+    /// last).
+    #[serde(default = "sixteen")]
+    port_count: u16,
+}
+
+fn sixteen() -> u16 {
+    16
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +268,11 @@ pub struct ClusterInfo {
     /// scaler` (OTLP and KEDA's ExternalScaler on one port), when the
     /// cluster runs KServe.
     pub scaler_address: std::net::SocketAddr,
+    /// Whether this call added Prometheus to a cluster that ran without it.
+    pub prometheus_added: bool,
+    /// The Prometheus server (`http://127.0.0.1:<port>`), when the cluster
+    /// runs it.
+    pub prometheus_url: Option<String>,
 }
 
 impl ClusterInfo {
@@ -291,7 +334,9 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
     let _lock = lock(&dir)?;
 
     if let Some(state) = read_state(&dir) {
-        if state.ready && healthy(&state).await {
+        // A cluster of another port layout puts its scaler and Prometheus
+        // elsewhere than this binary would look: started over.
+        if state.ready && state.port_count == PORT_COUNT && healthy(&state).await {
             // The manifests may have changed since it started (a developer
             // edited a CRD); re-applying is cheap and idempotent.
             let client = client_for(&state.kubeconfig).await?;
@@ -308,6 +353,18 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
             } else {
                 state
             };
+            let prometheus_added = opts.prometheus.is_some() && !state.prometheus;
+            let state = match &opts.prometheus {
+                Some(wanted) if prometheus_added => {
+                    add_prometheus(opts, wanted, &dir, &client, state).await?
+                }
+                // Running already: the object takes this call's intervals.
+                Some(wanted) => {
+                    apply_objects(&client, &prometheus_objects(wanted)).await?;
+                    state
+                }
+                None => state,
+            };
             return Ok(ClusterInfo {
                 name: state.name,
                 kubeconfig: state.kubeconfig,
@@ -316,6 +373,10 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
                 keda_added,
                 kserve_added,
                 scaler_address: scaler_address(&state.ports),
+                prometheus_added,
+                prometheus_url: state
+                    .prometheus
+                    .then(|| prometheus::url(state.ports.prometheus().server)),
             });
         }
         // A crashed or half-started cluster: clear it away and start over.
@@ -330,6 +391,9 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
     if opts.with_kserve && opts.skip_build {
         kserve::prerequisites(&opts.cache)?;
         otel::prerequisites(&opts.cache)?;
+    }
+    if opts.prometheus.is_some() && opts.skip_build {
+        prometheus::prerequisites(&opts.cache)?;
     }
 
     let ports = Ports::from_base(opts.port_base);
@@ -356,6 +420,9 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
         if opts.with_kserve {
             kserve::prerequisites(&opts.cache)?;
             otel::prerequisites(&opts.cache)?;
+        }
+        if opts.prometheus.is_some() {
+            prometheus::prerequisites(&opts.cache)?;
         }
     }
 
@@ -389,6 +456,8 @@ impl Started {
                 ready: false,
                 keda: false,
                 kserve: false,
+                prometheus: false,
+                port_count: PORT_COUNT,
             },
         }
     }
@@ -406,7 +475,7 @@ fn stop_recorded(state: &State) {
 }
 
 fn clean_runtime_files(dir: &Path) -> Result<(), Error> {
-    for sub in ["etcd", "pki"] {
+    for sub in ["etcd", "pki", prometheus::SERVER] {
         let p = dir.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
@@ -656,6 +725,9 @@ async fn start(
     if opts.with_kserve {
         start_kserve(opts, dir, &client, started).await?;
     }
+    if let Some(wanted) = &opts.prometheus {
+        start_prometheus(opts, wanted, dir, &client, started).await?;
+    }
 
     started.state.ready = true;
     write_state(dir, &started.state)?;
@@ -667,6 +739,11 @@ async fn start(
         keda_added: false,
         kserve_added: false,
         scaler_address: scaler_address(&ports),
+        prometheus_added: false,
+        prometheus_url: opts
+            .prometheus
+            .is_some()
+            .then(|| prometheus::url(ports.prometheus().server)),
     })
 }
 
@@ -732,7 +809,7 @@ async fn start_kserve(
         std::fs::read_to_string(&files.ca_cert).map_err(|e| Error::io(&files.ca_cert, e))?;
     let cluster_ports = started.state.ports;
     let ports = cluster_ports.kserve();
-    for (component, port) in &cluster_ports.all()[11..] {
+    for (component, port) in &cluster_ports.all()[11..15] {
         if process::port_in_use(*port) {
             return Err(Error::PortInUse {
                 port: *port,
@@ -808,6 +885,150 @@ async fn start_kserve(
         "",
     )?);
     apply_objects(client, &hooks).await
+}
+
+/// The namespace and `Prometheus` object for the pinned release.
+fn prometheus_objects(wanted: &PrometheusOptions) -> Vec<serde_json::Value> {
+    let release = build::pins()
+        .into_iter()
+        .find(|(k, _)| k == "PROMETHEUS_VERSION")
+        .and_then(|(_, v)| prometheus::release_of(&v))
+        .unwrap_or_else(|| "v3.0.0".into());
+    prometheus::objects(wanted, &release)
+}
+
+/// Adds Prometheus to a running cluster; on failure only its processes
+/// stop.
+async fn add_prometheus(
+    opts: &ClusterOptions,
+    wanted: &PrometheusOptions,
+    dir: &Path,
+    client: &Client,
+    state: State,
+) -> Result<State, Error> {
+    prometheus::prerequisites(&opts.cache)?;
+    let before = state.components.len();
+    let mut started = Started { state };
+    match start_prometheus(opts, wanted, dir, client, &mut started).await {
+        Ok(()) => {
+            write_state(dir, &started.state)?;
+            Ok(started.state)
+        }
+        Err(e) => {
+            started.state.prometheus = false;
+            undo_join(dir, &mut started, before);
+            Err(e)
+        }
+    }
+}
+
+/// Starts the Prometheus server (on a placeholder configuration),
+/// prometheus-operator and the bridge, then waits until the operator's
+/// configuration for the bed's `Prometheus` object is the one loaded: the
+/// whole chain works.
+async fn start_prometheus(
+    opts: &ClusterOptions,
+    wanted: &PrometheusOptions,
+    dir: &Path,
+    client: &Client,
+    started: &mut Started,
+) -> Result<(), Error> {
+    let cluster_ports = started.state.ports;
+    let ports = cluster_ports.prometheus();
+    for (component, port) in &cluster_ports.all()[15..18] {
+        if process::port_in_use(*port) {
+            return Err(Error::PortInUse {
+                port: *port,
+                component,
+                cluster: opts.name.clone(),
+                port_base: cluster_ports.apiserver,
+                last: cluster_ports.apiserver + PORT_COUNT - 1,
+            });
+        }
+    }
+    let mut docs = Vec::new();
+    for file in prometheus::stack_crd_files(&opts.cache) {
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        docs.extend(parse_docs(&file.display().to_string(), &text)?);
+    }
+    apply_crds(client, docs).await?;
+    apply_objects(client, &prometheus_objects(wanted)).await?;
+
+    let home = dir.join(prometheus::SERVER);
+    std::fs::create_dir_all(&home).map_err(|e| Error::io(&home, e))?;
+    let config = crate::bridge::config_file(&home);
+    std::fs::write(&config, prometheus::initial_config(wanted))
+        .map_err(|e| Error::io(&config, e))?;
+
+    let logs = dir.join("logs");
+    let kubeconfig = started.state.kubeconfig.clone();
+    launch(
+        started,
+        prometheus::SERVER,
+        &opts.cache.binary(prometheus::SERVER),
+        &prometheus::server_args(&home, ports.server),
+        ports.server,
+        &logs,
+    )?;
+    launch_with_env(
+        started,
+        prometheus::OPERATOR,
+        &opts.cache.binary(prometheus::OPERATOR),
+        &prometheus::operator_args(ports.operator),
+        &prometheus::operator_env(&kubeconfig),
+        ports.operator,
+        &logs,
+    )?;
+    let bridge = crate::bridge::BridgeArgs {
+        kubeconfig,
+        namespace: prometheus::NAMESPACE.into(),
+        prometheus: prometheus::NAME.into(),
+        dir: home,
+        prometheus_url: prometheus::url(ports.server),
+        listen: ([127, 0, 0, 1], ports.bridge).into(),
+        promtool: opts.cache.binary(prometheus::PROMTOOL),
+    };
+    let mut bridge_args = vec!["dev".to_string(), "prometheus-bridge".to_string()];
+    bridge_args.extend(bridge.command_line());
+    launch_with_env(
+        started,
+        prometheus::BRIDGE,
+        &wanted.aim_binary,
+        &bridge_args,
+        // Its log is a file: no terminal colours.
+        &[("NO_COLOR", "1".to_string())],
+        ports.bridge,
+        &logs,
+    )?;
+    started.state.prometheus = true;
+    write_state(dir, &started.state)?;
+
+    wait_for(started, prometheus::SERVER, move || async move {
+        http_get_ok(ports.server, "/-/ready").await
+    })
+    .await?;
+    wait_for(started, prometheus::OPERATOR, move || async move {
+        http_get_ok(ports.operator, "/healthz").await
+    })
+    .await?;
+    wait_for(started, prometheus::BRIDGE, move || async move {
+        http_get_ok(ports.bridge, "/healthz").await
+    })
+    .await?;
+    // The operator's configuration carries the object as an external
+    // label; the placeholder does not.
+    let marker = format!("prometheus: {}/{}", prometheus::NAMESPACE, prometheus::NAME);
+    let status_url = format!("{}/api/v1/status/config", prometheus::url(ports.server));
+    wait_for(started, prometheus::BRIDGE, || {
+        let (url, marker) = (status_url.clone(), marker.clone());
+        async move {
+            match reqwest::get(&url).await {
+                Ok(r) => r.text().await.is_ok_and(|body| body.contains(&marker)),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
 }
 
 /// Adds KEDA to a running cluster. If that fails only KEDA's processes
@@ -941,6 +1162,13 @@ async fn apply_objects(client: &Client, objects: &[serde_json::Value]) -> Result
             }
             "ValidatingWebhookConfiguration" => {
                 Api::<ValidatingWebhookConfiguration>::all(client.clone())
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            "Prometheus" => {
+                let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "Prometheus");
+                let resource = ApiResource::from_gvk_with_plural(&gvk, "prometheuses");
+                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
                     .patch(name, &params, &patch)
                     .await?;
             }
@@ -1119,7 +1347,11 @@ async fn install_manifests(client: &Client, opts: &ClusterOptions) -> Result<(),
     for (origin, text) in &opts.extra_manifests {
         docs.extend(parse_docs(origin, text)?);
     }
+    apply_crds(client, docs).await
+}
 
+/// Server-side applies CRDs and waits until each is Established.
+async fn apply_crds(client: &Client, docs: Vec<(String, serde_yaml::Value)>) -> Result<(), Error> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut names = Vec::new();
@@ -1252,13 +1484,17 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
     // A Go process's leader thread can be a zombie (and count as stopped)
     // while its other threads still close its sockets; on a loaded machine
     // that takes a moment. Give the ports a few seconds to be released.
+    // Only the ports of the layout it was started with: in an older one,
+    // a later port of today's layout was the scaler's, which `down` does
+    // not own.
+    let last_own = state.ports.apiserver + state.port_count.saturating_sub(2);
     let open_ports = || -> Vec<u16> {
         state
             .ports
             .all()
             .iter()
             .map(|(_, p)| *p)
-            .filter(|p| process::port_open(*p))
+            .filter(|p| *p <= last_own && process::port_open(*p))
             .collect()
     };
     let mut leftovers = open_ports();
@@ -1268,9 +1504,10 @@ pub fn down(cache: &CacheDirs, name: &str) -> Result<bool, Error> {
         leftovers = open_ports();
     }
     let _ = std::fs::remove_file(state_path(&dir));
-    let etcd = dir.join("etcd");
-    if etcd.exists() {
-        std::fs::remove_dir_all(&etcd).map_err(|e| Error::io(&etcd, e))?;
+    for data in [dir.join("etcd"), dir.join(prometheus::SERVER)] {
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| Error::io(&data, e))?;
+        }
     }
     if !leftovers.is_empty() {
         return Err(Error::Timeout {
@@ -1300,6 +1537,8 @@ pub struct ClusterStatus {
     pub apiserver_ready: bool,
     pub server: String,
     pub kubeconfig: PathBuf,
+    /// The Prometheus server, when the cluster runs it.
+    pub prometheus_url: Option<String>,
     pub components: Vec<ComponentStatus>,
 }
 
@@ -1332,6 +1571,9 @@ pub async fn status(cache: &CacheDirs, name: &str) -> Result<Option<ClusterStatu
         apiserver_ready,
         server: state.server,
         kubeconfig: state.kubeconfig,
+        prometheus_url: state
+            .prometheus
+            .then(|| prometheus::url(state.ports.prometheus().server)),
         components,
     }))
 }
@@ -1378,6 +1620,20 @@ mod tests {
                 .iter()
                 .all(|p| (20000..20000 + PORT_COUNT).contains(p))
         );
+    }
+
+    #[test]
+    fn a_state_file_from_before_the_twenty_port_layout_reads_as_sixteen() {
+        let state = serde_json::json!({
+            "name": "x", "group": 1,
+            "ports": Ports::from_base(20000),
+            "components": [], "kubeconfig": "/k", "server": "https://127.0.0.1:20000",
+            "ready": true, "keda": true, "kserve": true,
+        });
+        let state: State = serde_json::from_value(state).unwrap();
+        assert_eq!(state.port_count, 16);
+        assert!(!state.prometheus);
+        assert_ne!(state.port_count, PORT_COUNT, "so `up` starts it over");
     }
 
     #[test]

@@ -18,21 +18,31 @@
 //! so an InferenceService becomes a Deployment, a ScaledObject and an
 //! OpenTelemetryCollector as in production.
 //!
+//! With [`ClusterOptions::with_prometheus`], a Prometheus server and
+//! prometheus-operator (both from their Go modules) join, with the bed's
+//! bridge (`aim dev prometheus-bridge`) doing the Prometheus pod's config
+//! reloader's part: ServiceMonitors, PodMonitors and PrometheusRules
+//! decide what the local server scrapes and evaluates.
+//!
 //! A cluster outlives the command that started it: its processes live in one
 //! process group recorded in a state file, so `down` (or another test binary)
 //! can find and stop exactly them.
 
+pub mod bridge;
 mod build;
 pub use build::pins;
 mod cluster;
 mod keda;
 mod kserve;
 mod kubeconfig;
+pub mod loopback_slices;
 mod nodes;
 mod otel;
 mod paths;
 mod pki;
 mod process;
+pub mod promconfig;
+pub mod prometheus;
 
 pub use build::{BuildOutput, build_control_plane, build_control_plane_with_env, check_go_at};
 pub use cluster::{
@@ -41,6 +51,7 @@ pub use cluster::{
 };
 pub use nodes::{NodeSpec, default_fleet};
 pub use paths::CacheDirs;
+pub use prometheus::PrometheusOptions;
 
 use std::path::{Path, PathBuf};
 
@@ -108,6 +119,10 @@ pub enum Error {
         missing: String,
         target: &'static str,
     },
+    #[error(
+        "the prometheus bridge stopped: one of its tasks ended (see the lines above in its log); restart the cluster"
+    )]
+    BridgeStopped,
     #[error("cannot work out a cache directory: set AIM_CACHE_DIR or HOME")]
     NoCacheDir,
     #[error("{path}: {source}")]

@@ -175,3 +175,34 @@ async fn with_keda_but_keda_not_built_names_the_build_command() {
     assert!(err.to_string().contains("etcd"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test]
+async fn with_prometheus_but_not_built_names_the_build_commands() {
+    // An empty cache, as above: Prometheus asked for without its binaries
+    // says how to build them before anything starts.
+    let root = std::env::temp_dir().join(format!("aim-no-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut opts = ClusterOptions::new("noprom", CacheDirs::at(&root))
+        .with_prometheus(aim_devcluster::PrometheusOptions::new("/nonexistent/aim"));
+    opts.skip_build = true;
+    opts.port_base = 27440;
+    let err = aim_devcluster::up(&opts).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::NotBuilt { .. }), "{text}");
+    for expected in [
+        "prometheus-operator",
+        "promtool",
+        "dev/control-plane/build.sh prometheus",
+        "build.sh prometheus-operator",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    assert!(
+        aim_devcluster::status(&opts.cache, "noprom")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing was started"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

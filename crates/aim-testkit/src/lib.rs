@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use aim_devcluster::{CacheDirs, ClusterInfo, ClusterOptions};
+use aim_devcluster::{CacheDirs, ClusterInfo, ClusterOptions, PrometheusOptions};
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -27,6 +27,7 @@ pub const TEST_MANAGER: &str = "aim-test";
 static CLUSTER: OnceCell<ClusterInfo> = OnceCell::const_new();
 static CLUSTER_WITH_KEDA: OnceCell<ClusterInfo> = OnceCell::const_new();
 static CLUSTER_WITH_KSERVE: OnceCell<ClusterInfo> = OnceCell::const_new();
+static CLUSTER_WITH_PROMETHEUS: OnceCell<ClusterInfo> = OnceCell::const_new();
 
 fn options() -> ClusterOptions {
     let cache = CacheDirs::discover().expect("a cache directory");
@@ -55,7 +56,11 @@ fn tier3_options() -> ClusterOptions {
 /// tier-3 cluster, so helpers like [`client`] and [`install_chart`] act on
 /// the cluster the test runs in.
 pub async fn cluster() -> &'static ClusterInfo {
-    if let Some(c) = CLUSTER_WITH_KSERVE.get().or(CLUSTER_WITH_KEDA.get()) {
+    if let Some(c) = CLUSTER_WITH_PROMETHEUS
+        .get()
+        .or(CLUSTER_WITH_KSERVE.get())
+        .or(CLUSTER_WITH_KEDA.get())
+    {
         return c;
     }
     CLUSTER
@@ -89,6 +94,32 @@ pub async fn cluster_with_kserve() -> &'static ClusterInfo {
             aim_devcluster::up(&tier3_options().with_keda().with_kserve())
                 .await
                 .unwrap_or_else(|e| panic!("starting the test cluster with KServe failed: {e}"))
+        })
+        .await
+}
+
+/// The tier-3 cluster (KEDA and KServe) with Prometheus and
+/// prometheus-operator as well: the cluster's ServiceMonitors, PodMonitors
+/// and PrometheusRules configure a real Prometheus at
+/// [`ClusterInfo::prometheus_url`]. `options.aim_binary` is the `aim` whose
+/// `dev prometheus-bridge` runs as the bridge (a test passes
+/// `env!("CARGO_BIN_EXE_aim")`).
+///
+/// The same cluster as [`cluster_with_kserve`]: Prometheus joins it on
+/// first use and stays for the rest of the run, so tier-3 tests that do not
+/// ask for it do not pay for it (three more processes and a few seconds
+/// at start). A cluster that has it takes `options`' intervals.
+pub async fn cluster_with_prometheus(options: PrometheusOptions) -> &'static ClusterInfo {
+    CLUSTER_WITH_PROMETHEUS
+        .get_or_init(|| async {
+            aim_devcluster::up(
+                &tier3_options()
+                    .with_keda()
+                    .with_kserve()
+                    .with_prometheus(options),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("starting the test cluster with Prometheus failed: {e}"))
         })
         .await
 }

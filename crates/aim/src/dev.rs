@@ -25,6 +25,49 @@ enum DevCommand {
     /// The pod runner: a simulator at each inference pod's address, its
     /// readiness, and the OTel sidecar its OpenTelemetryCollector describes.
     Pods(aim_pods::PodsArgs),
+    /// The bed's Prometheus bridge, started by `aim dev cluster up
+    /// --with-prometheus`: prometheus-operator's configuration into the
+    /// local Prometheus, and EndpointSlices for Services of loopback pods.
+    PrometheusBridge(BridgeArgs),
+}
+
+#[derive(Args)]
+struct BridgeArgs {
+    /// The cluster's admin kubeconfig.
+    #[arg(long)]
+    kubeconfig: std::path::PathBuf,
+    /// Namespace of the Prometheus object.
+    #[arg(long)]
+    namespace: String,
+    /// Name of the Prometheus object.
+    #[arg(long)]
+    prometheus: String,
+    /// The local server's directory (its config file and rule files).
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// The local server, for `/-/reload`.
+    #[arg(long)]
+    prometheus_url: String,
+    /// Where the bridge serves /healthz and /metrics.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// promtool, to explain a configuration Prometheus refuses.
+    #[arg(long)]
+    promtool: std::path::PathBuf,
+}
+
+impl From<BridgeArgs> for aim_devcluster::bridge::BridgeArgs {
+    fn from(a: BridgeArgs) -> Self {
+        Self {
+            kubeconfig: a.kubeconfig,
+            namespace: a.namespace,
+            prometheus: a.prometheus,
+            dir: a.dir,
+            prometheus_url: a.prometheus_url,
+            listen: a.listen,
+            promtool: a.promtool,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -47,7 +90,7 @@ enum ClusterCommand {
     Up {
         #[command(flatten)]
         name: ClusterName,
-        /// First of the sixteen loopback ports the components listen on.
+        /// First of the twenty loopback ports the components listen on.
         #[arg(long)]
         port_base: Option<u16>,
         /// Also run KEDA's operator and metrics server, so ScaledObjects
@@ -59,6 +102,19 @@ enum ClusterCommand {
         /// and OpenTelemetryCollectors. Implies --with-keda.
         #[arg(long)]
         with_kserve: bool,
+        /// Also run Prometheus and prometheus-operator: every
+        /// ServiceMonitor, PodMonitor and PrometheusRule in the cluster
+        /// configures the server. Adds them to a running cluster that
+        /// lacks them.
+        #[arg(long)]
+        with_prometheus: bool,
+        /// The Prometheus object's scrape interval (monitors may set their
+        /// own), e.g. 15s, 5s.
+        #[arg(long, default_value = "15s", value_parser = interval, requires = "with_prometheus")]
+        scrape_interval: std::time::Duration,
+        /// How often Prometheus evaluates rules.
+        #[arg(long, default_value = "15s", value_parser = interval, requires = "with_prometheus")]
+        evaluation_interval: std::time::Duration,
     },
     /// Stop every process of the cluster and delete its data.
     Down {
@@ -96,6 +152,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         DevCommand::Pods(args) => {
             return tokio::runtime::Runtime::new()?.block_on(aim_pods::run(args));
         }
+        DevCommand::PrometheusBridge(args) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            return Ok(tokio::runtime::Runtime::new()?
+                .block_on(aim_devcluster::bridge::run(args.into()))?);
+        }
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let cache = CacheDirs::discover()?;
@@ -105,13 +166,29 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             port_base,
             with_keda,
             with_kserve,
-        } => runtime.block_on(up(
-            cache,
-            &name.name,
-            port_base,
-            with_keda || with_kserve,
-            with_kserve,
-        )),
+            with_prometheus,
+            scrape_interval,
+            evaluation_interval,
+        } => {
+            let prometheus = if with_prometheus {
+                let aim = std::env::current_exe()
+                    .context("finding the aim binary, which runs the Prometheus bridge")?;
+                let mut options = aim_devcluster::PrometheusOptions::new(aim);
+                options.scrape_interval = scrape_interval;
+                options.evaluation_interval = evaluation_interval;
+                Some(options)
+            } else {
+                None
+            };
+            runtime.block_on(up(
+                cache,
+                &name.name,
+                port_base,
+                with_keda || with_kserve,
+                with_kserve,
+                prometheus,
+            ))
+        }
         ClusterCommand::Down { name } => {
             if aim_devcluster::down(&cache, &name.name)? {
                 println!("cluster '{}' stopped", name.name);
@@ -144,12 +221,27 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A Prometheus interval: "15s", "500ms", "1m" or seconds; at least 1 s.
+fn interval(text: &str) -> Result<std::time::Duration, String> {
+    let secs = aim_policy::parse_seconds(text)
+        .ok_or_else(|| format!("{text:?} is not a duration; write it like 15s, 1m or 500ms"))?;
+    if secs < 1.0 {
+        return Err(format!(
+            "{text:?} is shorter than 1 s; Prometheus scrapes and evaluates at most once a second in the bed"
+        ));
+    }
+    Ok(std::time::Duration::from_millis(
+        (secs * 1000.0).round() as u64
+    ))
+}
+
 async fn up(
     cache: CacheDirs,
     name: &str,
     port_base: Option<u16>,
     with_keda: bool,
     with_kserve: bool,
+    prometheus: Option<aim_devcluster::PrometheusOptions>,
 ) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let mut opts = ClusterOptions::new(name, cache.clone());
@@ -158,20 +250,25 @@ async fn up(
     }
     opts.with_keda = with_keda;
     opts.with_kserve = with_kserve;
+    opts.prometheus = prometheus;
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
     let info = aim_devcluster::up(&opts)
         .await
         .context("bringing the cluster up")?;
+    let added: Vec<&str> = [
+        (info.keda_added, "KEDA"),
+        (info.kserve_added, "KServe"),
+        (info.prometheus_added, "Prometheus"),
+    ]
+    .into_iter()
+    .filter_map(|(added, what)| added.then_some(what))
+    .collect();
     let verb = if info.started {
-        "started"
-    } else if info.keda_added && info.kserve_added {
-        "was running; KEDA and KServe added"
-    } else if info.keda_added {
-        "was running; KEDA added"
-    } else if info.kserve_added {
-        "was running; KServe added"
+        "started".to_string()
+    } else if added.is_empty() {
+        "already running".to_string()
     } else {
-        "already running"
+        format!("was running; {} added", added.join(" and "))
     };
     println!(
         "cluster '{}' {verb} in {:.1} s: {}",
@@ -195,6 +292,12 @@ async fn up(
             info.scaler_address
         );
         println!("  aim scaler --listen {}", info.scaler_address);
+    }
+    if let Some(url) = &info.prometheus_url {
+        println!("Prometheus (configured by prometheus-operator from the cluster's monitors):");
+        println!("  {url}");
+        println!("  curl -s '{url}/api/v1/targets?state=active' | head -c 600");
+        println!("  kubectl -n monitoring get prometheus aim");
     }
     println!();
     println!("Stop it with: aim dev cluster down --name {}", info.name);
@@ -220,6 +323,9 @@ async fn status(cache: CacheDirs, name: &str, output: Output) -> anyhow::Result<
                     "NOT ready"
                 }
             );
+            if let Some(url) = &status.prometheus_url {
+                println!("prometheus at {url}");
+            }
             println!(
                 "{:<26} {:>8} {:>6} {:<8} {:<9}",
                 "COMPONENT", "PID", "PORT", "RUNNING", "LISTENING"
@@ -237,4 +343,51 @@ async fn status(cache: CacheDirs, name: &str, output: Output) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `up` writes the bridge's command line (aim-devcluster) and this CLI
+    /// reads it: the two must agree on every flag.
+    #[test]
+    fn the_bridge_command_line_the_bed_writes_parses_back() {
+        let args = aim_devcluster::bridge::BridgeArgs {
+            kubeconfig: "/c/kubeconfig".into(),
+            namespace: "monitoring".into(),
+            prometheus: "aim".into(),
+            dir: "/c/prometheus".into(),
+            prometheus_url: "http://127.0.0.1:20016".into(),
+            listen: "127.0.0.1:20017".parse().unwrap(),
+            promtool: "/b/promtool".into(),
+        };
+        let mut argv = vec![
+            "aim".to_string(),
+            "dev".to_string(),
+            "prometheus-bridge".to_string(),
+        ];
+        argv.extend(args.command_line());
+        let cli = crate::Cli::try_parse_from(argv).unwrap();
+        let crate::Command::Dev(DevArgs {
+            command: DevCommand::PrometheusBridge(parsed),
+        }) = cli.command
+        else {
+            panic!("not the bridge subcommand");
+        };
+        assert_eq!(aim_devcluster::bridge::BridgeArgs::from(parsed), args);
+    }
+
+    #[test]
+    fn intervals_are_durations_of_a_second_or_more() {
+        assert_eq!(interval("15s"), Ok(std::time::Duration::from_secs(15)));
+        assert_eq!(interval("1m"), Ok(std::time::Duration::from_secs(60)));
+        assert_eq!(
+            interval("1500ms"),
+            Ok(std::time::Duration::from_millis(1500))
+        );
+        assert!(interval("500ms").unwrap_err().contains("shorter than 1 s"));
+        assert!(interval("soon").unwrap_err().contains("like 15s"));
+    }
 }

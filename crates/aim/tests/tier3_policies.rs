@@ -137,6 +137,7 @@ async fn start_with_idle(prefix: &str, yaml: String, metric: &str, idle: bool) -
         metric: metric.into(),
         sim_args: Vec::new(),
         prometheus: false,
+        admin_at_chart_pods: false,
     })
     .await;
     if idle {

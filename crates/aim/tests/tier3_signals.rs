@@ -149,6 +149,7 @@ async fn run(case: Case) -> Bed {
         metric: case.query.into(),
         sim_args: case.sim_args.iter().map(|a| a.to_string()).collect(),
         prometheus: false,
+        admin_at_chart_pods: false,
     })
     .await;
     // The trigger carries the service's signal as written.

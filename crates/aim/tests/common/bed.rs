@@ -443,6 +443,12 @@ pub struct BedConfig {
     /// The service scales on a Prometheus metric: KServe makes a
     /// `prometheus` trigger and no OpenTelemetry collector.
     pub prometheus: bool,
+    /// Bind the scaler's and the operator's admin ports at the addresses
+    /// of the chart's own scaler and operator pods (KWOK pods with
+    /// nothing in them), so whatever scrapes those pods, as Prometheus
+    /// does through the chart's ServiceMonitors, reaches the in-process
+    /// components.
+    pub admin_at_chart_pods: bool,
 }
 
 impl BedConfig {
@@ -457,6 +463,7 @@ impl BedConfig {
             metric: "vllm:num_requests_running".into(),
             sim_args: Vec::new(),
             prometheus: false,
+            admin_at_chart_pods: false,
         }
     }
 }
@@ -525,9 +532,19 @@ impl Bed {
             .unwrap()
             .local_addr()
             .unwrap();
+        let (scaler_admin, operator_admin) = if config.admin_at_chart_pods {
+            aim_testkit::install_chart().await;
+            (
+                chart_pod_admin(&admin, "keda", "aim-scaler").await,
+                chart_pod_admin(&admin, "aim-system", "aim-operator").await,
+            )
+        } else {
+            let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+            (any, any)
+        };
         let mut scaler_args = aim_scaler::ScalerArgs::defaults();
         scaler_args.listen = vec![info.scaler_address, own];
-        scaler_args.admin_listen = "127.0.0.1:0".parse().unwrap();
+        scaler_args.admin_listen = scaler_admin;
         scaler_args.default_window = Duration::from_secs(10);
         let scaler = start_scaler(&scaler_args).await;
 
@@ -535,7 +552,7 @@ impl Bed {
         // scaler at its loopback address (KEDA runs outside the cluster).
         let sa_client = operator_client().await;
         let operator_args = aim_operator::OperatorArgs {
-            admin_address: "127.0.0.1:0".parse().unwrap(),
+            admin_address: operator_admin,
             namespace: "aim-system".into(),
             no_leader_election: true,
             identity: None,
@@ -811,6 +828,42 @@ impl Bed {
         if let Some(scaler) = self.scaler.take() {
             scaler.shutdown().await;
         }
+    }
+}
+
+/// The admin address of the chart's pod of `app.kubernetes.io/name=name`
+/// in `ns`: its IP and the container port named `admin` (the first pod by
+/// name, once KWOK has given it an address).
+pub async fn chart_pod_admin(client: &Client, ns: &str, name: &str) -> std::net::SocketAddr {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut list = pods
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={name}")))
+            .await
+            .unwrap()
+            .items;
+        list.sort_by_key(|p| p.metadata.name.clone());
+        let found = list.iter().find_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+            let port = p
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|port| port.name.as_deref() == Some("admin"))?
+                .container_port;
+            Some(std::net::SocketAddr::new(ip, port as u16))
+        });
+        if let Some(address) = found {
+            return address;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chart's {name} pod in {ns} got no address"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
