@@ -1172,6 +1172,14 @@ async fn apply_objects(client: &Client, objects: &[serde_json::Value]) -> Result
                     .patch(name, &params, &patch)
                     .await?;
             }
+            "ClusterServingRuntime" => {
+                let gvk =
+                    GroupVersionKind::gvk("serving.kserve.io", "v1alpha1", "ClusterServingRuntime");
+                let resource = ApiResource::from_gvk_with_plural(&gvk, "clusterservingruntimes");
+                Api::<DynamicObject>::all_with(client.clone(), &resource)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
             other => {
                 return Err(Error::Manifest {
                     origin: format!("the bed's object {name}"),

@@ -23,6 +23,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aim_devcluster::PrometheusOptions;
+use aim_scaler::proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use aim_testkit::apply_yaml;
 use common::bed::*;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -38,10 +39,9 @@ const SIM_ARGS: &[&str] = &["--max-num-seqs=1"];
 
 async fn prometheus() -> (Client, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let info = aim_testkit::cluster_with_prometheus(PrometheusOptions::new(env!(
-        "CARGO_BIN_EXE_aim"
-    )))
-    .await;
+    let info =
+        aim_testkit::cluster_with_prometheus(PrometheusOptions::new(env!("CARGO_BIN_EXE_aim")))
+            .await;
     let url = info
         .prometheus_url
         .clone()
@@ -146,14 +146,20 @@ fn runbook_scaled_object(ns: &str, prometheus: &str) -> String {
     .unwrap();
     let text = text
         .replace("namespace: inference", &format!("namespace: {ns}"))
-        .replace("namespace=\\\"inference\\\"", &format!("namespace=\\\"{ns}\\\""))
+        .replace(
+            "namespace=\\\"inference\\\"",
+            &format!("namespace=\\\"{ns}\\\""),
+        )
         .replace("namespace=\"inference\"", &format!("namespace=\"{ns}\""))
         .replace("http://prometheus-operated.monitoring.svc:9090", prometheus)
         .replace(
-            "  name: vllm-sim\n",
-            "  name: vllm-sim\n  annotations:\n    autoscaling.keda.sh/paused: \"true\"\n",
+            "metadata:\n  name: vllm-sim\n",
+            "metadata:\n  name: vllm-sim\n  annotations:\n    autoscaling.keda.sh/paused: \"true\"\n",
         );
-    assert!(text.contains(prometheus) && text.contains(ns), "{text}");
+    assert!(
+        text.contains(prometheus) && text.contains(ns) && text.contains("paused: \"true\""),
+        "{text}"
+    );
     text
 }
 
@@ -189,25 +195,26 @@ async fn seed_003_runbook_scales_a_simulator_deployment_through_prometheus() {
 
     // "Sim backends must be running": one replica, Ready.
     apply_yaml(&client, &ns, RUNBOOK_WORKLOAD).await.unwrap();
-    let mut ip = String::new();
-    wait_until("the simulator pod Ready", WAIT, || {
-        let pods = pods.clone();
-        let ip = &mut ip;
-        async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=vllm-sim"))
-                .await
-                .unwrap();
-            match list.items.iter().find(|p| is_ready(p)) {
-                Some(p) => {
-                    *ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
-                    true
-                }
-                None => false,
-            }
+    let deadline = Instant::now() + WAIT;
+    let ip = loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=vllm-sim"))
+            .await
+            .unwrap();
+        if let Some(ip) = list
+            .items
+            .iter()
+            .find(|p| is_ready(p))
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        {
+            break ip;
         }
-    })
-    .await;
+        assert!(
+            Instant::now() < deadline,
+            "the simulator pod never got Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     // The runbook's check: `curl -s localhost:8000/metrics | grep -E
     // 'num_requests_waiting|cache_usage'`, V1's names.
     let exposition = reqwest::get(format!("http://{ip}:8000/metrics"))
@@ -458,7 +465,9 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
         prompt: "Tell me a story.".into(),
         max_tokens: 60,
     });
-    bed.await_scale(2, "1 → N through KEDA's prometheus scaler").await;
+    // 11 waiting at one replica: ceil(11 / 4) = 3, the maximum.
+    bed.await_scale(3, "1 → N through KEDA's prometheus scaler")
+        .await;
 
     // Seed 002's bare query, with two pods: KEDA's scaler refuses several
     // series; the condition names the field and the sum that fixes it.
@@ -479,7 +488,10 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
     let m = await_metrics(&bed, "InvalidQuery", Duration::from_secs(90)).await;
     assert!(m.contains("parse error"), "{m}");
     let so = bed.scaled_object().await;
-    assert_eq!(so.data["spec"]["triggers"][0]["metadata"]["query"], bare.as_str());
+    assert_eq!(
+        so.data["spec"]["triggers"][0]["metadata"]["query"],
+        bare.as_str()
+    );
     let svc = bed.services.get(SERVICE).await.unwrap();
     assert_eq!(
         svc.status.unwrap().status,
@@ -491,7 +503,11 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
         .unwrap()
         .local_addr()
         .unwrap();
-    set_service(&bed, &prometheus_service(&format!("http://{closed}"), &summed)).await;
+    set_service(
+        &bed,
+        &prometheus_service(&format!("http://{closed}"), &summed),
+    )
+    .await;
     let m = await_metrics(&bed, "PrometheusUnreachable", Duration::from_secs(90)).await;
     assert!(m.contains(&closed.to_string()), "{m}");
 
@@ -616,7 +632,11 @@ async fn the_charts_alerts_fire_and_resolve_and_every_dashboard_query_has_data()
         }
     }
     assert!(asked >= 10, "the dashboard has {asked} queries");
-    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
 
     // No more queue: resolved.
     stop(load);
@@ -633,4 +653,285 @@ async fn the_charts_alerts_fire_and_resolve_and_every_dashboard_query_has_data()
     .unwrap();
     await_alert(&url, &ns, "AIMScalerReceivesNothing", false).await;
     bed.finish().await;
+}
+
+/// The metric KEDA's HPA currently reads (its first metric's value), if any.
+fn hpa_reads(h: &HorizontalPodAutoscaler) -> Option<f64> {
+    let m = h.status.as_ref()?.current_metrics.as_ref()?.first()?;
+    let q = m.external.as_ref()?.current.average_value.as_ref()?;
+    // Quantities as the HPA writes them: "1500m", "2", "2500u".
+    let text = q.0.as_str();
+    let (number, scale) = match text.char_indices().last() {
+        Some((i, 'm')) => (&text[..i], 1e-3),
+        Some((i, 'u')) => (&text[..i], 1e-6),
+        Some((i, 'k')) => (&text[..i], 1e3),
+        _ => (text, 1.0),
+    };
+    number.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// When each hop first saw the load step, per path.
+#[derive(Default)]
+struct Hops {
+    pod: Option<Duration>,
+    source: Option<Duration>,
+    hpa_reads: Option<Duration>,
+    decided: Option<Duration>,
+    created: Option<Duration>,
+}
+
+/// Seed 002's two InferenceServices, as written, through real KServe (its
+/// own huggingface runtime), KEDA and the HPA; the Prometheus one has the
+/// bed's server address in place of Istio's. The same load step reaches
+/// both at once, and each hop's first sight of it is timed: the pod's own
+/// gauge, the metric's source (aim's scaler for OpenTelemetry, Prometheus
+/// for the other), the HPA reading it, the HPA deciding, the pod created.
+/// Then the Prometheus example's bare query meets its second pod, and
+/// KEDA's scaler refuses the two series, as it would in any cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() {
+    let (client, url) = prometheus().await;
+    let info =
+        aim_testkit::cluster_with_prometheus(PrometheusOptions::new(env!("CARGO_BIN_EXE_aim")))
+            .await;
+    // The scaler at the address KServe's config names for OpenTelemetry
+    // triggers and sidecars: the bed's turn.
+    let turn = take_turn().await;
+    let mut args = aim_scaler::ScalerArgs::defaults();
+    args.listen = vec![info.scaler_address];
+    args.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let scaler = start_scaler(&args).await;
+
+    let seed = |file: &str| {
+        std::fs::read_to_string(aim_testkit::repo_path(&format!("examples/seeds/{file}"))).unwrap()
+    };
+    let otel_yaml = seed("kserve-keda-opentelemetry.yaml");
+    let prom_yaml = seed("kserve-keda-prometheus.yaml").replace(
+        "http://prometheus.istio-system.svc.cluster.local:9090",
+        &url,
+    );
+    assert!(prom_yaml.contains(&url));
+    let mut paths = Vec::new();
+    for (label, yaml) in [("OpenTelemetry", otel_yaml), ("Prometheus", prom_yaml)] {
+        let ns =
+            aim_testkit::namespace(&client, &format!("seed002-{}", &label[..4].to_lowercase()))
+                .await;
+        let runner = tokio::spawn(aim_pods::runner::run(
+            client.clone(),
+            aim_pods::runner::RunnerConfig {
+                cold_start: Duration::from_secs(2),
+                aim_binary: env!("CARGO_BIN_EXE_aim").into(),
+                sim_args: Vec::new(),
+                exporter_override: None,
+                namespace: Some(ns.clone()),
+            },
+        ));
+        apply_yaml(&client, &ns, &yaml).await.unwrap();
+        paths.push((label, ns, runner));
+    }
+    // Prometheus scrapes the huggingface pods where the seed's annotations
+    // say (port 8080, /metrics), every 15 s as in seed 003's runbook.
+    let prom_ns = paths[1].1.clone();
+    apply_yaml(
+        &client,
+        &prom_ns,
+        &pod_monitor("Exists")
+            .replace("targetPort: 8000", "targetPort: 8080")
+            .replace("interval: 5s", "interval: 15s"),
+    )
+    .await
+    .unwrap();
+
+    let name = "huggingface-fbopt-predictor";
+    let hpa_name = format!("keda-hpa-{name}");
+    // Both idle loops up: one Ready pod, the HPA reading a metric.
+    for (label, ns, _) in &paths {
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        wait_until(
+            &format!("{label}: one Ready pod, the HPA reading"),
+            WAIT,
+            || {
+                let (hpas, pods, hpa_name) = (hpas.clone(), pods.clone(), hpa_name.clone());
+                async move {
+                    let ready = predictor_pods(&pods, "huggingface-fbopt")
+                        .await
+                        .iter()
+                        .filter(|p| is_ready(p))
+                        .count();
+                    let reads = hpas
+                        .get_opt(&hpa_name)
+                        .await
+                        .unwrap()
+                        .is_some_and(|h| hpa_reads(&h).is_some());
+                    ready == 1 && reads
+                }
+            },
+        )
+        .await;
+    }
+
+    // The step: ten long completions in flight at each service.
+    let step = Instant::now();
+    let mut loads = Vec::new();
+    for (_, ns, _) in &paths {
+        loads.push(start_load_at(
+            client.clone(),
+            ns.clone(),
+            "serving.kserve.io/inferenceservice=huggingface-fbopt".into(),
+            8080,
+            Load::Closed {
+                clients: 10,
+                prompt: "Tell me a story.".into(),
+                max_tokens: 400,
+            },
+        ));
+    }
+    let mut grpc = ExternalScalerClient::connect(format!("http://{}", info.scaler_address))
+        .await
+        .unwrap();
+    let mut hops = [Hops::default(), Hops::default()];
+    loop {
+        let at = step.elapsed();
+        for (i, (_, ns, _)) in paths.iter().enumerate() {
+            let h = &mut hops[i];
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+            if h.pod.is_none() {
+                let ips: Vec<String> = predictor_pods(&pods, "huggingface-fbopt")
+                    .await
+                    .into_iter()
+                    .filter_map(|p| p.status?.pod_ip)
+                    .collect();
+                for ip in ips {
+                    let text = reqwest::get(format!("http://{ip}:8080/metrics")).await.ok();
+                    let text = match text {
+                        Some(r) => r.text().await.unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    let running = text
+                        .lines()
+                        .filter(|l| l.starts_with("vllm:num_requests_running"))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum::<f64>();
+                    if running >= 1.0 {
+                        h.pod = Some(at);
+                    }
+                }
+            }
+            if h.source.is_none() {
+                let seen = if i == 0 {
+                    let so = dynamic(&client, ns, "keda.sh", "v1alpha1", "ScaledObject")
+                        .get(name)
+                        .await
+                        .unwrap();
+                    scaler_value(&mut grpc, &so).await.unwrap_or(0.0)
+                } else {
+                    let answer = instant(
+                        &url,
+                        &format!("sum(vllm:num_requests_running{{namespace=\"{ns}\"}})"),
+                    )
+                    .await;
+                    answer["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                if seen >= 1.0 {
+                    h.source = Some(at);
+                }
+            }
+            if let Some(hpa) = hpas.get_opt(&hpa_name).await.unwrap() {
+                if h.hpa_reads.is_none() && hpa_reads(&hpa).is_some_and(|v| v >= 1.0) {
+                    h.hpa_reads = Some(at);
+                }
+                if h.decided.is_none() && desired(&hpa) > 1 {
+                    h.decided = Some(at);
+                }
+            }
+            if h.created.is_none() && replicas(&deployments, name).await > 1 {
+                h.created = Some(at);
+            }
+        }
+        if hops.iter().all(|h| h.created.is_some()) {
+            break;
+        }
+        assert!(
+            step.elapsed() < WAIT,
+            "not both scaled: OpenTelemetry {:?}, Prometheus {:?}",
+            hops[0].decided,
+            hops[1].decided
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let cell =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    println!("\nseed 002, load step (10 in flight) → first sight, per hop:");
+    println!(
+        "| hop | OpenTelemetry (sidecar → aim scaler → KEDA external) | Prometheus (scrape 15 s → KEDA prometheus) |"
+    );
+    println!("| --- | --- | --- |");
+    for (hop, pick) in [
+        (
+            "the pod's own gauge ≥ 1",
+            (|h: &Hops| h.pod) as fn(&Hops) -> Option<Duration>,
+        ),
+        (
+            "the metric's source ≥ 1 (scaler / Prometheus)",
+            |h: &Hops| h.source,
+        ),
+        ("the HPA reads ≥ 1", |h: &Hops| h.hpa_reads),
+        ("the HPA decides > 1", |h: &Hops| h.decided),
+        ("the second pod created", |h: &Hops| h.created),
+    ] {
+        println!(
+            "| {hop} | {} | {} |",
+            cell(pick(&hops[0])),
+            cell(pick(&hops[1]))
+        );
+    }
+    for h in &hops {
+        assert!(h.decided.is_some() && h.created.is_some());
+    }
+
+    // Seed 002's bare query, two pods: KEDA's scaler refuses the two series
+    // and the HPA stops reading.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &prom_ns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let refused = hpas
+            .get(&hpa_name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == "ScalingActive"
+                        && c.status == "False"
+                        && c.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("multiple elements"))
+                })
+            });
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "KEDA never refused the bare query's two series"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    for load in loads {
+        stop(load);
+    }
+    for (_, ns, runner) in paths {
+        runner.abort();
+        aim_testkit::delete_namespace(&client, &ns).await;
+    }
+    drop(scaler);
+    drop(turn);
 }

@@ -246,10 +246,20 @@ async fn ready_ips(pods: &Api<Pod>, selector: &str) -> Vec<String> {
         .collect()
 }
 
-/// One completion to `ip`, read to its end; false when it could not be sent.
-async fn complete(http: &reqwest::Client, ip: &str, prompt: &str, max_tokens: u32) -> bool {
+/// `ip:port` of the ready pods a label selector picks.
+async fn ready_addresses(pods: &Api<Pod>, selector: &str, port: u16) -> Vec<String> {
+    ready_ips(pods, selector)
+        .await
+        .into_iter()
+        .map(|ip| format!("{ip}:{port}"))
+        .collect()
+}
+
+/// One completion to `address` (`ip:port`), read to its end; false when it
+/// could not be sent.
+async fn complete(http: &reqwest::Client, address: &str, prompt: &str, max_tokens: u32) -> bool {
     let sent = http
-        .post(format!("http://{ip}:8000/v1/completions"))
+        .post(format!("http://{address}/v1/completions"))
         .json(&json!({"model": "Qwen/Qwen3-32B", "prompt": prompt,
                       "max_tokens": max_tokens, "ignore_eos": true}))
         .send()
@@ -287,6 +297,18 @@ pub fn start_load_on(
     selector: String,
     load: Load,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    start_load_at(client, ns, selector, 8000, load)
+}
+
+/// [`start_load_on`] at another port than vLLM's 8000 (KServe's
+/// huggingface runtime listens on 8080).
+pub fn start_load_at(
+    client: Client,
+    ns: String,
+    selector: String,
+    port: u16,
+    load: Load,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     match load {
         Load::Closed {
@@ -302,7 +324,7 @@ pub fn start_load_on(
                     let http = reqwest::Client::new();
                     let mut n = worker;
                     loop {
-                        let ready = ready_ips(&pods, &selector).await;
+                        let ready = ready_addresses(&pods, &selector, port).await;
                         if ready.is_empty() {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             continue;
@@ -332,7 +354,7 @@ pub fn start_load_on(
                 let progress = (started.elapsed().as_secs_f64() / over.as_secs_f64()).min(1.0);
                 let rate = from_rps + (to_rps - from_rps) * progress;
                 next += Duration::from_secs_f64(1.0 / rate.max(1e-3));
-                let ready = ready_ips(&pods, &selector).await;
+                let ready = ready_addresses(&pods, &selector, port).await;
                 if ready.is_empty() {
                     continue;
                 }
@@ -357,7 +379,7 @@ pub fn start_load_on(
             let mut n = 0usize;
             loop {
                 ticker.tick().await;
-                let ready = ready_ips(&pods, &selector).await;
+                let ready = ready_addresses(&pods, &selector, port).await;
                 if ready.is_empty() {
                     continue;
                 }
@@ -498,6 +520,12 @@ pub struct Bed {
 }
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The bed's turn, for a test that binds the tier-3 cluster's scaler
+/// address itself rather than through [`Bed`].
+pub async fn take_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
+}
 
 impl Bed {
     /// The seed service. `runtime_config`: YAML applied before the service
