@@ -682,7 +682,8 @@ struct Hops {
 
 /// Seed 002's two InferenceServices, as written, through real KServe (its
 /// own huggingface runtime), KEDA and the HPA; the Prometheus one has the
-/// bed's server address in place of Istio's. The same load step reaches
+/// bed's server address in place of Istio's and its bare query narrowed to
+/// its namespace (still one series per pod). The same load step reaches
 /// both at once, and each hop's first sight of it is timed: the pod's own
 /// gauge, the metric's source (aim's scaler for OpenTelemetry, Prometheus
 /// for the other), the HPA reading it, the HPA deciding, the pod created.
@@ -705,17 +706,29 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
     let seed = |file: &str| {
         std::fs::read_to_string(aim_testkit::repo_path(&format!("examples/seeds/{file}"))).unwrap()
     };
-    let otel_yaml = seed("kserve-keda-opentelemetry.yaml");
-    let prom_yaml = seed("kserve-keda-prometheus.yaml").replace(
-        "http://prometheus.istio-system.svc.cluster.local:9090",
-        &url,
-    );
-    assert!(prom_yaml.contains(&url));
     let mut paths = Vec::new();
-    for (label, yaml) in [("OpenTelemetry", otel_yaml), ("Prometheus", prom_yaml)] {
+    for (label, file) in [
+        ("OpenTelemetry", "kserve-keda-opentelemetry.yaml"),
+        ("Prometheus", "kserve-keda-prometheus.yaml"),
+    ] {
         let ns =
             aim_testkit::namespace(&client, &format!("seed002-{}", &label[..4].to_lowercase()))
                 .await;
+        // The seed's bare query reads every vLLM pod the server scrapes;
+        // the shared bed scrapes other tests' pods too, so it is narrowed
+        // to this namespace. It stays unaggregated: one series per pod.
+        let yaml = seed(file)
+            .replace(
+                "http://prometheus.istio-system.svc.cluster.local:9090",
+                &url,
+            )
+            .replace(
+                "query: vllm:num_requests_running",
+                &format!("query: 'vllm:num_requests_running{{namespace=\"{ns}\"}}'"),
+            );
+        if label == "Prometheus" {
+            assert!(yaml.contains(&url) && yaml.contains(&ns), "{yaml}");
+        }
         let runner = tokio::spawn(aim_pods::runner::run(
             client.clone(),
             aim_pods::runner::RunnerConfig {
@@ -729,15 +742,29 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
         apply_yaml(&client, &ns, &yaml).await.unwrap();
         paths.push((label, ns, runner));
     }
-    // Prometheus scrapes the huggingface pods where the seed's annotations
-    // say (port 8080, /metrics), every 15 s as in seed 003's runbook.
+    // Prometheus scrapes the huggingface pods at the runtime's port (8080,
+    // /metrics), every 15 s as in seed 003's runbook. KServe's runtime
+    // declares no container port, and a PodMonitor's `port` or
+    // `targetPort` only keeps declared ones, so the address is written by
+    // relabelling, as a user of that runtime has to.
     let prom_ns = paths[1].1.clone();
     apply_yaml(
         &client,
         &prom_ns,
-        &pod_monitor("Exists")
-            .replace("targetPort: 8000", "targetPort: 8080")
-            .replace("interval: 5s", "interval: 15s"),
+        r#"apiVersion: monitoring.coreos.com/v1
+kind: PodMonitor
+metadata: {name: huggingface}
+spec:
+  selector:
+    matchLabels: {serving.kserve.io/inferenceservice: huggingface-fbopt}
+  podMetricsEndpoints:
+  - path: /metrics
+    interval: 15s
+    relabelings:
+    - sourceLabels: [__meta_kubernetes_pod_ip]
+      targetLabel: __address__
+      replacement: "$1:8080"
+"#,
     )
     .await
     .unwrap();
@@ -748,12 +775,30 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
     for (label, ns, _) in &paths {
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let scaled_objects = dynamic(&client, ns, "keda.sh", "v1alpha1", "ScaledObject");
         wait_until(
             &format!("{label}: one Ready pod, the HPA reading"),
             WAIT,
             || {
                 let (hpas, pods, hpa_name) = (hpas.clone(), pods.clone(), hpa_name.clone());
+                let scaled_objects = scaled_objects.clone();
                 async move {
+                    // KEDA keeps one gRPC connection per scaler address: a
+                    // previous test's scaler at this address left it in
+                    // reconnect backoff, and an HPA built meanwhile gets
+                    // KEDA's CPU fallback ("got empty metric spec"), never
+                    // rebuilt. KServe recreates a deleted ScaledObject; by
+                    // then the connection is back.
+                    if let Some(h) = hpas.get_opt(&hpa_name).await.unwrap()
+                        && h.spec
+                            .as_ref()
+                            .and_then(|s| s.metrics.as_ref())
+                            .is_some_and(|m| m.iter().any(|m| m.type_ == "Resource"))
+                    {
+                        let _ = scaled_objects.delete(name, &Default::default()).await;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return false;
+                    }
                     let ready = predictor_pods(&pods, "huggingface-fbopt")
                         .await
                         .iter()
@@ -859,9 +904,19 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
         }
         assert!(
             step.elapsed() < WAIT,
-            "not both scaled: OpenTelemetry {:?}, Prometheus {:?}",
-            hops[0].decided,
-            hops[1].decided
+            "not both scaled (pod, source, HPA reads, decided): OpenTelemetry {:?}, Prometheus {:?}",
+            (
+                hops[0].pod,
+                hops[0].source,
+                hops[0].hpa_reads,
+                hops[0].decided
+            ),
+            (
+                hops[1].pod,
+                hops[1].source,
+                hops[1].hpa_reads,
+                hops[1].decided
+            ),
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -895,12 +950,19 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
         assert!(h.decided.is_some() && h.created.is_some());
     }
 
-    // Seed 002's bare query, two pods: KEDA's scaler refuses the two series
-    // and the HPA stops reading.
+    // Seed 002's bare query, two pods: KEDA's scaler refuses the two series.
+    // The HPA only learns that its metric failed, and the ScaledObject that
+    // a trigger errs; KEDA's operator log alone names the cause.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &prom_ns);
+    let scaled_objects = dynamic(&client, &prom_ns, "keda.sh", "v1alpha1", "ScaledObject");
+    let keda_log = info
+        .kubeconfig
+        .parent()
+        .expect("the cluster's directory")
+        .join("logs/keda-operator.log");
     let deadline = Instant::now() + WAIT;
     loop {
-        let refused = hpas
+        let hpa_failing = hpas
             .get(&hpa_name)
             .await
             .unwrap()
@@ -910,17 +972,22 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
                 c.iter().any(|c| {
                     c.type_ == "ScalingActive"
                         && c.status == "False"
-                        && c.message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("multiple elements"))
+                        && c.reason.as_deref() == Some("FailedGetExternalMetric")
                 })
             });
-        if refused {
+        let so = serde_json::to_value(scaled_objects.get(name).await.unwrap()).unwrap();
+        let trigger_error = so_condition(&so, "Ready").as_deref() == Some("False");
+        let logged = std::fs::read_to_string(&keda_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&prom_ns) && l.contains("returned multiple elements"));
+        if hpa_failing && trigger_error && logged {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "KEDA never refused the bare query's two series"
+            "KEDA never refused the bare query's two series: HPA failing {hpa_failing}, \
+             ScaledObject not Ready {trigger_error}, logged {logged}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
