@@ -5,7 +5,9 @@
 //!
 //! - **queue**: vLLM's waiting requests, min–max normalised over the
 //!   candidates (fewest waiting scores 1, most scores 0, all equal score 1),
-//!   as the EPP's `queue-scorer`;
+//!   as the EPP's `queue-scorer`. Requests the gateway sent after the report
+//!   are added: the report cannot show them yet, and without them a burst
+//!   between two reports would all go to the endpoint that looked emptiest;
 //! - **KV cache**: `1 − vllm:kv_cache_usage_perc`, as its
 //!   `kv-cache-utilization-scorer`;
 //! - **in flight**: the requests this gateway has sent to the endpoint and
@@ -21,15 +23,18 @@
 //! in order, so a caller that advances the position spreads ties in turn and
 //! equal inputs always give the same pick.
 //!
-//! **Saturation** (the EPP's saturation detector defaults): an endpoint is
-//! saturated when its last report is stale (older than `staleness`, or there
-//! is none), when it has `queue_depth` or more requests waiting, or when its
-//! KV cache is `kv_usage` or more used. Requests the gateway sent after the
-//! report are counted as waiting, since the report cannot show them yet. An
-//! optional cap on the gateway's own in-flight requests per endpoint
-//! saturates it too. Only unsaturated endpoints are scored; when every
-//! endpoint is saturated the caller learns which one would be best, and a
-//! gateway with flow control holds the request instead.
+//! **Saturation** (the EPP's saturation detector, its defaults): an endpoint
+//! is saturated when its last report is stale (older than `staleness`, or
+//! there is none), when it reported `queue_depth` or more requests waiting,
+//! or a KV cache `kv_usage` or more used. The test reads the report alone,
+//! as the EPP's does: requests sent since may start running at once (vLLM
+//! batches up to `max_num_seqs`, which it does not export), and counting
+//! them as waiting would throttle every endpoint to `queue_depth` new
+//! requests per scrape. An optional cap on the gateway's own in-flight
+//! requests per endpoint saturates it at once, between reports. Only
+//! unsaturated endpoints are scored; when every endpoint is saturated the
+//! caller learns which one would be best, and a gateway with flow control
+//! holds the request instead.
 
 use std::time::Duration;
 
@@ -100,8 +105,7 @@ impl Default for Weights {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PickerConfig {
     pub weights: Weights,
-    /// Waiting requests (reported, plus sent since the report) at which an
-    /// endpoint is saturated.
+    /// Reported waiting requests at which an endpoint is saturated.
     pub queue_depth: u32,
     /// KV-cache usage (0–1) at which an endpoint is saturated.
     pub kv_usage: f64,
@@ -251,8 +255,8 @@ impl Picker {
     }
 
     /// Waiting requests as the server will report them: its last report
-    /// plus what was sent since.
-    fn waiting(o: &Observed) -> f64 {
+    /// plus what was sent since (for the score, not the saturation test).
+    fn expected_waiting(o: &Observed) -> f64 {
         f64::from(o.metrics.waiting) + f64::from(o.sent_since)
     }
 
@@ -268,8 +272,7 @@ impl Picker {
         match self.fresh(load) {
             None => true,
             Some(o) => {
-                Self::waiting(o) >= f64::from(self.cfg.queue_depth)
-                    || o.metrics.kv_usage >= self.cfg.kv_usage
+                o.metrics.waiting >= self.cfg.queue_depth || o.metrics.kv_usage >= self.cfg.kv_usage
             }
         }
     }
@@ -282,7 +285,7 @@ impl Picker {
         match self.fresh(load) {
             None => 1.0,
             Some(o) => {
-                let q = Self::waiting(o) / f64::from(self.cfg.queue_depth);
+                let q = f64::from(o.metrics.waiting) / f64::from(self.cfg.queue_depth);
                 let kv = o.metrics.kv_usage / self.cfg.kv_usage;
                 q.max(kv)
             }
@@ -302,14 +305,14 @@ impl Picker {
         for l in loads.iter().filter(|l| considered(l)) {
             in_flight.add(f64::from(l.in_flight));
             if let Some(o) = self.fresh(l) {
-                queue.add(Self::waiting(o));
+                queue.add(Self::expected_waiting(o));
             }
         }
         let w = self.cfg.weights;
         let score = |l: &Load| {
             let (q, kv) = match self.fresh(l) {
                 Some(o) => (
-                    queue.lower_is_better(Self::waiting(o)),
+                    queue.lower_is_better(Self::expected_waiting(o)),
                     1.0 - o.metrics.kv_usage.clamp(0.0, 1.0),
                 ),
                 // Unknown gauges score as the worst.
@@ -437,12 +440,20 @@ mod tests {
     }
 
     #[test]
-    fn requests_sent_since_the_report_count_as_waiting() {
-        let p = picker();
-        let mut load = Load::exact(0, m(3, 8, 0.1));
-        assert!(!p.is_saturated(&load));
-        load.observed.as_mut().unwrap().sent_since = 2;
-        assert!(p.is_saturated(&load), "3 reported + 2 sent since = 5");
+    fn requests_sent_since_the_report_count_in_the_queue_score_only() {
+        let p = weights(1.0, 0.0, 0.0);
+        let mut loads = [Load::exact(0, m(1, 8, 0.1)), Load::exact(0, m(2, 8, 0.1))];
+        assert_eq!(p.pick(&loads, 0), Choice::Endpoint(0));
+        loads[0].observed.as_mut().unwrap().sent_since = 2;
+        assert_eq!(
+            p.pick(&loads, 0),
+            Choice::Endpoint(1),
+            "1 reported + 2 sent since > 2"
+        );
+        // Saturation reads the report alone.
+        loads[0].observed.as_mut().unwrap().sent_since = 40;
+        assert!(!p.is_saturated(&loads[0]));
+        assert_eq!(p.saturation(&loads[0]), 0.2);
     }
 
     #[test]
