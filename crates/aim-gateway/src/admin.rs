@@ -62,11 +62,14 @@ pub async fn serve(
                     continue;
                 }
             },
-            // The admin address stays up while the proxy drains, then goes.
-            () = crate::stop_requested(&mut stopped) => {
-                // The sender goes when the drain is over.
-                while stopped.changed().await.is_ok() {}
-                return;
+            // The admin address stays up while the proxy drains (readiness
+            // then says so), and goes with the stop flag's sender when the
+            // drain is over.
+            changed = stopped.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
             }
         };
         let (service, ready) = (service.clone(), ready.clone());

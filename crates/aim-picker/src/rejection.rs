@@ -85,6 +85,13 @@ impl Rejection {
                 "no endpoint was ready while the request waited {:.1} s in the gateway queue",
                 waited.as_secs_f64()
             ),
+            Rejection::TimedOut {
+                waited,
+                endpoints: 1,
+            } => format!(
+                "the endpoint stayed saturated while the request waited {:.1} s in the gateway queue",
+                waited.as_secs_f64()
+            ),
             Rejection::TimedOut { waited, endpoints } => format!(
                 "all {endpoints} endpoints stayed saturated while the request waited {:.1} s in the gateway queue",
                 waited.as_secs_f64()
@@ -139,6 +146,11 @@ mod tests {
             endpoints: 0,
         };
         assert!(none.message().starts_with("no endpoint was ready"));
+        let one = Rejection::TimedOut {
+            waited: Duration::from_secs(1),
+            endpoints: 1,
+        };
+        assert!(one.message().starts_with("the endpoint stayed saturated"));
         assert_eq!(Rejection::ShuttingDown.status(), 503);
         let names: Vec<_> = [full, flow, late, Rejection::ShuttingDown]
             .iter()

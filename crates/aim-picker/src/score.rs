@@ -25,16 +25,21 @@
 //!
 //! **Saturation** (the EPP's saturation detector, its defaults): an endpoint
 //! is saturated when its last report is stale (older than `staleness`, or
-//! there is none), when it reported `queue_depth` or more requests waiting,
-//! or a KV cache `kv_usage` or more used. The test reads the report alone,
-//! as the EPP's does: requests sent since may start running at once (vLLM
-//! batches up to `max_num_seqs`, which it does not export), and counting
-//! them as waiting would throttle every endpoint to `queue_depth` new
-//! requests per scrape. An optional cap on the gateway's own in-flight
-//! requests per endpoint saturates it at once, between reports. Only
-//! unsaturated endpoints are scored; when every endpoint is saturated the
-//! caller learns which one would be best, and a gateway with flow control
-//! holds the request instead.
+//! there is none), when it has `queue_depth` or more requests waiting, or a
+//! KV cache `kv_usage` or more used. Waiting counts the requests sent since
+//! the report, as in the queue score. The EPP reads the report alone; then
+//! every request held at the gateway goes to the first endpoint whose
+//! report shows room, all within one scrape interval, and flow control
+//! holds nothing back. Counted this way an endpoint takes at most
+//! `queue_depth` new requests per report beyond what it reported waiting
+//! (with the default 50 ms scrapes, 100 a second), which is also how
+//! vLLM itself behaves: a request it receives waits until its next step
+//! schedules it, so the lab's engines saturate after `queue_depth` requests
+//! submitted between two steps. An optional cap on the gateway's own
+//! in-flight requests per endpoint saturates it too. Only unsaturated
+//! endpoints are scored; when every endpoint is saturated the caller learns
+//! which one would be best, and a gateway with flow control holds the
+//! request instead.
 
 use std::time::Duration;
 
@@ -105,7 +110,8 @@ impl Default for Weights {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PickerConfig {
     pub weights: Weights,
-    /// Reported waiting requests at which an endpoint is saturated.
+    /// Waiting requests (reported, plus sent since the report) at which an
+    /// endpoint is saturated.
     pub queue_depth: u32,
     /// KV-cache usage (0–1) at which an endpoint is saturated.
     pub kv_usage: f64,
@@ -255,7 +261,7 @@ impl Picker {
     }
 
     /// Waiting requests as the server will report them: its last report
-    /// plus what was sent since (for the score, not the saturation test).
+    /// plus what was sent since.
     fn expected_waiting(o: &Observed) -> f64 {
         f64::from(o.metrics.waiting) + f64::from(o.sent_since)
     }
@@ -272,7 +278,8 @@ impl Picker {
         match self.fresh(load) {
             None => true,
             Some(o) => {
-                o.metrics.waiting >= self.cfg.queue_depth || o.metrics.kv_usage >= self.cfg.kv_usage
+                Self::expected_waiting(o) >= f64::from(self.cfg.queue_depth)
+                    || o.metrics.kv_usage >= self.cfg.kv_usage
             }
         }
     }
@@ -285,7 +292,7 @@ impl Picker {
         match self.fresh(load) {
             None => 1.0,
             Some(o) => {
-                let q = f64::from(o.metrics.waiting) / f64::from(self.cfg.queue_depth);
+                let q = Self::expected_waiting(o) / f64::from(self.cfg.queue_depth);
                 let kv = o.metrics.kv_usage / self.cfg.kv_usage;
                 q.max(kv)
             }
@@ -440,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_sent_since_the_report_count_in_the_queue_score_only() {
+    fn requests_sent_since_the_report_count_as_waiting() {
         let p = weights(1.0, 0.0, 0.0);
         let mut loads = [Load::exact(0, m(1, 8, 0.1)), Load::exact(0, m(2, 8, 0.1))];
         assert_eq!(p.pick(&loads, 0), Choice::Endpoint(0));
@@ -450,10 +457,10 @@ mod tests {
             Choice::Endpoint(1),
             "1 reported + 2 sent since > 2"
         );
-        // Saturation reads the report alone.
-        loads[0].observed.as_mut().unwrap().sent_since = 40;
         assert!(!p.is_saturated(&loads[0]));
-        assert_eq!(p.saturation(&loads[0]), 0.2);
+        assert!((p.saturation(&loads[0]) - 0.6).abs() < 1e-12);
+        loads[0].observed.as_mut().unwrap().sent_since = 4;
+        assert!(p.is_saturated(&loads[0]), "1 reported + 4 sent since = 5");
     }
 
     #[test]

@@ -38,10 +38,9 @@ const SIM_ARGS: &[&str] = &["--max-num-seqs=1"];
 
 async fn prometheus() -> (Client, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let info = aim_testkit::cluster_with_prometheus(PrometheusOptions::new(env!(
-        "CARGO_BIN_EXE_aim"
-    )))
-    .await;
+    let info =
+        aim_testkit::cluster_with_prometheus(PrometheusOptions::new(env!("CARGO_BIN_EXE_aim")))
+            .await;
     let url = info
         .prometheus_url
         .clone()
@@ -146,7 +145,10 @@ fn runbook_scaled_object(ns: &str, prometheus: &str) -> String {
     .unwrap();
     let text = text
         .replace("namespace: inference", &format!("namespace: {ns}"))
-        .replace("namespace=\\\"inference\\\"", &format!("namespace=\\\"{ns}\\\""))
+        .replace(
+            "namespace=\\\"inference\\\"",
+            &format!("namespace=\\\"{ns}\\\""),
+        )
         .replace("namespace=\"inference\"", &format!("namespace=\"{ns}\""))
         .replace("http://prometheus-operated.monitoring.svc:9090", prometheus)
         .replace(
@@ -458,7 +460,8 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
         prompt: "Tell me a story.".into(),
         max_tokens: 60,
     });
-    bed.await_scale(2, "1 → N through KEDA's prometheus scaler").await;
+    bed.await_scale(2, "1 → N through KEDA's prometheus scaler")
+        .await;
 
     // Seed 002's bare query, with two pods: KEDA's scaler refuses several
     // series; the condition names the field and the sum that fixes it.
@@ -479,7 +482,10 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
     let m = await_metrics(&bed, "InvalidQuery", Duration::from_secs(90)).await;
     assert!(m.contains("parse error"), "{m}");
     let so = bed.scaled_object().await;
-    assert_eq!(so.data["spec"]["triggers"][0]["metadata"]["query"], bare.as_str());
+    assert_eq!(
+        so.data["spec"]["triggers"][0]["metadata"]["query"],
+        bare.as_str()
+    );
     let svc = bed.services.get(SERVICE).await.unwrap();
     assert_eq!(
         svc.status.unwrap().status,
@@ -491,7 +497,11 @@ async fn an_aimservice_scales_on_prometheus_and_its_condition_names_what_keda_wo
         .unwrap()
         .local_addr()
         .unwrap();
-    set_service(&bed, &prometheus_service(&format!("http://{closed}"), &summed)).await;
+    set_service(
+        &bed,
+        &prometheus_service(&format!("http://{closed}"), &summed),
+    )
+    .await;
     let m = await_metrics(&bed, "PrometheusUnreachable", Duration::from_secs(90)).await;
     assert!(m.contains(&closed.to_string()), "{m}");
 
