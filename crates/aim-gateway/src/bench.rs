@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "3s", value_parser = duration_arg)]
     pub warmup: Duration,
     /// Per phase: the measured window.
-    #[arg(long, default_value = "8s", value_parser = duration_arg)]
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
     pub measure: Duration,
     /// Direct and gateway phases per level, alternating which goes first.
     #[arg(long, default_value_t = 2)]

@@ -536,6 +536,59 @@ async fn held_requests_leave_in_turns_across_clients() {
 }
 
 #[tokio::test]
+async fn higher_priority_objectives_leave_the_queue_first() {
+    let s = sim(&[]);
+    let mut f = endpoint_flags(&[&s]);
+    f.extend(flags(&[
+        "--max-in-flight-per-endpoint",
+        "1",
+        "--objective",
+        "premium=10",
+        "--objective",
+        "batch=-1",
+    ]));
+    let g = gateway(&f);
+    let mut handles = Vec::new();
+    // The first holds the endpoint; then batch, an unknown objective (0)
+    // and premium arrive in that order.
+    let plan = [
+        ("first", "premium", 150),
+        ("batch", "batch", 20),
+        ("unknown", "nightly", 20),
+        ("premium", "premium", 20),
+    ];
+    for (name, objective, tokens) in plan {
+        let (c, url) = (http(), g.url.clone());
+        handles.push(tokio::spawn(async move {
+            let r = stream_from(
+                &c,
+                &url,
+                completion(tokens, true),
+                &[("x-gateway-inference-objective", objective)],
+            )
+            .await;
+            (r.headers_came, name, r.status)
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut done = Vec::new();
+    for h in handles {
+        done.push(h.await.unwrap());
+    }
+    done.sort();
+    let order: Vec<(&str, u16)> = done.iter().map(|(_, n, s)| (*n, *s)).collect();
+    assert_eq!(
+        order,
+        [
+            ("first", 200),
+            ("premium", 200),
+            ("unknown", 200),
+            ("batch", 200)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_429_and_a_timeout_503() {
     let s = sim(&[]);
     let mut f = endpoint_flags(&[&s]);
