@@ -53,16 +53,18 @@ struct Report {
     metrics: ServerMetrics,
     /// When the scrape was sent: everything dispatched after it is unseen.
     taken: Instant,
-    /// The endpoint's dispatch count when the scrape was sent.
+    /// The endpoint's dispatch and release counts when the scrape was sent.
     dispatched_then: u64,
+    released_then: u64,
 }
 
 struct Endpoint {
     url: EndpointUrl,
     key: Arc<str>,
     in_flight: u32,
-    /// Requests ever sent here.
+    /// Requests ever sent here, and how many of them left the queue.
     dispatched: u64,
+    released: u64,
     report: Option<Report>,
     scrape_errors: u64,
     scrape_failing: bool,
@@ -86,6 +88,7 @@ impl Endpoint {
                 metrics: r.metrics,
                 age: now.saturating_duration_since(r.taken),
                 sent_since: (self.dispatched - r.dispatched_then) as u32,
+                released_since: (self.released - r.released_then) as u32,
             }),
         }
     }
@@ -189,10 +192,13 @@ impl Service {
         Some(eligible[k])
     }
 
-    fn assign(self: &Arc<Self>, st: &mut State, i: usize) -> Assignment {
+    /// Takes a place on endpoint `i`; `released`: for a request that was
+    /// held (it counts as waiting there until the next report).
+    fn assign(self: &Arc<Self>, st: &mut State, i: usize, released: bool) -> Assignment {
         let e = &mut st.endpoints[i];
         e.in_flight += 1;
         e.dispatched += 1;
+        e.released += u64::from(released);
         Assignment {
             url: e.url.clone(),
             guard: InFlight {
@@ -209,6 +215,8 @@ impl Service {
         a.guard.armed = false;
         if let Some(e) = st.endpoints.iter_mut().find(|e| e.key == a.guard.key) {
             e.in_flight -= 1;
+            e.dispatched -= 1;
+            e.released -= 1;
         }
     }
 
@@ -230,7 +238,7 @@ impl Service {
             if st.queue.is_empty()
                 && let Some(i) = self.choose(&mut st, false)
             {
-                let a = self.assign(&mut st, i);
+                let a = self.assign(&mut st, i, false);
                 drop(st);
                 self.metrics.observe_wait(Duration::ZERO);
                 return Ok(a);
@@ -291,7 +299,7 @@ impl Service {
     pub fn any_endpoint(self: &Arc<Self>) -> Option<Assignment> {
         let mut st = self.lock();
         let i = self.choose(&mut st, true)?;
-        Some(self.assign(&mut st, i))
+        Some(self.assign(&mut st, i, false))
     }
 
     /// Hands held requests to endpoints while the picker finds an
@@ -304,7 +312,7 @@ impl Service {
             };
             let now = self.since_origin(Instant::now());
             let popped = st.queue.pop(now).expect("the queue is not empty");
-            let a = self.assign(&mut st, i);
+            let a = self.assign(&mut st, i, true);
             match popped.value.send(a) {
                 Ok(()) => self.metrics.observe_wait(popped.waited),
                 // The waiter gave up in the meantime.
@@ -363,6 +371,7 @@ impl Service {
                             key,
                             in_flight: 0,
                             dispatched: 0,
+                            released: 0,
                             report: None,
                             scrape_errors: 0,
                             scrape_failing: false,
@@ -392,12 +401,13 @@ impl Service {
         self.pump();
     }
 
-    fn dispatched(&self, key: &str) -> Option<u64> {
+    /// The endpoint's dispatch and release counts.
+    fn counts(&self, key: &str) -> Option<(u64, u64)> {
         self.lock()
             .endpoints
             .iter()
             .find(|e| &*e.key == key)
-            .map(|e| e.dispatched)
+            .map(|e| (e.dispatched, e.released))
     }
 
     fn report(
@@ -405,7 +415,7 @@ impl Service {
         key: &str,
         result: Result<ServerMetrics, String>,
         taken: Instant,
-        dispatched_then: u64,
+        counts: (u64, u64),
     ) {
         {
             let mut st = self.lock();
@@ -421,7 +431,8 @@ impl Service {
                     e.report = Some(Report {
                         metrics,
                         taken,
-                        dispatched_then,
+                        dispatched_then: counts.0,
+                        released_then: counts.1,
                     });
                 }
                 Err(why) => {
@@ -520,11 +531,11 @@ async fn scrape_loop(service: Arc<Service>, url: EndpointUrl, key: Arc<str>) {
     let timeout = service.picker.config().staleness;
     loop {
         tick.tick().await;
-        let Some(dispatched_then) = service.dispatched(&key) else {
+        let Some(counts) = service.counts(&key) else {
             return;
         };
         let taken = Instant::now();
         let result = scrape::scrape(&service.client, &url, timeout).await;
-        service.report(&key, result, taken, dispatched_then);
+        service.report(&key, result, taken, counts);
     }
 }

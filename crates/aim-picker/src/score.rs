@@ -26,20 +26,22 @@
 //! **Saturation** (the EPP's saturation detector, its defaults): an endpoint
 //! is saturated when its last report is stale (older than `staleness`, or
 //! there is none), when it has `queue_depth` or more requests waiting, or a
-//! KV cache `kv_usage` or more used. Waiting counts the requests sent since
-//! the report, as in the queue score. The EPP reads the report alone; then
-//! every request held at the gateway goes to the first endpoint whose
-//! report shows room, all within one scrape interval, and flow control
-//! holds nothing back. Counted this way an endpoint takes at most
-//! `queue_depth` new requests per report beyond what it reported waiting
-//! (with the default 50 ms scrapes, 100 a second), which is also how
-//! vLLM itself behaves: a request it receives waits until its next step
-//! schedules it, so the lab's engines saturate after `queue_depth` requests
-//! submitted between two steps. An optional cap on the gateway's own
-//! in-flight requests per endpoint saturates it too. Only unsaturated
-//! endpoints are scored; when every endpoint is saturated the caller learns
-//! which one would be best, and a gateway with flow control holds the
-//! request instead.
+//! KV cache `kv_usage` or more used. Waiting is the report's, plus the
+//! requests released from the gateway's queue since the report. The EPP
+//! reads the report alone; then a backlog held at the gateway goes all at
+//! once to the first endpoint whose report shows room, and flow control
+//! holds nothing back. Counting every request sent since the report instead
+//! would hold traffic that vLLM has room for: the report's waiting gauge
+//! includes requests that merely arrived during the current engine step,
+//! so a busy endpoint reports a few waiting at all times, and `queue_depth`
+//! new requests per scrape interval (100 a second at the default 50 ms)
+//! would become a hard limit (measured in `docs/gateway.md`). Counting only
+//! the releases meters a backlog, at most `queue_depth` per report and
+//! endpoint, and leaves traffic alone while nothing is held. An optional
+//! cap on the gateway's own in-flight requests per endpoint saturates it
+//! too. Only unsaturated endpoints are scored; when every endpoint is
+//! saturated the caller learns which one would be best, and a gateway with
+//! flow control holds the request instead.
 
 use std::time::Duration;
 
@@ -62,7 +64,11 @@ pub struct Observed {
     pub age: Duration,
     /// Requests this gateway sent to the endpoint after the report was
     /// taken: the server's gauges show them only from the next report.
+    /// They count in the queue score.
     pub sent_since: u32,
+    /// Of those, the ones released from the gateway's queue: they count as
+    /// waiting in the saturation test too.
+    pub released_since: u32,
 }
 
 /// One candidate endpoint as the picker sees it.
@@ -83,6 +89,7 @@ impl Load {
                 metrics,
                 age: Duration::ZERO,
                 sent_since: 0,
+                released_since: 0,
             }),
         }
     }
@@ -110,8 +117,8 @@ impl Default for Weights {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PickerConfig {
     pub weights: Weights,
-    /// Waiting requests (reported, plus sent since the report) at which an
-    /// endpoint is saturated.
+    /// Waiting requests (reported, plus released from the queue since the
+    /// report) at which an endpoint is saturated.
     pub queue_depth: u32,
     /// KV-cache usage (0–1) at which an endpoint is saturated.
     pub kv_usage: f64,
@@ -266,6 +273,12 @@ impl Picker {
         f64::from(o.metrics.waiting) + f64::from(o.sent_since)
     }
 
+    /// Waiting requests for the saturation test: the report plus what the
+    /// queue released since.
+    fn metered_waiting(o: &Observed) -> f64 {
+        f64::from(o.metrics.waiting) + f64::from(o.released_since)
+    }
+
     /// The saturation test (module documentation).
     pub fn is_saturated(&self, load: &Load) -> bool {
         if self
@@ -278,7 +291,7 @@ impl Picker {
         match self.fresh(load) {
             None => true,
             Some(o) => {
-                Self::expected_waiting(o) >= f64::from(self.cfg.queue_depth)
+                Self::metered_waiting(o) >= f64::from(self.cfg.queue_depth)
                     || o.metrics.kv_usage >= self.cfg.kv_usage
             }
         }
@@ -292,7 +305,7 @@ impl Picker {
         match self.fresh(load) {
             None => 1.0,
             Some(o) => {
-                let q = Self::expected_waiting(o) / f64::from(self.cfg.queue_depth);
+                let q = Self::metered_waiting(o) / f64::from(self.cfg.queue_depth);
                 let kv = o.metrics.kv_usage / self.cfg.kv_usage;
                 q.max(kv)
             }
@@ -447,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_sent_since_the_report_count_as_waiting() {
+    fn requests_sent_since_the_report_count_in_the_score() {
         let p = weights(1.0, 0.0, 0.0);
         let mut loads = [Load::exact(0, m(1, 8, 0.1)), Load::exact(0, m(2, 8, 0.1))];
         assert_eq!(p.pick(&loads, 0), Choice::Endpoint(0));
@@ -457,10 +470,23 @@ mod tests {
             Choice::Endpoint(1),
             "1 reported + 2 sent since > 2"
         );
+        // Sent straight through, they leave the saturation test alone.
+        loads[0].observed.as_mut().unwrap().sent_since = 40;
         assert!(!p.is_saturated(&loads[0]));
-        assert!((p.saturation(&loads[0]) - 0.6).abs() < 1e-12);
-        loads[0].observed.as_mut().unwrap().sent_since = 4;
-        assert!(p.is_saturated(&loads[0]), "1 reported + 4 sent since = 5");
+        assert!((p.saturation(&loads[0]) - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn releases_from_the_queue_count_as_waiting() {
+        let p = picker();
+        let mut load = Load::exact(0, m(1, 8, 0.1));
+        let o = load.observed.as_mut().unwrap();
+        (o.sent_since, o.released_since) = (3, 3);
+        assert!(!p.is_saturated(&load));
+        assert!((p.saturation(&load) - 0.8).abs() < 1e-12);
+        let o = load.observed.as_mut().unwrap();
+        (o.sent_since, o.released_since) = (4, 4);
+        assert!(p.is_saturated(&load), "1 reported + 4 released since = 5");
     }
 
     #[test]
@@ -570,19 +596,27 @@ mod tests {
         fn load() -> impl Strategy<Value = Load> {
             (
                 0u32..20,
-                proptest::option::of((0u32..12, 0u32..64, 0.0f64..1.0, 0u64..400, 0u32..4)),
+                proptest::option::of((
+                    0u32..12,
+                    0u32..64,
+                    0.0f64..1.0,
+                    0u64..400,
+                    0u32..4,
+                    0u32..4,
+                )),
             )
                 .prop_map(|(in_flight, o)| Load {
                     in_flight,
                     observed: o.map(
-                        |(waiting, running, kv_usage, age_ms, sent_since)| Observed {
+                        |(waiting, running, kv_usage, age_ms, sent_since, released)| Observed {
                             metrics: ServerMetrics {
                                 waiting,
                                 running,
                                 kv_usage,
                             },
                             age: Duration::from_millis(age_ms),
-                            sent_since,
+                            sent_since: sent_since + released,
+                            released_since: released,
                         },
                     ),
                 })

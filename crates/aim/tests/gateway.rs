@@ -491,6 +491,66 @@ async fn the_queue_holds_while_every_endpoint_is_saturated() {
     }
 }
 
+/// A backlog held at the gateway goes out as the endpoints make room, a
+/// few requests per scrape, never all at once onto the first endpoint
+/// whose report shows room.
+#[tokio::test]
+async fn a_held_backlog_leaves_no_faster_than_the_endpoints_make_room() {
+    let sims = [sim(&["--max-num-seqs", "1"]), sim(&["--max-num-seqs", "1"])];
+    let g = gateway(&endpoint_flags(&[&sims[0], &sims[1]]));
+    let direct = http();
+    let mut preload = Vec::new();
+    for s in &sims {
+        // One running (about 2 s) and five waiting on each: both saturated
+        // until the backlog below is held.
+        for k in 0..6 {
+            let (c, url) = (direct.clone(), s.url.clone());
+            let tokens = if k == 0 { 150 } else { 30 };
+            preload.push(tokio::spawn(async move {
+                stream_from(&c, &url, completion(tokens, true), &[]).await
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for s in &sims {
+        eventually("five waiting", Duration::from_secs(10), async || {
+            sim_gauge(s, "vllm:num_requests_waiting").await == 5.0
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut backlog = Vec::new();
+    for _ in 0..10 {
+        let (c, url) = (http(), g.url.clone());
+        backlog.push(tokio::spawn(async move {
+            stream_from(&c, &url, completion(10, true), &[]).await
+        }));
+    }
+    let depth = "aim_gateway_queue_depth{service=\"default\"}";
+    eventually(
+        "the backlog to be held",
+        Duration::from_secs(5),
+        async || metric(&g, depth).await == Some(10.0),
+    )
+    .await;
+    // Watch both simulators' queues until the whole backlog has run.
+    let mut most = 0.0f64;
+    while !backlog.iter().all(|b| b.is_finished()) {
+        for s in &sims {
+            most = most.max(sim_gauge(s, "vllm:num_requests_waiting").await);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most <= 5.0, "a simulator had {most} waiting");
+    for b in backlog {
+        let r = b.await.unwrap();
+        assert_eq!((r.status, r.done()), (200, true));
+    }
+    for p in preload {
+        assert!(p.await.unwrap().done());
+    }
+}
+
 #[tokio::test]
 async fn held_requests_leave_in_turns_across_clients() {
     let s = sim(&[]);
