@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use aim_engine::rng::Rng;
 use aim_engine::{Engine, EngineConfig, EventKind, Profile, Request, expand_coarse_hashes};
+use aim_picker::{Choice, FlowQueue, Load, Picker, PickerConfig, QueueConfig, ServerMetrics};
 use aim_policy::PolicyError;
 
 use crate::control::Controller;
@@ -31,6 +32,25 @@ pub enum Router {
     /// in the scraped metrics. Requests already inside a vLLM are never
     /// moved.
     GatewayQueue,
+    /// `aim gateway`'s endpoint picker (the `aim-picker` crate, default
+    /// configuration) without flow control: the best-scoring unsaturated
+    /// Ready pod by vLLM queue, KV cache and in-flight requests, read from
+    /// the engines at the instant of the pick; when every Ready pod is
+    /// saturated, the best of them. Ties go in turn.
+    Picker,
+    /// `aim gateway`'s picker with its flow-control queue (`aim-picker`'s
+    /// `FlowQueue`, one client, unbounded, no timeout): requests are held
+    /// while every Ready pod is saturated and released in arrival order as
+    /// pods drain their queues or become Ready. Held requests count as
+    /// waiting in the scraped metrics, as with `gateway-queue`.
+    PickerQueue,
+}
+
+impl Router {
+    /// Routers that hold requests while every Ready pod is saturated.
+    fn holds_when_saturated(self) -> bool {
+        matches!(self, Router::GatewayQueue | Router::PickerQueue)
+    }
 }
 
 /// The gateway's saturation thresholds for [`Router::GatewayQueue`].
@@ -254,6 +274,12 @@ struct World<'a> {
     now: f64,
     rng: Rng,
     gateway: VecDeque<u64>,
+    /// [`Router::PickerQueue`]'s held requests.
+    flow: FlowQueue<u64>,
+    /// [`Router::Picker`]'s and [`Router::PickerQueue`]'s picker, and where
+    /// its next tie goes.
+    picker: Picker,
+    cursor: usize,
     arrivals: &'a [Arrival],
     requests: Vec<RequestOutcome>,
     assigned: Vec<u32>,
@@ -386,6 +412,9 @@ impl<'a> World<'a> {
     }
 
     fn pick_pod(&mut self) -> Option<usize> {
+        if matches!(self.cfg.router, Router::Picker | Router::PickerQueue) {
+            return self.pick_scored();
+        }
         let ready: Vec<usize> = self
             .pods
             .iter()
@@ -410,10 +439,47 @@ impl<'a> World<'a> {
                 .iter()
                 .min_by_key(|&&i| (self.pods[i].outstanding, i))
                 .expect("non-empty"),
+            Router::Picker | Router::PickerQueue => unreachable!("picked by pick_scored"),
         })
     }
 
+    /// The `aim-picker` pick over the Ready pods, their engines read now.
+    fn pick_scored(&mut self) -> Option<usize> {
+        let ready: Vec<usize> = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.phase == Phase::Ready)
+            .map(|(i, _)| i)
+            .collect();
+        let loads: Vec<Load> = ready
+            .iter()
+            .map(|&i| {
+                let p = &self.pods[i];
+                Load::exact(
+                    p.outstanding,
+                    ServerMetrics {
+                        waiting: p.engine.num_waiting() as u32,
+                        running: p.engine.num_running() as u32,
+                        kv_usage: p.engine.kv_usage(),
+                    },
+                )
+            })
+            .collect();
+        let k = match self.picker.pick(&loads, self.cursor) {
+            Choice::Endpoint(k) => k,
+            Choice::AllSaturated { best } if self.cfg.router == Router::Picker => best,
+            Choice::AllSaturated { .. } | Choice::NoEndpoint => return None,
+        };
+        self.cursor = k + 1;
+        Some(ready[k])
+    }
+
     fn dispatch(&mut self, id: u64) {
+        if self.cfg.router == Router::PickerQueue {
+            self.dispatch_flow(id);
+            return;
+        }
         if self.cfg.router == Router::GatewayQueue && !self.gateway.is_empty() {
             // Held requests go first.
             self.gateway.push_back(id);
@@ -430,8 +496,34 @@ impl<'a> World<'a> {
         self.submit(id, pod);
     }
 
+    /// [`Router::PickerQueue`]: held requests go first.
+    fn dispatch_flow(&mut self, id: u64) {
+        if self.flow.is_empty()
+            && let Some(pod) = self.pick_pod()
+        {
+            self.submit(id, pod);
+            return;
+        }
+        let now = Duration::from_nanos(ns(self.now));
+        self.flow
+            .push("", 0, now, id)
+            .expect("the lab's flow-control queue is unbounded");
+        self.release_held();
+    }
+
     /// Dispatches held requests in arrival order while a pod takes them.
     fn release_held(&mut self) {
+        if self.cfg.router == Router::PickerQueue {
+            let now = Duration::from_nanos(ns(self.now));
+            while !self.flow.is_empty() {
+                let Some(pod) = self.pick_pod() else {
+                    return;
+                };
+                let held = self.flow.pop(now).expect("not empty");
+                self.submit(held.value, pod);
+            }
+            return;
+        }
         while let Some(&id) = self.gateway.front() {
             let Some(pod) = self.pick_pod() else {
                 return;
@@ -525,7 +617,7 @@ impl<'a> World<'a> {
         if !self.pods[i].engine.is_idle() {
             self.kick(i);
         }
-        if self.cfg.router == Router::GatewayQueue {
+        if self.cfg.router.holds_when_saturated() {
             self.release_held();
         }
         self.maybe_gone(i);
@@ -608,10 +700,10 @@ impl<'a> World<'a> {
                 gpus += 1;
             }
         }
-        if self.cfg.router == Router::GatewayQueue {
+        if self.cfg.router.holds_when_saturated() {
             // The gateway's flow-control queue is exported with the pods'
             // queues, so a queue-driven scaler sees held work.
-            waiting += self.gateway.len();
+            waiting += self.gateway.len() + self.flow.len();
         }
         let kv = if n > 0 { kv / n as f64 } else { 0.0 };
         let gpu = if gpus > 0 { gpu / gpus as f64 } else { 0.0 };
@@ -663,7 +755,7 @@ impl<'a> World<'a> {
             spec: self.spec,
             provisioned,
             ready,
-            waiting: waiting + self.gateway.len() as u32,
+            waiting: waiting + (self.gateway.len() + self.flow.len()) as u32,
             running,
             ttft_p90: 0.0,
         });
@@ -742,6 +834,10 @@ impl<'a> Sim<'a> {
             now: 0.0,
             rng: Rng::new(cfg.seed ^ 0xc01d_57a7),
             gateway: VecDeque::new(),
+            flow: FlowQueue::new(QueueConfig::unbounded()),
+            picker: Picker::new(PickerConfig::default())
+                .expect("the default configuration is valid"),
+            cursor: 0,
             arrivals,
             requests: arrivals
                 .iter()

@@ -283,21 +283,32 @@ fn a_flow_controlling_gateway_spreads_a_backlog_onto_replicas_that_start_later()
         score(&result, c.slo, c.cold_start_s)
     };
     let direct = go(Router::LeastOutstanding);
-    let gateway = go(Router::GatewayQueue);
     // Behind a plain least-outstanding router the first minute's queue stays
     // on the first replica; the gateway holds it and hands it out as the
     // new replicas become Ready. TTFT counts the time held at the gateway.
+    // Both gateways hold: the lab's own and aim gateway's picker and queue.
+    for router in [Router::GatewayQueue, Router::PickerQueue] {
+        let gateway = go(router);
+        assert!(
+            gateway.ttft_p99 < direct.ttft_p99,
+            "p99 TTFT {router:?} {} vs direct {}",
+            gateway.ttft_p99,
+            direct.ttft_p99
+        );
+        assert!(
+            gateway.ttft_p90 < direct.ttft_p90,
+            "p90 TTFT {router:?} {} vs direct {}",
+            gateway.ttft_p90,
+            direct.ttft_p90
+        );
+    }
+    // The picker without flow control sends the backlog into the first
+    // replica's vLLM queue, as a plain router does.
+    let picker = go(Router::Picker);
     assert!(
-        gateway.ttft_p99 < direct.ttft_p99,
-        "p99 TTFT gateway {} vs direct {}",
-        gateway.ttft_p99,
-        direct.ttft_p99
-    );
-    assert!(
-        gateway.ttft_p90 < direct.ttft_p90,
-        "p90 TTFT gateway {} vs direct {}",
-        gateway.ttft_p90,
-        direct.ttft_p90
+        picker.ttft_p99 > go(Router::PickerQueue).ttft_p99,
+        "p99 TTFT picker without a queue {}",
+        picker.ttft_p99
     );
     // Below saturation the same gateway only adds waiting: whether it pays
     // is a question for the lab's tables, not a given.
@@ -452,6 +463,18 @@ fn a_queue_anywhere_costs_time_to_first_token() {
         gateway.ttft_p99,
         direct.ttft_p99
     );
+    // aim gateway's picker and queue hold the same way; the picker
+    // without its queue holds nothing while a pod is Ready.
+    let longest =
+        |r: &aim_lab::sim::RunResult| r.requests.iter().map(|r| r.held).fold(0.0, f64::max);
+    let (_, queued) = go(Router::PickerQueue);
+    assert!(
+        longest(&queued) > 30.0,
+        "held {} s at most",
+        longest(&queued)
+    );
+    let (_, unqueued) = go(Router::Picker);
+    assert_eq!(longest(&unqueued), 0.0);
 }
 
 /// With a pre-roll the scored episode starts in the workload's steady

@@ -1,4 +1,4 @@
-//! The `aim` command: operator, scaler, simulator, lab and developer tools
+//! The `aim` command: operator, scaler, gateway, simulator, lab and developer tools
 //! behind one binary.
 
 mod bench_operator;
@@ -35,6 +35,8 @@ enum Command {
     Scaler(Box<aim_scaler::ScalerArgs>),
     /// Replay traces through the autoscaling loop on virtual time and score policies.
     Lab(Box<aim_lab::LabArgs>),
+    /// A streaming proxy in front of inference pods: load-aware picking, a flow-control queue, drain; or its bench.
+    Gateway(Box<aim_gateway::GatewayCli>),
     /// Send load to OpenAI-compatible servers (URLs or a Service's endpoints) and measure TTFT.
     Load(Box<aim_load::LoadArgs>),
     /// Pause a service's autoscaling (cost guard): KEDA leaves its replicas alone.
@@ -70,6 +72,7 @@ fn main() -> std::process::ExitCode {
                 rt.block_on(aim_load::run(*args))
                     .map_err(anyhow::Error::from)
             }),
+        Command::Gateway(cli) => aim_gateway::main(*cli),
         Command::Pause(target) => cost_guard::run(target, true),
         Command::Resume(target) => cost_guard::run(target, false),
         Command::Scaler(args) => tokio::runtime::Runtime::new()

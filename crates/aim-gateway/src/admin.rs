@@ -1,0 +1,86 @@
+//! The admin address: `/metrics` (Prometheus text), `/healthz` (the
+//! process answers) and `/readyz` (it takes new connections; 503 once it is
+//! shutting down, so a load balancer stops sending).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics;
+use crate::service::Service;
+
+fn answer(service: &Service, ready: &AtomicBool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(&service.name, &service.metrics, &service.view()),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok".into()),
+        "/readyz" if ready.load(Ordering::Acquire) => {
+            (StatusCode::OK, "text/plain", "ready".into())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "shutting down".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "the admin address serves /metrics, /healthz and /readyz".into(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static parts are valid")
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    ready: Arc<AtomicBool>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // The admin address stays up while the proxy drains (readiness
+            // then says so), and goes with the stop flag's sender when the
+            // drain is over.
+            changed = stopped.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (service, ready) = (service.clone(), ready.clone());
+        let svc = hyper::service::service_fn(move |req| {
+            let response = answer(&service, &ready, &req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

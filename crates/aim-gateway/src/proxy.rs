@@ -1,0 +1,292 @@
+//! The proxy: one request in, one endpoint picked, the response streamed
+//! back frame by frame as the endpoint writes it.
+//!
+//! Inference requests (`POST /v1/completions`, `POST /v1/chat/completions`)
+//! go through the service's flow control; anything else (`/v1/models`,
+//! `/health`…) goes to the best endpoint at once, saturated or not. Nothing
+//! is buffered: the request body is handed to the endpoint as it arrives,
+//! and each response frame (an SSE event, for a streamed completion) is
+//! passed on when it arrives, so the client's first token waits for nothing
+//! but the endpoint.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aim_picker::Rejection;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::args::Config;
+use crate::service::{Assignment, InFlight, Service};
+
+/// Every body the gateway sends or receives.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The client the gateway reaches endpoints with (HTTP/1.1, as vLLM serves).
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, ProxyBody>;
+
+pub fn client(connect_timeout: Duration) -> Client {
+    let mut connector = HttpConnector::new();
+    // Tokens are small writes; Nagle would hold each behind the previous
+    // one's acknowledgement.
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Headers that belong to one connection, not to the message (RFC 9110
+/// section 7.6.1); HTTP/2 forbids them outright.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// A response body that holds its request's place on the endpoint until
+/// it ends or is dropped.
+struct Guarded {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    UnsyncBoxBody::new(Full::new(bytes.into()).map_err(|never| match never {}))
+}
+
+/// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`,
+/// with the cause's stable name in `code`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let kind = match status.as_u16() {
+        429 => "RateLimitError",
+        502 => "BadGatewayError",
+        503 => "ServiceUnavailableError",
+        _ => "InternalServerError",
+    };
+    let body = serde_json::json!({
+        "error": {"message": message, "type": kind, "param": null, "code": code}
+    });
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body.to_string()))
+        .expect("static parts are valid")
+}
+
+fn rejection_response(r: &Rejection) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(r.status()).expect("429 and 503 are statuses");
+    let mut response = error_response(status, r.reason(), &r.message());
+    if let Some(after) = r.retry_after() {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(after.as_secs().max(1)),
+        );
+    }
+    response
+}
+
+pub struct Proxy {
+    pub service: Arc<Service>,
+    client: Client,
+    client_header: HeaderName,
+    objective_header: HeaderName,
+    objectives: std::collections::BTreeMap<String, i32>,
+}
+
+impl Proxy {
+    pub fn new(service: Arc<Service>, client: Client, cfg: &Config) -> Self {
+        Proxy {
+            service,
+            client,
+            client_header: cfg.client_header.clone(),
+            objective_header: cfg.objective_header.clone(),
+            objectives: cfg.objectives.clone(),
+        }
+    }
+
+    fn is_inference(req: &Request<Incoming>) -> bool {
+        req.method() == Method::POST
+            && matches!(req.uri().path(), "/v1/completions" | "/v1/chat/completions")
+    }
+
+    /// The client a request counts for in the queue's turns: the client
+    /// header, else the peer's address.
+    fn client_key(&self, req: &Request<Incoming>, peer: SocketAddr) -> String {
+        req.headers()
+            .get(&self.client_header)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| peer.ip().to_string(), str::to_string)
+    }
+
+    fn priority(&self, req: &Request<Incoming>) -> i32 {
+        req.headers()
+            .get(&self.objective_header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|name| self.objectives.get(name).copied())
+            .unwrap_or(0)
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let assignment = if Self::is_inference(&req) {
+            let client = self.client_key(&req, peer);
+            match self.service.admit(&client, self.priority(&req)).await {
+                Ok(a) => a,
+                Err(r) => return rejection_response(&r),
+            }
+        } else {
+            match self.service.any_endpoint() {
+                Some(a) => a,
+                None => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_endpoint",
+                        "the service has no endpoint taking requests",
+                    );
+                }
+            }
+        };
+        self.forward(req, assignment, peer).await
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        a: Assignment,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = a.url.uri(path);
+        // vLLM serves HTTP/1.1; an HTTP/2 client's request is sent on as one.
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        // The endpoint's own authority goes in Host (set by the client).
+        parts.headers.remove(header::HOST);
+        let forwarded = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(before) => format!("{before}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::try_from(forwarded) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        let upstream = Request::from_parts(parts, UnsyncBoxBody::new(body));
+        match self.client.request(upstream).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = Guarded {
+                    inner: body,
+                    _guard: a.guard,
+                };
+                Response::from_parts(parts, UnsyncBoxBody::new(body))
+            }
+            Err(e) => {
+                self.service.metrics.upstream_error();
+                tracing::warn!(service = %self.service.name, endpoint = %a.url, error = %e, "endpoint unreachable");
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "endpoint_unreachable",
+                    &format!("endpoint {} could not be reached: {e}", a.url),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn rejections_carry_status_code_and_retry_after() {
+        let r = rejection_response(&Rejection::QueueFull {
+            capacity: 4,
+            retry_after: Duration::from_secs(7),
+        });
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        let r = rejection_response(&Rejection::TimedOut {
+            waited: Duration::from_secs(1),
+            endpoints: 1,
+        });
+        assert_eq!(r.status(), 503);
+        assert!(!r.headers().contains_key(header::RETRY_AFTER));
+    }
+}
