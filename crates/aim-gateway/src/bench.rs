@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// The `aim` binary to run the gateway from (default: this one).
     #[arg(long)]
     pub aim_binary: Option<PathBuf>,
+    /// A flag for the gateway (repeat), e.g. `--gateway-arg=--saturation-queue-depth=100000`
+    /// to take flow control out of the figures.
+    #[arg(long = "gateway-arg", allow_hyphen_values = true)]
+    pub gateway_args: Vec<String>,
 }
 
 /// What one phase measured.
@@ -283,7 +287,7 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(binary: &PathBuf, endpoints: &[SocketAddr]) -> anyhow::Result<Self> {
+    fn start(binary: &PathBuf, endpoints: &[SocketAddr], extra: &[String]) -> anyhow::Result<Self> {
         use std::io::{BufRead, BufReader};
         let mut cmd = Command::new(binary);
         cmd.args([
@@ -296,6 +300,7 @@ impl GatewayProcess {
         for e in endpoints {
             cmd.args(["--endpoint", &format!("http://{e}")]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -484,7 +489,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let most = args.streams.iter().copied().max().unwrap_or(1);
     let sims = Simulators::start(args.endpoints, profile.clone(), most)?;
-    let gateway = GatewayProcess::start(&binary, &sims.addrs)?;
+    let gateway = GatewayProcess::start(&binary, &sims.addrs, &args.gateway_args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -525,8 +530,13 @@ async fn levels(
         args.measure,
         args.rounds
     );
+    let flags = if args.gateway_args.is_empty() {
+        "default flags".to_string()
+    } else {
+        format!("default flags but {}", args.gateway_args.join(" "))
+    };
     println!(
-        "gateway: default flags, pid {}, idle RSS {:.1} MiB",
+        "gateway: {flags}, pid {}, idle RSS {:.1} MiB",
         gateway.child.id(),
         idle_rss.unwrap_or(0) as f64 / 1048576.0
     );

@@ -25,23 +25,29 @@
 //!
 //! **Saturation** (the EPP's saturation detector, its defaults): an endpoint
 //! is saturated when its last report is stale (older than `staleness`, or
-//! there is none), when it has `queue_depth` or more requests waiting, or a
-//! KV cache `kv_usage` or more used. Waiting is the report's, plus the
-//! requests released from the gateway's queue since the report. The EPP
-//! reads the report alone; then a backlog held at the gateway goes all at
-//! once to the first endpoint whose report shows room, and flow control
-//! holds nothing back. Counting every request sent since the report instead
-//! would hold traffic that vLLM has room for: the report's waiting gauge
-//! includes requests that merely arrived during the current engine step,
-//! so a busy endpoint reports a few waiting at all times, and `queue_depth`
-//! new requests per scrape interval (100 a second at the default 50 ms)
-//! would become a hard limit (measured in `docs/gateway.md`). Counting only
-//! the releases meters a backlog, at most `queue_depth` per report and
-//! endpoint, and leaves traffic alone while nothing is held. An optional
-//! cap on the gateway's own in-flight requests per endpoint saturates it
-//! too. Only unsaturated endpoints are scored; when every endpoint is
-//! saturated the caller learns which one would be best, and a gateway with
-//! flow control holds the request instead.
+//! there is none), when it reported `queue_depth` or more requests waiting,
+//! or a KV cache `kv_usage` or more used, or when the gateway's queue has
+//! released `queue_depth` requests to it since the report. An optional cap
+//! on the gateway's own in-flight requests per endpoint saturates it too.
+//!
+//! The last rule meters a backlog. The EPP reads the report alone; then a
+//! backlog held at the gateway goes all at once to the first endpoint whose
+//! report shows room. Adding the releases to the reported waiting instead
+//! would starve the endpoints: a busy vLLM reports a few requests waiting
+//! at all times (those that arrived during the current engine step, which
+//! the next step schedules), so only the few places left under
+//! `queue_depth` would be released per report, fewer than arrive, and the
+//! backlog would never drain (seen in `aim gateway bench` at 1,024
+//! streams). So an endpoint whose report shows room takes up to
+//! `queue_depth` held requests per report: a backlog leaves at up to
+//! `queue_depth` per scrape interval and endpoint (100 a second at the
+//! default 50 ms), and an endpoint is overfilled by less than `queue_depth`
+//! requests at worst. Requests sent straight through while nothing is held
+//! count in the queue score only.
+//!
+//! Only unsaturated endpoints are scored; when every endpoint is saturated
+//! the caller learns which one would be best, and a gateway with flow
+//! control holds the request instead.
 
 use std::time::Duration;
 
@@ -117,8 +123,8 @@ impl Default for Weights {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PickerConfig {
     pub weights: Weights,
-    /// Waiting requests (reported, plus released from the queue since the
-    /// report) at which an endpoint is saturated.
+    /// Waiting requests reported, or requests released from the queue since
+    /// the report, at which an endpoint is saturated.
     pub queue_depth: u32,
     /// KV-cache usage (0–1) at which an endpoint is saturated.
     pub kv_usage: f64,
@@ -273,10 +279,10 @@ impl Picker {
         f64::from(o.metrics.waiting) + f64::from(o.sent_since)
     }
 
-    /// Waiting requests for the saturation test: the report plus what the
-    /// queue released since.
+    /// Waiting requests for the saturation test: the report's, or the
+    /// queue's releases since it, whichever is more.
     fn metered_waiting(o: &Observed) -> f64 {
-        f64::from(o.metrics.waiting) + f64::from(o.released_since)
+        f64::from(o.metrics.waiting.max(o.released_since))
     }
 
     /// The saturation test (module documentation).
@@ -477,16 +483,18 @@ mod tests {
     }
 
     #[test]
-    fn releases_from_the_queue_count_as_waiting() {
+    fn an_endpoint_takes_up_to_queue_depth_releases_per_report() {
         let p = picker();
-        let mut load = Load::exact(0, m(1, 8, 0.1));
+        // Four reported waiting: room for held requests, five of them.
+        let mut load = Load::exact(0, m(4, 8, 0.1));
         let o = load.observed.as_mut().unwrap();
-        (o.sent_since, o.released_since) = (3, 3);
+        (o.sent_since, o.released_since) = (4, 4);
         assert!(!p.is_saturated(&load));
         assert!((p.saturation(&load) - 0.8).abs() < 1e-12);
         let o = load.observed.as_mut().unwrap();
-        (o.sent_since, o.released_since) = (4, 4);
-        assert!(p.is_saturated(&load), "1 reported + 4 released since = 5");
+        (o.sent_since, o.released_since) = (5, 5);
+        assert!(p.is_saturated(&load), "five released since the report");
+        assert_eq!(p.saturation(&load), 1.0);
     }
 
     #[test]

@@ -491,9 +491,9 @@ async fn the_queue_holds_while_every_endpoint_is_saturated() {
     }
 }
 
-/// A backlog held at the gateway goes out as the endpoints make room, a
-/// few requests per scrape, never all at once onto the first endpoint
-/// whose report shows room.
+/// A backlog held at the gateway goes out as the endpoints make room, at
+/// most five requests per scrape and endpoint, never all at once onto the
+/// first endpoint whose report shows room.
 #[tokio::test]
 async fn a_held_backlog_leaves_no_faster_than_the_endpoints_make_room() {
     let sims = [sim(&["--max-num-seqs", "1"]), sim(&["--max-num-seqs", "1"])];
@@ -541,7 +541,9 @@ async fn a_held_backlog_leaves_no_faster_than_the_endpoints_make_room() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(most <= 5.0, "a simulator had {most} waiting");
+    // Four reported waiting, then five released: nine at most (all ten at
+    // once would make fourteen).
+    assert!(most <= 9.0, "a simulator had {most} waiting");
     for b in backlog {
         let r = b.await.unwrap();
         assert_eq!((r.status, r.done()), (200, true));
