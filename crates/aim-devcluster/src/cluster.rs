@@ -25,8 +25,6 @@ use crate::prometheus::{self, PrometheusOptions, PrometheusPorts};
 use crate::{CacheDirs, Error, build, kubeconfig, pki, process};
 
 const FIELD_MANAGER: &str = "aim-devcluster";
-/// The pod CIDR lies in loopback so a local process can answer at a pod's IP.
-pub const POD_CIDR: &str = "127.1.0.0/16";
 /// Service IPs are only ever objects here; nothing routes to them.
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Upstream's own integration framework needed up to 35 s on busy CI
@@ -115,6 +113,21 @@ pub fn default_port_base(name: &str) -> u16 {
             20000 + (h % 320) as u16 * PORT_COUNT
         }
     }
+}
+
+/// The pod CIDR lies in loopback so a local process can answer at a pod's
+/// IP. Each cluster name gets its own /16, as it gets its own ports, so
+/// that two beds on one machine (CI and a work tree) never hand out the
+/// same pod address: `test` has 127.1.0.0/16, `dev` 127.2.0.0/16, and
+/// other names one of 240 blocks from 127.10.0.0/16 up. 127.0.0.0/16 stays
+/// for the components and the node.
+pub fn default_pod_cidr(name: &str) -> String {
+    let second = match name {
+        "test" => 1,
+        "dev" => 2,
+        other => 10 + (default_port_base(other) - 20000) / PORT_COUNT % 240,
+    };
+    format!("127.{second}.0.0/16")
 }
 
 /// Ports reserved per cluster: six for the control plane, five for KEDA,
@@ -678,7 +691,7 @@ async fn start(
         format!("--kubeconfig={kc}"),
         format!("--config={}", p(&stages)),
         "--manage-all-nodes=true".to_string(),
-        format!("--cidr={POD_CIDR}"),
+        format!("--cidr={}", default_pod_cidr(&opts.name)),
         "--node-ip=127.0.10.254".to_string(),
         "--node-lease-duration-seconds=40".to_string(),
         format!("--server-address=127.0.0.1:{}", ports.kwok),
@@ -1589,6 +1602,21 @@ pub async fn status(cache: &CacheDirs, name: &str) -> Result<Option<ClusterStatu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cluster_name_has_its_own_loopback_pod_cidr() {
+        assert_eq!(default_pod_cidr("test"), "127.1.0.0/16");
+        assert_eq!(default_pod_cidr("dev"), "127.2.0.0/16");
+        let names = ["test-t3", "dev-t3", "bed", "gw-t3"];
+        let mut seen = vec![default_pod_cidr("test"), default_pod_cidr("dev")];
+        for name in names {
+            let cidr = default_pod_cidr(name);
+            let second: u16 = cidr.split('.').nth(1).unwrap().parse().unwrap();
+            assert!((10..250).contains(&second), "{name}: {cidr}");
+            assert!(!seen.contains(&cidr), "{name}: {cidr} is taken");
+            seen.push(cidr);
+        }
+    }
 
     #[test]
     fn port_ranges_of_named_clusters_do_not_overlap() {

@@ -1,6 +1,6 @@
 //! EndpointSlices for Services whose pods live at loopback addresses.
 //!
-//! The bed gives pods IPs from 127.1.0.0/16 so that local processes can
+//! The bed gives pods loopback IPs (a /16 per cluster) so that local processes can
 //! answer at them, but kube-apiserver refuses loopback addresses in IPv4
 //! EndpointSlices and in Endpoints ("may not be in the loopback range"), so
 //! the endpoint controllers of kube-controller-manager can write none for
