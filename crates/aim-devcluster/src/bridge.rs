@@ -8,9 +8,13 @@
 //!   that cannot be rendered, or that Prometheus refuses, is logged with the
 //!   reason and the previous one stays loaded (and on disk);
 //! - the endpoint slices Services of loopback pods need
-//!   ([`crate::loopback_slices`]), so ServiceMonitors find their targets.
+//!   ([`crate::loopback_slices`]), so ServiceMonitors find their targets,
+//!   and the slice of `prometheus-operated`, which leads to the local
+//!   server;
+//! - the Service proxy ([`crate::service_proxy`]) through which KEDA
+//!   reaches `*.svc` addresses such as that one.
 //!
-//! Both are watches on the API, which is why they share a process: it
+//! All are watches on the API, which is why they share a process: it
 //! outlives `aim dev cluster up`, which only starts the bed. It serves
 //! `/healthz` and its own counters on `/metrics`.
 
@@ -56,6 +60,8 @@ pub struct BridgeArgs {
     /// promtool, which says why Prometheus refused a configuration (its
     /// reload answer only says that it did).
     pub promtool: PathBuf,
+    /// Where the Service proxy listens ([`crate::service_proxy`]), if at all.
+    pub service_proxy: Option<std::net::SocketAddr>,
 }
 
 impl BridgeArgs {
@@ -70,6 +76,12 @@ impl BridgeArgs {
             format!("--listen={}", self.listen),
             format!("--promtool={}", self.promtool.display()),
         ]
+        .into_iter()
+        .chain(
+            self.service_proxy
+                .map(|a| format!("--service-proxy-listen={a}")),
+        )
+        .collect()
     }
 
     /// The file the server's `--config.file` names.
@@ -126,14 +138,42 @@ pub async fn run(args: BridgeArgs) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::io(Path::new(&args.listen.to_string()), e))?;
+    let proxy_counters = Arc::new(crate::service_proxy::ProxyCounters::default());
+    let proxy = match args.service_proxy {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| Error::io(Path::new(&address.to_string()), e))?;
+            let notify = Arc::new(Notify::new());
+            let services = reflect(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+            );
+            let slices = reflect(
+                Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default(),
+                notify,
+            );
+            tracing::info!(listen = %address, "service proxy started");
+            tokio::spawn(crate::service_proxy::serve(
+                listener,
+                services,
+                slices,
+                proxy_counters.clone(),
+            ))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
     let metrics = counters.clone();
+    let proxy_metrics = proxy_counters.clone();
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
+                let (metrics, proxy_metrics) = (metrics.clone(), proxy_metrics.clone());
+                async move { metrics.render() + &proxy_metrics.render() }
             }),
         );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -144,8 +184,10 @@ pub async fn run(args: BridgeArgs) -> Result<(), Error> {
         args.clone(),
         counters.clone(),
     ));
-    let slices = tokio::spawn(follow_slices(client, counters));
+    let local_server = url_port(&args.prometheus_url).map(|port| (args.namespace.clone(), port));
+    let slices = tokio::spawn(follow_slices(client, counters, local_server));
     tokio::select! {
+        r = proxy => tracing::error!(?r, "the service proxy stopped"),
         r = server => tracing::error!(?r, "the health server stopped"),
         r = config => tracing::error!(?r, "the config bridge stopped"),
         r = slices => tracing::error!(?r, "the endpoint slice writer stopped"),
@@ -197,7 +239,7 @@ async fn follow_config(client: Client, args: BridgeArgs, counters: Arc<Counters>
         notify.clone(),
     );
     let rules_prefix = format!("prometheus-{}-rulefiles-", args.prometheus);
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     // The generation in force, and the last one refused: neither is tried
     // again until the operator's output changes.
     let mut loaded: Option<u64> = None;
@@ -385,7 +427,22 @@ async fn reload(http: &reqwest::Client, base: &str) -> Result<(), Failure> {
     )))
 }
 
-async fn follow_slices(client: Client, counters: Arc<Counters>) {
+/// The port of `http://host:port`.
+fn url_port(url: &str) -> Option<u16> {
+    url.rsplit_once(':')?.1.trim_end_matches('/').parse().ok()
+}
+
+/// The Service prometheus-operator makes for every Prometheus in a
+/// namespace; here it leads to the local server.
+const PROMETHEUS_SERVICE: &str = "prometheus-operated";
+
+/// `local_server`: the namespace of the Prometheus object and the local
+/// server's port, for the `prometheus-operated` slice.
+async fn follow_slices(
+    client: Client,
+    counters: Arc<Counters>,
+    local_server: Option<(String, u16)>,
+) {
     let notify = Arc::new(Notify::new());
     let services = reflect(
         Api::<Service>::all(client.clone()),
@@ -423,6 +480,13 @@ async fn follow_slices(client: Client, counters: Arc<Counters>) {
             let ns = service.namespace().unwrap_or_default();
             let in_ns = by_namespace.get(&ns).map(Vec::as_slice).unwrap_or(&[]);
             for slice in loopback_slices::plan(&service, in_ns) {
+                desired.insert((ns.clone(), slice.name_any()), slice);
+            }
+            if let Some((server_ns, port)) = &local_server
+                && *server_ns == ns
+                && service.name_any() == PROMETHEUS_SERVICE
+            {
+                let slice = loopback_slices::at_local_process(&service, *port);
                 desired.insert((ns.clone(), slice.name_any()), slice);
             }
         }
@@ -513,7 +577,9 @@ mod tests {
         let server = Server(child);
         let url = crate::prometheus::url(port);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !reqwest::get(format!("{url}/-/ready"))
+        while !crate::http_client()
+            .get(format!("{url}/-/ready"))
+            .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
@@ -528,7 +594,9 @@ mod tests {
     }
 
     async fn rule_groups(url: &str) -> Vec<String> {
-        let text = reqwest::get(format!("{url}/api/v1/rules"))
+        let text = crate::http_client()
+            .get(format!("{url}/api/v1/rules"))
+            .send()
             .await
             .unwrap()
             .text()
@@ -573,8 +641,9 @@ mod tests {
             promtool: CacheDirs::discover()
                 .unwrap()
                 .binary(crate::prometheus::PROMTOOL),
+            service_proxy: None,
         };
-        let http = reqwest::Client::new();
+        let http = crate::http_client();
 
         let good = rules("good", "vector(1)");
         let good_print = promconfig::fingerprint(GENERATED, &good);

@@ -131,9 +131,9 @@ pub fn default_pod_cidr(name: &str) -> String {
 }
 
 /// Ports reserved per cluster: six for the control plane, five for KEDA,
-/// two for KServe, two for the OpenTelemetry operator, three for
-/// Prometheus, one spare, and the last one where the bed expects an `aim
-/// scaler`.
+/// two for KServe, two for the OpenTelemetry operator, four for
+/// Prometheus (server, operator, bridge, the bridge's Service proxy), and the
+/// last one where the bed expects an `aim scaler`.
 const PORT_COUNT: u16 = 20;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -196,12 +196,13 @@ impl Ports {
             operator: base + 15,
             server: base + 16,
             bridge: base + 17,
+            service_proxy: base + 18,
         }
     }
 
     /// Every port a process of the bed listens on. The scaler's port is
     /// not among them: an `aim scaler` the user (or a test) runs binds it.
-    fn all(&self) -> [(&'static str, u16); 18] {
+    fn all(&self) -> [(&'static str, u16); 19] {
         let keda = self.keda();
         let kserve = self.kserve();
         let otel = self.otel();
@@ -225,6 +226,10 @@ impl Ports {
             ("prometheus-operator", prometheus.operator),
             ("prometheus", prometheus.server),
             ("prometheus-bridge", prometheus.bridge),
+            (
+                "service proxy (prometheus-bridge)",
+                prometheus.service_proxy,
+            ),
         ]
     }
 }
@@ -948,7 +953,7 @@ async fn start_prometheus(
 ) -> Result<(), Error> {
     let cluster_ports = started.state.ports;
     let ports = cluster_ports.prometheus();
-    for (component, port) in &cluster_ports.all()[15..18] {
+    for (component, port) in &cluster_ports.all()[15..19] {
         if process::port_in_use(*port) {
             return Err(Error::PortInUse {
                 port: *port,
@@ -1000,6 +1005,7 @@ async fn start_prometheus(
         prometheus_url: prometheus::url(ports.server),
         listen: ([127, 0, 0, 1], ports.bridge).into(),
         promtool: opts.cache.binary(prometheus::PROMTOOL),
+        service_proxy: Some(([127, 0, 0, 1], ports.service_proxy).into()),
     };
     let mut bridge_args = vec!["dev".to_string(), "prometheus-bridge".to_string()];
     bridge_args.extend(bridge.command_line());
@@ -1035,7 +1041,7 @@ async fn start_prometheus(
     wait_for(started, prometheus::BRIDGE, || {
         let (url, marker) = (status_url.clone(), marker.clone());
         async move {
-            match reqwest::get(&url).await {
+            match crate::http_client().get(&url).send().await {
                 Ok(r) => r.text().await.is_ok_and(|body| body.contains(&marker)),
                 Err(_) => false,
             }
@@ -1101,7 +1107,7 @@ async fn start_keda(
 
     let logs = dir.join("logs");
     let kubeconfig = started.state.kubeconfig.clone();
-    let env = keda::env(&kubeconfig);
+    let env = keda::env(&kubeconfig, cluster_ports.prometheus().service_proxy);
     launch_with_env(
         started,
         keda::OPERATOR,

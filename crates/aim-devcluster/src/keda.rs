@@ -60,9 +60,17 @@ pub fn binaries(cache: &CacheDirs) -> Result<(), Error> {
 
 /// Both processes find the cluster through `KUBECONFIG` and behave as if
 /// deployed in namespace `keda`, watching every namespace.
-pub fn env(kubeconfig: &Path) -> Vec<(&'static str, String)> {
+/// `service_proxy`: the bed's Service proxy port. Go's HTTP clients send
+/// plain-HTTP requests for other hosts through `HTTP_PROXY` and never
+/// loopback ones (the apiserver, pods, the scaler), so only `*.svc`
+/// addresses such as a `prometheus` trigger's `serverAddress` go there,
+/// and they reach what the Service leads to, as in a cluster. The proxy
+/// runs with Prometheus (`--with-prometheus`); without it such an address
+/// fails to connect, as it fails to resolve without cluster DNS.
+pub fn env(kubeconfig: &Path, service_proxy: u16) -> Vec<(&'static str, String)> {
     vec![
         ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("HTTP_PROXY", format!("http://127.0.0.1:{service_proxy}")),
         ("WATCH_NAMESPACE", String::new()),
         ("POD_NAMESPACE", NAMESPACE.to_string()),
         ("KEDA_CLUSTER_OBJECT_NAMESPACE", NAMESPACE.to_string()),

@@ -43,12 +43,12 @@ mod pki;
 mod process;
 pub mod promconfig;
 pub mod prometheus;
+pub mod service_proxy;
 
 pub use build::{BuildOutput, build_control_plane, build_control_plane_with_env, check_go_at};
 pub use cluster::{
     ClusterInfo, ClusterOptions, ClusterStatus, ComponentStatus, HPA_SYNC_PERIOD_SECONDS,
-    default_pod_cidr, down,
-    status, up,
+    default_pod_cidr, down, status, up,
 };
 pub use nodes::{NodeSpec, default_fleet};
 pub use paths::CacheDirs;
@@ -151,3 +151,19 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An HTTP client builder for the bed's loopback peers. The workspace builds
+/// reqwest with rustls but no default crypto provider, and building a client
+/// without one panics, so the process-wide provider is installed first (a
+/// second install is a no-op).
+pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// A plain client for the bed's loopback peers; see [`http_client_builder`].
+pub(crate) fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("a reqwest client with a crypto provider installed builds")
+}

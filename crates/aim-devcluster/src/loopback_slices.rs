@@ -134,6 +134,58 @@ pub fn plan(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
         .collect()
 }
 
+/// The slice for a Service whose server is a local process of the bed at
+/// `127.0.0.1:port` rather than a pod: the `prometheus-operated` Service
+/// prometheus-operator makes for a Prometheus that runs locally here (its
+/// StatefulSet has no replicas). Every port of the Service maps to `port`,
+/// the one the process listens on.
+pub fn at_local_process(service: &Service, port: u16) -> EndpointSlice {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let mut labels = service.metadata.labels.clone().unwrap_or_default();
+    labels.insert(SERVICE_NAME.into(), name.clone());
+    labels.insert(MANAGED_BY.into(), MANAGER.into());
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|sp| EndpointPort {
+            name: Some(sp.name.unwrap_or_default()),
+            port: Some(i32::from(port)),
+            protocol: Some(sp.protocol.unwrap_or_else(|| "TCP".into())),
+            app_protocol: None,
+        })
+        .collect();
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-local")),
+            namespace: service.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                name,
+                uid: service.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        address_type: "FQDN".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec!["127.0.0.1".into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            ..Default::default()
+        }],
+        ports: Some(ports),
+    }
+}
+
 fn container_port(pod: &Pod, name: &str) -> Option<i32> {
     pod.spec
         .as_ref()?

@@ -63,6 +63,8 @@ pub struct PrometheusPorts {
     pub operator: u16,
     pub server: u16,
     pub bridge: u16,
+    /// The bridge's Service proxy, KEDA's `HTTP_PROXY`.
+    pub service_proxy: u16,
 }
 
 /// Both binaries, the operator's other CRDs and promtool, or an error

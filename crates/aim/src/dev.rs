@@ -27,7 +27,8 @@ enum DevCommand {
     Pods(aim_pods::PodsArgs),
     /// The bed's Prometheus bridge, started by `aim dev cluster up
     /// --with-prometheus`: prometheus-operator's configuration into the
-    /// local Prometheus, and EndpointSlices for Services of loopback pods.
+    /// local Prometheus, EndpointSlices for Services of loopback pods, and
+    /// the Service proxy KEDA reaches `*.svc` addresses through.
     PrometheusBridge(BridgeArgs),
 }
 
@@ -54,6 +55,11 @@ struct BridgeArgs {
     /// promtool, to explain a configuration Prometheus refuses.
     #[arg(long)]
     promtool: std::path::PathBuf,
+    /// Also serve the bed's Service proxy here: an HTTP proxy (KEDA's
+    /// HTTP_PROXY) that resolves `<service>.<namespace>.svc` names through
+    /// Services and EndpointSlices.
+    #[arg(long)]
+    service_proxy_listen: Option<std::net::SocketAddr>,
 }
 
 impl From<BridgeArgs> for aim_devcluster::bridge::BridgeArgs {
@@ -66,6 +72,7 @@ impl From<BridgeArgs> for aim_devcluster::bridge::BridgeArgs {
             prometheus_url: a.prometheus_url,
             listen: a.listen,
             promtool: a.promtool,
+            service_proxy: a.service_proxy_listen,
         }
     }
 }
@@ -362,6 +369,7 @@ mod tests {
             prometheus_url: "http://127.0.0.1:20016".into(),
             listen: "127.0.0.1:20017".parse().unwrap(),
             promtool: "/b/promtool".into(),
+            service_proxy: Some("127.0.0.1:20018".parse().unwrap()),
         };
         let mut argv = vec![
             "aim".to_string(),
