@@ -79,6 +79,52 @@ pub struct DemoArgs {
     /// --param headroom=0.3 --param scaleDownDelay=30s.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = key_value, requires = "policy")]
     params: Vec<(String, String)>,
+    /// Where the service's metric comes from. `opentelemetry` (the seed's
+    /// way): KServe's sidecar pushes to aim scaler, KEDA's external trigger
+    /// asks it. `prometheus` (aim extension): the bed runs a real
+    /// Prometheus that scrapes the pods through a PodMonitor, and the
+    /// service's metric is the Prometheus backend, so KEDA's own
+    /// prometheus scaler queries it.
+    #[arg(long, value_enum, default_value_t = Backend::Opentelemetry, conflicts_with = "policy")]
+    backend: Backend,
+    /// With --backend prometheus: the PodMonitor's scrape interval (the
+    /// runbook's 15 s by default; KServe's sidecar scrapes every 5 s).
+    #[arg(long, default_value = "15s", value_parser = seconds)]
+    scrape_interval: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Opentelemetry,
+    Prometheus,
+}
+
+/// With --backend prometheus: the service's metric, the seed's default
+/// (running requests, one per replica) as PromQL over the demo's pods.
+fn prometheus_query() -> String {
+    format!("sum(vllm:num_requests_running{{namespace=\"{DEMO_NAMESPACE}\"}})")
+}
+
+/// With --backend prometheus: the PodMonitor that has the bed's
+/// Prometheus scrape the service's pods (the simulators' vLLM metrics on
+/// 8000), as a user of the Prometheus backend writes one.
+fn pod_monitor(isvc: &str, scrape_interval_s: f64) -> String {
+    format!(
+        "apiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\nmetadata: {{name: {SERVICE}}}\nspec:\n  selector:\n    matchLabels: {{{label}: {isvc}}}\n  podMetricsEndpoints:\n  - targetPort: 8000\n    path: /metrics\n    interval: {interval}\n",
+        label = aim_pods::pod::ISVC_LABEL,
+        interval = prometheus_duration(scrape_interval_s),
+    )
+}
+
+/// A duration as Prometheus writes one: whole units only, so a fraction of
+/// a second goes in milliseconds.
+fn prometheus_duration(seconds: f64) -> String {
+    let ms = (seconds * 1000.0).round() as u64;
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 fn policy_name(text: &str) -> Result<String, String> {
@@ -96,18 +142,38 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 
 const SEED_SERVICE: &str = include_str!("../../../examples/seeds/aim-basic-autoscaling.yaml");
 
-/// The seed's service, with the policy asked for on the command line. The
-/// translation the operator runs checks it before anything starts.
-fn service_manifest(args: &DemoArgs) -> anyhow::Result<String> {
-    let Some(policy) = &args.policy else {
+/// The seed's service, with the policy or the backend asked for on the
+/// command line; `prometheus_url` is the bed's server (a placeholder when
+/// only checking). The translation the operator runs checks it before
+/// anything starts.
+fn service_manifest(args: &DemoArgs, prometheus_url: &str) -> anyhow::Result<String> {
+    if args.policy.is_none() && args.backend == Backend::Opentelemetry {
         return Ok(SEED_SERVICE.to_string());
-    };
+    }
     let mut svc: AIMService = serde_yaml::from_str(SEED_SERVICE)?;
     let scaling = svc.spec.auto_scaling.get_or_insert_with(Default::default);
-    scaling.policy = Some(serde_json::from_value(serde_json::json!({
-        "name": policy,
-        "params": args.params.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-    }))?);
+    if let Some(policy) = &args.policy {
+        scaling.policy = Some(serde_json::from_value(serde_json::json!({
+            "name": policy,
+            "params": args.params.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        }))?);
+    }
+    if args.backend == Backend::Prometheus {
+        // The namespace goes into the manifest too: the lab labels its
+        // series with it, and the query selects on it.
+        svc.metadata.namespace = Some(DEMO_NAMESPACE.into());
+        scaling.metrics = vec![serde_json::from_value(serde_json::json!({
+            "type": "External",
+            "external": {
+                "metric": {
+                    "backend": "prometheus",
+                    "serverAddress": prometheus_url,
+                    "query": prometheus_query(),
+                },
+                "target": {"type": "Value", "value": "1"},
+            },
+        }))?];
+    }
     aim_scaling::plan(&aim_scaling::ServiceScaling {
         spec: &svc.spec,
         namespace: DEMO_NAMESPACE,
@@ -118,6 +184,9 @@ fn service_manifest(args: &DemoArgs) -> anyhow::Result<String> {
     .map_err(|e| anyhow::anyhow!("--policy/--param: {e}"))?;
     Ok(serde_yaml::to_string(&svc)?)
 }
+
+/// Stands for the bed's Prometheus before the cluster is up.
+const PLACEHOLDER_PROMETHEUS: &str = "http://127.0.0.1:9090";
 
 fn seconds(text: &str) -> Result<f64, String> {
     aim_policy::parse_seconds(text)
@@ -134,7 +203,7 @@ fn rate_schedule(text: &str) -> Result<String, String> {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // A bad policy is refused before the cluster comes up.
-    service_manifest(&args)?;
+    service_manifest(&args, PLACEHOLDER_PROMETHEUS)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -200,11 +269,30 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     let mut opts = ClusterOptions::new(CLUSTER, cache.clone())
         .with_keda()
         .with_kserve();
+    if args.backend == Backend::Prometheus {
+        opts = opts.with_prometheus(aim_devcluster::PrometheusOptions::new(
+            std::env::current_exe().context("locating the aim binary")?,
+        ));
+    }
     opts.extra_manifests = vec![("aim CRDs".to_string(), aim_api::all_crds_yaml())];
-    println!("==> local cluster with KServe, KEDA and the OpenTelemetry operator");
+    println!(
+        "==> local cluster with KServe, KEDA and the OpenTelemetry operator{}",
+        if args.backend == Backend::Prometheus {
+            ", Prometheus and prometheus-operator"
+        } else {
+            ""
+        }
+    );
     let info = aim_devcluster::up(&opts)
         .await
         .context("bringing the cluster up")?;
+    let prometheus_url = match args.backend {
+        Backend::Prometheus => info
+            .prometheus_url
+            .clone()
+            .context("the cluster came up without the Prometheus it was asked for")?,
+        Backend::Opentelemetry => PLACEHOLDER_PROMETHEUS.to_string(),
+    };
     println!(
         "    {} (KUBECONFIG={})",
         info.server,
@@ -290,11 +378,29 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
             args.params
         );
     }
-    apply_all(&client, Some(DEMO_NAMESPACE), &service_manifest(&args)?).await?;
+    let isvc = aim_rules::naming::isvc_name(SERVICE, DEMO_NAMESPACE)?;
+    if args.backend == Backend::Prometheus {
+        println!(
+            "    on the Prometheus backend (aim extension): {} at {prometheus_url}, target 1 per replica; a PodMonitor scrapes the pods every {} s",
+            prometheus_query(),
+            args.scrape_interval
+        );
+        apply_all(
+            &client,
+            Some(DEMO_NAMESPACE),
+            &pod_monitor(&isvc, args.scrape_interval),
+        )
+        .await?;
+    }
+    apply_all(
+        &client,
+        Some(DEMO_NAMESPACE),
+        &service_manifest(&args, &prometheus_url)?,
+    )
+    .await?;
 
     let services: Api<AIMService> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
     let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
-    let isvc = aim_rules::naming::isvc_name(SERVICE, DEMO_NAMESPACE)?;
     println!();
     println!("kubectl -n {DEMO_NAMESPACE} get aimservice {SERVICE}");
     let mut last = String::new();
@@ -623,7 +729,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
         Some(arrivals) => {
             println!();
             println!(
-                "==> the lab's prediction of this run: the same {} arrivals, AIMService, HPA behaviour, {} s HPA sync, sidecar scrape interval and {} s scaler window, on virtual time",
+                "==> the lab's prediction of this run: the same {} arrivals, AIMService, HPA behaviour, {} s HPA sync, scrape interval and {} s scaler window, on virtual time",
                 arrivals.len(),
                 aim_devcluster::HPA_SYNC_PERIOD_SECONDS,
                 SCALER_WINDOW.as_secs()
@@ -631,7 +737,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
             // A prediction that cannot be made costs only itself: the live
             // figures above and the chart below stand.
             let predicted = async {
-                let live_loop = live_loop(&client, &isvc, &args).await?;
+                let live_loop = live_loop(&client, &isvc, &args, &prometheus_url).await?;
                 let (lab, run) = crate::prediction::predict_phases(
                     &live_loop,
                     arrivals,
@@ -654,7 +760,7 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
                 print!("{}", crate::prediction::side_by_side(&lab, &live));
                 // The manifest the lab ran, where a user can run it again:
                 // the seed's file, or the seed with --policy written out.
-                let manifest_file = if args.policy.is_some() {
+                let manifest_file = if live_loop.manifest != SEED_SERVICE {
                     let dir = cache.root.join("demo");
                     let file = dir.join("service.yaml");
                     std::fs::create_dir_all(&dir)
@@ -729,11 +835,13 @@ async fn stopped(
 
 /// The live loop's settings, read from the cluster where they live: the
 /// HPA KEDA made (its behaviour, as KServe's autoscaler config set it) and
-/// the OpenTelemetryCollector the sidecars follow (its scrape interval).
+/// the scrape interval, from the OpenTelemetryCollector the sidecars
+/// follow or, on the Prometheus backend, from the PodMonitor.
 async fn live_loop(
     client: &kube::Client,
     isvc: &str,
     args: &DemoArgs,
+    prometheus_url: &str,
 ) -> anyhow::Result<crate::prediction::LiveLoop> {
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     let hpa_name = format!("keda-hpa-{isvc}-predictor");
@@ -743,32 +851,55 @@ async fn live_loop(
         .with_context(|| format!("reading HPA {DEMO_NAMESPACE}/{hpa_name}"))?;
     let behavior =
         crate::prediction::behavior_of(hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()));
-    let pod = pods_of(&Api::namespaced(client.clone(), DEMO_NAMESPACE), isvc)
-        .await?
-        .into_iter()
-        .next()
-        .context("no pod of the service is left to read its sidecar from")?;
-    let inject = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(aim_pods::pod::INJECT_ANNOTATION))
-        .cloned()
-        .context("the service's pod carries no OpenTelemetry sidecar annotation")?;
-    let sidecar = aim_pods::runner::sidecar_plan(client, DEMO_NAMESPACE, &inject)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the sidecar's collector: {e}"))?;
+    let scrape_interval_s = match args.backend {
+        Backend::Opentelemetry => {
+            let pod = pods_of(&Api::namespaced(client.clone(), DEMO_NAMESPACE), isvc)
+                .await?
+                .into_iter()
+                .next()
+                .context("no pod of the service is left to read its sidecar from")?;
+            let inject = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(aim_pods::pod::INJECT_ANNOTATION))
+                .cloned()
+                .context("the service's pod carries no OpenTelemetry sidecar annotation")?;
+            aim_pods::runner::sidecar_plan(client, DEMO_NAMESPACE, &inject)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the sidecar's collector: {e}"))?
+                .scrape_interval
+                .as_secs_f64()
+        }
+        Backend::Prometheus => pod_monitor_interval(client).await?,
+    };
     Ok(crate::prediction::LiveLoop {
-        manifest: service_manifest(args)?,
+        manifest: service_manifest(args, prometheus_url)?,
         behavior,
         profile: SIM_PROFILE.into(),
         cold_start_s: args.cold_start,
         hpa_sync_s: f64::from(aim_devcluster::HPA_SYNC_PERIOD_SECONDS),
-        scrape_interval_s: sidecar.scrape_interval.as_secs_f64(),
+        scrape_interval_s,
+        prometheus: args.backend == Backend::Prometheus,
         scaler_window_s: SCALER_WINDOW.as_secs_f64(),
         load_for_s: args.load_for,
         watch_after_s: WATCH_AFTER_LOAD_S,
     })
+}
+
+/// The scrape interval of the demo's PodMonitor, as the cluster holds it.
+async fn pod_monitor_interval(client: &kube::Client) -> anyhow::Result<f64> {
+    let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PodMonitor");
+    let (resource, _) = pinned_kind(client, &gvk).await?;
+    let monitor = Api::<DynamicObject>::namespaced_with(client.clone(), DEMO_NAMESPACE, &resource)
+        .get(SERVICE)
+        .await
+        .with_context(|| format!("reading PodMonitor {DEMO_NAMESPACE}/{SERVICE}"))?;
+    let interval = monitor.data["spec"]["podMetricsEndpoints"][0]["interval"]
+        .as_str()
+        .context("the PodMonitor's podMetricsEndpoints[0] has no interval")?;
+    aim_policy::parse_seconds(interval)
+        .with_context(|| format!("the PodMonitor's interval {interval:?} is not a duration"))
 }
 
 /// `aim load`'s flags, parsed as the command line would.
@@ -989,18 +1120,86 @@ mod tests {
         let args = parse(&["--policy", "queue", "--param", "headrom=0.3"])
             .unwrap()
             .demo;
-        let e = service_manifest(&args).unwrap_err().to_string();
+        let e = service_manifest(&args, PLACEHOLDER_PROMETHEUS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.autoScaling.policy.params.headrom"), "{e}");
         let args = parse(&["--policy", "queue", "--param", "headroom=0.3"])
             .unwrap()
             .demo;
-        let manifest = service_manifest(&args).unwrap();
+        let manifest = service_manifest(&args, PLACEHOLDER_PROMETHEUS).unwrap();
         let svc: AIMService = serde_yaml::from_str(&manifest).unwrap();
         let policy = svc.spec.auto_scaling.unwrap().policy.unwrap();
         assert_eq!(policy.name, aim_api::service::PolicyName::Queue);
         assert_eq!(policy.params["headroom"], "0.3");
         // Without --policy the seed goes out exactly as written.
         let plain = parse(&[]).unwrap().demo;
-        assert_eq!(service_manifest(&plain).unwrap(), SEED_SERVICE);
+        assert_eq!(
+            service_manifest(&plain, PLACEHOLDER_PROMETHEUS).unwrap(),
+            SEED_SERVICE
+        );
+    }
+
+    #[test]
+    fn the_prometheus_backend_is_the_seed_on_a_prometheus_metric_and_the_lab_reads_it() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
+        };
+        let e = parse(&["--backend", "prometheus", "--policy", "queue"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--backend") && e.contains("--policy"), "{e}");
+        let e = parse(&["--backend", "statsd"]).err().unwrap().to_string();
+        assert!(e.contains("--backend") && e.contains("prometheus"), "{e}");
+        let args = parse(&["--backend", "prometheus", "--scrape-interval", "2.5s"])
+            .unwrap()
+            .demo;
+        assert!(pod_monitor(SERVICE, args.scrape_interval).contains("interval: 2500ms"));
+        assert!(pod_monitor(SERVICE, 15.0).contains("interval: 15s"));
+        let url = "http://127.0.0.1:20016";
+        let manifest = service_manifest(&args, url).unwrap();
+        let svc: AIMService = serde_yaml::from_str(&manifest).unwrap();
+        assert_eq!(svc.metadata.namespace.as_deref(), Some(DEMO_NAMESPACE));
+        let metric = serde_json::to_value(&svc.spec.auto_scaling.unwrap().metrics[0]).unwrap();
+        assert_eq!(metric["external"]["metric"]["backend"], "prometheus");
+        assert_eq!(metric["external"]["metric"]["serverAddress"], url);
+        assert_eq!(metric["external"]["metric"]["query"], prometheus_query());
+        // The lab replays it through its Prometheus: the query selects the
+        // series the lab labels with the manifest's namespace, so a step of
+        // about three replicas' worth scales out, and the draws' scrape
+        // phases (one seed each) move the first decision.
+        let mut behavior = aim_policy::hpa::Behavior::default();
+        behavior.scale_down.stabilization_window_seconds = 10;
+        let live = crate::prediction::LiveLoop {
+            manifest,
+            behavior,
+            profile: SIM_PROFILE.into(),
+            cold_start_s: 10.0,
+            hpa_sync_s: 5.0,
+            scrape_interval_s: 15.0,
+            prometheus: true,
+            scaler_window_s: 10.0,
+            load_for_s: 90.0,
+            watch_after_s: 120.0,
+        };
+        let arrivals: Vec<aim_lab::trace::Arrival> = (0..45)
+            .flat_map(|i| {
+                (0..3).map(move |k| aim_lab::trace::Arrival {
+                    at: f64::from(i) * 2.0 + f64::from(k) * 0.5,
+                    prompt_tokens: 256,
+                    output_tokens: 200,
+                    hash_ids: vec![],
+                })
+            })
+            .collect();
+        let (draws, _) = crate::prediction::predict_phases(&live, &arrivals, 5).unwrap();
+        let firsts: Vec<f64> = draws.iter().filter_map(|d| d.first_scale_up_s).collect();
+        assert_eq!(firsts.len(), 5, "a draw never scaled out: {firsts:?}");
+        assert!(draws.iter().all(|d| d.peak_ready >= 2), "{firsts:?}");
+        let (lo, hi) = firsts.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &f| {
+            (lo.min(f), hi.max(f))
+        });
+        assert!(hi > lo, "every draw decided at {lo} s: phases did not move");
     }
 }

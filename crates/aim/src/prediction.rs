@@ -115,8 +115,13 @@ pub struct LiveLoop {
     pub cold_start_s: f64,
     /// kube-controller-manager's HPA sync period.
     pub hpa_sync_s: f64,
-    /// The sidecar's scrape interval (the OpenTelemetryCollector's).
+    /// The scrape interval: the sidecar's (the OpenTelemetryCollector's),
+    /// or the PodMonitor's on the Prometheus path.
     pub scrape_interval_s: f64,
+    /// The metric goes through Prometheus (KEDA's prometheus scaler). Live,
+    /// Prometheus scrapes each pod at a phase of its own; the lab draws
+    /// those phases from the run's seed, so each draw takes another seed.
+    pub prometheus: bool,
     /// The scaler's averaging window.
     pub scaler_window_s: f64,
     pub load_for_s: f64,
@@ -146,7 +151,7 @@ pub fn predict_phases(
         let sync = (i as f64 + 0.5) / draws as f64;
         let scrape = ((i * 5 % draws) as f64 + 0.5) / draws as f64;
         let ticks = (scrape * live.scrape_interval_s, sync * live.hpa_sync_s);
-        let (f, run) = predict_at(live, arrivals, Some(ticks))?;
+        let (f, run) = predict_at(live, arrivals, Some(ticks), i as u64 + 1)?;
         figures.push(f);
         if i == draws / 2 {
             middle = Some(run);
@@ -161,6 +166,7 @@ fn predict_at(
     live: &LiveLoop,
     arrivals: &[Arrival],
     first_ticks: Option<(f64, f64)>,
+    draw: u64,
 ) -> anyhow::Result<(Figures, RunResult)> {
     let profile = Profile::named(&live.profile)
         .ok_or_else(|| anyhow::anyhow!("the lab has no profile {:?}", live.profile))?;
@@ -179,6 +185,9 @@ fn predict_at(
     cfg.initial_replicas = 1;
     cfg.sample_interval_s = 1.0;
     cfg.first_ticks = first_ticks;
+    if live.prometheus {
+        cfg.seed = draw;
+    }
     let last = arrivals.last().map_or(0.0, |a| a.at);
     cfg.tail_s = (live.load_for_s + live.watch_after_s - last).max(0.0);
     let run = aim_lab::sim::run(
@@ -376,6 +385,7 @@ mod tests {
             cold_start_s: 10.0,
             hpa_sync_s: 5.0,
             scrape_interval_s: 5.0,
+            prometheus: false,
             scaler_window_s: 10.0,
             load_for_s: 90.0,
             watch_after_s: 120.0,
@@ -391,7 +401,7 @@ mod tests {
                 })
             })
             .collect();
-        let (f, run) = predict_at(&live, &arrivals, None).unwrap();
+        let (f, run) = predict_at(&live, &arrivals, None, 1).unwrap();
         // Unaligned phases can only make the HPA read older data: the
         // spread of first decisions starts no earlier than the aligned one.
         let (draws, _) = predict_phases(&live, &arrivals, 5).unwrap();

@@ -13,10 +13,14 @@
 //!   PromQL (nothing deployed), an unreachable server, no series with a
 //!   PodMonitor that selects nothing.
 //!
-//! KEDA and the operator run as local processes here and cannot resolve
-//! cluster DNS names, so every `serverAddress` is the bed's Prometheus URL
-//! in place of `prometheus-operated.monitoring.svc:9090`; that is the one
-//! change to the runbook's objects, besides its namespace.
+//! The seeds' objects keep their cluster addresses: KEDA runs as a local
+//! process with `HTTP_PROXY` at the bed's Service proxy, which resolves
+//! `prometheus-operated.monitoring.svc:9090` (and seed 002's
+//! `prometheus.istio-system.svc.cluster.local:9090`, an ExternalName
+//! Service here) from Services and EndpointSlices, as cluster DNS and
+//! kube-proxy would. The runbook's objects change only in their namespace.
+//! The AIMServices' `serverAddress` (aim's extension) is the bed's
+//! Prometheus URL, since the operator under test runs in this process.
 
 mod common;
 
@@ -136,10 +140,13 @@ spec:
       interval: 15s
 "#;
 
+/// The runbook's Prometheus, by its in-cluster name.
+const RUNBOOK_PROMETHEUS: &str = "http://prometheus-operated.monitoring.svc:9090";
+
 /// The runbook's ScaledObject (`examples/seeds/keda-vllm-sim-scaledobject.yaml`)
-/// in `ns`, pointed at the bed's Prometheus, shipped paused as the runbook
+/// in `ns`, its server address unchanged, shipped paused as the runbook
 /// commits it.
-fn runbook_scaled_object(ns: &str, prometheus: &str) -> String {
+fn runbook_scaled_object(ns: &str) -> String {
     let text = std::fs::read_to_string(aim_testkit::repo_path(
         "examples/seeds/keda-vllm-sim-scaledobject.yaml",
     ))
@@ -151,13 +158,14 @@ fn runbook_scaled_object(ns: &str, prometheus: &str) -> String {
             &format!("namespace=\\\"{ns}\\\""),
         )
         .replace("namespace=\"inference\"", &format!("namespace=\"{ns}\""))
-        .replace("http://prometheus-operated.monitoring.svc:9090", prometheus)
         .replace(
             "metadata:\n  name: vllm-sim\n",
             "metadata:\n  name: vllm-sim\n  annotations:\n    autoscaling.keda.sh/paused: \"true\"\n",
         );
     assert!(
-        text.contains(prometheus) && text.contains(ns) && text.contains("paused: \"true\""),
+        text.contains(&format!("serverAddress: {RUNBOOK_PROMETHEUS}"))
+            && text.contains(ns)
+            && text.contains("paused: \"true\""),
         "{text}"
     );
     text
@@ -177,6 +185,9 @@ async fn set_paused(so: &Api<kube::api::DynamicObject>, paused: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_003_runbook_scales_a_simulator_deployment_through_prometheus() {
     let (client, url) = prometheus().await;
+    // Its pods are vLLM pods the server scrapes: seed 002's bare query must
+    // not meet them, so this test holds the bed's turn like the others.
+    let _turn = take_turn().await;
     let ns = aim_testkit::namespace(&client, "inference").await;
     let runner = tokio::spawn(aim_pods::runner::run(
         client.clone(),
@@ -239,7 +250,7 @@ async fn seed_003_runbook_scales_a_simulator_deployment_through_prometheus() {
     .await;
 
     // The ScaledObject ships paused: KEDA confirms and builds no HPA.
-    apply_yaml(&client, &ns, &runbook_scaled_object(&ns, &url))
+    apply_yaml(&client, &ns, &runbook_scaled_object(&ns))
         .await
         .unwrap();
     wait_until("KEDA to report the ScaledObject paused", WAIT, || {
@@ -681,9 +692,10 @@ struct Hops {
 }
 
 /// Seed 002's two InferenceServices, as written, through real KServe (its
-/// own huggingface runtime), KEDA and the HPA; the Prometheus one has the
-/// bed's server address in place of Istio's and its bare query narrowed to
-/// its namespace (still one series per pod). The same load step reaches
+/// own huggingface runtime), KEDA and the HPA, unchanged: Istio's
+/// Prometheus address is an ExternalName Service for the bed's, and the bare
+/// query reads this test's pods alone (no other vLLM pod is scraped while it
+/// holds the bed's turn). The same load step reaches
 /// both at once, and each hop's first sight of it is timed: the pod's own
 /// gauge, the metric's source (aim's scaler for OpenTelemetry, Prometheus
 /// for the other), the HPA reading it, the HPA deciding, the pod created.
@@ -706,6 +718,41 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
     let seed = |file: &str| {
         std::fs::read_to_string(aim_testkit::repo_path(&format!("examples/seeds/{file}"))).unwrap()
     };
+    // Seed 002 names Istio's Prometheus. Here that name is an ExternalName
+    // Service for the bed's Prometheus, so the seed's address stays as
+    // written and KEDA reaches it through the bed's Service proxy.
+    apply_yaml(
+        &client,
+        "istio-system",
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: prometheus, namespace: istio-system}
+spec:
+  type: ExternalName
+  externalName: prometheus-operated.monitoring.svc.cluster.local
+  ports:
+  - {name: web, port: 9090}
+"#,
+    )
+    .await
+    .unwrap();
+    // The seed's bare query reads every vLLM pod the server scrapes. The
+    // other tests of this bed delete their monitors when they pass; while
+    // this test holds the turn no other vLLM pod may be scraped, or the
+    // bare query would meet them before its own second pod.
+    wait_until(
+        "no vLLM pod scraped before seed 002's services start",
+        Duration::from_secs(120),
+        || {
+            let url = url.clone();
+            async move { series(&url, "vllm:num_requests_running").await == 0 }
+        },
+    )
+    .await;
     let mut paths = Vec::new();
     for (label, file) in [
         ("OpenTelemetry", "kserve-keda-opentelemetry.yaml"),
@@ -714,20 +761,15 @@ async fn seed_002_inferenceservices_scale_and_each_hop_of_both_paths_is_timed() 
         let ns =
             aim_testkit::namespace(&client, &format!("seed002-{}", &label[..4].to_lowercase()))
                 .await;
-        // The seed's bare query reads every vLLM pod the server scrapes;
-        // the shared bed scrapes other tests' pods too, so it is narrowed
-        // to this namespace. It stays unaggregated: one series per pod.
-        let yaml = seed(file)
-            .replace(
-                "http://prometheus.istio-system.svc.cluster.local:9090",
-                &url,
-            )
-            .replace(
-                "query: vllm:num_requests_running",
-                &format!("query: 'vllm:num_requests_running{{namespace=\"{ns}\"}}'"),
-            );
+        // The seed's InferenceServices, unchanged.
+        let yaml = seed(file);
         if label == "Prometheus" {
-            assert!(yaml.contains(&url) && yaml.contains(&ns), "{yaml}");
+            assert!(
+                yaml.contains(
+                    "serverAddress: \"http://prometheus.istio-system.svc.cluster.local:9090\""
+                ) && yaml.contains("query: vllm:num_requests_running\n"),
+                "{yaml}"
+            );
         }
         let runner = tokio::spawn(aim_pods::runner::run(
             client.clone(),
