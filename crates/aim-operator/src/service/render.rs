@@ -119,10 +119,20 @@ pub fn inference_service(inputs: &IsvcInputs<'_>) -> Value {
             "serving.kserve.io/autoscalerClass".to_string(),
             inputs.autoscaler_class.to_string(),
         );
-        annotations.insert(
-            "sidecar.opentelemetry.io/inject".to_string(),
-            format!("{}-predictor", inputs.isvc_name),
-        );
+        // KServe creates the OpenTelemetryCollector only for pod metrics; a
+        // service that scales on Prometheus alone would name a collector
+        // that never exists, and the injection webhook would refuse it.
+        if autoscaled
+            .isvc_autoscaling
+            .metrics
+            .iter()
+            .any(|m| m.type_ == aim_api::service::ScalingMetricType::PodMetric)
+        {
+            annotations.insert(
+                "sidecar.opentelemetry.io/inject".to_string(),
+                format!("{}-predictor", inputs.isvc_name),
+            );
+        }
         annotations.insert(
             "prometheus.kserve.io/port".to_string(),
             HTTP_PORT.to_string(),

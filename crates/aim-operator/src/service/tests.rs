@@ -393,6 +393,27 @@ fn a_paused_service_carries_kedas_switch_on_the_inference_service() {
 }
 
 #[test]
+fn only_pod_metrics_ask_for_the_opentelemetry_sidecar() {
+    let pod_metric = rendered_isvc(&service(&format!(
+        "{BASE}  minReplicas: 1\n  maxReplicas: 4\n"
+    )));
+    assert!(
+        pod_metric["metadata"]["annotations"]
+            .get("sidecar.opentelemetry.io/inject")
+            .is_some()
+    );
+    let prometheus = rendered_isvc(&service(&format!(
+        "{BASE}  minReplicas: 1\n  maxReplicas: 4\n  autoScaling:\n    metrics:\n    - type: External\n      external:\n        metric: {{backend: prometheus, serverAddress: 'http://prometheus-operated.monitoring.svc:9090', query: 'sum(vllm:num_requests_running)'}}\n        target: {{type: Value, value: '2'}}\n"
+    )));
+    let annotations = &prometheus["metadata"]["annotations"];
+    assert_eq!(annotations["serving.kserve.io/autoscalerClass"], "keda");
+    assert!(
+        annotations.get("sidecar.opentelemetry.io/inject").is_none(),
+        "{annotations}"
+    );
+}
+
+#[test]
 fn an_unreadable_pause_switch_is_the_hpa_components_failure() {
     let mut svc = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
     svc.metadata.annotations = Some(
