@@ -47,8 +47,7 @@ pub mod prometheus;
 pub use build::{BuildOutput, build_control_plane, build_control_plane_with_env, check_go_at};
 pub use cluster::{
     ClusterInfo, ClusterOptions, ClusterStatus, ComponentStatus, HPA_SYNC_PERIOD_SECONDS,
-    default_pod_cidr, down,
-    status, up,
+    default_pod_cidr, down, status, up,
 };
 pub use nodes::{NodeSpec, default_fleet};
 pub use paths::CacheDirs;

@@ -19,10 +19,12 @@
 
 mod admin;
 mod args;
+pub mod backends;
 pub mod bench;
 pub mod endpoints;
 mod metrics;
 pub mod proxy;
+pub mod routes;
 pub mod scrape;
 pub mod service;
 
