@@ -1,0 +1,381 @@
+//! Tier 2: `aim gateway --kubernetes` against the real local apiserver. The
+//! test writes a GatewayClass, a Gateway and HTTPRoutes shaped like the
+//! operator's (a PathPrefix rule rewritten to `/`, a Service backendRef on
+//! port 80); the gateway writes their status, and requests sent through it
+//! reach two `aim sim` backends, each behind a Service whose Deployment's
+//! KWOK pods have loopback addresses the simulators listen on (the bed's
+//! stand-in for EndpointSlices, which refuse loopback addresses).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aim_gateway::GatewayArgs;
+use aim_sim::{RunningSim, SimArgs};
+use aim_testkit::{apply_yaml, await_object, namespace};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: GatewayArgs,
+}
+
+fn gateway_api(client: &kube::Client, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        kind,
+    ));
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// `(status, reason)` of condition `type_` in `conditions`.
+fn cond(conditions: &Value, type_: &str) -> Option<(String, String)> {
+    conditions.as_array()?.iter().find_map(|c| {
+        (c["type"] == type_).then(|| {
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+    })
+}
+
+fn is(conditions: &Value, type_: &str, status: &str, reason: &str) -> bool {
+    cond(conditions, type_) == Some((status.into(), reason.into()))
+}
+
+/// aim's entry in an HTTPRoute's `status.parents`.
+fn our_parent(route: &DynamicObject) -> Value {
+    route.data["status"]["parents"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["controllerName"] == aim_gateway::routes::CONTROLLER_NAME)
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The pod IP of the Deployment `app`'s one pod, once it has one.
+async fn pod_ip(client: &kube::Client, ns: &str, app: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ip = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find_map(|p| p.status?.pod_ip.filter(|ip| !ip.is_empty()));
+        if let Some(ip) = ip {
+            return ip;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod of {app} has no IP\n{}",
+            aim_testkit::events_of(client, ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_sim(addr: SocketAddr) -> RunningSim {
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("bind the pod's address");
+    aim_sim::start(SimArgs::for_tests(), listener)
+        .await
+        .expect("simulator starts")
+}
+
+/// Completions the simulator answered (its own counter).
+async fn answered(sim: &RunningSim) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", sim.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("vllm:request_success_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// POSTs a small completion to `path` through the gateway.
+async fn complete(gateway: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{gateway}{path}"))
+        .header("content-type", "application/json")
+        .body(r#"{"model": "sim-model", "prompt": "hi", "max_tokens": 2}"#);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+fn manifests(ns: &str, class: &str, port: u16) -> String {
+    let mut yaml = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {class}}}
+spec: {{controllerName: aim.eai.amd.com/gateway}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  gatewayClassName: {class}
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+---
+# As the operator writes it: a PathPrefix rewritten to /, a Service on port 80.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: chat}}
+spec:
+  parentRefs: [{{name: gw, namespace: {ns}}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /chat/a}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+    backendRefs: [{{group: "", kind: Service, name: sim-a, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /chat}}, headers: [{{name: x-pool, value: b}}]}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+    backendRefs: [{{name: sim-b, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /chat}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+    backendRefs: [{{name: sim-a, port: 80, weight: 3}}, {{name: sim-b, port: 80, weight: 1}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: missing}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /missing}}}}]
+    backendRefs: [{{name: no-such-service, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: wrong-kind}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /wrong-kind}}}}]
+    backendRefs: [{{group: "", kind: ConfigMap, name: sim-a, port: 80}}]
+"#
+    );
+    for app in ["sim-a", "sim-b"] {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      containers:
+      - name: vllm
+        image: example.invalid/sim:1
+        ports: [{{name: http, containerPort: {port}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {app}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+        ));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_written_like_the_operators_are_served_and_get_status() {
+    let client = aim_testkit::client().await;
+    let ns = namespace(&client, "gw-k8s").await;
+    // GatewayClasses are cluster-wide: one per test namespace.
+    let class = format!("aim-{ns}");
+    // One port for both pods; a free one on 127.0.0.1 is very likely free
+    // on the pods' loopback addresses too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    apply_yaml(&client, &ns, &manifests(&ns, &class, port))
+        .await
+        .unwrap();
+    let sim_a = start_sim(
+        format!("{}:{port}", pod_ip(&client, &ns, "sim-a").await)
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let sim_b = start_sim(
+        format!("{}:{port}", pod_ip(&client, &ns, "sim-b").await)
+            .parse()
+            .unwrap(),
+    )
+    .await;
+
+    let gw_flag = format!("{ns}/gw");
+    let cli = Cli::try_parse_from([
+        "gateway",
+        "--kubernetes",
+        "--gateway",
+        gw_flag.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let cfg = cli.args.config().unwrap();
+    let scope = cfg.kubernetes.clone().unwrap();
+    let gateway = aim_gateway::start_kubernetes(
+        cfg,
+        client.clone(),
+        scope,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // The status, written by the gateway.
+    await_object(
+        &gateway_api(&client, "GatewayClass", None),
+        &class,
+        "GatewayClass Accepted",
+        WAIT,
+        |c| {
+            is(
+                &c.data["status"]["conditions"],
+                "Accepted",
+                "True",
+                "Accepted",
+            )
+        },
+    )
+    .await;
+    let gw = await_object(
+        &gateway_api(&client, "Gateway", Some(&ns)),
+        "gw",
+        "Gateway Programmed, three routes attached",
+        WAIT,
+        |g| {
+            let s = &g.data["status"];
+            is(&s["conditions"], "Accepted", "True", "Accepted")
+                && is(&s["conditions"], "Programmed", "True", "Programmed")
+                && s["listeners"][0]["attachedRoutes"] == 3
+        },
+    )
+    .await;
+    assert_eq!(gw.data["status"]["listeners"][0]["name"], "http");
+    let routes = gateway_api(&client, "HTTPRoute", Some(&ns));
+    let chat = await_object(&routes, "chat", "chat Accepted, refs resolved", WAIT, |r| {
+        let p = our_parent(r);
+        is(&p["conditions"], "Accepted", "True", "Accepted")
+            && is(&p["conditions"], "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await;
+    assert_eq!(our_parent(&chat)["parentRef"]["name"], "gw");
+    // Server-side apply under the gateway's own field manager.
+    assert!(
+        chat.metadata.managed_fields.iter().flatten().any(|m| {
+            m.manager.as_deref() == Some(aim_gateway::kubernetes::FIELD_MANAGER)
+                && m.subresource.as_deref() == Some("status")
+        }),
+        "{:?}",
+        chat.metadata.managed_fields
+    );
+    for (name, reason) in [
+        ("missing", "BackendNotFound"),
+        ("wrong-kind", "InvalidKind"),
+    ] {
+        await_object(&routes, name, reason, WAIT, |r| {
+            let p = our_parent(r);
+            // A bad backendRef leaves the route accepted (the spec's rule).
+            is(&p["conditions"], "Accepted", "True", "Accepted")
+                && is(&p["conditions"], "ResolvedRefs", "False", reason)
+        })
+        .await;
+    }
+
+    // Requests. The pods' endpoints may reach the table a moment after
+    // the status: wait for the first answer.
+    let addr = gateway.addr;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = complete(addr, "/chat/a/v1/completions", &[]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let base = (answered(&sim_a).await, answered(&sim_b).await);
+    assert_eq!(base, (1.0, 0.0), "the warm-up went to sim-a");
+
+    // Path: /chat/a goes to sim-a only, whatever the header says (the
+    // longer prefix wins over the header match).
+    for _ in 0..5 {
+        let (status, body) = complete(addr, "/chat/a/v1/completions", &[("x-pool", "b")]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!((answered(&sim_a).await, answered(&sim_b).await), (6.0, 0.0));
+    // Header: x-pool: b under /chat goes to sim-b only.
+    for _ in 0..5 {
+        let (status, body) = complete(addr, "/chat/v1/completions", &[("x-pool", "b")]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!((answered(&sim_a).await, answered(&sim_b).await), (6.0, 5.0));
+    // Weights 3:1: smooth weighted round robin gives exactly 30 and 10 of 40.
+    for _ in 0..40 {
+        let (status, body) = complete(addr, "/chat/v1/completions", &[]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        (answered(&sim_a).await, answered(&sim_b).await),
+        (36.0, 15.0)
+    );
+
+    // No rule matches: 404 naming what was asked.
+    let (status, body) = complete(addr, "/elsewhere/v1/completions", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no HTTPRoute rule matches POST /elsewhere/v1/completions"),
+        "{body}"
+    );
+    // A bad backendRef's share is answered 500, as the spec asks.
+    let (status, body) = complete(addr, "/missing/v1/completions", &[]).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("no-such-service"), "{body}");
+
+    gateway.shutdown().await.unwrap();
+    drop((sim_a, sim_b));
+    aim_testkit::delete_namespace(&client, &ns).await;
+    // The class is cluster-wide: remove it with the namespace.
+    gateway_api(&client, "GatewayClass", None)
+        .delete(&class, &Default::default())
+        .await
+        .unwrap();
+}
