@@ -4,7 +4,10 @@
 //! port 80); the gateway writes their status, and requests sent through it
 //! reach two `aim sim` backends, each behind a Service whose Deployment's
 //! KWOK pods have loopback addresses the simulators listen on (the bed's
-//! stand-in for EndpointSlices, which refuse loopback addresses).
+//! stand-in for EndpointSlices, which refuse loopback addresses). A second
+//! test runs the operator too: an AIMService with routing gets
+//! `HTTPRouteReady` from the status the gateway writes on the operator's
+//! route, and its path serves.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -91,6 +94,33 @@ async fn pod_ip(client: &kube::Client, ns: &str, app: &str) -> String {
     }
 }
 
+/// Starts `aim gateway --kubernetes --gateway NS/gw` in this process.
+async fn start_gateway(client: &kube::Client, ns: &str) -> aim_gateway::RunningGateway {
+    let gw_flag = format!("{ns}/gw");
+    let cli = Cli::try_parse_from([
+        "gateway",
+        "--kubernetes",
+        "--gateway",
+        gw_flag.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let cfg = cli.args.config().unwrap();
+    let scope = cfg.kubernetes.clone().unwrap();
+    aim_gateway::start_kubernetes(
+        cfg,
+        client.clone(),
+        scope,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn start_sim(addr: SocketAddr) -> RunningSim {
     let listener = TcpListener::bind(addr)
         .await
@@ -128,8 +158,9 @@ async fn complete(gateway: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
     (status, resp.text().await.unwrap())
 }
 
-fn manifests(ns: &str, class: &str, port: u16) -> String {
-    let mut yaml = format!(
+/// aim's GatewayClass `class` and a Gateway `gw` of it with one HTTP listener.
+fn gateway_yaml(class: &str) -> String {
+    format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {{name: {class}}}
@@ -141,7 +172,47 @@ metadata: {{name: gw}}
 spec:
   gatewayClassName: {class}
   listeners: [{{name: http, protocol: HTTP, port: 80}}]
----
+"#
+    )
+}
+
+/// A Deployment `app` of one KWOK pod listening on `port`.
+fn deployment_yaml(app: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      containers:
+      - name: vllm
+        image: example.invalid/sim:1
+        ports: [{{name: http, containerPort: {port}}}]
+"#
+    )
+}
+
+/// A Service `name` on port 80 in front of the pods of `app`.
+fn service_yaml(name: &str, app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+fn manifests(ns: &str, class: &str, port: u16) -> String {
+    let mut yaml = gateway_yaml(class);
+    yaml.push_str(&format!(
+        r#"---
 # As the operator writes it: a PathPrefix rewritten to /, a Service on port 80.
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -177,32 +248,12 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: /wrong-kind}}}}]
     backendRefs: [{{group: "", kind: ConfigMap, name: sim-a, port: 80}}]
 "#
-    );
+    ));
     for app in ["sim-a", "sim-b"] {
-        yaml.push_str(&format!(
-            r#"---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {app}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {app}}}}}
-  template:
-    metadata: {{labels: {{app: {app}}}}}
-    spec:
-      containers:
-      - name: vllm
-        image: example.invalid/sim:1
-        ports: [{{name: http, containerPort: {port}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {app}}}
-spec:
-  selector: {{app: {app}}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"#
-        ));
+        yaml.push_str("---\n");
+        yaml.push_str(&deployment_yaml(app, port));
+        yaml.push_str("---\n");
+        yaml.push_str(&service_yaml(app, app));
     }
     yaml
 }
@@ -236,29 +287,7 @@ async fn routes_written_like_the_operators_are_served_and_get_status() {
     )
     .await;
 
-    let gw_flag = format!("{ns}/gw");
-    let cli = Cli::try_parse_from([
-        "gateway",
-        "--kubernetes",
-        "--gateway",
-        gw_flag.as_str(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
-    let cfg = cli.args.config().unwrap();
-    let scope = cfg.kubernetes.clone().unwrap();
-    let gateway = aim_gateway::start_kubernetes(
-        cfg,
-        client.clone(),
-        scope,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let gateway = start_gateway(&client, &ns).await;
 
     // The status, written by the gateway.
     await_object(
@@ -374,6 +403,186 @@ async fn routes_written_like_the_operators_are_served_and_get_status() {
     drop((sim_a, sim_b));
     aim_testkit::delete_namespace(&client, &ns).await;
     // The class is cluster-wide: remove it with the namespace.
+    gateway_api(&client, "GatewayClass", None)
+        .delete(&class, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// Starts the operator on a thread of its own (it outlives the test's
+/// runtime), once per test binary.
+fn operator() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async {
+                let client = aim_testkit::client().await;
+                let admin = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap();
+                let args = aim_operator::OperatorArgs {
+                    admin_address: admin,
+                    namespace: "aim-system".into(),
+                    no_leader_election: true,
+                    identity: None,
+                    scaler_address: "aim-scaler.aim-system.svc:4318".into(),
+                };
+                aim_operator::run_with(client, args, std::future::pending())
+                    .await
+                    .expect("operator runs");
+            });
+        });
+    });
+}
+
+fn route_ready(s: &aim_api::AIMService) -> Option<(String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "HTTPRouteReady")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aimservice_route_is_accepted_by_the_gateway_and_serves() {
+    operator();
+    let client = aim_testkit::client().await;
+    let ns = namespace(&client, "gw-op").await;
+    let class = format!("aim-{ns}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A Ready model and a template frozen Ready with a discovered profile
+    // (no registry, no discovery job), as the operator's own tests do.
+    let model_and_template = r#"apiVersion: aim.eai.amd.com/v1alpha1
+kind: AIMModel
+metadata: {name: m}
+spec:
+  image: amdenterpriseai/aim-qwen-qwen3-32b:0.8.5
+  discovery: {createServiceTemplates: false}
+  imageMetadata:
+    model: {canonicalName: Qwen/Qwen3-32B}
+---
+apiVersion: aim.eai.amd.com/v1alpha1
+kind: AIMServiceTemplate
+metadata:
+  name: t
+  annotations: {aim.eai.amd.com/reconciliation-paused: "true"}
+spec:
+  modelName: m
+  metric: latency
+  precision: fp8
+  hardware: {gpu: {requests: 1, model: MI300X}}
+"#;
+    let mut yaml = gateway_yaml(&class);
+    yaml.push_str("---\n");
+    yaml.push_str(&deployment_yaml("sim", port));
+    yaml.push_str("---\n");
+    yaml.push_str(model_and_template);
+    apply_yaml(&client, &ns, &yaml).await.unwrap();
+    let templates: Api<aim_api::AIMServiceTemplate> = Api::namespaced(client.clone(), &ns);
+    let discovered = serde_json::json!({
+        "apiVersion": "aim.eai.amd.com/v1alpha1", "kind": "AIMServiceTemplate",
+        "status": {
+            "status": "Ready",
+            "profile": {"metadata": {"engine": "vllm", "gpu": "MI300X", "gpuCount": 1, "metric": "latency", "precision": "fp8", "type": "optimized"}},
+            "resolvedHardware": {"gpu": {"requests": 1, "model": "MI300X"}},
+            "hardwareSummary": "1 x MI300X",
+        }
+    });
+    templates
+        .patch_status(
+            "t",
+            &kube::api::PatchParams::apply("aim-test-discovery").force(),
+            &kube::api::Patch::Apply(&discovered),
+        )
+        .await
+        .unwrap();
+    apply_yaml(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {{name: chat}}\nspec:\n  model: {{name: m}}\n  template: {{name: t}}\n  routing:\n    enabled: true\n    gatewayRef: {{name: gw, namespace: {ns}}}\n"
+        ),
+    )
+    .await
+    .unwrap();
+    let gateway = start_gateway(&client, &ns).await;
+
+    // The operator's route, accepted by the gateway; its backend (KServe's
+    // predictor Service) does not exist yet.
+    let route_name = aim_rules::naming::httproute_name("chat", &ns);
+    let routes = gateway_api(&client, "HTTPRoute", Some(&ns));
+    let route = await_object(
+        &routes,
+        &route_name,
+        "accepted, backend not found",
+        WAIT,
+        |r| {
+            let p = our_parent(r);
+            is(&p["conditions"], "Accepted", "True", "Accepted")
+                && is(&p["conditions"], "ResolvedRefs", "False", "BackendNotFound")
+        },
+    )
+    .await;
+    let services: Api<aim_api::AIMService> = Api::namespaced(client.clone(), &ns);
+    let svc = await_object(
+        &services,
+        "chat",
+        "HTTPRouteReady from the gateway",
+        WAIT,
+        |s| route_ready(s) == Some(("True".into(), "HTTPRouteAccepted".into())),
+    )
+    .await;
+    let path = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.routing.as_ref())
+        .and_then(|r| r.path.clone())
+        .expect("a routing path");
+
+    // Play KServe: the predictor Service, in front of the simulator's pod.
+    let predictor = route.data["spec"]["rules"][0]["backendRefs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    apply_yaml(&client, &ns, &service_yaml(&predictor, "sim"))
+        .await
+        .unwrap();
+    await_object(&routes, &route_name, "refs resolved", WAIT, |r| {
+        is(
+            &our_parent(r)["conditions"],
+            "ResolvedRefs",
+            "True",
+            "ResolvedRefs",
+        )
+    })
+    .await;
+    let sim = start_sim(
+        format!("{}:{port}", pod_ip(&client, &ns, "sim").await)
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    // The route's prefix is rewritten to `/`, as the operator asks.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = complete(gateway.addr, &format!("{path}/v1/completions"), &[]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{path}: {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered(&sim).await, 1.0);
+
+    gateway.shutdown().await.unwrap();
+    aim_testkit::delete_namespace(&client, &ns).await;
     gateway_api(&client, "GatewayClass", None)
         .delete(&class, &Default::default())
         .await
