@@ -349,6 +349,39 @@ async fn routes_written_like_the_operators_are_served_and_get_status() {
         .await;
     }
 
+    // A change the gateway sees (an annotation on a backend Service) plans
+    // the same status, and no object changes: transition times are kept.
+    // (Whether a request was skipped or was a no-op apply is not visible
+    // from here; the writer's own check skips it.)
+    let versions = |objs: Vec<DynamicObject>| -> Vec<Option<String>> {
+        objs.into_iter()
+            .map(|o| o.metadata.resource_version)
+            .collect()
+    };
+    let gateways = gateway_api(&client, "Gateway", Some(&ns));
+    let before = versions(vec![
+        gateways.get("gw").await.unwrap(),
+        routes.get("chat").await.unwrap(),
+        routes.get("missing").await.unwrap(),
+    ]);
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
+        .patch(
+            "sim-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"touched": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = versions(vec![
+        gateways.get("gw").await.unwrap(),
+        routes.get("chat").await.unwrap(),
+        routes.get("missing").await.unwrap(),
+    ]);
+    assert_eq!(before, after, "status changed although nothing did");
+
     // Requests. The pods' endpoints may reach the table a moment after
     // the status: wait for the first answer.
     let addr = gateway.addr;
