@@ -8,7 +8,7 @@
 //! flow-control queue. A backend that leaves every route is closed: held
 //! requests are refused, in-flight ones finish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -360,8 +360,20 @@ impl StatusWriter {
         }
     }
 
-    async fn apply(&mut self, kind: &str, ns: Option<&str>, name: &str, status: Value) {
-        let key = format!("{kind}/{}/{name}", ns.unwrap_or(""));
+    async fn apply(
+        &mut self,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        uid: Option<String>,
+        status: Value,
+    ) {
+        // The uid keeps a recreated object (same name) from looking written.
+        let key = format!(
+            "{kind}/{}/{name}/{}",
+            ns.unwrap_or(""),
+            uid.unwrap_or_default()
+        );
         if self.written.get(&key) == Some(&status) {
             return;
         }
@@ -418,6 +430,7 @@ impl StatusWriter {
                 "GatewayClass",
                 None,
                 &c.name,
+                obj.as_ref().and_then(|o| o.metadata.uid.clone()),
                 json!({"conditions": conditions}),
             )
             .await;
@@ -454,23 +467,28 @@ impl StatusWriter {
                     "Gateway",
                     Some(&g.namespace),
                     &g.name,
+                    obj.as_ref().and_then(|o| o.metadata.uid.clone()),
                     json!({"conditions": conditions, "listeners": listeners}),
                 )
                 .await;
             }
         }
+        // The Gateways this process serves: its entries for other
+        // Gateways (another aim gateway's scope) are not its to change.
+        let served: BTreeSet<(String, String)> = plan
+            .gateways
+            .iter()
+            .map(|g| (g.namespace.clone(), g.name.clone()))
+            .collect();
+        let mut planned = BTreeSet::new();
         for r in &plan.routes {
+            planned.insert((r.namespace.clone(), r.name.clone()));
             let obj = find(&stores.routes, Some(&r.namespace), &r.name);
             let before: Vec<Value> = obj
                 .as_ref()
                 .and_then(|o| o.data["status"]["parents"].as_array().cloned())
                 .unwrap_or_default();
-            // Other controllers' entries stay as they are.
-            let mut parents: Vec<Value> = before
-                .iter()
-                .filter(|p| p["controllerName"] != routes::CONTROLLER_NAME)
-                .cloned()
-                .collect();
+            let mut ours = Vec::new();
             let mut changed = false;
             for p in &r.parents {
                 let pref = serde_json::to_value(&p.parent_ref).unwrap_or_default();
@@ -480,7 +498,7 @@ impl StatusWriter {
                 });
                 let conds = conditions_json(&p.conditions, old.map(|o| &o["conditions"]), &now);
                 changed |= old.is_none_or(|o| !same_conditions(&conds, Some(&o["conditions"])));
-                parents.push(json!({
+                ours.push(json!({
                     "parentRef": pref,
                     "controllerName": routes::CONTROLLER_NAME,
                     "conditions": conds,
@@ -488,20 +506,79 @@ impl StatusWriter {
             }
             let ours_before = before
                 .iter()
-                .filter(|p| p["controllerName"] == routes::CONTROLLER_NAME)
+                .filter(|b| is_ours(b, &r.namespace, &served))
                 .count();
-            changed |= ours_before != r.parents.len();
+            changed |= ours_before != ours.len();
             if changed {
+                let parents = merge_parents(&before, ours, &r.namespace, &served);
+                let uid = obj.as_ref().and_then(|o| o.metadata.uid.clone());
                 self.apply(
                     "HTTPRoute",
                     Some(&r.namespace),
                     &r.name,
+                    uid,
                     json!({"parents": parents}),
                 )
                 .await;
             }
         }
+        // Routes that left every served Gateway (a parentRef removed or
+        // changed): their old entries from this process go.
+        for obj in stores.routes.state() {
+            let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
+                continue;
+            };
+            if planned.contains(&(ns.clone(), name.clone())) {
+                continue;
+            }
+            let before: Vec<Value> = obj.data["status"]["parents"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !before.iter().any(|b| is_ours(b, ns, &served)) {
+                continue;
+            }
+            let parents = merge_parents(&before, Vec::new(), ns, &served);
+            self.apply(
+                "HTTPRoute",
+                Some(ns),
+                name,
+                obj.metadata.uid.clone(),
+                json!({"parents": parents}),
+            )
+            .await;
+        }
     }
+}
+
+/// Whether a `status.parents` entry is this process's: aim's controller
+/// name, for a Gateway it serves (a parentRef's namespace defaults to the
+/// route's).
+fn is_ours(entry: &Value, route_ns: &str, served: &BTreeSet<(String, String)>) -> bool {
+    if entry["controllerName"] != routes::CONTROLLER_NAME {
+        return false;
+    }
+    let pref = &entry["parentRef"];
+    let ns = pref["namespace"].as_str().unwrap_or(route_ns).to_string();
+    let name = pref["name"].as_str().unwrap_or_default().to_string();
+    served.contains(&(ns, name))
+}
+
+/// A route's `status.parents` with this process's entries replaced by
+/// `ours`; other controllers' entries, and aim's for Gateways another
+/// process serves, stay as they are.
+fn merge_parents(
+    before: &[Value],
+    ours: Vec<Value>,
+    route_ns: &str,
+    served: &BTreeSet<(String, String)>,
+) -> Vec<Value> {
+    before
+        .iter()
+        .filter(|b| !is_ours(b, route_ns, served))
+        .cloned()
+        .chain(ours)
+        .collect()
 }
 
 /// parentRefs compare by their fields, the apiserver's defaults
@@ -548,6 +625,45 @@ mod tests {
         );
         assert!(!same_conditions(&newer, Some(&old)));
         assert!(!same_conditions(&same, None));
+    }
+
+    #[test]
+    fn only_this_processs_entries_are_replaced() {
+        let served: BTreeSet<(String, String)> = [("infra".to_string(), "gw".to_string())].into();
+        let entry = |controller: &str, pref: Value| json!({"controllerName": controller, "parentRef": pref, "conditions": []});
+        let mine = entry(
+            routes::CONTROLLER_NAME,
+            json!({"name": "gw", "namespace": "infra"}),
+        );
+        // The parentRef's namespace defaults to the route's.
+        let mine_implicit = entry(routes::CONTROLLER_NAME, json!({"name": "gw"}));
+        let other_controller = entry(
+            "example.com/gw",
+            json!({"name": "gw", "namespace": "infra"}),
+        );
+        let other_scope = entry(
+            routes::CONTROLLER_NAME,
+            json!({"name": "edge", "namespace": "infra"}),
+        );
+        assert!(is_ours(&mine, "apps", &served));
+        assert!(is_ours(&mine_implicit, "infra", &served));
+        assert!(!is_ours(&mine_implicit, "apps", &served));
+        assert!(!is_ours(&other_controller, "apps", &served));
+        assert!(!is_ours(&other_scope, "apps", &served));
+        let before = vec![mine.clone(), other_controller.clone(), other_scope.clone()];
+        let new = entry(
+            routes::CONTROLLER_NAME,
+            json!({"name": "gw", "namespace": "infra", "sectionName": "http"}),
+        );
+        assert_eq!(
+            merge_parents(&before, vec![new.clone()], "apps", &served),
+            vec![other_controller.clone(), other_scope.clone(), new]
+        );
+        // A route that left the served Gateway loses only that entry.
+        assert_eq!(
+            merge_parents(&before, Vec::new(), "apps", &served),
+            vec![other_controller, other_scope]
+        );
     }
 
     #[test]

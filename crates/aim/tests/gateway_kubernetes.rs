@@ -432,6 +432,32 @@ async fn routes_written_like_the_operators_are_served_and_get_status() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("no-such-service"), "{body}");
 
+    // A route moved to a Gateway this gateway does not serve loses its
+    // entry, and the listener counts one route fewer.
+    apply_yaml(
+        &client,
+        &ns,
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: wrong-kind}
+spec:
+  parentRefs: [{name: elsewhere}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /wrong-kind}}]
+    backendRefs: [{group: "", kind: ConfigMap, name: sim-a, port: 80}]
+"#,
+    )
+    .await
+    .unwrap();
+    await_object(&routes, "wrong-kind", "aim's entry gone", WAIT, |r| {
+        our_parent(r).is_null()
+    })
+    .await;
+    await_object(&gateways, "gw", "two routes attached", WAIT, |g| {
+        g.data["status"]["listeners"][0]["attachedRoutes"] == 2
+    })
+    .await;
+
     gateway.shutdown().await.unwrap();
     drop((sim_a, sim_b));
     aim_testkit::delete_namespace(&client, &ns).await;
