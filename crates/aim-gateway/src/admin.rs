@@ -35,14 +35,19 @@ fn answer(target: &Target, ready: &AtomicBool, req: &Request<Incoming>) -> Respo
             },
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok".into()),
-        "/readyz" if ready.load(Ordering::Acquire) => {
-            (StatusCode::OK, "text/plain", "ready".into())
-        }
-        "/readyz" => (
+        "/readyz" if !ready.load(Ordering::Acquire) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "shutting down".into(),
         ),
+        // With --kubernetes, not before the first routing table: until
+        // then every request would be answered 404.
+        "/readyz" if !target.ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no routing table yet: the Gateway API objects are still being read".into(),
+        ),
+        "/readyz" => (StatusCode::OK, "text/plain", "ready".into()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

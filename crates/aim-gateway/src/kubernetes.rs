@@ -9,6 +9,7 @@
 //! requests are refused, in-flight ones finish.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ fn resource(kind: &str) -> ApiResource {
 pub struct Router {
     table: RwLock<Arc<Table>>,
     backends: Mutex<BTreeMap<BackendKey, Arc<Service>>>,
+    /// Set by the first [`Router::install`], from a fully read cluster.
+    installed: AtomicBool,
     picker: aim_picker::PickerConfig,
     queue: aim_picker::QueueConfig,
     client: Client,
@@ -55,6 +58,7 @@ impl Router {
         Arc::new(Router {
             table: RwLock::new(Arc::new(Table::default())),
             backends: Mutex::new(BTreeMap::new()),
+            installed: AtomicBool::new(false),
             picker,
             queue,
             client,
@@ -65,6 +69,11 @@ impl Router {
     /// The current table (a request keeps the one it started with).
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a table from the cluster is installed (`/readyz`).
+    pub fn has_table(&self) -> bool {
+        self.installed.load(Ordering::Acquire)
     }
 
     pub fn backend(&self, key: &BackendKey) -> Option<Arc<Service>> {
@@ -114,6 +123,7 @@ impl Router {
             });
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.installed.store(true, Ordering::Release);
         for svc in closed {
             tracing::info!(backend = %svc.name, "backend left every route; its requests finish");
             svc.close();

@@ -157,6 +157,15 @@ impl Target {
         }
     }
 
+    /// Whether requests can be routed: always for one service; for the
+    /// Gateway API, once the first table is installed.
+    pub fn ready(&self) -> bool {
+        match self {
+            Target::Single(_) => true,
+            Target::Routes(r) => r.has_table(),
+        }
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.services().iter().map(|s| s.in_flight()).sum()
     }

@@ -349,6 +349,11 @@ async fn routes_written_like_the_operators_are_served_and_get_status() {
         .await;
     }
 
+    let readyz = reqwest::get(format!("http://{}/readyz", gateway.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status().as_u16(), 200);
+
     // A change the gateway sees (an annotation on a backend Service) plans
     // the same status, and no object changes: transition times are kept.
     // (Whether a request was skipped or was a no-op apply is not visible
@@ -466,6 +471,24 @@ spec:
         .delete(&class, &Default::default())
         .await
         .unwrap();
+}
+
+/// Until the cluster has been read, the gateway is not ready: `/readyz`
+/// says why, rather than every request getting a 404 from an empty table.
+#[tokio::test]
+async fn not_ready_before_the_cluster_is_read() {
+    // Nothing listens on port 1: the watches never list anything.
+    let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+    let unreachable = kube::Client::try_from(config).unwrap();
+    let gateway = start_gateway(&unreachable, "infra").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let readyz = reqwest::get(format!("http://{}/readyz", gateway.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status().as_u16(), 503);
+    let body = readyz.text().await.unwrap();
+    assert!(body.contains("no routing table yet"), "{body}");
+    gateway.shutdown().await.unwrap();
 }
 
 /// Starts the operator on a thread of its own (it outlives the test's
