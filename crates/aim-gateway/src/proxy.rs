@@ -483,4 +483,69 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert!(!r.headers().contains_key(header::RETRY_AFTER));
     }
+
+    #[test]
+    fn the_port_leaves_the_host_for_routing() {
+        assert_eq!(strip_port("chat.example.com:8080"), "chat.example.com");
+        assert_eq!(strip_port("chat.example.com"), "chat.example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    fn action(filters: serde_json::Value) -> Action {
+        let filters: Vec<crate::routes::Filter> = serde_json::from_value(filters).unwrap();
+        Action::new("ns/r".into(), 0, Vec::new(), &filters)
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn header_modifiers_set_add_and_remove() {
+        let a = action(
+            serde_json::json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                "set": [{"name": "x-tier", "value": "gold"}],
+                "add": [{"name": "x-seen", "value": "aim"}],
+                "remove": ["x-secret"],
+            }}]),
+        );
+        let mut p = parts(
+            "/v1/models",
+            &[("x-tier", "free"), ("x-seen", "client"), ("x-secret", "s")],
+        );
+        filter(&mut p, &a, None);
+        assert_eq!(p.headers.get_all("x-tier").iter().count(), 1);
+        assert_eq!(p.headers["x-tier"], "gold");
+        let seen: Vec<_> = p.headers.get_all("x-seen").iter().collect();
+        assert_eq!(seen, ["client", "aim"]);
+        assert!(p.headers.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn url_rewrite_replaces_the_matched_prefix_keeps_the_query_and_sets_the_host() {
+        let a = action(serde_json::json!([{"type": "URLRewrite", "urlRewrite": {
+            "hostname": "backend.internal",
+            "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"},
+        }}]));
+        let mut p = parts("/team/chat/v1/completions?stream=true", &[]);
+        filter(&mut p, &a, Some("/team/chat"));
+        assert_eq!(p.uri.path(), "/v1/completions");
+        assert_eq!(p.uri.query(), Some("stream=true"));
+        let host = p.extensions.get::<RewrittenHost>().map(|h| h.0.clone());
+        assert_eq!(host, Some(HeaderValue::from_static("backend.internal")));
+        // The prefix itself becomes `/`.
+        let mut p = parts("/team/chat", &[]);
+        filter(&mut p, &a, Some("/team/chat"));
+        assert_eq!(p.uri.path(), "/");
+        // No filter: nothing changes.
+        let mut p = parts("/team/chat/v1/models", &[]);
+        filter(&mut p, &action(serde_json::json!([])), Some("/team/chat"));
+        assert_eq!(p.uri.path(), "/team/chat/v1/models");
+        assert!(p.extensions.get::<RewrittenHost>().is_none());
+    }
 }

@@ -353,7 +353,12 @@ pub struct Action {
 }
 
 impl Action {
-    fn new(route: String, rule: usize, backends: Vec<Backend>, filters: &[Filter]) -> Self {
+    pub(crate) fn new(
+        route: String,
+        rule: usize,
+        backends: Vec<Backend>,
+        filters: &[Filter],
+    ) -> Self {
         let n = backends.len();
         Action {
             route,
