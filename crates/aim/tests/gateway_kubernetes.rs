@@ -473,6 +473,99 @@ spec:
         .unwrap();
 }
 
+/// The `endpoint` label values of `family` for `service` whose value is `value`.
+fn endpoints_with(metrics: &str, family: &str, service: &str, value: &str) -> Vec<String> {
+    let prefix = format!("{family}{{service=\"{service}\",endpoint=\"");
+    let mut out: Vec<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (endpoint, v) = rest.split_once("\"} ")?;
+            (v == value).then(|| endpoint.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// On a real cluster a backend's endpoints come from its Service's
+/// EndpointSlices, written here as a controller would (the apiserver's own
+/// validation; TEST-NET-2 addresses, which it accepts and nothing answers
+/// on). Ready and unset-ready endpoints take requests, a serving one that
+/// is terminating drains, a not-ready one is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_give_a_backends_endpoints() {
+    let client = aim_testkit::client().await;
+    let ns = namespace(&client, "gw-slices").await;
+    let class = format!("aim-{ns}");
+    let mut yaml = gateway_yaml(&class);
+    yaml.push_str(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs: [{name: api, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: api-1
+  labels: {kubernetes.io/service-name: api, endpointslice.kubernetes.io/managed-by: aim-gateway-test}
+addressType: IPv4
+ports: [{name: http, port: 8000, protocol: TCP}]
+endpoints:
+- addresses: [198.51.100.10]
+  conditions: {ready: true}
+- addresses: [198.51.100.11]
+- addresses: [198.51.100.12]
+  conditions: {ready: false}
+- addresses: [198.51.100.13]
+  conditions: {ready: false, serving: true, terminating: true}
+"#,
+    );
+    apply_yaml(&client, &ns, &yaml).await.unwrap();
+    let gateway = start_gateway(&client, &ns).await;
+    let service = format!("{ns}/api:80");
+    let deadline = Instant::now() + WAIT;
+    let (taking, draining) = loop {
+        let text = reqwest::get(format!("http://{}/metrics", gateway.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let family = "aim_gateway_endpoint_draining";
+        let found = (
+            endpoints_with(&text, family, &service, "0"),
+            endpoints_with(&text, family, &service, "1"),
+        );
+        if !found.0.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        taking,
+        ["http://198.51.100.10:8000", "http://198.51.100.11:8000"]
+    );
+    assert_eq!(draining, ["http://198.51.100.13:8000"]);
+    gateway.shutdown().await.unwrap();
+    aim_testkit::delete_namespace(&client, &ns).await;
+    gateway_api(&client, "GatewayClass", None)
+        .delete(&class, &Default::default())
+        .await
+        .unwrap();
+}
+
 /// Until the cluster has been read, the gateway is not ready: `/readyz`
 /// says why, rather than every request getting a 404 from an empty table.
 #[tokio::test]
