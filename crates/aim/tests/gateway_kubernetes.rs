@@ -566,6 +566,87 @@ endpoints:
         .unwrap();
 }
 
+/// Kills the child process when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `aim gateway --kubernetes` command, reaching the cluster through
+/// KUBECONFIG: it writes the status and answers an unmatched path with 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_serves_a_gateway_from_the_kubeconfig() {
+    let cluster = aim_testkit::cluster().await;
+    let client = aim_testkit::client().await;
+    let ns = namespace(&client, "gw-cli").await;
+    let class = format!("aim-{ns}");
+    apply_yaml(&client, &ns, &gateway_yaml(&class))
+        .await
+        .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let _gateway = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_aim"))
+            .args(["gateway", "--kubernetes", "--gateway", &format!("{ns}/gw")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    await_object(
+        &gateway_api(&client, "Gateway", Some(&ns)),
+        "gw",
+        "Gateway Programmed by the aim gateway process",
+        WAIT,
+        |g| {
+            is(
+                &g.data["status"]["conditions"],
+                "Programmed",
+                "True",
+                "Programmed",
+            )
+        },
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await;
+        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the process never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = complete(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "/v1/completions",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no_route"), "{body}");
+    aim_testkit::delete_namespace(&client, &ns).await;
+    gateway_api(&client, "GatewayClass", None)
+        .delete(&class, &Default::default())
+        .await
+        .unwrap();
+}
+
 /// Until the cluster has been read, the gateway is not ready: `/readyz`
 /// says why, rather than every request getting a 404 from an empty table.
 #[tokio::test]
