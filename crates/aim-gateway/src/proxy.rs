@@ -117,6 +117,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         429 => "RateLimitError",
         502 => "BadGatewayError",
         503 => "ServiceUnavailableError",
+        504 => "TimeoutError",
         _ => "InternalServerError",
     };
     let body = serde_json::json!({
@@ -297,8 +298,24 @@ impl Proxy {
         };
         let (mut parts, body) = req.into_parts();
         filter(&mut parts, action, matched.as_deref());
-        self.dispatch(&service, Request::from_parts(parts, body), peer)
-            .await
+        let work = self.dispatch(&service, Request::from_parts(parts, body), peer);
+        let Some(limit) = action.request_timeout else {
+            return work.await;
+        };
+        // timeouts.request bounds the wait for the response's head (time
+        // held in the queue included); a stream that has begun runs on.
+        // Dropping `work` leaves the queue as a client that went away does.
+        match tokio::time::timeout(limit, work).await {
+            Ok(response) => response,
+            Err(_) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "HTTPRoute {} rule {}: no response within its timeouts.request ({limit:?})",
+                    action.route, action.rule
+                ),
+            ),
+        }
     }
 
     /// Sends a request to one service's endpoints: inference requests
@@ -494,7 +511,7 @@ mod tests {
 
     fn action(filters: serde_json::Value) -> Action {
         let filters: Vec<crate::routes::Filter> = serde_json::from_value(filters).unwrap();
-        Action::new("ns/r".into(), 0, Vec::new(), &filters)
+        Action::new("ns/r".into(), 0, Vec::new(), &filters, None)
     }
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {

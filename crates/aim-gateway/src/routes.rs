@@ -157,6 +157,53 @@ pub struct Rule {
     pub matches: Vec<Match>,
     pub filters: Vec<Filter>,
     pub backend_refs: Vec<BackendRef>,
+    pub timeouts: Option<Timeouts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Timeouts {
+    pub request: Option<String>,
+    pub backend_request: Option<String>,
+}
+
+/// A Gateway API duration: one to four `<number><unit>` parts, units `h`,
+/// `m`, `s`, `ms`, each number at most five digits (the format the
+/// Gateway API's CRDs validate; a subset of Go's duration syntax).
+pub fn gateway_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = |why: &str| Err(format!("`{text}`: {why} (e.g. 120s, 1m30s, 500ms)"));
+    if text.is_empty() {
+        return bad("empty");
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut parts = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return bad("each part is 1 to 5 digits and a unit");
+        }
+        let n: u64 = rest[..digits].parse().expect("ASCII digits");
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(1), 1)
+        } else {
+            return bad("units are h, m, s and ms");
+        };
+        rest = &rest[len..];
+        total += unit * u32::try_from(n).expect("at most 5 digits");
+        parts += 1;
+        if parts > 4 {
+            return bad("at most four parts");
+        }
+    }
+    Ok(total)
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -348,6 +395,9 @@ pub struct Action {
     pub backends: Vec<Backend>,
     pub header_modifiers: Vec<HeaderModifier>,
     pub rewrite: Option<UrlRewrite>,
+    /// `timeouts.request` (none when unset or zero, which the spec reads
+    /// as no timeout).
+    pub request_timeout: Option<std::time::Duration>,
     /// Smooth weighted round robin: each backend's running credit.
     credit: Mutex<Vec<i64>>,
 }
@@ -358,6 +408,7 @@ impl Action {
         rule: usize,
         backends: Vec<Backend>,
         filters: &[Filter],
+        request_timeout: Option<std::time::Duration>,
     ) -> Self {
         let n = backends.len();
         Action {
@@ -369,6 +420,7 @@ impl Action {
                 .filter_map(|f| f.request_header_modifier.clone())
                 .collect(),
             rewrite: filters.iter().find_map(|f| f.url_rewrite.clone()),
+            request_timeout: request_timeout.filter(|t| !t.is_zero()),
             credit: Mutex::new(vec![0; n]),
         }
     }
@@ -687,6 +739,16 @@ fn unsupported(route: &HttpRoute) -> Option<String> {
             return Some(format!(
                 "spec.rules[{i}].backendRefs filters are not supported"
             ));
+        }
+        if let Some(t) = &rule.timeouts {
+            if t.backend_request.is_some() {
+                return Some(format!(
+                    "spec.rules[{i}].timeouts.backendRequest is not supported (aim implements timeouts.request)"
+                ));
+            }
+            if let Some(Err(why)) = t.request.as_deref().map(gateway_duration) {
+                return Some(format!("spec.rules[{i}].timeouts.request {why}"));
+            }
         }
     }
     None
@@ -1017,11 +1079,17 @@ pub fn plan(world: &World<'_>, scope: &Scope) -> Plan {
             if hostnames_served.is_empty() {
                 break;
             }
+            let request_timeout = rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.request.as_deref())
+                .and_then(|t| gateway_duration(t).ok());
             let action = std::sync::Arc::new(Action::new(
                 format!("{rns}/{}", route.metadata.name),
                 ri,
                 rule_backends[ri].clone(),
                 &rule.filters,
+                request_timeout,
             ));
             let default_match = [Match::default()];
             let matches = if rule.matches.is_empty() {

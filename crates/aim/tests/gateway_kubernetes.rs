@@ -647,6 +647,86 @@ async fn the_command_serves_a_gateway_from_the_kubeconfig() {
         .unwrap();
 }
 
+/// A rule's `timeouts.request` (the operator sets it from the AIMService's
+/// requestTimeout): a backend that accepts connections and never answers
+/// gets the request a 504 once the timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_request_timeout_answers_504() {
+    let client = aim_testkit::client().await;
+    let ns = namespace(&client, "gw-timeout").await;
+    let class = format!("aim-{ns}");
+    let port = free_port();
+    let mut yaml = gateway_yaml(&class);
+    for doc in [
+        deployment_yaml("stall", port),
+        service_yaml("stall", "stall"),
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: stall}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs: [{name: stall, port: 80}]
+    timeouts: {request: 700ms}
+"#
+        .to_string(),
+    ] {
+        yaml.push_str("---\n");
+        yaml.push_str(&doc);
+    }
+    apply_yaml(&client, &ns, &yaml).await.unwrap();
+    // Takes connections at the pod's address and never answers.
+    let listener = TcpListener::bind(format!("{}:{port}", pod_ip(&client, &ns, "stall").await))
+        .await
+        .unwrap();
+    let stalled = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let gateway = start_gateway(&client, &ns).await;
+    await_object(
+        &gateway_api(&client, "HTTPRoute", Some(&ns)),
+        "stall",
+        "stall accepted",
+        WAIT,
+        |r| {
+            is(
+                &our_parent(r)["conditions"],
+                "ResolvedRefs",
+                "True",
+                "ResolvedRefs",
+            )
+        },
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    let (status, body, took) = loop {
+        let start = Instant::now();
+        let (status, body) = complete(gateway.addr, "/v1/completions", &[]).await;
+        // Before the table has the route, 404s; then the timeout.
+        if status != 404 || Instant::now() > deadline {
+            break (status, body, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains("request_timeout") && body.contains("timeouts.request"),
+        "{body}"
+    );
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    stalled.abort();
+    gateway.shutdown().await.unwrap();
+    aim_testkit::delete_namespace(&client, &ns).await;
+    gateway_api(&client, "GatewayClass", None)
+        .delete(&class, &Default::default())
+        .await
+        .unwrap();
+}
+
 /// Until the cluster has been read, the gateway is not ready: `/readyz`
 /// says why, rather than every request getting a 404 from an empty table.
 #[tokio::test]

@@ -563,3 +563,91 @@ fn full_path_and_prefix_rewrites() {
     assert_eq!(rewrite_path("/foo", Some("/foo"), &prefix("/xyz/")), "/xyz");
     assert_eq!(rewrite_path("/foo/", Some("/foo"), &prefix("/")), "/");
 }
+
+#[test]
+fn gateway_durations_parse_as_the_crds_write_them() {
+    use std::time::Duration;
+    assert_eq!(gateway_duration("120s"), Ok(Duration::from_secs(120)));
+    assert_eq!(gateway_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(
+        gateway_duration("1m500ms"),
+        Ok(Duration::from_millis(60_500))
+    );
+    assert_eq!(gateway_duration("0s"), Ok(Duration::ZERO));
+    for bad in ["", "10", "1d", "s", "123456s", "1h1m1s1ms1s", "1.5s", "-1s"] {
+        let e = gateway_duration(bad).unwrap_err();
+        assert!(e.starts_with(&format!("`{bad}`: ")), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_rules_request_timeout_reaches_its_action() {
+    let mut with = operator_route("a", "r", "/chat", "sim-a");
+    with.spec.rules[0].timeouts = Some(Timeouts {
+        request: Some("120s".into()),
+        backend_request: None,
+    });
+    let mut zero = operator_route("a", "z", "/zero", "sim-a");
+    zero.spec.rules[0].timeouts = Some(Timeouts {
+        request: Some("0s".into()),
+        backend_request: None,
+    });
+    let without = operator_route("a", "n", "/none", "sim-b");
+    let p = Fixture::new(vec![with, zero, without]).plan(&Scope::default());
+    let headers = http::HeaderMap::new();
+    let timeout = |path: &str| {
+        p.table
+            .route(&req(path, &headers))
+            .expect("routed")
+            .action
+            .request_timeout
+    };
+    assert_eq!(
+        timeout("/chat/v1/completions"),
+        Some(std::time::Duration::from_secs(120))
+    );
+    // Zero is no timeout, as the spec says.
+    assert_eq!(timeout("/zero/v1/completions"), None);
+    assert_eq!(timeout("/none/v1/completions"), None);
+}
+
+#[test]
+fn backend_request_timeouts_and_bad_durations_are_refused_naming_the_field() {
+    let with = |name: &str, t: Timeouts| {
+        let mut r = operator_route("a", name, &format!("/{name}"), "sim-a");
+        r.spec.rules[0].timeouts = Some(t);
+        r
+    };
+    let p = Fixture::new(vec![
+        with(
+            "backend",
+            Timeouts {
+                request: None,
+                backend_request: Some("10s".into()),
+            },
+        ),
+        with(
+            "bad",
+            Timeouts {
+                request: Some("2d".into()),
+                backend_request: None,
+            },
+        ),
+    ])
+    .plan(&Scope::default());
+    let c = route_cond(&p, "backend", "Accepted");
+    assert!(!c.status);
+    assert_eq!(c.reason, "UnsupportedValue");
+    assert!(
+        c.message.contains("spec.rules[0].timeouts.backendRequest"),
+        "{}",
+        c.message
+    );
+    let c = route_cond(&p, "bad", "Accepted");
+    assert!(!c.status);
+    assert!(
+        c.message.starts_with("spec.rules[0].timeouts.request `2d`"),
+        "{}",
+        c.message
+    );
+}
