@@ -1,13 +1,12 @@
-//! Tier 2: `aim gateway --kubernetes` against the real local apiserver. The
-//! test writes a GatewayClass, a Gateway and HTTPRoutes shaped like the
+//! Tier 2: `aim gateway --kubernetes` against the real local apiserver.
+//! Tests write GatewayClasses, Gateways and HTTPRoutes shaped like the
 //! operator's (a PathPrefix rule rewritten to `/`, a Service backendRef on
 //! port 80); the gateway writes their status, and requests sent through it
-//! reach two `aim sim` backends, each behind a Service whose Deployment's
-//! KWOK pods have loopback addresses the simulators listen on (the bed's
-//! stand-in for EndpointSlices, which refuse loopback addresses). A second
-//! test runs the operator too: an AIMService with routing gets
-//! `HTTPRouteReady` from the status the gateway writes on the operator's
-//! route, and its path serves.
+//! reach `aim sim` backends behind Services whose Deployments' KWOK pods
+//! have loopback addresses the simulators listen on (the bed's stand-in for
+//! EndpointSlices, which refuse loopback addresses). Others: the operator's
+//! own route for an AIMService, EndpointSlices as a real cluster has them,
+//! a rule's request timeout, readiness, and the command line itself.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
