@@ -379,11 +379,7 @@ impl StatusWriter {
         status: Value,
     ) {
         // The uid keeps a recreated object (same name) from looking written.
-        let key = format!(
-            "{kind}/{}/{name}/{}",
-            ns.unwrap_or(""),
-            uid.unwrap_or_default()
-        );
+        let key = status_key(kind, ns, name, uid.as_deref());
         if self.written.get(&key) == Some(&status) {
             return;
         }
@@ -422,6 +418,26 @@ impl StatusWriter {
     }
 
     async fn write(&mut self, stores: &Stores, plan: &Plan) {
+        // Forget what was written to objects that are gone.
+        let live: BTreeSet<String> = [
+            ("GatewayClass", &stores.classes),
+            ("Gateway", &stores.gateways),
+            ("HTTPRoute", &stores.routes),
+        ]
+        .into_iter()
+        .flat_map(|(kind, store)| {
+            store.state().into_iter().map(move |o| {
+                let m = &o.metadata;
+                status_key(
+                    kind,
+                    m.namespace.as_deref(),
+                    m.name.as_deref().unwrap_or(""),
+                    m.uid.as_deref(),
+                )
+            })
+        })
+        .collect();
+        self.written.retain(|k, _| live.contains(k));
         let now = now();
         let find = |store: &Store<DynamicObject>, ns: Option<&str>, name: &str| {
             store.state().into_iter().find(|o| {
@@ -559,6 +575,11 @@ impl StatusWriter {
             .await;
         }
     }
+}
+
+/// The key of an object's last written status.
+fn status_key(kind: &str, ns: Option<&str>, name: &str, uid: Option<&str>) -> String {
+    format!("{kind}/{}/{name}/{}", ns.unwrap_or(""), uid.unwrap_or(""))
 }
 
 /// Whether a `status.parents` entry is this process's: aim's controller
