@@ -16,24 +16,38 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics;
-use crate::service::Service;
+use crate::proxy::Target;
 
-fn answer(service: &Service, ready: &AtomicBool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(target: &Target, ready: &AtomicBool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(&service.name, &service.metrics, &service.view()),
+            {
+                let services = target.services();
+                let views: Vec<_> = services.iter().map(|s| s.view()).collect();
+                let all: Vec<_> = services
+                    .iter()
+                    .zip(&views)
+                    .map(|(s, v)| (s.name.as_str(), &s.metrics, v))
+                    .collect();
+                metrics::render(&all)
+            },
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok".into()),
-        "/readyz" if ready.load(Ordering::Acquire) => {
-            (StatusCode::OK, "text/plain", "ready".into())
-        }
-        "/readyz" => (
+        "/readyz" if !ready.load(Ordering::Acquire) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "shutting down".into(),
         ),
+        // With --kubernetes, not before the first routing table: until
+        // then every request would be answered 404.
+        "/readyz" if !target.ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no routing table yet: the Gateway API objects are still being read".into(),
+        ),
+        "/readyz" => (StatusCode::OK, "text/plain", "ready".into()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -49,7 +63,7 @@ fn answer(service: &Service, ready: &AtomicBool, req: &Request<Incoming>) -> Res
 
 pub async fn serve(
     listener: TcpListener,
-    service: Arc<Service>,
+    target: Arc<Target>,
     ready: Arc<AtomicBool>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -72,9 +86,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let (service, ready) = (service.clone(), ready.clone());
+        let (target, ready) = (target.clone(), ready.clone());
         let svc = hyper::service::service_fn(move |req| {
-            let response = answer(&service, &ready, &req);
+            let response = answer(&target, &ready, &req);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {

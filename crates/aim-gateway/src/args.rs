@@ -9,6 +9,7 @@ use std::time::Duration;
 use aim_picker::{PickerConfig, QueueConfig, Weights};
 
 use crate::endpoints::EndpointUrl;
+use crate::routes::Scope;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
@@ -30,6 +31,19 @@ pub struct GatewayArgs {
     /// requests while its in-flight ones finish.
     #[arg(long)]
     pub endpoints_file: Option<PathBuf>,
+    /// Serve the Gateway API: routes, backends and endpoints come from the
+    /// cluster (the kubeconfig's, or the pod's service account), and aim
+    /// writes the status of the GatewayClasses, Gateways and HTTPRoutes it
+    /// serves. Without --gateway-class or --gateway, every Gateway whose
+    /// class has controllerName aim.eai.amd.com/gateway.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: serve only the Gateways of this GatewayClass.
+    #[arg(long)]
+    pub gateway_class: Option<String>,
+    /// With --kubernetes: serve only this Gateway, `NAMESPACE/NAME`.
+    #[arg(long)]
+    pub gateway: Option<String>,
     /// How often --endpoints-file is re-read.
     #[arg(long, default_value = "1s", value_parser = duration_arg)]
     pub endpoints_refresh: Duration,
@@ -122,6 +136,8 @@ pub struct Config {
     pub endpoints: Vec<EndpointUrl>,
     pub endpoints_file: Option<PathBuf>,
     pub endpoints_refresh: Duration,
+    /// `--kubernetes`: which Gateways to serve.
+    pub kubernetes: Option<Scope>,
     pub scrape_interval: Duration,
     pub picker: PickerConfig,
     pub queue: QueueConfig,
@@ -133,6 +149,38 @@ pub struct Config {
 }
 
 impl GatewayArgs {
+    /// The Gateways `--kubernetes` serves, or `None` without it.
+    fn scope(&self) -> anyhow::Result<Option<Scope>> {
+        if !self.kubernetes {
+            for (flag, given) in [
+                ("--gateway-class", self.gateway_class.is_some()),
+                ("--gateway", self.gateway.is_some()),
+            ] {
+                anyhow::ensure!(!given, "{flag} needs --kubernetes");
+            }
+            return Ok(None);
+        }
+        let gateway = match &self.gateway {
+            None => None,
+            Some(g) => {
+                let parsed = g
+                    .split_once('/')
+                    .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+                let Some((ns, name)) = parsed else {
+                    anyhow::bail!("--gateway `{g}`: use NAMESPACE/NAME, e.g. aim-system/aim");
+                };
+                Some((ns.to_string(), name.to_string()))
+            }
+        };
+        if let Some(c) = &self.gateway_class {
+            anyhow::ensure!(!c.is_empty(), "--gateway-class must not be empty");
+        }
+        Ok(Some(Scope {
+            class: self.gateway_class.clone(),
+            gateway,
+        }))
+    }
+
     /// Checks what clap cannot and builds the configuration; the error names
     /// the option.
     pub fn config(&self) -> anyhow::Result<Config> {
@@ -142,10 +190,18 @@ impl GatewayArgs {
                 EndpointUrl::parse(e).map_err(|why| anyhow::anyhow!("--endpoint `{e}`: {why}"))?,
             );
         }
-        anyhow::ensure!(
-            !endpoints.is_empty() || self.endpoints_file.is_some(),
-            "no endpoint: give --endpoint http://HOST:PORT (repeatable) or --endpoints-file PATH"
-        );
+        let kubernetes = self.scope()?;
+        if kubernetes.is_some() {
+            anyhow::ensure!(
+                endpoints.is_empty() && self.endpoints_file.is_none(),
+                "--kubernetes takes backends and endpoints from the cluster's routes: drop --endpoint and --endpoints-file"
+            );
+        } else {
+            anyhow::ensure!(
+                !endpoints.is_empty() || self.endpoints_file.is_some(),
+                "no endpoint: give --endpoint http://HOST:PORT (repeatable), --endpoints-file PATH, or --kubernetes"
+            );
+        }
         anyhow::ensure!(
             !self.scrape_interval.is_zero(),
             "--scrape-interval must be longer than zero"
@@ -220,6 +276,7 @@ impl GatewayArgs {
             endpoints,
             endpoints_file: self.endpoints_file.clone(),
             endpoints_refresh: self.endpoints_refresh,
+            kubernetes,
             scrape_interval: self.scrape_interval,
             picker,
             queue: QueueConfig {
@@ -305,6 +362,48 @@ mod tests {
         assert!(refused(&[e, "--objective", "a=1", "--objective", "a=2"]).contains("given twice"));
         assert!(refused(&[e, "--client-header", "bad header"]).starts_with("--client-header"));
         assert!(refused(&[e, "--scrape-interval", "soon"]).contains("--scrape-interval"));
+        assert!(refused(&[e, "--kubernetes"]).starts_with("--kubernetes takes backends"));
+        assert_eq!(
+            refused(&["--gateway", "a/b"]),
+            "--gateway needs --kubernetes"
+        );
+        assert_eq!(
+            refused(&["--gateway-class", "aim"]),
+            "--gateway-class needs --kubernetes"
+        );
+        for bad in ["aim", "/aim", "ns/", "a/b/c"] {
+            assert!(
+                refused(&["--kubernetes", "--gateway", bad])
+                    .starts_with(&format!("--gateway `{bad}`: use NAMESPACE/NAME")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn kubernetes_scopes_to_a_class_or_a_gateway() {
+        let c = config(&["--kubernetes"]).unwrap();
+        assert_eq!(c.kubernetes, Some(Scope::default()));
+        let c = config(&[
+            "--kubernetes",
+            "--gateway",
+            "infra/gw",
+            "--gateway-class",
+            "aim",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.kubernetes,
+            Some(Scope {
+                class: Some("aim".into()),
+                gateway: Some(("infra".into(), "gw".into())),
+            })
+        );
+        assert_eq!(config(&[e_flag()]).unwrap().kubernetes, None);
+    }
+
+    fn e_flag() -> &'static str {
+        "--endpoint=http://127.0.0.1:8000"
     }
 
     #[test]

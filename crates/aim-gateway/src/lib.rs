@@ -19,10 +19,13 @@
 
 mod admin;
 mod args;
+pub mod backends;
 pub mod bench;
 pub mod endpoints;
+pub mod kubernetes;
 mod metrics;
 pub mod proxy;
+pub mod routes;
 pub mod scrape;
 pub mod service;
 
@@ -40,7 +43,7 @@ use tokio::sync::watch;
 
 pub use args::{Config, GatewayArgs, duration_arg};
 use endpoints::{EndpointSource, FileSource, StaticSource};
-use proxy::Proxy;
+use proxy::{Proxy, Target};
 use service::Service;
 
 /// `aim gateway` and its bench.
@@ -85,17 +88,29 @@ pub fn source(cfg: &Config) -> anyhow::Result<Box<dyn EndpointSource>> {
 /// Serves until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
-    let source = source(&cfg)?;
+    let source = match cfg.kubernetes {
+        Some(_) => None,
+        None => Some(source(&cfg)?),
+    };
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {} (from --listen)", cfg.listen))?;
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("binding {} (from --admin-listen)", cfg.admin_listen))?;
-    let gateway = start(cfg, source, listener, admin).await?;
+    let gateway = match (source, cfg.kubernetes.clone()) {
+        (Some(source), _) => start(cfg, source, listener, admin).await?,
+        (None, Some(scope)) => {
+            let client = kube::Client::try_default().await.context(
+                "--kubernetes: no cluster to follow (set KUBECONFIG, or run in a pod with a service account)",
+            )?;
+            start_kubernetes(cfg, client, scope, listener, admin).await?
+        }
+        (None, None) => unreachable!("config() gives a source or a scope"),
+    };
     shutdown_signal().await;
     tracing::info!(
-        in_flight = gateway.service.in_flight(),
+        in_flight = gateway.target.in_flight(),
         "shutdown requested; draining"
     );
     gateway.shutdown().await
@@ -105,7 +120,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub service: Arc<Service>,
+    pub target: Arc<Target>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -137,14 +152,44 @@ pub async fn start(
         cfg.scrape_interval,
     );
     tokio::spawn(service.clone().follow(source.start()));
-    let proxy = Arc::new(Proxy::new(service.clone(), client, &cfg));
+    serve_target(cfg, Target::Single(service), client, listener, admin)
+}
+
+/// Starts serving the Gateway API's routes for the Gateways `scope`
+/// names, following the cluster `kube` reaches.
+pub async fn start_kubernetes(
+    cfg: Config,
+    kube: kube::Client,
+    scope: routes::Scope,
+    listener: TcpListener,
+    admin: TcpListener,
+) -> anyhow::Result<RunningGateway> {
+    // Checked here so a bad picker configuration fails at start, not at
+    // the first backend.
+    aim_picker::Picker::new(cfg.picker)?;
+    let client = proxy::client(cfg.connect_timeout);
+    let router =
+        kubernetes::Router::new(cfg.picker, cfg.queue, client.clone(), cfg.scrape_interval);
+    tokio::spawn(kubernetes::run(kube, scope, router.clone()));
+    serve_target(cfg, Target::Routes(router), client, listener, admin)
+}
+
+fn serve_target(
+    cfg: Config,
+    target: Target,
+    client: proxy::Client,
+    listener: TcpListener,
+    admin: TcpListener,
+) -> anyhow::Result<RunningGateway> {
+    let target = Arc::new(target);
+    let proxy = Arc::new(Proxy::new(target.clone(), client, &cfg));
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let ready = Arc::new(AtomicBool::new(true));
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(admin::serve(
         admin,
-        service.clone(),
+        target.clone(),
         ready.clone(),
         stopped.clone(),
     ));
@@ -152,16 +197,16 @@ pub async fn start(
     let server = tokio::spawn(serve(
         listener,
         proxy,
-        service.clone(),
+        target.clone(),
         ready,
         stopped,
         drain_timeout,
     ));
-    tracing::info!(%addr, %admin_addr, service = %cfg.service, "gateway listening");
+    tracing::info!(%addr, %admin_addr, service = %cfg.service, kubernetes = cfg.kubernetes.is_some(), "gateway listening");
     Ok(RunningGateway {
         addr,
         admin_addr,
-        service,
+        target,
         stop,
         server,
     })
@@ -170,7 +215,7 @@ pub async fn start(
 async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    service: Arc<Service>,
+    target: Arc<Target>,
     ready: Arc<AtomicBool>,
     mut stopped: watch::Receiver<bool>,
     drain_timeout: std::time::Duration,
@@ -219,14 +264,14 @@ async fn serve(
         .is_err()
     {
         tracing::warn!(
-            in_flight = service.in_flight(),
+            in_flight = target.in_flight(),
             "drain timeout; refusing held requests"
         );
-        service.close();
+        target.close();
         // Give the refusals a moment to reach their clients.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut drained).await;
     }
-    service.close();
+    target.close();
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).

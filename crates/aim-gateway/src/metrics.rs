@@ -68,21 +68,28 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// The text exposition of one service's metrics.
-pub fn render(service: &str, m: &ServiceMetrics, view: &View) -> String {
-    let svc = escape(service);
+/// The text exposition of every service's metrics (one service with
+/// `--endpoint`; one per backend with `--kubernetes`), each family once.
+pub fn render(services: &[(&str, &ServiceMetrics, &View)]) -> String {
     let mut out = String::new();
+    let each = |out: &mut String, line: &dyn Fn(&mut String, &str, &ServiceMetrics, &View)| {
+        for (name, m, view) in services {
+            line(out, &escape(name), m, view);
+        }
+    };
     header(
         &mut out,
         "aim_gateway_queue_depth",
         "gauge",
         "Requests held in the flow-control queue because every endpoint is saturated.",
     );
-    let _ = writeln!(
-        out,
-        "aim_gateway_queue_depth{{service=\"{svc}\"}} {}",
-        view.queue_depth
-    );
+    each(&mut out, &|out, svc, _, view| {
+        let _ = writeln!(
+            out,
+            "aim_gateway_queue_depth{{service=\"{svc}\"}} {}",
+            view.queue_depth
+        );
+    });
 
     header(
         &mut out,
@@ -90,22 +97,24 @@ pub fn render(service: &str, m: &ServiceMetrics, view: &View) -> String {
         "histogram",
         "Time from arrival to dispatch, for every dispatched inference request (0 when not held).",
     );
-    let mut cumulative = 0;
-    for (b, n) in WAIT_BOUNDS.iter().zip(&m.wait_buckets) {
-        cumulative += n.load(Ordering::Relaxed);
+    each(&mut out, &|out, svc, m, _| {
+        let mut cumulative = 0;
+        for (b, n) in WAIT_BOUNDS.iter().zip(&m.wait_buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "aim_gateway_queue_wait_seconds_bucket{{service=\"{svc}\",le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = m.wait_count.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "aim_gateway_queue_wait_seconds_bucket{{service=\"{svc}\",le=\"{b}\"}} {cumulative}"
+            "aim_gateway_queue_wait_seconds_bucket{{service=\"{svc}\",le=\"+Inf\"}} {count}\n\
+             aim_gateway_queue_wait_seconds_sum{{service=\"{svc}\"}} {}\n\
+             aim_gateway_queue_wait_seconds_count{{service=\"{svc}\"}} {count}",
+            m.wait_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
         );
-    }
-    let count = m.wait_count.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "aim_gateway_queue_wait_seconds_bucket{{service=\"{svc}\",le=\"+Inf\"}} {count}\n\
-         aim_gateway_queue_wait_seconds_sum{{service=\"{svc}\"}} {}\n\
-         aim_gateway_queue_wait_seconds_count{{service=\"{svc}\"}} {count}",
-        m.wait_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-    );
+    });
 
     header(
         &mut out,
@@ -113,46 +122,54 @@ pub fn render(service: &str, m: &ServiceMetrics, view: &View) -> String {
         "counter",
         "Requests refused: queue_full and flow_full (429), queue_timeout and shutting_down (503).",
     );
-    for (reason, n) in Rejection::REASONS.iter().zip(&m.rejected) {
-        let _ = writeln!(
-            out,
-            "aim_gateway_rejections_total{{service=\"{svc}\",reason=\"{reason}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
-    }
+    each(&mut out, &|out, svc, m, _| {
+        for (reason, n) in Rejection::REASONS.iter().zip(&m.rejected) {
+            let _ = writeln!(
+                out,
+                "aim_gateway_rejections_total{{service=\"{svc}\",reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    });
     header(
         &mut out,
         "aim_gateway_queue_cancelled_total",
         "counter",
         "Held requests whose client went away before an endpoint took them.",
     );
-    let _ = writeln!(
-        out,
-        "aim_gateway_queue_cancelled_total{{service=\"{svc}\"}} {}",
-        m.cancelled.load(Ordering::Relaxed)
-    );
+    each(&mut out, &|out, svc, m, _| {
+        let _ = writeln!(
+            out,
+            "aim_gateway_queue_cancelled_total{{service=\"{svc}\"}} {}",
+            m.cancelled.load(Ordering::Relaxed)
+        );
+    });
     header(
         &mut out,
         "aim_gateway_upstream_errors_total",
         "counter",
         "Requests answered 502 because their endpoint could not be reached.",
     );
-    let _ = writeln!(
-        out,
-        "aim_gateway_upstream_errors_total{{service=\"{svc}\"}} {}",
-        m.upstream_errors.load(Ordering::Relaxed)
-    );
+    each(&mut out, &|out, svc, m, _| {
+        let _ = writeln!(
+            out,
+            "aim_gateway_upstream_errors_total{{service=\"{svc}\"}} {}",
+            m.upstream_errors.load(Ordering::Relaxed)
+        );
+    });
     header(
         &mut out,
         "aim_gateway_pool_saturation",
         "gauge",
         "Mean over the endpoints taking requests of max(waiting / queue threshold, KV usage / KV threshold); a stale endpoint counts 1, no endpoint reads 1.",
     );
-    let _ = writeln!(
-        out,
-        "aim_gateway_pool_saturation{{service=\"{svc}\"}} {}",
-        view.pool_saturation
-    );
+    each(&mut out, &|out, svc, _, view| {
+        let _ = writeln!(
+            out,
+            "aim_gateway_pool_saturation{{service=\"{svc}\"}} {}",
+            view.pool_saturation
+        );
+    });
 
     let per_endpoint: [(&str, &str, &str); 5] = [
         (
@@ -183,20 +200,22 @@ pub fn render(service: &str, m: &ServiceMetrics, view: &View) -> String {
     ];
     for (k, (name, kind, help)) in per_endpoint.iter().enumerate() {
         header(&mut out, name, kind, help);
-        for e in &view.endpoints {
-            let value = match k {
-                0 => u64::from(e.in_flight),
-                1 => e.dispatched,
-                2 => u64::from(e.saturated),
-                3 => u64::from(e.draining),
-                _ => e.scrape_errors,
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{service=\"{svc}\",endpoint=\"{}\"}} {value}",
-                escape(&e.key)
-            );
-        }
+        each(&mut out, &|out, svc, _, view| {
+            for e in &view.endpoints {
+                let value = match k {
+                    0 => u64::from(e.in_flight),
+                    1 => e.dispatched,
+                    2 => u64::from(e.saturated),
+                    3 => u64::from(e.draining),
+                    _ => e.scrape_errors,
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{svc}\",endpoint=\"{}\"}} {value}",
+                    escape(&e.key)
+                );
+            }
+        });
     }
     header(
         &mut out,
@@ -204,16 +223,18 @@ pub fn render(service: &str, m: &ServiceMetrics, view: &View) -> String {
         "gauge",
         "Age of the endpoint's last good /metrics scrape (absent before the first).",
     );
-    for e in &view.endpoints {
-        if let Some(age) = e.report_age {
-            let _ = writeln!(
-                out,
-                "aim_gateway_endpoint_report_age_seconds{{service=\"{svc}\",endpoint=\"{}\"}} {}",
-                escape(&e.key),
-                age.as_secs_f64()
-            );
+    each(&mut out, &|out, svc, _, view| {
+        for e in &view.endpoints {
+            if let Some(age) = e.report_age {
+                let _ = writeln!(
+                    out,
+                    "aim_gateway_endpoint_report_age_seconds{{service=\"{svc}\",endpoint=\"{}\"}} {}",
+                    escape(&e.key),
+                    age.as_secs_f64()
+                );
+            }
         }
-    }
+    });
     out
 }
 
@@ -241,7 +262,21 @@ mod tests {
                 scrape_errors: 0,
             }],
         };
-        let text = render("chat \"a\"", &m, &view);
+        let other = View {
+            queue_depth: 0,
+            pool_saturation: 1.0,
+            endpoints: vec![],
+        };
+        let text = render(&[("chat \"a\"", &m, &view), ("b", &m, &other)]);
+        // Each family is announced once, with a series per service.
+        assert_eq!(
+            text.matches("# TYPE aim_gateway_queue_depth gauge").count(),
+            1
+        );
+        assert!(
+            text.contains("aim_gateway_queue_depth{service=\"b\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("aim_gateway_queue_depth{service=\"chat \\\"a\\\"\"} 3"),
             "{text}"

@@ -27,6 +27,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::args::Config;
+use crate::kubernetes::Router;
+use crate::routes::{Action, PathKind, RequestView, rewrite_path};
 use crate::service::{Assignment, InFlight, Service};
 
 /// Every body the gateway sends or receives.
@@ -111,9 +113,11 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 /// with the cause's stable name in `code`.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let kind = match status.as_u16() {
+        404 => "NotFoundError",
         429 => "RateLimitError",
         502 => "BadGatewayError",
         503 => "ServiceUnavailableError",
+        504 => "TimeoutError",
         _ => "InternalServerError",
     };
     let body = serde_json::json!({
@@ -138,8 +142,44 @@ fn rejection_response(r: &Rejection) -> Response<ProxyBody> {
     response
 }
 
+/// Where requests go: one service (`--endpoint`, `--endpoints-file`), or
+/// the Gateway API's routes (`--kubernetes`).
+pub enum Target {
+    Single(Arc<Service>),
+    Routes(Arc<Router>),
+}
+
+impl Target {
+    /// Every service the gateway sends to, for `/metrics` and shutdown.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        match self {
+            Target::Single(s) => vec![s.clone()],
+            Target::Routes(r) => r.services(),
+        }
+    }
+
+    /// Whether requests can be routed: always for one service; for the
+    /// Gateway API, once the first table is installed.
+    pub fn ready(&self) -> bool {
+        match self {
+            Target::Single(_) => true,
+            Target::Routes(r) => r.has_table(),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.services().iter().map(|s| s.in_flight()).sum()
+    }
+
+    pub fn close(&self) {
+        for s in self.services() {
+            s.close();
+        }
+    }
+}
+
 pub struct Proxy {
-    pub service: Arc<Service>,
+    pub target: Arc<Target>,
     client: Client,
     client_header: HeaderName,
     objective_header: HeaderName,
@@ -147,9 +187,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(service: Arc<Service>, client: Client, cfg: &Config) -> Self {
+    pub fn new(target: Arc<Target>, client: Client, cfg: &Config) -> Self {
         Proxy {
-            service,
+            target,
             client,
             client_header: cfg.client_header.clone(),
             objective_header: cfg.objective_header.clone(),
@@ -181,29 +221,135 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        match &*self.target {
+            Target::Single(service) => self.dispatch(service, req, peer).await,
+            Target::Routes(router) => self.route(router, req, peer).await,
+        }
+    }
+
+    /// Finds the request's rule, picks a backend by weight, applies the
+    /// rule's filters and sends it to that backend's endpoints.
+    async fn route(
+        &self,
+        router: &Router,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let table = router.table();
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .map(|h| strip_port(h).to_ascii_lowercase());
+        let view = RequestView {
+            host: host.as_deref(),
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let Some(entry) = table.route(&view) else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                &format!(
+                    "no HTTPRoute rule matches {} {} on host {}; the gateway serves the routes attached to its Gateways",
+                    req.method(),
+                    req.uri().path(),
+                    host.as_deref().unwrap_or("(none)")
+                ),
+            );
+        };
+        let action = &entry.action;
+        let Some(backend) = action.choose() else {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no_backend",
+                &format!(
+                    "HTTPRoute {} rule {} has no backendRef with weight above 0",
+                    action.route, action.rule
+                ),
+            );
+        };
+        let key = match &backend.target {
+            Ok(k) => k,
+            Err(why) => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "invalid_backend",
+                    &format!("HTTPRoute {} rule {}: {why}", action.route, action.rule),
+                );
+            }
+        };
+        let Some(service) = router.backend(key) else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_endpoint",
+                &format!("backend {key} is not followed yet"),
+            );
+        };
+        let matched = match &entry.path {
+            PathKind::Prefix(p) => Some(p.clone()),
+            PathKind::Exact(_) => None,
+        };
+        let (mut parts, body) = req.into_parts();
+        filter(&mut parts, action, matched.as_deref());
+        let work = self.dispatch(&service, Request::from_parts(parts, body), peer);
+        let Some(limit) = action.request_timeout else {
+            return work.await;
+        };
+        // timeouts.request bounds the wait for the response's head (time
+        // held in the queue included); a stream that has begun runs on.
+        // Dropping `work` leaves the queue as a client that went away does.
+        match tokio::time::timeout(limit, work).await {
+            Ok(response) => response,
+            Err(_) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "HTTPRoute {} rule {}: no response within its timeouts.request ({limit:?})",
+                    action.route, action.rule
+                ),
+            ),
+        }
+    }
+
+    /// Sends a request to one service's endpoints: inference requests
+    /// through its flow control, others to its best endpoint at once.
+    async fn dispatch(
+        &self,
+        service: &Arc<Service>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let assignment = if Self::is_inference(&req) {
             let client = self.client_key(&req, peer);
-            match self.service.admit(&client, self.priority(&req)).await {
+            match service.admit(&client, self.priority(&req)).await {
                 Ok(a) => a,
                 Err(r) => return rejection_response(&r),
             }
         } else {
-            match self.service.any_endpoint() {
+            match service.any_endpoint() {
                 Some(a) => a,
                 None => {
                     return error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no_endpoint",
-                        "the service has no endpoint taking requests",
+                        &format!("{} has no endpoint taking requests", service.name),
                     );
                 }
             }
         };
-        self.forward(req, assignment, peer).await
+        self.forward(service, req, assignment, peer).await
     }
 
     async fn forward(
         &self,
+        service: &Service,
         req: Request<Incoming>,
         a: Assignment,
         peer: SocketAddr,
@@ -216,6 +362,9 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         // The endpoint's own authority goes in Host (set by the client).
         parts.headers.remove(header::HOST);
+        if let Some(RewrittenHost(host)) = parts.extensions.remove::<RewrittenHost>() {
+            parts.headers.insert(header::HOST, host);
+        }
         let forwarded = match parts
             .headers
             .get("x-forwarded-for")
@@ -239,14 +388,76 @@ impl Proxy {
                 Response::from_parts(parts, UnsyncBoxBody::new(body))
             }
             Err(e) => {
-                self.service.metrics.upstream_error();
-                tracing::warn!(service = %self.service.name, endpoint = %a.url, error = %e, "endpoint unreachable");
+                service.metrics.upstream_error();
+                tracing::warn!(service = %service.name, endpoint = %a.url, error = %e, "endpoint unreachable");
                 error_response(
                     StatusCode::BAD_GATEWAY,
                     "endpoint_unreachable",
                     &format!("endpoint {} could not be reached: {e}", a.url),
                 )
             }
+        }
+    }
+}
+
+/// The Host a URLRewrite filter set (the forwarder otherwise drops the
+/// client's Host for the endpoint's own authority).
+#[derive(Clone)]
+struct RewrittenHost(HeaderValue);
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Applies a rule's RequestHeaderModifier and URLRewrite filters.
+fn filter(parts: &mut http::request::Parts, action: &Action, matched: Option<&str>) {
+    for m in &action.header_modifiers {
+        for nv in &m.set {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::try_from(nv.name.as_str()),
+                HeaderValue::try_from(nv.value.as_str()),
+            ) {
+                parts.headers.insert(n, v);
+            }
+        }
+        for nv in &m.add {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::try_from(nv.name.as_str()),
+                HeaderValue::try_from(nv.value.as_str()),
+            ) {
+                parts.headers.append(n, v);
+            }
+        }
+        for name in &m.remove {
+            parts.headers.remove(name.as_str());
+        }
+    }
+    let Some(rewrite) = &action.rewrite else {
+        return;
+    };
+    if let Some(host) = rewrite
+        .hostname
+        .as_deref()
+        .and_then(|h| HeaderValue::try_from(h).ok())
+    {
+        parts.extensions.insert(RewrittenHost(host));
+    }
+    if let Some(m) = &rewrite.path {
+        let path = rewrite_path(parts.uri.path(), matched, m);
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = pq.parse().ok();
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
         }
     }
 }
@@ -288,5 +499,70 @@ mod tests {
         });
         assert_eq!(r.status(), 503);
         assert!(!r.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn the_port_leaves_the_host_for_routing() {
+        assert_eq!(strip_port("chat.example.com:8080"), "chat.example.com");
+        assert_eq!(strip_port("chat.example.com"), "chat.example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    fn action(filters: serde_json::Value) -> Action {
+        let filters: Vec<crate::routes::Filter> = serde_json::from_value(filters).unwrap();
+        Action::new("ns/r".into(), 0, Vec::new(), &filters, None)
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn header_modifiers_set_add_and_remove() {
+        let a = action(
+            serde_json::json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                "set": [{"name": "x-tier", "value": "gold"}],
+                "add": [{"name": "x-seen", "value": "aim"}],
+                "remove": ["x-secret"],
+            }}]),
+        );
+        let mut p = parts(
+            "/v1/models",
+            &[("x-tier", "free"), ("x-seen", "client"), ("x-secret", "s")],
+        );
+        filter(&mut p, &a, None);
+        assert_eq!(p.headers.get_all("x-tier").iter().count(), 1);
+        assert_eq!(p.headers["x-tier"], "gold");
+        let seen: Vec<_> = p.headers.get_all("x-seen").iter().collect();
+        assert_eq!(seen, ["client", "aim"]);
+        assert!(p.headers.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn url_rewrite_replaces_the_matched_prefix_keeps_the_query_and_sets_the_host() {
+        let a = action(serde_json::json!([{"type": "URLRewrite", "urlRewrite": {
+            "hostname": "backend.internal",
+            "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"},
+        }}]));
+        let mut p = parts("/team/chat/v1/completions?stream=true", &[]);
+        filter(&mut p, &a, Some("/team/chat"));
+        assert_eq!(p.uri.path(), "/v1/completions");
+        assert_eq!(p.uri.query(), Some("stream=true"));
+        let host = p.extensions.get::<RewrittenHost>().map(|h| h.0.clone());
+        assert_eq!(host, Some(HeaderValue::from_static("backend.internal")));
+        // The prefix itself becomes `/`.
+        let mut p = parts("/team/chat", &[]);
+        filter(&mut p, &a, Some("/team/chat"));
+        assert_eq!(p.uri.path(), "/");
+        // No filter: nothing changes.
+        let mut p = parts("/team/chat/v1/models", &[]);
+        filter(&mut p, &action(serde_json::json!([])), Some("/team/chat"));
+        assert_eq!(p.uri.path(), "/team/chat/v1/models");
+        assert!(p.extensions.get::<RewrittenHost>().is_none());
     }
 }

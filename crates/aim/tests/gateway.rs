@@ -976,6 +976,12 @@ fn bad_flags_are_refused_naming_the_flag() {
             &["--endpoints-file", "/nonexistent/aim-endpoints"],
             "--endpoints-file /nonexistent/aim-endpoints",
         ),
+        (&["--gateway", "infra/aim"], "--gateway needs --kubernetes"),
+        (
+            &["--kubernetes", "--gateway", "aim"],
+            "--gateway `aim`: use NAMESPACE/NAME",
+        ),
+        (&["--kubernetes", e], "--kubernetes takes backends"),
     ];
     for (args, wanted) in cases {
         let stderr = refused(args);
@@ -986,4 +992,20 @@ fn bad_flags_are_refused_naming_the_flag() {
     let stderr = refused(&["--endpoints-file", file.to_str().unwrap()]);
     assert!(stderr.contains(":2: `drained` after the URL"), "{stderr}");
     let _ = std::fs::remove_file(&file);
+
+    // --kubernetes with no cluster to reach says how to give one.
+    let out = Command::new(AIM)
+        .args(["gateway", "--kubernetes"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/aim-kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stderr.contains("--kubernetes: no cluster to follow (set KUBECONFIG"),
+        "{stderr}"
+    );
 }
