@@ -138,27 +138,31 @@ pub async fn run(args: BridgeArgs) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::io(Path::new(&args.listen.to_string()), e))?;
+    // One watch on every Service serves both the slice writer (whose loop it
+    // wakes) and the Service proxy (which only reads it).
+    let slice_changes = Arc::new(Notify::new());
+    let services = reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        slice_changes.clone(),
+    );
     let proxy_counters = Arc::new(crate::service_proxy::ProxyCounters::default());
     let proxy = match args.service_proxy {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| Error::io(Path::new(&address.to_string()), e))?;
-            let notify = Arc::new(Notify::new());
-            let services = reflect(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-                notify.clone(),
-            );
+            // Every slice, not only the bridge's: a Service's endpoints may
+            // come from the controller. Nothing waits on its changes.
             let slices = reflect(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default(),
-                notify,
+                Arc::new(Notify::new()),
             );
             tracing::info!(listen = %address, "service proxy started");
             tokio::spawn(crate::service_proxy::serve(
                 listener,
-                services,
+                services.clone(),
                 slices,
                 proxy_counters.clone(),
             ))
@@ -185,7 +189,13 @@ pub async fn run(args: BridgeArgs) -> Result<(), Error> {
         counters.clone(),
     ));
     let local_server = url_port(&args.prometheus_url).map(|port| (args.namespace.clone(), port));
-    let slices = tokio::spawn(follow_slices(client, counters, local_server));
+    let slices = tokio::spawn(follow_slices(
+        client,
+        counters,
+        local_server,
+        services,
+        slice_changes,
+    ));
     tokio::select! {
         r = proxy => tracing::error!(?r, "the service proxy stopped"),
         r = server => tracing::error!(?r, "the health server stopped"),
@@ -437,18 +447,15 @@ fn url_port(url: &str) -> Option<u16> {
 const PROMETHEUS_SERVICE: &str = "prometheus-operated";
 
 /// `local_server`: the namespace of the Prometheus object and the local
-/// server's port, for the `prometheus-operated` slice.
+/// server's port, for the `prometheus-operated` slice. `services` is the
+/// shared Service store, whose reflector pokes `notify`.
 async fn follow_slices(
     client: Client,
     counters: Arc<Counters>,
     local_server: Option<(String, u16)>,
+    services: Store<Service>,
+    notify: Arc<Notify>,
 ) {
-    let notify = Arc::new(Notify::new());
-    let services = reflect(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        notify.clone(),
-    );
     let pods = reflect(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default(),
