@@ -87,14 +87,6 @@ pub fn plan(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
         groups.entry(ports).or_default().push(endpoint(pod));
     }
 
-    let owner = OwnerReference {
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        name: name.clone(),
-        uid: service.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
     let count = groups.len();
     groups
         .into_iter()
@@ -105,62 +97,27 @@ pub fn plan(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
             } else {
                 format!("{name}-loopback-{i}")
             };
-            let mut labels = service.metadata.labels.clone().unwrap_or_default();
-            labels.insert(SERVICE_NAME.into(), name.clone());
-            labels.insert(MANAGED_BY.into(), MANAGER.into());
-            EndpointSlice {
-                metadata: ObjectMeta {
-                    name: Some(slice_name),
-                    namespace: Some(namespace.clone()),
-                    labels: Some(labels),
-                    owner_references: Some(vec![owner.clone()]),
-                    ..Default::default()
-                },
-                address_type: "FQDN".into(),
-                endpoints,
-                ports: Some(
-                    ports
-                        .into_iter()
-                        .map(|(name, port, protocol)| EndpointPort {
-                            name: Some(name),
-                            port: Some(port),
-                            protocol: Some(protocol),
-                            app_protocol: None,
-                        })
-                        .collect(),
-                ),
-            }
+            owned_slice(service, slice_name, ports, endpoints)
         })
         .collect()
 }
 
-/// The slice for a Service whose server is a local process of the bed at
-/// `127.0.0.1:port` rather than a pod: the `prometheus-operated` Service
-/// prometheus-operator makes for a Prometheus that runs locally here (its
-/// StatefulSet has no replicas). Every port of the Service maps to `port`,
-/// the one the process listens on.
-pub fn at_local_process(service: &Service, port: u16) -> EndpointSlice {
+/// An FQDN slice of `service`, owned by it and labelled as the bed's, with
+/// `ports` as (name, number, protocol).
+fn owned_slice(
+    service: &Service,
+    slice_name: String,
+    ports: Vec<(String, i32, String)>,
+    endpoints: Vec<Endpoint>,
+) -> EndpointSlice {
     let name = service.metadata.name.clone().unwrap_or_default();
     let mut labels = service.metadata.labels.clone().unwrap_or_default();
     labels.insert(SERVICE_NAME.into(), name.clone());
     labels.insert(MANAGED_BY.into(), MANAGER.into());
-    let ports = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|sp| EndpointPort {
-            name: Some(sp.name.unwrap_or_default()),
-            port: Some(i32::from(port)),
-            protocol: Some(sp.protocol.unwrap_or_else(|| "TCP".into())),
-            app_protocol: None,
-        })
-        .collect();
     EndpointSlice {
         metadata: ObjectMeta {
-            name: Some(format!("{name}-local")),
-            namespace: service.metadata.namespace.clone(),
+            name: Some(slice_name),
+            namespace: Some(service.metadata.namespace.clone().unwrap_or_default()),
             labels: Some(labels),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".into(),
@@ -173,17 +130,52 @@ pub fn at_local_process(service: &Service, port: u16) -> EndpointSlice {
             ..Default::default()
         },
         address_type: "FQDN".into(),
-        endpoints: vec![Endpoint {
-            addresses: vec!["127.0.0.1".into()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
-            ..Default::default()
-        }],
-        ports: Some(ports),
+        endpoints,
+        ports: Some(
+            ports
+                .into_iter()
+                .map(|(name, port, protocol)| EndpointPort {
+                    name: Some(name),
+                    port: Some(port),
+                    protocol: Some(protocol),
+                    app_protocol: None,
+                })
+                .collect(),
+        ),
     }
+}
+
+/// The slice for a Service whose server is a local process of the bed at
+/// `127.0.0.1:port` rather than a pod: the `prometheus-operated` Service
+/// prometheus-operator makes for a Prometheus that runs locally here (its
+/// StatefulSet has no replicas). Every port of the Service maps to `port`,
+/// the one the process listens on.
+pub fn at_local_process(service: &Service, port: u16) -> EndpointSlice {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|sp| {
+            (
+                sp.name.unwrap_or_default(),
+                i32::from(port),
+                sp.protocol.unwrap_or_else(|| "TCP".into()),
+            )
+        })
+        .collect();
+    let endpoint = Endpoint {
+        addresses: vec!["127.0.0.1".into()],
+        conditions: Some(EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        }),
+        ..Default::default()
+    };
+    owned_slice(service, format!("{name}-local"), ports, vec![endpoint])
 }
 
 fn container_port(pod: &Pod, name: &str) -> Option<i32> {
@@ -358,6 +350,44 @@ mod tests {
         for slice in slices {
             assert_ne!(slice["metadata"]["labels"][MANAGED_BY], MANAGER, "{slice}");
         }
+    }
+
+    #[test]
+    fn a_local_process_gets_one_ready_loopback_endpoint_on_every_service_port() {
+        let slice = at_local_process(&service(), 20016);
+        assert_eq!(
+            slice.metadata.name.as_deref(),
+            Some("keda-otel-scaler-local")
+        );
+        assert_eq!(slice.metadata.namespace.as_deref(), Some("keda"));
+        assert_eq!(slice.address_type, "FQDN");
+        let labels = slice.metadata.labels.clone().unwrap();
+        assert_eq!(labels[SERVICE_NAME], "keda-otel-scaler");
+        assert_eq!(labels[MANAGED_BY], MANAGER);
+        assert_eq!(labels["app.kubernetes.io/name"], "aim-scaler");
+        let owner = &slice.metadata.owner_references.clone().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Service", "u1"));
+        let ports: Vec<(Option<String>, Option<i32>)> = slice
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name, p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (Some("otlp".into()), Some(20016)),
+                (Some("admin".into()), Some(20016))
+            ]
+        );
+        assert_eq!(slice.endpoints.len(), 1);
+        assert_eq!(slice.endpoints[0].addresses, vec!["127.0.0.1".to_string()]);
+        let conditions = slice.endpoints[0].conditions.clone().unwrap();
+        assert_eq!(
+            (conditions.ready, conditions.terminating),
+            (Some(true), Some(false))
+        );
     }
 
     #[test]
