@@ -941,7 +941,12 @@ spec:
                 h.created = Some(at);
             }
         }
-        if hops.iter().all(|h| h.created.is_some()) {
+        // The HPA scales the Deployment before it writes its own status, so
+        // a poll can see the second pod before the decision: wait for both.
+        if hops
+            .iter()
+            .all(|h| h.created.is_some() && h.decided.is_some())
+        {
             break;
         }
         assert!(
