@@ -530,4 +530,110 @@ mod tests {
         let e = w.resolve("sim.inference.svc", 8000, 0).unwrap_err();
         assert!(matches!(e, ResolveError::NoReadyEndpoint { .. }), "{e}");
     }
+
+    /// A store already listed, holding `objects`.
+    fn listed<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        use kube::runtime::watcher::Event;
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        reader
+    }
+
+    /// Sends `request` as raw HTTP/1.1 and returns the status line and body.
+    async fn raw(proxy: SocketAddr, request: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let status = answer.lines().next().unwrap_or_default().to_string();
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Over real sockets: a Service name reaches its endpoint with the path
+    /// kept, and each request the proxy cannot serve gets an answer that
+    /// says why.
+    #[tokio::test]
+    async fn the_proxy_forwards_service_names_and_says_why_it_cannot() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = upstream.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .fallback(|uri: axum::http::Uri| async move { format!("upstream saw {uri}") });
+        tokio::spawn(async move { axum::serve(upstream, app).await });
+
+        let mut w = prometheus_world();
+        w.slices[0] = slice(
+            "monitoring",
+            "prometheus-operated",
+            "web",
+            upstream_port,
+            json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let counters = Arc::new(ProxyCounters::default());
+        tokio::spawn(serve(
+            listener,
+            listed(w.services),
+            listed(w.slices),
+            counters.clone(),
+        ));
+
+        let get = |url: &str| {
+            format!(
+                "GET {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                url.trim_start_matches("http://").split('/').next().unwrap()
+            )
+        };
+        let (status, body) = raw(
+            proxy,
+            &get("http://prometheus.istio-system.svc.cluster.local:9090/api/v1/query?query=up"),
+        )
+        .await;
+        assert!(status.contains("200"), "{status}");
+        assert!(
+            body.contains("upstream saw /api/v1/query?query=up"),
+            "{body}"
+        );
+
+        let (status, body) = raw(proxy, &get("http://nope.monitoring.svc:9090/")).await;
+        assert!(status.contains("502"), "{status}");
+        assert!(body.contains("no Service monitoring/nope"), "{body}");
+        let (status, body) = raw(proxy, &get("http://example.com/")).await;
+        assert!(status.contains("502"), "{status}");
+        assert!(
+            body.contains("example.com is not a cluster Service name"),
+            "{body}"
+        );
+
+        let (status, body) = raw(
+            proxy,
+            "GET /api/v1/query HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(status.contains("400"), "{status}");
+        assert!(body.contains("is not absolute"), "{body}");
+        let (status, body) = raw(
+            proxy,
+            "CONNECT prometheus-operated.monitoring.svc:443 HTTP/1.1\r\nHost: prometheus-operated.monitoring.svc:443\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(status.contains("501"), "{status}");
+        assert!(body.contains("no CONNECT"), "{body}");
+
+        assert_eq!(counters.forwarded.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.unresolved.load(Ordering::Relaxed), 2);
+    }
 }
