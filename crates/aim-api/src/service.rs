@@ -63,7 +63,10 @@ pub struct AIMServiceSpec {
     #[serde(default = "default_replicas")]
     pub replicas: Option<i32>,
     /// Lower bound for autoscaling. Setting it (or `maxReplicas`) turns KEDA on.
-    #[schemars(range(min = 1))]
+    /// 0 is an aim extension, scale from zero: valid only when the service
+    /// is routed (`routing.enabled`) through `aim gateway`, which holds the
+    /// first requests while KEDA brings up a replica.
+    #[schemars(range(min = 0))]
     pub min_replicas: Option<i32>,
     /// Upper bound for autoscaling.
     #[schemars(range(min = 1))]
@@ -187,6 +190,7 @@ impl AIMServiceSpec {
 
 #[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoScaling {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<ScalingMetric>,
@@ -197,13 +201,18 @@ pub struct AutoScaling {
     /// aim extension: the HPA's scaling behaviour for this service,
     /// instead of KServe's cluster-wide stabilisation windows.
     pub behavior: Option<ScalingBehavior>,
+    /// aim extension, with `minReplicas: 0` only: seconds without demand
+    /// (no request running, none held at the gateway) before the service
+    /// goes back to zero replicas. KEDA's `cooldownPeriod`; 300 when unset.
+    #[schemars(range(min = 0))]
+    pub cooldown_period: Option<i32>,
 }
 
 impl AutoScaling {
     /// Whether any aim extension is set: then the operator, not KServe,
     /// owns the ScaledObject.
     pub fn uses_extensions(&self) -> bool {
-        self.policy.is_some() || self.behavior.is_some()
+        self.policy.is_some() || self.behavior.is_some() || self.cooldown_period.is_some()
     }
 }
 

@@ -16,9 +16,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics;
+use crate::otlp::ExportCounters;
 use crate::proxy::Target;
 
-fn answer(target: &Target, ready: &AtomicBool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    target: &Target,
+    exports: Option<&ExportCounters>,
+    ready: &AtomicBool,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
@@ -31,7 +37,11 @@ fn answer(target: &Target, ready: &AtomicBool, req: &Request<Incoming>) -> Respo
                     .zip(&views)
                     .map(|(s, v)| (s.name.as_str(), &s.metrics, v))
                     .collect();
-                metrics::render(&all)
+                let mut page = metrics::render(&all);
+                if let Some(exports) = exports {
+                    page.push_str(&metrics::render_exports(exports));
+                }
+                page
             },
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok".into()),
@@ -64,6 +74,7 @@ fn answer(target: &Target, ready: &AtomicBool, req: &Request<Incoming>) -> Respo
 pub async fn serve(
     listener: TcpListener,
     target: Arc<Target>,
+    exports: Option<Arc<ExportCounters>>,
     ready: Arc<AtomicBool>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -86,9 +97,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let (target, ready) = (target.clone(), ready.clone());
+        let (target, ready, exports) = (target.clone(), ready.clone(), exports.clone());
         let svc = hyper::service::service_fn(move |req| {
-            let response = answer(&target, &ready, &req);
+            let response = answer(&target, exports.as_deref(), &ready, &req);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {

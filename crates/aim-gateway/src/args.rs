@@ -98,6 +98,15 @@ pub struct GatewayArgs {
     /// How long connecting to an endpoint may take.
     #[arg(long, default_value = "5s", value_parser = duration_arg)]
     pub connect_timeout: Duration,
+    /// Push each service's queue depth, in-flight count and queue wait
+    /// over OTLP/gRPC to this `HOST:PORT` (aim's scaler): the signal that
+    /// wakes a service from zero. Off when not given.
+    #[arg(long, env = "AIM_GATEWAY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// How often the OTLP push runs; a change in any queue's depth is
+    /// pushed within 100 ms whatever this says.
+    #[arg(long, default_value = "1s", value_parser = duration_arg)]
+    pub otlp_interval: Duration,
 }
 
 /// Reads `250ms`, `1.5s`, `2m` or a bare number of seconds.
@@ -146,6 +155,8 @@ pub struct Config {
     pub objectives: BTreeMap<String, i32>,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
+    /// `http://HOST:PORT` of the OTLP/gRPC receiver, and the push interval.
+    pub otlp: Option<(String, Duration)>,
 }
 
 impl GatewayArgs {
@@ -269,6 +280,16 @@ impl GatewayArgs {
             );
         }
         anyhow::ensure!(!self.service.is_empty(), "--service must not be empty");
+        let otlp = match &self.otlp_endpoint {
+            None => None,
+            Some(e) => {
+                anyhow::ensure!(
+                    !self.otlp_interval.is_zero(),
+                    "--otlp-interval must be longer than zero"
+                );
+                Some((otlp_url(e)?, self.otlp_interval))
+            }
+        };
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -289,8 +310,27 @@ impl GatewayArgs {
             objectives,
             drain_timeout: self.drain_timeout,
             connect_timeout: self.connect_timeout,
+            otlp,
         })
     }
+}
+
+/// `HOST:PORT` or `http://HOST:PORT` to the URL the gRPC client dials.
+/// TLS is not offered: the scaler's OTLP receiver in the bed and the chart
+/// is plain gRPC inside the cluster.
+fn otlp_url(given: &str) -> anyhow::Result<String> {
+    let rest = given.strip_prefix("http://").unwrap_or(given);
+    let bad = || {
+        anyhow::anyhow!(
+            "--otlp-endpoint `{given}`: give the scaler's OTLP/gRPC address as HOST:PORT, \
+             e.g. aim-scaler.keda.svc:4317 (https is not supported)"
+        )
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(format!("http://{rest}"))
 }
 
 #[cfg(test)]
@@ -363,6 +403,24 @@ mod tests {
         assert!(refused(&[e, "--client-header", "bad header"]).starts_with("--client-header"));
         assert!(refused(&[e, "--scrape-interval", "soon"]).contains("--scrape-interval"));
         assert!(refused(&[e, "--kubernetes"]).starts_with("--kubernetes takes backends"));
+        for bad in ["https://s:4317", "scaler", "scaler:http", ":4317", "s:0"] {
+            assert!(
+                refused(&[e, "--otlp-endpoint", bad])
+                    .starts_with(&format!("--otlp-endpoint `{bad}`")),
+                "{bad}"
+            );
+        }
+        assert!(
+            refused(&[e, "--otlp-endpoint", "s:4317", "--otlp-interval", "0s"])
+                .starts_with("--otlp-interval")
+        );
+        assert_eq!(
+            config(&[e, "--otlp-endpoint", "scaler.keda.svc:4317"])
+                .unwrap()
+                .otlp,
+            Some(("http://scaler.keda.svc:4317".into(), Duration::from_secs(1)))
+        );
+        assert_eq!(config(&[e]).unwrap().otlp, None);
         assert_eq!(
             refused(&["--gateway", "a/b"]),
             "--gateway needs --kubernetes"

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod endpoints;
 pub mod kubernetes;
 mod metrics;
+pub mod otlp;
 pub mod proxy;
 pub mod routes;
 pub mod scrape;
@@ -187,9 +188,20 @@ fn serve_target(
     let admin_addr = admin.local_addr()?;
     let ready = Arc::new(AtomicBool::new(true));
     let (stop, stopped) = watch::channel(false);
+    let exports = Arc::new(otlp::ExportCounters::default());
+    if let Some((url, interval)) = cfg.otlp.clone() {
+        tokio::spawn(otlp::push(
+            target.clone(),
+            url,
+            interval,
+            exports.clone(),
+            stopped.clone(),
+        ));
+    }
     tokio::spawn(admin::serve(
         admin,
         target.clone(),
+        cfg.otlp.is_some().then_some(exports),
         ready.clone(),
         stopped.clone(),
     ));

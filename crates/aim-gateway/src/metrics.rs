@@ -16,6 +16,14 @@ pub const WAIT_BOUNDS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
 
+/// A copy of a service's queue-wait histogram.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WaitSnapshot {
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
 #[derive(Default)]
 pub struct ServiceMetrics {
     wait_buckets: [AtomicU64; WAIT_BOUNDS.len()],
@@ -39,6 +47,24 @@ impl ServiceMetrics {
             waited.as_nanos().min(u128::from(u64::MAX)) as u64,
             Ordering::Relaxed,
         );
+    }
+
+    /// The queue-wait histogram as it stands: per-bucket counts (one per
+    /// bound, then the overflow), the count and the sum in seconds.
+    pub fn wait_snapshot(&self) -> WaitSnapshot {
+        let mut buckets: Vec<u64> = self
+            .wait_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let count = self.wait_count.load(Ordering::Relaxed);
+        let within: u64 = buckets.iter().sum();
+        buckets.push(count.saturating_sub(within));
+        WaitSnapshot {
+            buckets,
+            count,
+            sum_seconds: self.wait_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     pub fn rejected(&self, r: &Rejection) {
@@ -294,4 +320,23 @@ mod tests {
         assert!(text.contains("aim_gateway_endpoint_saturated{service=\"chat \\\"a\\\"\",endpoint=\"http://127.0.0.1:1\"} 1"));
         assert!(!text.contains("aim_gateway_endpoint_report_age_seconds{"));
     }
+}
+
+/// The OTLP push's own counters (with `--otlp-endpoint`).
+pub fn render_exports(exports: &crate::otlp::ExportCounters) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "aim_gateway_otlp_exports_total",
+        "counter",
+        "OTLP pushes of the queue state to the scaler, by result",
+    );
+    for (result, n) in [("ok", &exports.ok), ("failed", &exports.failed)] {
+        let _ = writeln!(
+            out,
+            "aim_gateway_otlp_exports_total{{result=\"{result}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    out
 }

@@ -500,6 +500,11 @@ impl Service {
         }
     }
 
+    /// Requests held in the flow-control queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.lock().endpoints.iter().map(|e| e.in_flight).sum()
     }

@@ -79,6 +79,9 @@ pub fn scaled_object(
         isvc_name: LAB_ISVC,
         paused,
         kserve,
+        // The lab's KEDA model has no gateway trigger, so a manifest that
+        // scales from zero is refused rather than scored as something else.
+        routed: false,
     })?;
     match planned {
         Scaling::Fixed { replicas } => Err(field(

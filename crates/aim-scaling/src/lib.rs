@@ -32,8 +32,9 @@ pub mod scaled_object;
 mod to_policy;
 
 pub use plan::{
-    Autoscaled, DEFAULT_SCALING_METRIC, KEDA_PAUSED, KServeAutoscaler, Owner, SCALER_TRIGGER_KEYS,
-    Scaling, ScalingError, ServiceScaling, autoscaling_bounds, default_autoscaling, plan,
+    Autoscaled, DEFAULT_SCALING_METRIC, GATEWAY_QUEUE_METRIC, GATEWAY_QUEUE_TARGET, KEDA_PAUSED,
+    KServeAutoscaler, Owner, PREDICTOR_SERVICE_PORT, SCALER_TRIGGER_KEYS, Scaling, ScalingError,
+    ServiceScaling, autoscaling_bounds, default_autoscaling, gateway_backend, plan,
 };
 pub use scaled_object::ScaledObject;
 pub use to_policy::{behavior_of, keda_spec};

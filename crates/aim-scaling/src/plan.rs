@@ -83,6 +83,11 @@ pub struct ServiceScaling<'a> {
     /// runtime config's default, resolved by the caller).
     pub paused: bool,
     pub kserve: &'a KServeAutoscaler,
+    /// Whether the service's requests come through a gateway route
+    /// (routing enabled with a Gateway, from the service or its runtime
+    /// config): only then can it scale from zero, since something must
+    /// hold the requests that arrive while no replica runs.
+    pub routed: bool,
 }
 
 /// Who writes the ScaledObject.
@@ -163,12 +168,38 @@ pub fn autoscaling_bounds(spec: &AIMServiceSpec) -> Option<(i32, i32)> {
         return None;
     }
     let min = spec.min_replicas.unwrap_or(1);
+    // A service that scales from zero still needs room for one replica.
     let max = spec
         .max_replicas
         .or(spec.min_replicas)
         .unwrap_or(1)
-        .max(min);
+        .max(min)
+        .max(1);
     Some((min, max))
+}
+
+/// The gateway's count of requests it holds for a backend, exported by
+/// `aim gateway --otlp-endpoint` to the scaler: the signal that wakes a
+/// service from zero.
+pub const GATEWAY_QUEUE_METRIC: &str = "aim_gateway_queue_depth";
+
+/// Held requests per replica the gateway trigger asks for once the
+/// service runs: the Inference Extension's saturation threshold (5 waiting
+/// requests), so requests held at the gateway add replicas the way
+/// requests waiting in vLLM would.
+pub const GATEWAY_QUEUE_TARGET: &str = "5";
+
+/// The port of KServe's predictor Service, which the operator's HTTPRoute
+/// names as its backend.
+pub const PREDICTOR_SERVICE_PORT: u16 = 80;
+
+/// How `aim gateway` names a backend in its metrics: `NAMESPACE/NAME:PORT`
+/// of the Service a route sends to.
+pub fn gateway_backend(namespace: &str, isvc_name: &str) -> String {
+    format!(
+        "{namespace}/{}:{PREDICTOR_SERVICE_PORT}",
+        kserve::predictor_name(isvc_name)
+    )
 }
 
 /// The translation. An error names the field to fix; nothing of the
@@ -188,6 +219,30 @@ pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
     for (i, metric) in metrics.iter().enumerate() {
         check_metric_kind(i, metric)?;
     }
+    if min == 0 && !input.routed {
+        return Err(error(
+            "spec.minReplicas",
+            "0 (scale from zero) needs a gateway that holds requests while no replica runs: \
+             route the service through aim gateway (spec.routing.enabled: true with a \
+             gatewayRef, or routing in its runtime config), or set minReplicas to 1 or more",
+        ));
+    }
+    let cooldown = scaling.and_then(|s| s.cooldown_period);
+    if cooldown.is_some() && min > 0 {
+        return Err(error(
+            "spec.autoScaling.cooldownPeriod",
+            format!(
+                "applies only to a service that scales to zero, and minReplicas is {min}; \
+                 remove cooldownPeriod, or set minReplicas: 0 (with routing through aim gateway)"
+            ),
+        ));
+    }
+    if let Some(c) = cooldown.filter(|c| *c < 0) {
+        return Err(error(
+            "spec.autoScaling.cooldownPeriod",
+            format!("{c} is negative; give the idle seconds before scaling to zero, e.g. 300"),
+        ));
+    }
     let isvc_autoscaling = AutoScaling {
         metrics: metrics
             .iter()
@@ -195,8 +250,11 @@ pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
             .collect(),
         policy: None,
         behavior: None,
+        cooldown_period: None,
     };
-    let owner = if scaling.is_some_and(AutoScaling::uses_extensions) {
+    // KServe's ScaledObject has no trigger that could wake a service from
+    // zero, so a service that scales to zero gets the operator's.
+    let owner = if min == 0 || scaling.is_some_and(AutoScaling::uses_extensions) {
         Owner::Operator
     } else {
         Owner::KServe
@@ -216,8 +274,8 @@ pub fn plan(input: &ServiceScaling<'_>) -> Result<Scaling, ScalingError> {
             config: input.kserve,
         }),
         Owner::Operator => {
-            let scaling = scaling.expect("extensions imply autoScaling");
-            operator_scaled_object(input, min, max, &isvc_autoscaling, scaling)?
+            let scaling = scaling.cloned().unwrap_or_default();
+            operator_scaled_object(input, min, max, &isvc_autoscaling, &scaling)?
         }
     };
     Ok(Scaling::Autoscaled(Box::new(Autoscaled {
@@ -257,6 +315,7 @@ pub fn default_autoscaling() -> AutoScaling {
         }],
         policy: None,
         behavior: None,
+        cooldown_period: None,
     }
 }
 
@@ -342,6 +401,9 @@ fn operator_scaled_object(
             trigger.metadata.extend(policy.params.clone());
         }
     }
+    if min == 0 {
+        wake_from_zero(input, &mut triggers);
+    }
     let behavior = behavior(scaling.behavior.as_ref(), input.kserve);
     let mut annotations = BTreeMap::new();
     if input.paused {
@@ -363,7 +425,7 @@ fn operator_scaled_object(
                 name: predictor,
             },
             polling_interval: None,
-            cooldown_period: None,
+            cooldown_period: scaling.cooldown_period,
             min_replica_count: Some(min),
             max_replica_count: Some(max),
             advanced: behavior.map(|b| Advanced {
@@ -372,6 +434,48 @@ fn operator_scaled_object(
             triggers,
         },
     })
+}
+
+/// The triggers of a service that scales from zero.
+///
+/// KEDA brings a Deployment from 0 to 1 when a trigger is active and
+/// leaves the rest to the HPA. With no replica, no pod reports a metric,
+/// so the wake-up must come from the gateway's held requests: an
+/// `external-push` trigger on the gateway's queue depth for the service's
+/// backend, which the scaler pushes to KEDA the moment a request is held
+/// (active above 0) rather than at KEDA's next poll. The same trigger
+/// asks for a replica per five requests held once the service runs.
+///
+/// The pod metrics are given `valueIfMissing: 0` (unless the policy's
+/// params set it): at zero replicas no pod reports, which means no load,
+/// and KEDA treats a trigger error as a reason never to scale to zero.
+fn wake_from_zero(input: &ServiceScaling<'_>, triggers: &mut Vec<scaled_object::Trigger>) {
+    for trigger in triggers.iter_mut().filter(|t| t.type_ == "external") {
+        trigger
+            .metadata
+            .entry("valueIfMissing".into())
+            .or_insert_with(|| "0".into());
+    }
+    let metadata = BTreeMap::from([
+        (
+            "scalerAddress".to_string(),
+            input.kserve.default_scaler_address.clone(),
+        ),
+        (
+            "metricQuery".to_string(),
+            format!(
+                "sum({GATEWAY_QUEUE_METRIC}{{service=\"{}\"}})",
+                gateway_backend(input.namespace, input.isvc_name)
+            ),
+        ),
+        ("targetValue".to_string(), GATEWAY_QUEUE_TARGET.to_string()),
+        ("activationThreshold".to_string(), "0".to_string()),
+    ]);
+    triggers.push(scaled_object::Trigger {
+        type_: "external-push".into(),
+        metadata,
+        metric_type: None,
+    });
 }
 
 /// What the operator-owned route needs of a metric that KServe would let

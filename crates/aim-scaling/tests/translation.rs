@@ -18,6 +18,7 @@ fn scaling(svc: &AIMService, paused: bool) -> Result<Scaling, aim_scaling::Scali
         isvc_name: "chat",
         paused,
         kserve: &KServeAutoscaler::default(),
+        routed: false,
     })
 }
 
@@ -462,4 +463,103 @@ fn bad_prometheus_metrics_name_the_field_and_deploy_nothing() {
     ));
     let e = scaling(&missing, false).unwrap_err();
     assert_eq!(e.field, "spec.autoScaling.metrics[0].external");
+}
+
+fn routed(svc: &AIMService, routed: bool) -> Result<Scaling, aim_scaling::ScalingError> {
+    plan(&ServiceScaling {
+        spec: &svc.spec,
+        namespace: "ml",
+        isvc_name: "chat",
+        paused: false,
+        kserve: &KServeAutoscaler::default(),
+        routed,
+    })
+}
+
+#[test]
+fn scale_from_zero_wakes_on_the_gateways_queue_and_idles_after_its_cooldown() {
+    let svc = service(&format!(
+        "{}    cooldownPeriod: 45\n",
+        BASE.replace("minReplicas: 1", "minReplicas: 0")
+    ));
+    let Scaling::Autoscaled(a) = routed(&svc, true).unwrap() else {
+        panic!("not autoscaled")
+    };
+    // KServe's ScaledObject could not wake the service: the operator owns it.
+    assert_eq!(a.owner, Owner::Operator);
+    assert_eq!((a.min, a.max), (0, 6));
+    let so = &a.scaled_object;
+    assert_eq!(so.spec.min_replica_count, Some(0));
+    assert_eq!(so.spec.cooldown_period, Some(45));
+    assert_eq!(so.spec.triggers.len(), 2, "{:?}", so.spec.triggers);
+    // The service's own metric keeps its query and target, and reads 0
+    // while no pod reports (KEDA never scales to zero on a trigger error).
+    let pod = &so.spec.triggers[0];
+    assert_eq!(pod.type_, "external");
+    assert_eq!(pod.metadata["targetValue"], "2");
+    assert_eq!(pod.metadata["valueIfMissing"], "0");
+    // The gateway's held requests for the route's backend wake it, pushed
+    // by the scaler as soon as one is held.
+    let wake = &so.spec.triggers[1];
+    assert_eq!(wake.type_, "external-push");
+    assert_eq!(
+        wake.metadata["metricQuery"],
+        "sum(aim_gateway_queue_depth{service=\"ml/chat-predictor:80\"})"
+    );
+    assert_eq!(wake.metadata["activationThreshold"], "0");
+    assert_eq!(wake.metadata["targetValue"], "5");
+    assert_eq!(
+        wake.metadata["scalerAddress"],
+        KServeAutoscaler::default().default_scaler_address
+    );
+    assert!(!wake.metadata.contains_key("valueIfMissing"));
+
+    // Bounds alone are enough: the default metric plus the wake trigger,
+    // and KEDA's own cooldown.
+    let bare = service(
+        "apiVersion: aim.eai.amd.com/v1alpha1\nkind: AIMService\nmetadata: {name: chat}\nspec: {model: {name: m}, minReplicas: 0}\n",
+    );
+    let Scaling::Autoscaled(a) = routed(&bare, true).unwrap() else {
+        panic!("not autoscaled")
+    };
+    assert_eq!((a.min, a.max), (0, 1));
+    assert_eq!(a.scaled_object.spec.cooldown_period, None);
+    assert_eq!(a.scaled_object.spec.triggers.len(), 2);
+
+    // A policy runs on the service's metric, never on the wake trigger.
+    let with_policy = service(&format!(
+        "{}    policy: {{name: queue, params: {{valueIfMissing: \"1\"}}}}\n",
+        BASE.replace("minReplicas: 1", "minReplicas: 0")
+    ));
+    let Scaling::Autoscaled(a) = routed(&with_policy, true).unwrap() else {
+        panic!("not autoscaled")
+    };
+    let triggers = &a.scaled_object.spec.triggers;
+    assert_eq!(triggers[0].metadata["policy"], "queue");
+    assert_eq!(triggers[0].metadata["valueIfMissing"], "1", "params win");
+    assert!(!triggers[1].metadata.contains_key("policy"));
+}
+
+#[test]
+fn scale_from_zero_without_a_gateway_or_a_stray_cooldown_names_the_field() {
+    let zero = service(&BASE.replace("minReplicas: 1", "minReplicas: 0"));
+    let e = routed(&zero, false).unwrap_err();
+    assert_eq!(e.field, "spec.minReplicas");
+    assert!(e.message.contains("spec.routing.enabled"), "{e}");
+    // Manifests written for AIM Engine (minReplicas ≥ 1) are unaffected
+    // by routing.
+    assert_eq!(
+        routed(&service(BASE), true).unwrap(),
+        routed(&service(BASE), false).unwrap()
+    );
+    let stray = service(&format!("{BASE}    cooldownPeriod: 60\n"));
+    let e = routed(&stray, true).unwrap_err();
+    assert_eq!(e.field, "spec.autoScaling.cooldownPeriod");
+    assert!(e.message.contains("minReplicas: 0"), "{e}");
+    let negative = service(&format!(
+        "{}    cooldownPeriod: -1\n",
+        BASE.replace("minReplicas: 1", "minReplicas: 0")
+    ));
+    let e = routed(&negative, true).unwrap_err();
+    assert_eq!(e.field, "spec.autoScaling.cooldownPeriod");
 }

@@ -180,6 +180,8 @@ fn service_manifest(args: &DemoArgs, prometheus_url: &str) -> anyhow::Result<Str
         isvc_name: SERVICE,
         paused: false,
         kserve: &aim_scaling::KServeAutoscaler::default(),
+        // The demo runs no gateway.
+        routed: false,
     })
     .map_err(|e| anyhow::anyhow!("--policy/--param: {e}"))?;
     Ok(serde_yaml::to_string(&svc)?)

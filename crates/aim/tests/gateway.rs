@@ -1009,3 +1009,149 @@ fn bad_flags_are_refused_naming_the_flag() {
         "{stderr}"
     );
 }
+
+/// The scaler's trigger on the gateway's queue for `service`, as the
+/// operator writes it for a service that scales from zero.
+fn queue_trigger(service: &str) -> aim_scaler::proto::externalscaler::ScaledObjectRef {
+    aim_scaler::proto::externalscaler::ScaledObjectRef {
+        name: "chat-predictor".into(),
+        namespace: "ml".into(),
+        scaler_metadata: [
+            (
+                "metricQuery",
+                format!("sum(aim_gateway_queue_depth{{service=\"{service}\"}})"),
+            ),
+            ("targetValue", "5".into()),
+            ("activationThreshold", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    }
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_reach_the_scaler_over_otlp_and_wake_the_trigger() {
+    use aim_scaler::proto::externalscaler::GetMetricsRequest;
+    use aim_scaler::proto::externalscaler::external_scaler_client::ExternalScalerClient;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut args = aim_scaler::ScalerArgs::defaults();
+    args.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    args.admin_listen = "127.0.0.1:0".parse().unwrap();
+    args.warmup = Duration::ZERO;
+    let scaler = aim_scaler::start(&args).await.unwrap();
+    let scaler_addr = scaler.addresses[0];
+    // The one endpoint never answers a scrape, so it is saturated (stale)
+    // and every inference request is held: a service with no replica up.
+    // The push interval is long, so a prompt activation can only come from
+    // the push on a change of depth.
+    let g = gateway(&flags(&[
+        "--endpoint",
+        &format!("http://{}", closed_port()),
+        "--otlp-endpoint",
+        &scaler_addr.to_string(),
+        "--otlp-interval",
+        "30s",
+        "--queue-timeout",
+        "60s",
+    ]));
+    let mut keda = ExternalScalerClient::connect(format!("http://{scaler_addr}"))
+        .await
+        .unwrap();
+    let trigger = queue_trigger("default");
+    let mut active = keda
+        .stream_is_active(trigger.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let next = async |stream: &mut tonic::Streaming<_>| -> bool {
+        let message: Option<aim_scaler::proto::externalscaler::IsActiveResponse> =
+            tokio::time::timeout(Duration::from_secs(15), stream.message())
+                .await
+                .expect("the scaler pushed no state in 15 s")
+                .unwrap();
+        message.expect("the stream ended").result
+    };
+    // The first push (at start) says nothing is held.
+    assert!(!next(&mut active).await, "active with nothing held");
+
+    let held_at = Instant::now();
+    let url = g.url.clone();
+    let client = tokio::spawn(async move {
+        stream_from(&http(), &url, completion(10, true), &[]).await;
+    });
+    assert!(next(&mut active).await, "a held request did not activate");
+    let woke = held_at.elapsed();
+    println!("request held → scaler pushes active to KEDA: {woke:?}");
+    assert!(
+        woke < Duration::from_secs(10),
+        "activation took {woke:?}: it waited for the 30 s interval, not the change"
+    );
+    // The value KEDA's HPA would read: one request held.
+    let spec = keda
+        .get_metric_spec(trigger.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let value = keda
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(trigger.clone()),
+            metric_name: spec.metric_specs[0].metric_name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(value.metric_values[0].metric_value_float, 1.0);
+
+    // The client goes away: the queue empties and the trigger goes idle.
+    client.abort();
+    assert!(!next(&mut active).await, "still active with nothing held");
+    let ok = metric(&g, "aim_gateway_otlp_exports_total{result=\"ok\"}")
+        .await
+        .unwrap();
+    assert!(ok >= 3.0, "{ok} pushes counted, expected at least 3");
+    scaler.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_scaler_is_counted_and_the_gateway_keeps_serving() {
+    let s = sim(&[]);
+    let mut extra = endpoint_flags(&[&s]);
+    extra.extend(flags(&[
+        "--otlp-endpoint",
+        &closed_port().to_string(),
+        "--otlp-interval",
+        "200ms",
+    ]));
+    let g = gateway(&extra);
+    eventually(
+        "a failed push counted",
+        Duration::from_secs(15),
+        async || {
+            metric(&g, "aim_gateway_otlp_exports_total{result=\"failed\"}")
+                .await
+                .is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&g, "aim_gateway_otlp_exports_total{result=\"ok\"}").await,
+        Some(0.0)
+    );
+    let through = stream_from(&http(), &g.url, completion(5, true), &[]).await;
+    assert_eq!(through.status, 200);
+    assert!(through.done());
+    assert!(
+        g.proc.log().contains("OTLP push failed"),
+        "{}",
+        g.proc.log()
+    );
+}

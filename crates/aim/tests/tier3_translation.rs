@@ -93,6 +93,11 @@ fn predicted(svc: &AIMService, ns: &str, kserve: &KServeAutoscaler) -> ScaledObj
         isvc_name: &isvc,
         paused: false,
         kserve,
+        routed: svc
+            .spec
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.enabled == Some(true)),
     })
     .unwrap()
     {

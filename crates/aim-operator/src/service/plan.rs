@@ -245,6 +245,10 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
         isvc_name: &isvc_name,
         paused: paused.unwrap_or(false),
         kserve: &obs.kserve,
+        routed: config
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.enabled == Some(true) && r.gateway_ref.is_some()),
     });
     let translated = match translated {
         Ok(t) => Some(t),

@@ -286,7 +286,7 @@ pub fn http_route(inputs: &RouteInputs<'_>) -> Value {
     let mut rule = json!({
         "matches": [{"path": {"type": "PathPrefix", "value": path}}],
         "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
-        "backendRefs": [{"group": "", "kind": "Service", "name": format!("{isvc_name}-predictor"), "namespace": service.namespace(), "port": 80}],
+        "backendRefs": [{"group": "", "kind": "Service", "name": format!("{isvc_name}-predictor"), "namespace": service.namespace(), "port": aim_scaling::PREDICTOR_SERVICE_PORT}],
     });
     if let Some(timeout) = request_timeout {
         rule["timeouts"] = json!({"request": timeout});

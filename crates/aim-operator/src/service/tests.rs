@@ -519,6 +519,7 @@ fn the_scaled_object_changes_hands_without_kserve_rebuilding_the_operators() {
             isvc_name: "x",
             paused: false,
             kserve: &aim_scaling::KServeAutoscaler::default(),
+            routed: false,
         })
         .unwrap()
     };
