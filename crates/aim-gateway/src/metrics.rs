@@ -264,6 +264,25 @@ pub fn render(services: &[(&str, &ServiceMetrics, &View)]) -> String {
     out
 }
 
+/// The OTLP push's own counters (with `--otlp-endpoint`).
+pub fn render_exports(exports: &crate::otlp::ExportCounters) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "aim_gateway_otlp_exports_total",
+        "counter",
+        "OTLP pushes of the queue state to the scaler, by result",
+    );
+    for (result, n) in [("ok", &exports.ok), ("failed", &exports.failed)] {
+        let _ = writeln!(
+            out,
+            "aim_gateway_otlp_exports_total{{result=\"{result}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,23 +339,4 @@ mod tests {
         assert!(text.contains("aim_gateway_endpoint_saturated{service=\"chat \\\"a\\\"\",endpoint=\"http://127.0.0.1:1\"} 1"));
         assert!(!text.contains("aim_gateway_endpoint_report_age_seconds{"));
     }
-}
-
-/// The OTLP push's own counters (with `--otlp-endpoint`).
-pub fn render_exports(exports: &crate::otlp::ExportCounters) -> String {
-    let mut out = String::new();
-    header(
-        &mut out,
-        "aim_gateway_otlp_exports_total",
-        "counter",
-        "OTLP pushes of the queue state to the scaler, by result",
-    );
-    for (result, n) in [("ok", &exports.ok), ("failed", &exports.failed)] {
-        let _ = writeln!(
-            out,
-            "aim_gateway_otlp_exports_total{{result=\"{result}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
-    }
-    out
 }

@@ -48,9 +48,11 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // Dropping this map (the runner's future dropped or aborted) aborts
+    // Dropping these maps (the runner's future dropped or aborted) aborts
     // every pod's task, and with it kills its simulator (kill_on_drop).
     let mut running: HashMap<String, PodTask> = HashMap::new();
+    // Simulators of deleted pods, finishing their in-flight requests.
+    let mut draining: HashMap<String, PodTask> = HashMap::new();
     // A watch that fails (an API server restart, a connection timed out)
     // is resumed with backoff, and the relist reconciles what changed
     // meanwhile: a transient error must not stop every simulator.
@@ -70,6 +72,7 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
                 continue;
             }
         };
+        draining.retain(|_, task| !task.task.is_finished());
         match event {
             Event::Apply(pod) | Event::InitApply(pod) => {
                 let uid = pod.uid().unwrap_or_default();
@@ -79,17 +82,26 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
                 match served(&pod) {
                     Some(p) if !running.contains_key(&p.uid) => {
                         tracing::info!(pod = %p.identity.pod, ip = %p.ip, "starting a simulator");
-                        let task = tokio::spawn(serve_pod(client.clone(), config.clone(), p));
-                        running.insert(uid, PodTask(task));
+                        let (drain, drained) = tokio::sync::oneshot::channel();
+                        let task =
+                            tokio::spawn(serve_pod(client.clone(), config.clone(), p, drained));
+                        running.insert(
+                            uid,
+                            PodTask {
+                                task,
+                                drain: Some(drain),
+                            },
+                        );
                     }
                     Some(_) => {}
-                    None => stop(&mut running, &uid, &pod.name_any()),
+                    None => stop(&mut running, &mut draining, &uid, &pod),
                 }
             }
             Event::Delete(pod) => stop(
                 &mut running,
+                &mut draining,
                 &pod.uid().unwrap_or_default(),
-                &pod.name_any(),
+                &pod,
             ),
             Event::Init => relisted = Some(Vec::new()),
             Event::InitDone => {
@@ -100,7 +112,11 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
                         .cloned()
                         .collect();
                     for uid in gone {
-                        stop(&mut running, &uid, "(gone while the watch was down)");
+                        // Gone while the watch was down: its grace period
+                        // is unknown and has likely passed.
+                        if running.remove(&uid).is_some() {
+                            tracing::info!(%uid, "stopping the simulator of a pod gone while the watch was down");
+                        }
                     }
                 }
             }
@@ -110,22 +126,57 @@ pub async fn run(client: Client, config: RunnerConfig) -> anyhow::Result<()> {
 }
 
 /// A pod's task, aborted when dropped: a plain JoinHandle would let it run on.
-struct PodTask(JoinHandle<()>);
+struct PodTask {
+    task: JoinHandle<()>,
+    /// Tells the task its pod is being deleted, with the grace period.
+    drain: Option<tokio::sync::oneshot::Sender<Duration>>,
+}
 
 impl Drop for PodTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
-fn stop(running: &mut HashMap<String, PodTask>, uid: &str, name: &str) {
-    if running.remove(uid).is_some() {
-        tracing::info!(pod = %name, "stopping its simulator");
+/// The pod's grace period, as the kubelet reads it: the deletion's own,
+/// else the spec's, else Kubernetes' default of 30 s.
+pub fn grace_period(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// A pod being deleted: its simulator gets SIGTERM and its grace period to
+/// finish what is in flight, as a kubelet gives vLLM; the task moves to
+/// `draining`, where it ends by itself.
+fn stop(
+    running: &mut HashMap<String, PodTask>,
+    draining: &mut HashMap<String, PodTask>,
+    uid: &str,
+    pod: &Pod,
+) {
+    if let Some(mut task) = running.remove(uid) {
+        let grace = grace_period(pod);
+        tracing::info!(pod = %pod.name_any(), ?grace, "draining its simulator");
+        if let Some(drain) = task.drain.take() {
+            let _ = drain.send(grace);
+        }
+        draining.insert(uid.to_string(), task);
     }
 }
 
-/// Everything one pod gets, for as long as the task lives.
-async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
+/// Everything one pod gets, for as long as the task lives; when `drained`
+/// fires, the simulator drains (SIGTERM) for at most the grace period it
+/// carries, then is killed.
+async fn serve_pod(
+    client: Client,
+    config: Arc<RunnerConfig>,
+    pod: ServedPod,
+    drained: tokio::sync::oneshot::Receiver<Duration>,
+) {
     let mut command = tokio::process::Command::new(&config.aim_binary);
     command
         .arg("sim")
@@ -146,6 +197,43 @@ async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
             return;
         }
     };
+    let grace = tokio::select! {
+        () = run_pod(&client, &config, &pod, &mut child) => return,
+        grace = drained => match grace {
+            Ok(grace) => grace,
+            // The runner went away without a drain: the task is aborted
+            // and the simulator killed with it.
+            Err(_) => return,
+        },
+    };
+    // As the kubelet does: SIGTERM, then SIGKILL once the grace period is
+    // over. `aim sim` answers SIGTERM as vLLM does: new requests are
+    // refused, in-flight ones run to their end.
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            tracing::info!(pod = %pod.identity.pod, ?status, "its simulator drained and exited");
+        }
+        Err(_) => {
+            tracing::warn!(pod = %pod.identity.pod, ?grace, "its simulator outlived the grace period; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The pod's life until it is deleted: readiness, then the sidecar (or
+/// just the simulator) for as long as it runs.
+async fn run_pod(
+    client: &Client,
+    config: &RunnerConfig,
+    pod: &ServedPod,
+    child: &mut tokio::process::Child,
+) {
     let base = format!("http://{}:{}", pod.ip, pod.port);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -157,7 +245,7 @@ async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
     // as the kubelet would report it. Otherwise traffic would reach the
     // address during the whole cold start.
     if pod.ready
-        && let Err(e) = set_ready(&client, &pod, false).await
+        && let Err(e) = set_ready(client, pod, false).await
     {
         tracing::warn!(pod = %pod.identity.pod, error = %e, "marking the restarted pod unready failed");
     }
@@ -178,19 +266,18 @@ async fn serve_pod(client: Client, config: Arc<RunnerConfig>, pod: ServedPod) {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if let Err(e) = set_ready(&client, &pod, true).await {
+        if let Err(e) = set_ready(client, pod, true).await {
             tracing::warn!(pod = %pod.identity.pod, error = %e, "marking the pod Ready failed");
         }
     }
 
     match &pod.collector {
-        Some(name) => sidecar(&client, &config, &pod, name, &http).await,
+        Some(name) => sidecar(client, config, pod, name, &http).await,
         // No sidecar: just keep the simulator alive with the task.
         None => {
             let _ = child.wait().await;
         }
     }
-    drop(child);
 }
 
 /// What the kubelet writes when a readiness probe first succeeds (`ready`),

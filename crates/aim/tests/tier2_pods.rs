@@ -323,3 +323,140 @@ spec:
     scaler.shutdown().await;
     aim_testkit::delete_namespace(&client, &ns).await;
 }
+
+/// A Deployment `app` of one KWOK pod shaped like KServe's predictor (no
+/// sidecar), with the given grace period.
+fn plain_predictor(app: &str, grace_s: i64) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {app}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {app}}}}}\n  template:\n    metadata:\n      labels: {{app: {app}, serving.kserve.io/inferenceservice: {app}}}\n    spec:\n      terminationGracePeriodSeconds: {grace_s}\n      containers:\n      - name: kserve-container\n        image: amdenterpriseai/aim-qwen-qwen3-32b:0.8.5\n        ports: [{{name: http, containerPort: 8000, protocol: TCP}}]\n"
+    )
+}
+
+/// The Ready pod of `app` (its name and address).
+async fn ready_pod(pods: &Api<Pod>, app: &str) -> (String, String) {
+    eventually("a Ready pod", || async {
+        pods.list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+            .map(|p| (p.metadata.name.clone().unwrap(), pod_ip(&p)))
+    })
+    .await
+}
+
+/// A streamed completion of `tokens` tokens at `ip`: the tokens received
+/// and whether the stream ended with `[DONE]`; `started` fires at the
+/// first token.
+async fn stream_tokens(
+    ip: String,
+    tokens: u32,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> (usize, bool) {
+    let mut response = reqwest::Client::new()
+        .post(format!("http://{ip}:8000/v1/completions"))
+        .json(
+            &serde_json::json!({"model": "Qwen/Qwen3-32B", "prompt": "hello",
+            "max_tokens": tokens, "ignore_eos": true, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut started = Some(started);
+    let mut body = String::new();
+    // A stream cut by a kill ends in an error: count what came.
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+        if body.contains("\"text\"")
+            && let Some(s) = started.take()
+        {
+            let _ = s.send(());
+        }
+    }
+    let count = body.matches("\"text\"").count();
+    (count, body.trim_end().ends_with("data: [DONE]"))
+}
+
+#[tokio::test]
+async fn a_deleted_pods_simulator_finishes_its_streams_within_the_grace_period() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = client().await;
+    let ns = namespace(&client, "drain").await;
+    // `long`: 30 s to drain; `short`: 1 s, less than its stream needs.
+    apply_yaml(&client, &ns, &plain_predictor("long", 30))
+        .await
+        .unwrap();
+    apply_yaml(&client, &ns, &plain_predictor("short", 1))
+        .await
+        .unwrap();
+    let runner = tokio::spawn(aim_pods::runner::run(
+        client.clone(),
+        aim_pods::runner::RunnerConfig {
+            cold_start: Duration::ZERO,
+            aim_binary: env!("CARGO_BIN_EXE_aim").into(),
+            sim_args: vec![],
+            exporter_override: None,
+            namespace: Some(ns.clone()),
+        },
+    ));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let http = reqwest::Client::new();
+
+    // 250 tokens at about 12 ms each: about 3 s of stream, well inside 30 s.
+    let (name, ip) = ready_pod(&pods, "long").await;
+    let (started, first_token) = tokio::sync::oneshot::channel();
+    let stream = tokio::spawn(stream_tokens(ip.clone(), 250, started));
+    first_token.await.unwrap();
+    pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    let deleted_at = Instant::now();
+    // Draining: a new request is refused while the stream goes on.
+    let refused = eventually("the draining simulator to refuse", || {
+        let http = http.clone();
+        let ip = ip.clone();
+        async move {
+            match http
+                .post(format!("http://{ip}:8000/v1/completions"))
+                .json(&serde_json::json!({"model": "Qwen/Qwen3-32B", "prompt": "late", "max_tokens": 1}))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(r.status().as_u16()),
+                Err(_) => Some(0),
+            }
+        }
+    })
+    .await;
+    let (tokens, done) = stream.await.unwrap();
+    assert_eq!(
+        (tokens, done),
+        (250, true),
+        "the in-flight stream was cut by the pod's deletion"
+    );
+    assert!(
+        refused == 503 || refused == 0,
+        "a new request to a draining pod got {refused}"
+    );
+    until_nothing_answers(&http, &ip, "the drained simulator to exit").await;
+    eprintln!(
+        "drain: the in-flight stream ran to its end; the simulator exited {:?} after the deletion",
+        deleted_at.elapsed()
+    );
+
+    // A 1 s grace period is all a simulator gets: a 12 s stream is cut.
+    let (name, ip) = ready_pod(&pods, "short").await;
+    let (started, first_token) = tokio::sync::oneshot::channel();
+    let stream = tokio::spawn(stream_tokens(ip.clone(), 1000, started));
+    first_token.await.unwrap();
+    pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    let (tokens, done) = stream.await.unwrap();
+    assert!(
+        !done && tokens < 1000,
+        "a 12 s stream outlived a 1 s grace period: {tokens} tokens, done {done}"
+    );
+    until_nothing_answers(&http, &ip, "the killed simulator to be gone").await;
+
+    runner.abort();
+    aim_testkit::delete_namespace(&client, &ns).await;
+}
