@@ -33,6 +33,7 @@ pub fn resource_of(api_version: &str, kind: &str) -> Option<(ApiResource, bool)>
         "PersistentVolumeClaim" => ("persistentvolumeclaims", true),
         "RoleBinding" => ("rolebindings", true),
         "ScaledObject" => ("scaledobjects", true),
+        "HorizontalPodAutoscaler" => ("horizontalpodautoscalers", true),
         _ => return None,
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);

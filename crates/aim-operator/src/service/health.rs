@@ -277,6 +277,18 @@ pub fn hpa_health(
             .and_then(|c| c.message.clone())
             .unwrap_or_default()
     };
+    // KEDA took a scale-from-zero service to zero: the HPA controller
+    // stands aside until KEDA brings a replica back.
+    let disabled = conds
+        .iter()
+        .any(|c| c.type_ == "ScalingActive" && c.reason.as_deref() == Some("ScalingDisabled"));
+    if disabled {
+        return Health::ready(
+            C,
+            "ScaledToZero",
+            "Scaled to zero: KEDA brings a replica back when the gateway holds a request",
+        );
+    }
     if !is("ScalingActive", "True") {
         let settled = isvc_ready_for.is_some_and(|d| d >= super::scaling::FIRST_METRICS_GRACE);
         return if settled {

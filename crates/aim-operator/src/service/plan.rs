@@ -330,8 +330,45 @@ pub fn plan(obs: &Observed<'_>) -> Plan {
         }
         (true, Some(false)) => {
             let ready_for = isvc_ready.then(|| ready_for(obs.isvc.as_ref(), obs.now));
-            plan.healths
-                .push(health::hpa_health(obs.hpa.as_ref(), ready_for.flatten()));
+            let metricless = obs
+                .hpa
+                .as_ref()
+                .zip(obs.scaled_object.as_ref())
+                .and_then(|(hpa, so)| Some((hpa, scaling::missing_hpa_metrics(hpa, so)?)));
+            match metricless {
+                Some((hpa, why)) => {
+                    // KEDA rebuilds a deleted HPA from the scaler's answers
+                    // of the moment; a rebuilt one gets time to be right.
+                    let age = hpa
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .and_then(|t| obs.now.duration_since(t.0).try_into().ok())
+                        .unwrap_or(std::time::Duration::ZERO);
+                    let rebuild = age >= scaling::METRICLESS_HPA_REBUILD_AFTER;
+                    if rebuild {
+                        plan.delete.push((
+                            "autoscaling/v2".into(),
+                            "HorizontalPodAutoscaler".into(),
+                            hpa.name_any(),
+                        ));
+                    }
+                    plan.healths.push(Health::new(
+                        "HPA",
+                        ComponentState::Degraded,
+                        "HPAWithoutMetrics",
+                        format!(
+                            "{why}. The operator deletes the HPA so that KEDA rebuilds it, \
+                             every {} s until the metrics are there{}",
+                            scaling::METRICLESS_HPA_REBUILD_AFTER.as_secs(),
+                            if rebuild { " (deleting it now)" } else { "" }
+                        ),
+                    ));
+                }
+                None => plan
+                    .healths
+                    .push(health::hpa_health(obs.hpa.as_ref(), ready_for.flatten())),
+            }
             plan.runtime = Some(health::runtime_status(obs.hpa.as_ref(), &replicas));
             plan.scale_decision = scaling::scale_decision(
                 svc.status.as_ref().and_then(|s| s.runtime.as_ref()),

@@ -456,3 +456,105 @@ mod tests {
         assert_eq!(scale_decision(Some(&was_paused), Some(&hpa(3))), None);
     }
 }
+
+/// How long a rebuilt HPA gets before the operator deletes it again when
+/// it still lacks the scaler's metric: enough for KEDA to rebuild it and
+/// for a scaler that is coming back to be reached, short enough that a
+/// service does not run on the wrong metric for long.
+pub const METRICLESS_HPA_REBUILD_AFTER: Duration = Duration::from_secs(30);
+
+/// KEDA's HPA when it lacks metrics the ScaledObject's triggers should
+/// give it.
+///
+/// KEDA builds the HPA from each trigger's metric spec, asked of the
+/// scaler when the HPA is built. When the scaler cannot be reached at
+/// that moment, that trigger contributes no metric, and KEDA does not ask
+/// again until the ScaledObject changes; an HPA left with no metric at all
+/// is defaulted by the API server to 80 % CPU. The service then scales on
+/// the wrong signal, or not at all, for as long as nothing changes.
+/// Deleting the HPA makes KEDA rebuild it. `None`: the HPA has every
+/// metric (or one side is missing, which other checks report).
+pub fn missing_hpa_metrics(hpa: &HorizontalPodAutoscaler, scaled_object: &Value) -> Option<String> {
+    let triggers = scaled_object.pointer("/spec/triggers")?.as_array()?;
+    // Every trigger but cpu and memory becomes one External metric.
+    let wanted = triggers
+        .iter()
+        .filter(|t| !matches!(t["type"].as_str(), Some("cpu" | "memory")))
+        .count();
+    let metrics = hpa
+        .spec
+        .as_ref()
+        .and_then(|s| s.metrics.as_deref())
+        .unwrap_or_default();
+    let external = metrics.iter().filter(|m| m.type_ == "External").count();
+    if external >= wanted {
+        return None;
+    }
+    let cpu_default = metrics.iter().any(|m| m.type_ == "Resource")
+        && !triggers
+            .iter()
+            .any(|t| matches!(t["type"].as_str(), Some("cpu" | "memory")));
+    let scalers: Vec<&str> = triggers
+        .iter()
+        .filter_map(|t| t.pointer("/metadata/scalerAddress")?.as_str())
+        .collect();
+    Some(format!(
+        "KEDA built the HPA with {external} of the ScaledObject's {wanted} external metrics{}; \
+         the scaler was likely unreachable when it was built{}",
+        if cpu_default {
+            " (the API server defaulted it to 80 % CPU)"
+        } else {
+            ""
+        },
+        if scalers.is_empty() {
+            String::new()
+        } else {
+            format!(" (scaler: {})", scalers.join(", "))
+        }
+    ))
+}
+
+#[cfg(test)]
+mod metricless_tests {
+    use super::*;
+
+    fn hpa(metrics: Value) -> HorizontalPodAutoscaler {
+        serde_json::from_value(json!({
+            "metadata": {"name": "keda-hpa-chat-predictor"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "chat-predictor"},
+                     "maxReplicas": 4, "metrics": metrics}
+        }))
+        .unwrap()
+    }
+
+    fn external() -> Value {
+        json!({"type": "External", "external": {
+            "metric": {"name": "s0-chat"}, "target": {"type": "AverageValue", "averageValue": "1"}}})
+    }
+
+    #[test]
+    fn an_hpa_without_the_scalers_metric_is_found_and_explained() {
+        let so = json!({"spec": {"triggers": [
+            {"type": "external", "metadata": {"scalerAddress": "scaler.keda:4318"}},
+            {"type": "external-push", "metadata": {"scalerAddress": "scaler.keda:4318"}},
+        ]}});
+        assert_eq!(
+            missing_hpa_metrics(&hpa(json!([external(), external()])), &so),
+            None
+        );
+        let cpu = json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+        let why = missing_hpa_metrics(&hpa(cpu), &so).unwrap();
+        assert!(why.contains("0 of the ScaledObject's 2"), "{why}");
+        assert!(why.contains("80 % CPU"), "{why}");
+        assert!(why.contains("scaler.keda:4318"), "{why}");
+        let one = missing_hpa_metrics(&hpa(json!([external()])), &so).unwrap();
+        assert!(one.contains("1 of the ScaledObject's 2"), "{one}");
+        assert!(!one.contains("CPU"), "{one}");
+        // A CPU trigger is the service's own choice, not a fallback.
+        let with_cpu = json!({"spec": {"triggers": [{"type": "cpu", "metadata": {}}]}});
+        let cpu_only = json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 50}}}]);
+        assert_eq!(missing_hpa_metrics(&hpa(cpu_only), &with_cpu), None);
+    }
+}

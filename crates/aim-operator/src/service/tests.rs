@@ -574,3 +574,68 @@ fn the_scaled_object_changes_hands_without_kserve_rebuilding_the_operators() {
     assert_eq!(handover(&fixed, None, Some(&kserves)).delete, None);
     assert_eq!(handover(&fixed, None, None).autoscaler_class, "none");
 }
+
+#[test]
+fn a_metricless_hpa_is_reported_and_deleted_once_it_had_time() {
+    let svc = service(&format!("{BASE}  minReplicas: 1\n  maxReplicas: 4\n"));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let hpa_born = |age_s: i64| -> k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
+        let born = now - k8s_openapi::jiff::SignedDuration::from_secs(age_s);
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "keda-hpa-qwen-chat-a04542d9-predictor",
+                         "creationTimestamp": born.to_string()},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 4,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                         "target": {"type": "Utilization", "averageUtilization": 80}}}]}
+        }))
+        .unwrap()
+    };
+    let so = serde_json::json!({"spec": {"triggers": [
+        {"type": "external", "metadata": {"scalerAddress": "scaler:4318"}}]}});
+    let planned = |age_s: i64| {
+        let mut obs = observed(&svc, Some(ready_template("t", 1)));
+        obs.now = now;
+        obs.hpa = Some(hpa_born(age_s));
+        obs.scaled_object = Some(so.clone());
+        plan(&obs)
+    };
+    let deletes_hpa = |p: &super::plan::Plan| {
+        p.delete.iter().any(|(_, kind, name)| {
+            kind == "HorizontalPodAutoscaler" && name.starts_with("keda-hpa-")
+        })
+    };
+    // Just rebuilt: reported, left to KEDA.
+    let fresh = planned(5);
+    let hpa: Vec<_> = fresh
+        .healths
+        .iter()
+        .filter(|h| h.component == "HPA")
+        .collect();
+    assert_eq!(hpa.len(), 1, "{hpa:?}");
+    assert_eq!(hpa[0].reason, "HPAWithoutMetrics");
+    assert_eq!(hpa[0].state, ComponentState::Degraded);
+    assert!(hpa[0].message.contains("80 % CPU"), "{}", hpa[0].message);
+    assert!(!deletes_hpa(&fresh));
+    // Had its time: deleted so that KEDA rebuilds it.
+    let old = planned(60);
+    assert!(deletes_hpa(&old), "{:?}", old.delete);
+    assert!(
+        old.healths
+            .iter()
+            .any(|h| h.reason == "HPAWithoutMetrics" && h.message.contains("deleting it now"))
+    );
+    // With the scaler's metric, nothing of the sort.
+    let mut obs = observed(&svc, Some(ready_template("t", 1)));
+    let mut whole = hpa_born(60);
+    whole.spec.as_mut().unwrap().metrics = Some(vec![
+        serde_json::from_value(serde_json::json!(
+        {"type": "External", "external": {"metric": {"name": "s0-x"},
+            "target": {"type": "AverageValue", "averageValue": "1"}}}))
+        .unwrap(),
+    ]);
+    obs.hpa = Some(whole);
+    obs.scaled_object = Some(so.clone());
+    let fine = plan(&obs);
+    assert!(!deletes_hpa(&fine));
+    assert!(!fine.healths.iter().any(|h| h.reason == "HPAWithoutMetrics"));
+}
