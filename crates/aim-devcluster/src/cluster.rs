@@ -266,8 +266,22 @@ fn sixteen() -> u16 {
 struct RecordedComponent {
     name: String,
     pid: u32,
+    /// The process's start time (see `process::Member`), so that a pid
+    /// reused since is never signalled.
+    #[serde(default)]
+    start_ticks: Option<u64>,
     port: u16,
     log: PathBuf,
+}
+
+impl RecordedComponent {
+    fn member(&self) -> process::Member {
+        process::Member {
+            pid: self.pid,
+            start_ticks: self.start_ticks,
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// What callers need to use a running cluster.
@@ -398,7 +412,7 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
             });
         }
         // A crashed or half-started cluster: clear it away and start over.
-        stop_recorded(&state);
+        stop_recorded_off_runtime(&state).await;
     }
     clean_runtime_files(&dir)?;
     // Before any port or build work: with binaries that were never built,
@@ -449,7 +463,7 @@ pub async fn up(opts: &ClusterOptions) -> Result<ClusterInfo, Error> {
         Ok(info) => Ok(info),
         Err(e) => {
             // Leave nothing running behind a failed start; keep the logs.
-            started.stop();
+            stop_recorded_off_runtime(&started.state).await;
             let _ = std::fs::remove_file(state_path(&dir));
             Err(e)
         }
@@ -479,16 +493,20 @@ impl Started {
             },
         }
     }
-
-    fn stop(&self) {
-        stop_recorded(&self.state);
-    }
 }
 
 fn stop_recorded(state: &State) {
-    let pids: Vec<u32> = state.components.iter().map(|c| c.pid).collect();
-    if state.group != 0 || !pids.is_empty() {
-        process::stop_group(state.group, &pids, Duration::from_secs(20));
+    let members: Vec<process::Member> = state.components.iter().map(|c| c.member()).collect();
+    if state.group != 0 || !members.is_empty() {
+        process::stop_group(state.group, &members, Duration::from_secs(20));
+    }
+}
+
+/// [`stop_recorded`] for async callers.
+async fn stop_recorded_off_runtime(state: &State) {
+    let members: Vec<process::Member> = state.components.iter().map(|c| c.member()).collect();
+    if state.group != 0 || !members.is_empty() {
+        process::stop_group_off_runtime(state.group, members, Duration::from_secs(20)).await;
     }
 }
 
@@ -771,12 +789,12 @@ fn scaler_address(ports: &Ports) -> std::net::SocketAddr {
 
 /// Stops the processes a failed join started (those after `before`) and
 /// records the cluster as it was before the join.
-fn undo_join(dir: &Path, started: &mut Started, before: usize) {
-    let pids: Vec<u32> = started.state.components[before..]
+async fn undo_join(dir: &Path, started: &mut Started, before: usize) {
+    let members: Vec<process::Member> = started.state.components[before..]
         .iter()
-        .map(|c| c.pid)
+        .map(|c| c.member())
         .collect();
-    process::stop_group(0, &pids, Duration::from_secs(20));
+    process::stop_group_off_runtime(0, members, Duration::from_secs(20)).await;
     started.state.components.truncate(before);
     let _ = write_state(dir, &started.state);
 }
@@ -799,7 +817,7 @@ async fn add_kserve(
         }
         Err(e) => {
             started.state.kserve = false;
-            undo_join(dir, &mut started, before);
+            undo_join(dir, &mut started, before).await;
             Err(e)
         }
     }
@@ -934,7 +952,7 @@ async fn add_prometheus(
         }
         Err(e) => {
             started.state.prometheus = false;
-            undo_join(dir, &mut started, before);
+            undo_join(dir, &mut started, before).await;
             Err(e)
         }
     }
@@ -1068,7 +1086,7 @@ async fn add_keda(
         }
         Err(e) => {
             started.state.keda = false;
-            undo_join(dir, &mut started, before);
+            undo_join(dir, &mut started, before).await;
             Err(e)
         }
     }
@@ -1266,6 +1284,7 @@ fn launch_with_env(
     started.state.components.push(RecordedComponent {
         name: name.to_string(),
         pid: spawned.pid,
+        start_ticks: process::start_ticks(spawned.pid),
         port,
         log: spawned.log,
     });

@@ -186,6 +186,9 @@ async fn serve_pod(
             &config.cold_start.as_secs_f64().to_string(),
         ])
         .args(&config.sim_args)
+        // A runner killed outright (no drop, no kill_on_drop) still takes
+        // its simulators with it: they would hold the pods' addresses.
+        .args(["--parent-pid", &std::process::id().to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

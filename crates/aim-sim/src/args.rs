@@ -73,6 +73,11 @@ pub struct SimArgs {
     /// On SIGTERM, wait at most this many seconds for in-flight requests.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
+    /// Drain and exit (as on SIGTERM) when process PID, which started this
+    /// one, dies, however it dies: the pod runner sets it so that a killed
+    /// runner leaves no simulator holding a pod's address. Linux only.
+    #[arg(long, value_name = "PID")]
+    pub parent_pid: Option<u32>,
 }
 
 fn parse_profile(name: &str) -> Result<Profile, String> {
@@ -104,6 +109,7 @@ impl SimArgs {
             startup_delay: 0.0,
             time_scale: 1.0,
             drain_timeout: 30.0,
+            parent_pid: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod bench;
 mod driver;
 mod error;
 pub mod fidelity;
+mod host;
 mod metrics;
 mod protocol;
 mod response;
@@ -30,7 +31,27 @@ pub use server::{
 /// Serves until SIGTERM or Ctrl-C, then refuses new requests with 503 and drains in-flight
 /// ones for up to `--drain-timeout` seconds.
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
+    if let Some(parent) = args.parent_pid {
+        host::exit_with_parent(parent)?;
+    }
+    let listener = match tokio::net::TcpListener::bind((args.host, args.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            let holder = if e.kind() == std::io::ErrorKind::AddrInUse {
+                match host::listener_of(args.host, args.port) {
+                    Some(h) => format!("; held by {h}"),
+                    None => "; no process of this host was found holding it".into(),
+                }
+            } else {
+                String::new()
+            };
+            anyhow::bail!(
+                "cannot listen on {}:{} (--host, --port): {e}{holder}",
+                args.host,
+                args.port
+            );
+        }
+    };
     let sim = start(args, listener).await?;
     shutdown_signal().await;
     tracing::info!(in_flight = sim.in_flight(), "shutdown requested; draining");
