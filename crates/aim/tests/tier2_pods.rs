@@ -70,6 +70,29 @@ async fn until_nothing_answers(http: &reqwest::Client, ip: &str, what: &str) {
     .await;
 }
 
+/// The pid of the `aim sim` serving the pod at `ip` (its command line
+/// names the pod's address).
+fn simulator_pid(ip: &str) -> u32 {
+    let wanted = format!("--host\0{ip}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&wanted))
+        })
+        .unwrap_or_else(|| panic!("no simulator process serves {ip}"))
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// KEDA's GetMetrics for the trigger KServe writes for this predictor.
 async fn keda_value(
     scaler: &mut ExternalScalerClient<tonic::transport::Channel>,
@@ -114,6 +137,8 @@ async fn each_pod_gets_a_simulator_readiness_and_the_sidecar_kserve_described() 
     // as the collector's exporter endpoint names it.
     let mut args = aim_scaler::ScalerArgs::defaults();
     args.warmup = Duration::ZERO;
+    // Short, so a hung pod's series is seen going stale in seconds.
+    args.freshness = Duration::from_secs(4);
     args.listen = vec!["127.0.0.1:0".parse().unwrap()];
     args.admin_listen = "127.0.0.1:0".parse().unwrap();
     let scaler = aim_scaler::start(&args).await.expect("scaler starts");
@@ -267,6 +292,34 @@ spec:
         admin.lines().any(|l| l == "aim_scaler_metric_names 1"),
         "the filter passes exactly one metric name:\n{admin}"
     );
+
+    // The simulator hangs (stopped, not dead): its sidecar's scrapes time
+    // out, nothing is exported, and its series goes stale within the
+    // scaler's freshness limit, so KEDA gets an error rather than the last
+    // value forever. Woken, it reports again.
+    let sim_pid = simulator_pid(&ip);
+    signal(sim_pid, "STOP");
+    let hung_at = Instant::now();
+    eventually("the hung pod's series to go stale", || {
+        let mut keda = keda.clone();
+        let ns = ns.clone();
+        async move { keda_value(&mut keda, &ns).await.is_none().then_some(()) }
+    })
+    .await;
+    let stale_after = hung_at.elapsed();
+    assert!(
+        stale_after <= args.freshness + Duration::from_secs(6),
+        "stale only after {stale_after:?} (freshness {:?})",
+        args.freshness
+    );
+    signal(sim_pid, "CONT");
+    eventually("the woken pod to report again", || {
+        let mut keda = keda.clone();
+        let ns = ns.clone();
+        async move { keda_value(&mut keda, &ns).await }
+    })
+    .await;
+    eprintln!("a hung simulator's series went stale after {stale_after:?}");
 
     // A new runner (a restart of `aim dev pods`) finds the pod Ready with no
     // simulator behind it: it is a restarted container, unready until its
