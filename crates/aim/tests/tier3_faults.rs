@@ -8,6 +8,10 @@
 //!   operator must see it, say so on the service (`HPAReady=False`,
 //!   `HPAWithoutMetrics`) and have KEDA rebuild the HPA once the scaler is
 //!   back. The test prints the time to recover.
+//! * **A node removed under load.** Kubernetes' pod garbage collector
+//!   deletes the pods bound to it, the Deployment replaces them on the
+//!   nodes left, and the service is back at its replicas with nothing
+//!   duplicated. The node is put back afterwards, whatever happens.
 //!
 //! ```sh
 //! AIM_TEST_CLUSTER=<name> cargo test -p aim --test tier3_faults -- --nocapture
@@ -125,5 +129,113 @@ async fn a_metricless_hpa_is_found_and_rebuilt_once_the_scaler_is_back() {
         reported.as_secs_f64(),
         recovered.as_secs_f64()
     );
+    bed.finish().await;
+}
+
+/// Puts a deleted bed node back (from the bed's own fleet) when dropped,
+/// even when the test fails: later tests share the cluster's nodes.
+struct RestoreNode {
+    client: kube::Client,
+    name: String,
+}
+
+impl RestoreNode {
+    async fn restore(client: &kube::Client, name: &str) {
+        let spec = aim_devcluster::default_fleet()
+            .into_iter()
+            .find(|n| n.name == name)
+            .expect("a node of the bed's fleet");
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        match nodes
+            .create(&kube::api::PostParams::default(), &spec.to_node())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("restoring node {name}: {e}"),
+        }
+    }
+}
+
+impl Drop for RestoreNode {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        // Drop cannot await: a thread with a runtime of its own does it.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(RestoreNode::restore(&client, &name));
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_removed_under_load_has_its_pods_rescheduled_and_the_service_recovers() {
+    use common::bed::{is_ready, predictor_pods, stop};
+    let bed = Bed::start("node", None, true).await;
+    let load = bed.load();
+    bed.await_scale(3, "scale-out under the seed's load").await;
+    let pods = predictor_pods(&bed.pods, &bed.isvc).await;
+    let node = pods
+        .iter()
+        .find_map(|p| p.spec.as_ref()?.node_name.clone())
+        .expect("a scheduled pod");
+    let lost: Vec<String> = pods
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+        .map(|p| p.name_any())
+        .collect();
+
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(bed.admin.clone());
+    let _restore = RestoreNode {
+        client: bed.admin.clone(),
+        name: node.clone(),
+    };
+    nodes.delete(&node, &DeleteParams::default()).await.unwrap();
+    let removed_at = Instant::now();
+    // Kubernetes' pod garbage collector deletes pods bound to a node that
+    // no longer exists (after its 40 s quarantine); the Deployment
+    // replaces them on the nodes left.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = predictor_pods(&bed.pods, &bed.isvc).await;
+        let on_gone = now.iter().any(|p| lost.contains(&p.name_any()));
+        let ready = now.iter().filter(|p| is_ready(p)).count();
+        if !on_gone && ready == 3 {
+            // Exactly the replicas asked for: nothing duplicated.
+            assert_eq!(
+                now.len(),
+                3,
+                "pods: {:?}",
+                now.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+            );
+            assert!(now.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node.as_str())
+            }));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after removing node {node}: {} pods, {ready} ready, lost ones left: {on_gone}\n{}",
+            now.len(),
+            aim_testkit::events_of(&bed.admin, &bed.ns).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "node {node} removed under load with {} of 3 pods: 3 Ready pods again after {:.1} s",
+        lost.len(),
+        removed_at.elapsed().as_secs_f64()
+    );
+    stop(load);
+    drop(_restore);
+    aim_testkit::await_object(&nodes, &node, "the node back and Ready", WAIT, |n| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await;
     bed.finish().await;
 }
