@@ -120,12 +120,29 @@ async fn two_model_selectors_are_refused() {
 }
 
 #[tokio::test]
-async fn zero_min_replicas_is_refused() {
+async fn negative_min_replicas_is_refused() {
     assert_refused(
-        &format!("{HEAD}  model: {{image: a/b:1}}\n  minReplicas: 0\n  maxReplicas: 2\n"),
+        &format!("{HEAD}  model: {{image: a/b:1}}\n  minReplicas: -1\n  maxReplicas: 2\n"),
         "spec.minReplicas",
     )
     .await;
+}
+
+/// `minReplicas: 0` (scale from zero) is an aim extension: admitted, since
+/// whether the service is routed through a gateway may come from its
+/// runtime config, which admission cannot see; the operator refuses it
+/// without routing (`ScalingReady=False` naming the field).
+#[tokio::test]
+async fn zero_min_replicas_is_admitted_for_the_operator_to_judge() {
+    let client = client().await;
+    let ns = namespace(&client, "zero").await;
+    apply_yaml(
+        &client,
+        &ns,
+        &format!("{HEAD}  model: {{image: a/b:1}}\n  minReplicas: 0\n  maxReplicas: 2\n"),
+    )
+    .await
+    .expect("minReplicas 0 admitted");
 }
 
 #[tokio::test]

@@ -639,3 +639,43 @@ fn a_metricless_hpa_is_reported_and_deleted_once_it_had_time() {
     assert!(!deletes_hpa(&fine));
     assert!(!fine.healths.iter().any(|h| h.reason == "HPAWithoutMetrics"));
 }
+
+#[test]
+fn scale_from_zero_needs_routing_from_the_service_or_its_runtime_config() {
+    // Without routing: nothing deployed, the field named.
+    let bare = service(&format!("{BASE}  minReplicas: 0\n  maxReplicas: 2\n"));
+    let p = plan(&observed(&bare, Some(ready_template("t", 1))));
+    let scaling: Vec<_> = p
+        .healths
+        .iter()
+        .filter(|h| h.component == "Scaling")
+        .collect();
+    assert_eq!(scaling.len(), 1, "{:?}", p.healths);
+    assert_eq!(scaling[0].reason, "InvalidScaling");
+    assert!(
+        scaling[0].message.starts_with("spec.minReplicas:"),
+        "{}",
+        scaling[0].message
+    );
+    assert!(kind(&p, "InferenceService").is_none());
+    // Routed through a Gateway: the InferenceService starts at 0 under the
+    // operator's ScaledObject, with the wake trigger.
+    let routed = service(&format!(
+        "{BASE}  minReplicas: 0\n  maxReplicas: 2\n  routing:\n    enabled: true\n    gatewayRef: {{name: gw, namespace: gateways}}\n"
+    ));
+    let p = plan(&observed(&routed, Some(ready_template("t", 1))));
+    assert!(
+        !p.healths.iter().any(|h| h.reason == "InvalidScaling"),
+        "{:?}",
+        p.healths
+    );
+    let isvc = kind(&p, "InferenceService").expect("an InferenceService");
+    assert_eq!(isvc["spec"]["predictor"]["minReplicas"], 0);
+    assert_eq!(
+        isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"],
+        "external"
+    );
+    let so = kind(&p, "ScaledObject").expect("the operator's ScaledObject");
+    assert_eq!(so["spec"]["minReplicaCount"], 0);
+    assert_eq!(so["spec"]["triggers"][1]["type"], "external-push");
+}
