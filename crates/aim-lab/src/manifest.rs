@@ -73,6 +73,14 @@ pub fn scaled_object(
     kserve: &KServeAutoscaler,
 ) -> Result<aim_scaling::ScaledObject, ManifestError> {
     let paused = aim_api_paused(svc)?;
+    if svc.spec.min_replicas == Some(0) {
+        return Err(field(
+            "spec.minReplicas",
+            "0 (scale from zero behind aim gateway) is not modelled by the lab yet: its KEDA \
+             loop has no wake trigger on the gateway's queue; score the service with \
+             minReplicas: 1",
+        ));
+    }
     let planned = aim_scaling::plan(&ServiceScaling {
         spec: &svc.spec,
         namespace: svc.metadata.namespace.as_deref().unwrap_or("default"),
@@ -427,6 +435,15 @@ spec:
                 )
             );
         }
+    }
+
+    #[test]
+    fn scale_from_zero_is_refused_rather_than_scored_as_something_else() {
+        let zero = SEED_000.replace("minReplicas: 1", "minReplicas: 0");
+        assert_ne!(zero, SEED_000);
+        let e = parse(&zero, 120.0).unwrap_err().to_string();
+        assert!(e.contains("spec.minReplicas"), "{e}");
+        assert!(e.contains("not modelled by the lab"), "{e}");
     }
 
     #[test]
