@@ -90,6 +90,7 @@ fn defaults_render_the_operator_with_leader_election_and_the_scaler_where_the_do
         "PrometheusRule",
         "ConfigMap",
         "AIMClusterRuntimeConfig",
+        "GatewayClass",
     ] {
         assert!(
             !docs.iter().any(|d| d["kind"] == kind),
@@ -329,4 +330,65 @@ fn no_role_may_list_or_watch_secrets() {
             }
         }
     }
+}
+
+#[test]
+fn the_gateway_renders_for_its_class_pushing_to_the_charts_scaler() {
+    let docs = helm_template(&["--set", "gateway.enabled=true"]);
+    let class = find(&docs, "GatewayClass", "aim");
+    assert_eq!(
+        class["spec"]["controllerName"],
+        aim_gateway::routes::CONTROLLER_NAME
+    );
+    let gateway = find(&docs, "Deployment", "aim-gateway");
+    assert_eq!(gateway["metadata"]["namespace"], "aim-system");
+    let pod = &gateway["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "aim-gateway");
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for wanted in [
+        "gateway",
+        "--kubernetes",
+        "--gateway-class=aim",
+        // The chart's scaler, on its OTLP port: the wake-from-zero signal.
+        "--otlp-endpoint=keda-otel-scaler.keda.svc:4317",
+    ] {
+        assert!(args.contains(&wanted), "{wanted} missing: {args:?}");
+    }
+    // Every flag the chart writes is one the binary accepts.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: aim_gateway::GatewayArgs,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(&args).unwrap();
+    let cfg = cli.args.config().unwrap();
+    assert_eq!(
+        cfg.otlp.map(|(url, _)| url),
+        Some("http://keda-otel-scaler.keda.svc:4317".into())
+    );
+    // The drain fits in the pod's grace period.
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_i64().unwrap() > cfg.drain_timeout.as_secs() as i64
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "aim-gateway");
+    assert_eq!(binding["subjects"][0]["namespace"], "aim-system");
+    // Without the scaler there is nothing to push to.
+    let alone = helm_template(&[
+        "--set",
+        "gateway.enabled=true",
+        "--set",
+        "scaler.enabled=false",
+    ]);
+    let args =
+        serde_yaml::to_string(
+            &find(&alone, "Deployment", "aim-gateway")["spec"]["template"]["spec"]["containers"][0]
+                ["args"],
+        )
+        .unwrap();
+    assert!(!args.contains("--otlp-endpoint"), "{args}");
 }

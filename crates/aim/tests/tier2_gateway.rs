@@ -923,3 +923,123 @@ spec:
         .await
         .unwrap();
 }
+
+/// The chart's ServiceAccount, ClusterRole and binding for the gateway, as
+/// `helm template --set gateway.enabled=true` renders them.
+fn chart_gateway_rbac() -> String {
+    let helm = aim_devcluster::CacheDirs::discover()
+        .unwrap()
+        .binary("helm");
+    let out = std::process::Command::new(helm)
+        .args(["template", "aim"])
+        .arg(aim_testkit::repo_path("deploy/chart"))
+        .args(["--namespace", "aim-system", "--kube-version", "1.34.4"])
+        .args(["--set", "gateway.enabled=true"])
+        .args(["--show-only", "templates/gateway.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---")
+        .filter(|doc| {
+            [
+                "kind: ServiceAccount",
+                "kind: ClusterRole\n",
+                "kind: ClusterRoleBinding",
+            ]
+            .iter()
+            .any(|k| doc.contains(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// The chart's RBAC is all the gateway needs: acting as the chart's
+/// ServiceAccount it reads every kind it follows (ready), programs its
+/// Gateway, and writes a route's status, resolving its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_under_the_charts_rbac() {
+    let client = aim_testkit::client().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let aim_system =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "aim-system"}})).unwrap();
+    match namespaces.create(&Default::default(), &aim_system).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("{e}"),
+    }
+    let rbac = chart_gateway_rbac();
+    assert_eq!(
+        rbac.lines().filter(|l| l.starts_with("kind: ")).count(),
+        3,
+        "{rbac}"
+    );
+    apply_yaml(&client, "aim-system", &rbac).await.unwrap();
+    let info = aim_testkit::cluster().await;
+    let kc = kube::config::Kubeconfig::read_from(&info.kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some("system:serviceaccount:aim-system:aim-gateway".into());
+    let as_chart = kube::Client::try_from(config).unwrap();
+
+    let ns = namespace(&client, "gw-rbac").await;
+    let class = format!("aim-{ns}");
+    let yaml = format!(
+        "{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: chat}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: present, port: 80}}]\n",
+        gateway_yaml(&class),
+        service_yaml("present", "nothing")
+    );
+    apply_yaml(&client, &ns, &yaml).await.unwrap();
+    let gateway = start_gateway(&as_chart, &ns).await;
+    await_object(
+        &gateway_api(&client, "Gateway", Some(&ns)),
+        "gw",
+        "Gateway Programmed under the chart's RBAC",
+        WAIT,
+        |g| {
+            is(
+                &g.data["status"]["conditions"],
+                "Programmed",
+                "True",
+                "Programmed",
+            )
+        },
+    )
+    .await;
+    await_object(
+        &gateway_api(&client, "HTTPRoute", Some(&ns)),
+        "chat",
+        "the route accepted with its backend resolved under the chart's RBAC",
+        WAIT,
+        |r| {
+            let p = our_parent(r);
+            is(&p["conditions"], "Accepted", "True", "Accepted")
+                && is(&p["conditions"], "ResolvedRefs", "True", "ResolvedRefs")
+        },
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = reqwest::get(format!("http://{}/readyz", gateway.admin_addr)).await;
+        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready under the chart's RBAC: a watch it needs is forbidden"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway.shutdown().await.unwrap();
+    aim_testkit::delete_namespace(&client, &ns).await;
+    gateway_api(&client, "GatewayClass", None)
+        .delete(&class, &Default::default())
+        .await
+        .unwrap();
+}
