@@ -297,5 +297,15 @@ async fn a_service_scales_from_zero_behind_the_gateway_and_back() {
     );
 
     gateway.shutdown().await.unwrap();
+    // GatewayClasses are cluster-wide: this test's goes with it.
+    let classes: Api<kube::core::DynamicObject> = Api::all_with(
+        bed.admin.clone(),
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "gateway.networking.k8s.io",
+            "v1",
+            "GatewayClass",
+        )),
+    );
+    classes.delete(&class, &Default::default()).await.unwrap();
     bed.finish().await;
 }
