@@ -213,6 +213,29 @@ pub struct RunArgs {
     /// Directory for the table and SVG charts.
     #[arg(long, default_value = "lab-out")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// What a scoring command prints: the files under --out are written either
+/// way.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OutputArgs {
+    /// stdout: `table`, the markdown table (as table.md), or `json`, every
+    /// policy's per-seed scores (as scores.json), for scripts.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// No progress on stderr (a bar on a terminal, a line per finished run
+    /// otherwise) and no "wrote" line; errors still print.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,6 +258,8 @@ pub struct CompareArgs {
     /// A title for the report and charts.
     #[arg(long)]
     pub title: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -351,7 +376,15 @@ fn tune(a: &TuneArgs) -> Result<(), LabError> {
         ..a.cluster.clone()
     };
     let title = a.select.title.clone().unwrap_or_else(|| "KEDA grid".into());
-    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.select.out, &title)?;
+    let outcome = run_compare(
+        &a.workload,
+        &cluster,
+        entries,
+        &[],
+        &a.select.out,
+        &title,
+        &OutputArgs::default(),
+    )?;
     let chosen = crate::experiment::select_tuned(&outcome.rows, a.select.goal / 100.0)
         .ok_or_else(|| LabError::Input("the grid is empty".into()))?;
     report_selected(chosen, a.select.goal, &a.select.out)
@@ -476,7 +509,15 @@ fn tune_policy(a: &TunePolicyArgs) -> Result<(), LabError> {
         .clone()
         .unwrap_or_else(|| format!("{} grid", a.policy));
     let entries: Vec<Entry> = labels.iter().cloned().map(Entry::Named).collect();
-    let outcome = run_compare(&a.workload, &cluster, entries, &[], &a.select.out, &title)?;
+    let outcome = run_compare(
+        &a.workload,
+        &cluster,
+        entries,
+        &[],
+        &a.select.out,
+        &title,
+        &OutputArgs::default(),
+    )?;
     let candidates: Vec<_> = outcome
         .rows
         .iter()
@@ -724,13 +765,16 @@ fn workload(w: &WorkloadArgs) -> Result<Box<dyn Fn(u64) -> Vec<Arrival>>, LabErr
 
 /// A one-line progress bar on stderr when it is a terminal; through a pipe
 /// or into a log, one plain line per finished run instead of redrawn frames.
-fn progress_bar(total_runs: u64) -> impl FnMut(&str, u64, f64) {
+fn progress_bar(total_runs: u64, quiet: bool) -> impl FnMut(&str, u64, f64) {
     let terminal = std::io::stderr().is_terminal();
     let mut done_runs = 0u64;
     let mut last_name = String::new();
     let mut last_seed = 0;
     let mut last_drawn = -1i64;
     move |name: &str, seed: u64, fraction: f64| {
+        if quiet {
+            return;
+        }
         if name != last_name || seed != last_seed {
             if !last_name.is_empty() && seed != 0 {
                 done_runs += 1;
@@ -773,6 +817,7 @@ fn run_compare(
     meta: &[(String, String)],
     out: &Path,
     title: &str,
+    output: &OutputArgs,
 ) -> Result<crate::experiment::Outcome, LabError> {
     let sim = sim_config(cluster)?;
     let make = workload(workload_args)?;
@@ -792,8 +837,11 @@ fn run_compare(
         }),
     };
     let total = (entries.len() as u64 + 3) * setup.seeds;
-    let outcome = compare(&setup, &entries, &mut progress_bar(total))?;
-    eprintln!();
+    let outcome = compare(&setup, &entries, &mut progress_bar(total, output.quiet))?;
+    if !output.quiet && std::io::stderr().is_terminal() {
+        // Ends the bar's line.
+        eprintln!();
+    }
     std::fs::create_dir_all(out).map_err(|e| LabError::Output {
         path: out.display().to_string(),
         reason: e.to_string(),
@@ -813,7 +861,6 @@ fn run_compare(
         sim.slo.ttft_s,
         sim.slo.tpot_s
     );
-    println!("{header}{table}");
     write(&out.join("table.md"), &format!("{header}{table}"))?;
     for row in &outcome.rows {
         write(
@@ -825,17 +872,27 @@ fn run_compare(
         &out.join("compare.svg"),
         &report::compare_chart(&outcome, title),
     )?;
+    let json = scores_json(&outcome);
+    write(&out.join("scores.json"), &json)?;
+    match output.output {
+        OutputFormat::Table => println!("{header}{table}"),
+        OutputFormat::Json => println!("{json}"),
+    }
+    if !output.quiet {
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(outcome)
+}
+
+/// Every policy's per-seed scores, as scores.json holds them and
+/// `-o json` prints them.
+fn scores_json(outcome: &crate::experiment::Outcome) -> String {
     let json: Vec<_> = outcome
         .rows
         .iter()
         .map(|r| serde_json::json!({"policy": r.name, "seeds": r.scores}))
         .collect();
-    write(
-        &out.join("scores.json"),
-        &serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )?;
-    eprintln!("wrote {}", out.display());
-    Ok(outcome)
+    serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
 pub fn run(args: LabArgs) -> Result<(), LabError> {
@@ -871,6 +928,7 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                         &a.meta,
                         &a.out,
                         &name,
+                        &a.output,
                     )
                     .map(drop);
                 }
@@ -883,6 +941,7 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                 &a.meta,
                 &a.out,
                 &a.policy,
+                &a.output,
             )
             .map(drop)
         }
@@ -893,7 +952,16 @@ pub fn run(args: LabArgs) -> Result<(), LabError> {
                 .iter()
                 .map(|p| Entry::Named(p.trim().to_owned()))
                 .collect();
-            run_compare(&a.workload, &a.cluster, entries, &a.meta, &a.out, &title).map(drop)
+            run_compare(
+                &a.workload,
+                &a.cluster,
+                entries,
+                &a.meta,
+                &a.out,
+                &title,
+                &a.output,
+            )
+            .map(drop)
         }
         LabCommand::Bench(a) => bench(&a),
         LabCommand::TuneKeda(a) => tune(&a),

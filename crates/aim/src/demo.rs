@@ -25,6 +25,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 
 /// The local cluster the demo runs on.
+/// The local cluster the demo uses unless told otherwise (`aim dev cluster`'s default).
 const CLUSTER: &str = "dev";
 const DEMO_NAMESPACE: &str = "ml-team";
 const SERVICE: &str = "qwen-chat";
@@ -38,6 +39,10 @@ const WATCH_AFTER_LOAD_S: f64 = 300.0;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
+    /// Which local cluster to run on (`aim dev cluster --name`): a second
+    /// name runs beside another demo or a test bed on its own ports.
+    #[arg(long, value_name = "NAME", default_value = CLUSTER)]
+    cluster: String,
     /// How long the load step lasts.
     #[arg(long, default_value = "90s", value_parser = seconds)]
     load_for: f64,
@@ -234,8 +239,15 @@ struct Row {
 /// was interrupted.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let cache = CacheDirs::discover()?;
+    let cluster = args.cluster.clone();
+    // How a shell names this cluster: `--name` only when it is not the default.
+    let name_flag = if cluster == CLUSTER {
+        String::new()
+    } else {
+        format!(" --name {cluster}")
+    };
     let already_up = matches!(
-        aim_devcluster::status(&cache, CLUSTER).await,
+        aim_devcluster::status(&cache, &cluster).await,
         Ok(Some(status)) if status.running
     );
     // The in-process operator listens for Ctrl-C too, and a listener turns
@@ -251,16 +263,26 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     if already_up {
         println!(
-            "==> the local cluster '{CLUSTER}' was running before the demo and stays up (namespace {DEMO_NAMESPACE} holds the service); stop it with `aim dev cluster down`"
+            "==> the local cluster '{cluster}' was running before the demo and stays up (namespace {DEMO_NAMESPACE} holds the service); stop it with `aim dev cluster down{name_flag}`"
         );
     } else {
-        println!("==> stopping the local cluster the demo started (aim dev cluster down)");
+        println!(
+            "==> stopping the local cluster the demo started (aim dev cluster down{name_flag})"
+        );
         let down_cache = cache.clone();
-        match tokio::task::spawn_blocking(move || aim_devcluster::down(&down_cache, CLUSTER)).await
+        let down_name = cluster.clone();
+        match tokio::task::spawn_blocking(move || aim_devcluster::down(&down_cache, &down_name))
+            .await
         {
-            Ok(Ok(_)) => println!("    stopped; `aim dev cluster up` before the demo keeps one up"),
-            Ok(Err(e)) => println!("    could not stop it ({e}); run `aim dev cluster down`"),
-            Err(e) => println!("    could not stop it ({e}); run `aim dev cluster down`"),
+            Ok(Ok(_)) => println!(
+                "    stopped; `aim dev cluster up{name_flag}` before the demo keeps one up"
+            ),
+            Ok(Err(e)) => {
+                println!("    could not stop it ({e}); run `aim dev cluster down{name_flag}`")
+            }
+            Err(e) => {
+                println!("    could not stop it ({e}); run `aim dev cluster down{name_flag}`")
+            }
         }
     }
     outcome
@@ -268,7 +290,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut opts = ClusterOptions::new(CLUSTER, cache.clone())
+    let mut opts = ClusterOptions::new(&args.cluster, cache.clone())
         .with_keda()
         .with_kserve();
     if args.backend == Backend::Prometheus {
@@ -804,7 +826,12 @@ async fn live(args: DemoArgs, cache: CacheDirs) -> anyhow::Result<()> {
         println!(
             "Everything keeps running until Ctrl-C (then the demo stops what it started). From another shell:"
         );
-        println!("  eval \"$(aim dev cluster env)\"");
+        let name_flag = if args.cluster == CLUSTER {
+            String::new()
+        } else {
+            format!(" --name {}", args.cluster)
+        };
+        println!("  eval \"$(aim dev cluster env{name_flag})\"");
         println!("  kubectl -n {DEMO_NAMESPACE} get aimsvc,isvc,scaledobject,hpa,pods");
         println!("  aim pause {DEMO_NAMESPACE}/{SERVICE}   # the cost guard; aim resume to undo");
         let _ = tokio::signal::ctrl_c().await;

@@ -206,3 +206,78 @@ fn the_extraction_reads_the_shapes_the_docs_use() {
     // A wrong flag is caught.
     assert!(Cli::try_parse_from(["aim", "sim", "--no-such-flag"]).is_err());
 }
+
+/// A word of a command that names a file or directory of the repository.
+fn repository_paths(line: &str) -> Vec<String> {
+    const TOP: [&str; 7] = [
+        "traces/",
+        "examples/",
+        "deploy/",
+        "docs/",
+        "dev/",
+        "crates/",
+        "fuzz/",
+    ];
+    let Some(words) = shlex::split(line) else {
+        return Vec::new();
+    };
+    words
+        .iter()
+        // `--flag=path` names a path too.
+        .map(|w| w.rsplit('=').next().unwrap_or(w))
+        .map(|w| w.trim_start_matches("./"))
+        .filter(|w| TOP.iter().any(|top| w.starts_with(top)))
+        .filter(|w| !w.contains('*') && !w.contains('$'))
+        .map(|w| w.trim_end_matches([',', ';', ')']).to_string())
+        .collect()
+}
+
+/// Every file a command in the docs reads from the repository (a trace, a
+/// manifest, the chart, a script) is in it, so the commands run from a
+/// fresh clone.
+#[test]
+fn every_repository_path_in_the_docs_commands_exists() {
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let name = doc
+            .strip_prefix(repo())
+            .unwrap_or(&doc)
+            .display()
+            .to_string();
+        for (line_no, line) in code_lines(&text) {
+            for path in repository_paths(&line) {
+                checked += 1;
+                if !repo().join(&path).exists() {
+                    missing.push(format!("{name}:{line_no}: {path}"));
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} paths found: the extraction is broken"
+    );
+    assert!(
+        missing.is_empty(),
+        "the docs name files a fresh clone does not have:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn repository_paths_are_read_from_the_shapes_the_docs_use() {
+    assert_eq!(
+        repository_paths("aim lab run --trace traces/a.csv -f=examples/x.yaml # c"),
+        vec!["traces/a.csv", "examples/x.yaml"]
+    );
+    assert_eq!(
+        repository_paths("./dev/demo --rate 0s:1; helm install aim deploy/chart"),
+        vec!["dev/demo", "deploy/chart"]
+    );
+    assert_eq!(
+        repository_paths("ls lab-out/tables/*.md $HOME/x ~/.cache/aim"),
+        Vec::<String>::new()
+    );
+}

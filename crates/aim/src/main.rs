@@ -1,13 +1,19 @@
 //! The `aim` command: operator, scaler, gateway, simulator, lab and developer tools
 //! behind one binary.
 
+// The workstation tools (feature `tools`, on by default); without them the
+// binary is what a cluster runs (Cargo.toml says which commands).
+#[cfg(feature = "tools")]
 mod bench_operator;
 mod cost_guard;
 mod crds;
+#[cfg(feature = "tools")]
 mod demo;
+#[cfg(feature = "tools")]
 mod dev;
-#[cfg(test)]
+#[cfg(all(test, feature = "tools"))]
 mod doc_commands;
+#[cfg(feature = "tools")]
 mod prediction;
 mod sim;
 
@@ -25,6 +31,7 @@ struct Cli {
 enum Command {
     /// Print the aim.eai.amd.com CRDs as YAML, or write one file per CRD.
     Crds(crds::CrdsArgs),
+    #[cfg(feature = "tools")]
     /// Developer tools: the local Kubernetes control plane.
     Dev(dev::DevArgs),
     /// Run the operator: controllers for every aim.eai.amd.com kind.
@@ -33,10 +40,12 @@ enum Command {
     Sim(Box<sim::SimCli>),
     /// The KEDA external scaler fed by OpenTelemetry metrics, or its bench.
     Scaler(Box<aim_scaler::ScalerArgs>),
+    #[cfg(feature = "tools")]
     /// Replay traces through the autoscaling loop on virtual time and score policies.
     Lab(Box<aim_lab::LabArgs>),
     /// A streaming proxy in front of inference pods: load-aware picking, a flow-control queue, drain; or its bench.
     Gateway(Box<aim_gateway::GatewayCli>),
+    #[cfg(feature = "tools")]
     /// Send load to OpenAI-compatible servers (URLs or a Service's endpoints) and measure TTFT.
     Load(Box<aim_load::LoadArgs>),
     /// Pause a service's autoscaling (cost guard): KEDA leaves its replicas alone.
@@ -60,12 +69,15 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds(args) => crds::run(args),
+        #[cfg(feature = "tools")]
         Command::Dev(args) => dev::run(args),
         Command::Operator(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(aim_operator::run(args))),
         Command::Sim(cli) => sim::run(*cli),
+        #[cfg(feature = "tools")]
         Command::Lab(args) => aim_lab::run(*args).map_err(anyhow::Error::from),
+        #[cfg(feature = "tools")]
         Command::Load(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {

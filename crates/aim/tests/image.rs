@@ -339,3 +339,36 @@ async fn the_chart_installs_with_the_image_and_its_deployments_turn_ready() {
         );
     }
 }
+
+/// A mistyped `dev/image` call stops before building or pushing anything,
+/// with exit code 2 and a message that names the argument.
+#[test]
+fn dev_image_refuses_bad_arguments_naming_them() {
+    for (args, says) in [
+        (&["--bogus"][..], "unknown argument --bogus"),
+        (&["--ref"][..], "--ref needs an image reference"),
+        (&["--binary"][..], "--binary needs the path"),
+        (
+            &["--in-cluster", "--binary", env!("CARGO_BIN_EXE_aim")][..],
+            "give one of them",
+        ),
+    ] {
+        let out = Command::new(aim_testkit::repo_path("dev/image"))
+            .args(args)
+            .output()
+            .expect("dev/image runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "dev/image {args:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("dev/image --help"),
+            "dev/image {args:?} should say {says:?} and point to --help: {stderr}"
+        );
+    }
+    // A path that is not a program is named too (exit 1: nothing was built).
+    let out = Command::new(aim_testkit::repo_path("dev/image"))
+        .args(["--binary", "/nonexistent/aim"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/aim is not an executable"));
+}
