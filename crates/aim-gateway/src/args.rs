@@ -19,6 +19,12 @@ pub struct GatewayArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "AIM_GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
+    /// Also serve the Gateway API Inference Extension's endpoint-picker
+    /// protocol (Envoy ext_proc, gRPC over h2c) on this address, picking
+    /// from the same endpoints, in-flight counts and flow-control queue as
+    /// the proxy. Not with --kubernetes.
+    #[arg(long, env = "AIM_GATEWAY_EXT_PROC_LISTEN")]
+    pub ext_proc_listen: Option<SocketAddr>,
     /// The service's name in metrics and logs.
     #[arg(long, default_value = "default")]
     pub service: String,
@@ -141,6 +147,8 @@ pub fn duration_arg(text: &str) -> Result<Duration, String> {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `--ext-proc-listen`: where the endpoint-picker protocol is served.
+    pub ext_proc_listen: Option<SocketAddr>,
     pub service: String,
     pub endpoints: Vec<EndpointUrl>,
     pub endpoints_file: Option<PathBuf>,
@@ -202,6 +210,11 @@ impl GatewayArgs {
             );
         }
         let kubernetes = self.scope()?;
+        anyhow::ensure!(
+            kubernetes.is_none() || self.ext_proc_listen.is_none(),
+            "--ext-proc-listen serves one service's endpoints (--endpoint or --endpoints-file); \
+             with --kubernetes an ext_proc stream names no backend to pick from: drop one of the two"
+        );
         if kubernetes.is_some() {
             anyhow::ensure!(
                 endpoints.is_empty() && self.endpoints_file.is_none(),
@@ -293,6 +306,7 @@ impl GatewayArgs {
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            ext_proc_listen: self.ext_proc_listen,
             service: self.service.clone(),
             endpoints,
             endpoints_file: self.endpoints_file.clone(),

@@ -11,6 +11,8 @@
 //!   across clients and priorities, with a timeout (503) ([`service`]).
 //! - Endpoints come from an [`endpoints::EndpointSource`]; one that leaves
 //!   or is marked draining gets no new requests while its streams finish.
+//! - With `--ext-proc-listen`, the same picker also answers Envoy's ext_proc
+//!   streams (the Inference Extension's endpoint-picker protocol, [`epp`]).
 //! - `/metrics`, `/healthz` and `/readyz` on the admin address; on SIGTERM
 //!   the gateway stops accepting, lets in-flight and held requests finish
 //!   for up to `--drain-timeout`, then refuses what is still held.
@@ -22,6 +24,7 @@ mod args;
 pub mod backends;
 pub mod bench;
 pub mod endpoints;
+pub mod epp;
 pub mod kubernetes;
 mod metrics;
 pub mod otlp;
@@ -121,6 +124,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// `--ext-proc-listen`'s bound address.
+    pub ext_proc_addr: Option<SocketAddr>,
     pub target: Arc<Target>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -153,7 +158,28 @@ pub async fn start(
         cfg.scrape_interval,
     );
     tokio::spawn(service.clone().follow(source.start()));
-    serve_target(cfg, Target::Single(service), client, listener, admin)
+    let ext_proc = match cfg.ext_proc_listen {
+        None => None,
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding {at} (from --ext-proc-listen)"))?;
+            Some((l, Arc::new(epp::ServicePicker::new(service.clone(), &cfg))))
+        }
+    };
+    let mut gateway = serve_target(cfg, Target::Single(service), client, listener, admin)?;
+    if let Some((l, picker)) = ext_proc {
+        gateway.ext_proc_addr = Some(l.local_addr()?);
+        let mut stopped = gateway.stop.subscribe();
+        tracing::info!(ext_proc_addr = %l.local_addr()?, "ext_proc endpoint picker listening");
+        tokio::spawn(async move {
+            let shutdown = async move { stop_requested(&mut stopped).await };
+            if let Err(e) = aim_epp::serve(l, picker, shutdown).await {
+                tracing::error!(error = %e, "the ext_proc server stopped");
+            }
+        });
+    }
+    Ok(gateway)
 }
 
 /// Starts serving the Gateway API's routes for the Gateways `scope`
@@ -218,6 +244,7 @@ fn serve_target(
     Ok(RunningGateway {
         addr,
         admin_addr,
+        ext_proc_addr: None,
         target,
         stop,
         server,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use aim_picker::Rejection;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -109,10 +109,12 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     UnsyncBoxBody::new(Full::new(bytes.into()).map_err(|never| match never {}))
 }
 
-/// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`,
-/// with the cause's stable name in `code`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+/// The body of an OpenAI-style error: `{"error": {"message", "type",
+/// "param", "code"}}`, with the cause's stable name in `code`. The proxy
+/// and the ext_proc server answer with the same body.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> String {
     let kind = match status.as_u16() {
+        400 => "BadRequestError",
         404 => "NotFoundError",
         429 => "RateLimitError",
         502 => "BadGatewayError",
@@ -120,26 +122,53 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         504 => "TimeoutError",
         _ => "InternalServerError",
     };
-    let body = serde_json::json!({
+    serde_json::json!({
         "error": {"message": message, "type": kind, "param": null, "code": code}
-    });
+    })
+    .to_string()
+}
+
+/// An OpenAI-style error response (see [`error_body`]).
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(full(body.to_string()))
+        .body(full(error_body(status, code, message)))
         .expect("static parts are valid")
 }
 
-fn rejection_response(r: &Rejection) -> Response<ProxyBody> {
+/// A refusal's status, its Retry-After in whole seconds (at least 1) when
+/// it has one, and its body.
+pub fn rejection_parts(r: &Rejection) -> (StatusCode, Option<u64>, String) {
     let status = StatusCode::from_u16(r.status()).expect("429 and 503 are statuses");
-    let mut response = error_response(status, r.reason(), &r.message());
-    if let Some(after) = r.retry_after() {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(after.as_secs().max(1)),
-        );
+    let retry_after = r.retry_after().map(|after| after.as_secs().max(1));
+    (
+        status,
+        retry_after,
+        error_body(status, r.reason(), &r.message()),
+    )
+}
+
+fn rejection_response(r: &Rejection) -> Response<ProxyBody> {
+    let (status, retry_after, body) = rejection_parts(r);
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .expect("static parts are valid");
+    if let Some(after) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after));
     }
     response
+}
+
+/// Whether a request is an inference request, which goes through flow
+/// control (`POST /v1/completions`, `POST /v1/chat/completions`); `path`
+/// without its query.
+pub fn is_inference(method: &str, path: &str) -> bool {
+    method == "POST" && matches!(path, "/v1/completions" | "/v1/chat/completions")
 }
 
 /// Where requests go: one service (`--endpoint`, `--endpoints-file`), or
@@ -195,11 +224,6 @@ impl Proxy {
             objective_header: cfg.objective_header.clone(),
             objectives: cfg.objectives.clone(),
         }
-    }
-
-    fn is_inference(req: &Request<Incoming>) -> bool {
-        req.method() == Method::POST
-            && matches!(req.uri().path(), "/v1/completions" | "/v1/chat/completions")
     }
 
     /// The client a request counts for in the queue's turns: the client
@@ -326,7 +350,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        let assignment = if Self::is_inference(&req) {
+        let assignment = if is_inference(req.method().as_str(), req.uri().path()) {
             let client = self.client_key(&req, peer);
             match service.admit(&client, self.priority(&req)).await {
                 Ok(a) => a,
