@@ -59,11 +59,16 @@ pub fn endpoints_of(
         return Vec::new();
     };
     let mut out = BTreeMap::new();
+    // Only IP slices route: an FQDN slice (the bed's Prometheus bridge
+    // writes them for Services whose pods have loopback addresses) names
+    // no address the proxy would connect to, and must not hide the pods.
+    let slices: Vec<&EndpointSlice> = slices
+        .iter()
+        .copied()
+        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6"))
+        .collect();
     if slices.iter().any(|s| !s.endpoints.is_empty()) {
         for slice in slices {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-                continue;
-            }
             // A slice port carries the Service port's name (both unnamed
             // when the Service has a single port).
             let Some(target) = slice
@@ -233,6 +238,17 @@ mod tests {
                 ("http://127.1.0.2:8000".to_string(), false),
                 ("http://127.1.0.4:8000".to_string(), true),
             ]
+        );
+        // An FQDN slice with endpoints (as the bed's bridge writes) does
+        // not hide the pods.
+        let mut fqdn = slice(
+            json!([{"name": "http", "port": 8000}]),
+            json!([{"addresses": ["127.1.0.9"], "conditions": {"ready": true}}]),
+        );
+        fqdn.address_type = "FQDN".into();
+        assert_eq!(
+            urls(&endpoints_of(&svc, 80, &[&fqdn], &refs))[0].0,
+            "http://127.1.0.2:8000"
         );
         let numeric = service(json!([{"port": 80, "targetPort": 9000}]));
         assert_eq!(
