@@ -249,10 +249,17 @@ async fn predictive_scales_ahead_of_a_ramp_before_passthrough() {
     }
 }
 
-/// Drives `load` until the HPA wants `n` and `n` pods are Ready, keeps it
-/// on for `hold`, stops it, and notes everything until `until` says done
-/// (or `WAIT` passes, which fails the test with `what`). Times are from
-/// the load's stop.
+/// Drives `load` until the HPA wants at least `n` and as many pods are
+/// Ready, keeps it on for `hold`, stops it, and notes everything until
+/// `until` says done (or `WAIT` passes, which fails the test with `what`).
+/// Times are from the load's stop.
+///
+/// At least `n`: on the way up, a trigger that averages each pod's series
+/// over a window and then sums them counts a request twice while it moves
+/// to a new pod (the old pod's average still carries it), so a
+/// passthrough service under 3 clients can be asked for 4 for a while,
+/// and then holds 4. Which it reaches depends on timing; what the tests
+/// compare is what each does after the load.
 async fn up_then_watch(
     bed: &Bed,
     load: Load,
@@ -267,12 +274,12 @@ async fn up_then_watch(
     loop {
         let seen = look(bed).await;
         up.note(began.elapsed(), &seen);
-        if seen.wants == n && seen.ready == n as usize {
+        if seen.wants >= n && seen.ready == seen.wants as usize {
             break;
         }
         assert!(
             began.elapsed() < WAIT,
-            "{what}: no scale-up to {n}: {seen:?}\n{}",
+            "{what}: no scale-up to {n} or more: {seen:?}\n{}",
             aim_testkit::events_of(&bed.admin, &bed.ns).await
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -373,9 +380,13 @@ async fn cost_scales_down_where_passthrough_holds() {
         cost_back < Duration::from_secs(60),
         "cost should let its replicas go within a minute of the load: {cost_back:?}"
     );
+    // Whatever passthrough reached (3, or 4 after a transient double
+    // count), it holds it through the whole watch.
+    let pass_peak = pass_up.rows.last().map(|(_, s)| s.wants).unwrap();
+    assert!(pass_peak >= 3, "{:?}", pass_up.rows);
     assert!(
-        pass_down.rows.iter().all(|(_, s)| s.wants == 3),
-        "passthrough should hold 3 replicas while cost scales down: {:?}",
+        pass_down.rows.iter().all(|(_, s)| s.wants == pass_peak),
+        "passthrough should hold its {pass_peak} replicas while cost scales down: {:?}",
         pass_down.rows
     );
 }
