@@ -129,6 +129,20 @@ async fn start_sim(addr: SocketAddr) -> RunningSim {
         .expect("simulator starts")
 }
 
+/// Waits until the gateway's admin address `admin` (`HOST:PORT`) answers
+/// `/readyz` with 200, failing with `why` after `WAIT`.
+async fn await_ready(admin: &str, why: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = reqwest::get(format!("http://{admin}/readyz")).await;
+        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Completions the simulator answered (its own counter).
 async fn answered(sim: &RunningSim) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", sim.addr()))
@@ -622,15 +636,11 @@ async fn the_command_serves_a_gateway_from_the_kubeconfig() {
         },
     )
     .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await;
-        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the process never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_ready(
+        &format!("127.0.0.1:{admin}"),
+        "the process never became ready",
+    )
+    .await;
     let (status, body) = complete(
         format!("127.0.0.1:{port}").parse().unwrap(),
         "/v1/completions",
@@ -1024,18 +1034,11 @@ async fn the_gateway_runs_under_the_charts_rbac() {
         },
     )
     .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ready = reqwest::get(format!("http://{}/readyz", gateway.admin_addr)).await;
-        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never ready under the chart's RBAC: a watch it needs is forbidden"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_ready(
+        &gateway.admin_addr.to_string(),
+        "never ready under the chart's RBAC: a watch it needs is forbidden",
+    )
+    .await;
     gateway.shutdown().await.unwrap();
     aim_testkit::delete_namespace(&client, &ns).await;
     gateway_api(&client, "GatewayClass", None)
